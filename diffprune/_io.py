@@ -1,0 +1,62 @@
+"""Atomic writes: an artifact appears complete or not at all."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import DiffPruneError
+
+
+def check_writable(out, overwrite: bool) -> Path:
+    """Refuse to replace an existing artifact unless ``overwrite`` is set."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DiffPruneError(
+            f"Output {str(out)!r} already exists. diffprune never replaces an existing artifact "
+            "silently: pass --overwrite (overwrite=True in Python) to replace it, or choose another path."
+        )
+    if not out.parent.exists():
+        raise DiffPruneError(
+            f"The folder {str(out.parent)!r} that should hold {out.name!r} does not exist. "
+            "Create it first or pick an output path inside an existing folder."
+        )
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out, overwrite: bool = False):
+    """Yield a temporary folder beside ``out``; rename it to ``out`` only if the block succeeds.
+
+    A crash (or Ctrl-C) inside the block leaves ``out`` untouched and removes the temporary folder.
+    """
+    out = check_writable(out, overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            # Move the old artifact aside first so the swap leaves no moment without a complete one.
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write a single file through a temporary name and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,302 @@
+"""Structural pruning of a diffusers UNet2DModel: the public ``prune`` function.
+
+Layers (as in Torch-Pruning): a dependency graph finds the groups of coupled channels; a criterion
+(diffprune.importance) scores each group's channels; this module chooses how many to keep and
+removes the rest, then makes diffusers' cached widths consistent.
+"""
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+from .errors import DiffPruneError
+from .importance import CRITERIA, Calibration
+
+DEFAULT_TARGET_MACS = 0.5  # the paper's headline: about half the MACs
+
+
+@dataclass
+class PruneReport:
+    method: str
+    ratio: float
+    target_macs: float | None
+    thr: float
+    round_to: int
+    seed: int
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    layer_widths: dict  # conv/linear name -> [dense out width, pruned out width]
+    timesteps_used: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    calibration: str = ""
+    seconds: float = 0.0
+    importance_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        def row(label, before, after, unit):
+            return f"| {label:<6} | {before / unit:>9.2f} | {after / unit:>9.2f} | {after / max(before, 1):>6.1%} |"
+
+        lines = [
+            "|        |     dense |    pruned |   kept |",
+            "|--------|-----------|-----------|--------|",
+            row("params", self.params_before, self.params_after, 1e6) + "  (M)",
+            row("MACs", self.macs_before, self.macs_after, 1e9) + "  (G)",
+        ]
+        lines.append(f"method {self.method}, ratio {self.ratio:.3f}, round_to {self.round_to}, {self.seconds:.1f} s")
+        if self.timesteps_used:
+            t = self.timesteps_used
+            lines.append(f"importance from {len(t)} timesteps (t = {t[0]}..{t[-1]}), thr {self.thr}")
+        return "\n".join(lines)
+
+
+def check_options(method, ratio=None, target_macs=None, thr=0.05, round_to=8, data=None, max_timesteps=None,
+                  num_images=64, micro_batch=16):
+    """Raise DiffPruneError for any out-of-range option (cheap: run it before loading models)."""
+    if method not in CRITERIA:
+        raise DiffPruneError(f"Unknown method {method!r}. Allowed: {', '.join(CRITERIA)}.")
+    if ratio is not None and target_macs is not None:
+        raise DiffPruneError(
+            f"Both ratio ({ratio}) and target_macs ({target_macs}) were given; they are two ways to say how "
+            "much to prune. Give one: ratio = fraction of channels removed per layer, target_macs = "
+            "fraction of the dense MACs to keep."
+        )
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise DiffPruneError(f"ratio {ratio} is out of range; allowed: 0 <= ratio < 1 (fraction of channels removed).")
+    if target_macs is not None and not 0.0 < target_macs <= 1.0:
+        raise DiffPruneError(
+            f"target_macs {target_macs} is out of range; allowed: 0 < target_macs <= 1 (fraction of the "
+            "dense MACs to keep, e.g. 0.5)."
+        )
+    if not 0.0 <= thr < 1.0:
+        raise DiffPruneError(f"thr {thr} is out of range; allowed: 0 <= thr < 1 (0 = use every timestep; paper: 0.05).")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise DiffPruneError(f"round_to {round_to!r} is invalid; allowed: an integer >= 1 (8 suits tensor cores, 1 = no rounding).")
+    for label, value in (("num_images", num_images), ("micro_batch", micro_batch)):
+        if not isinstance(value, int) or value < 1:
+            raise DiffPruneError(f"{label} {value!r} is invalid; allowed: an integer >= 1.")
+    if max_timesteps is not None and max_timesteps < 1:
+        raise DiffPruneError(f"max_timesteps {max_timesteps} is invalid; allowed: an integer >= 1, or none for no cap.")
+    if CRITERIA[method].needs_data and data is None:
+        raise DiffPruneError(
+            f"Method {method!r} scores channels with gradients of the denoising loss and needs "
+            "calibration images: pass data= (CLI --data) as an image folder, a .npy/.npz file, "
+            "builtin:digits, or generate:N to draw N samples from the model itself. "
+            "magnitude and random need no data."
+        )
+
+
+class _Planner:
+    """Scores every prunable group once on the dense model, then prunes copies at any ratio."""
+
+    def __init__(self, model, criterion, round_to, prune_heads):
+        import torch
+        import torch_pruning as tp
+
+        from .models import example_inputs
+
+        Attention = __import__("diffusers.models.attention_processor", fromlist=["Attention"]).Attention
+        self.round_to = round_to
+        self.prune_heads = prune_heads
+        self.dense = model
+        self.names = {m: n for n, m in model.named_modules()}
+        self.ignored = [model.conv_out]  # the output channels are the image's; never pruned
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=_device(model)))
+        heads = {}
+        for attn in (m for m in model.modules() if isinstance(m, Attention)):
+            for linear in (attn.to_q, attn.to_k, attn.to_v):
+                heads[linear] = attn
+        # name of root module -> (importance per channel, channel groups, attention module or None)
+        self.plan = {}
+        with torch.no_grad():
+            for group in graph.get_all_groups(ignored_layers=self.ignored, root_module_types=[torch.nn.Conv2d, torch.nn.Linear]):
+                root = group[0].dep.target.module
+                groups, attn = 1, None
+                for dep, _ in group:
+                    target = dep.target.module
+                    if isinstance(target, torch.nn.GroupNorm) and graph.is_out_channel_pruning_fn(dep.handler):
+                        groups = math.lcm(groups, target.num_groups)
+                    if target in heads and graph.is_out_channel_pruning_fn(dep.handler):
+                        attn = heads[target]
+                        groups = math.lcm(groups, attn.heads)
+                imp = criterion(group)
+                if imp is None:  # a group with no weights the criterion can score
+                    continue
+                self.plan[self.names[root]] = (imp.detach().float().cpu(), groups, self.names.get(attn))
+
+    def apply(self, ratio: float):
+        """A pruned deep copy of the dense model at ``ratio``."""
+        import torch
+        import torch_pruning as tp
+
+        from .models import example_inputs
+        from .structure import sync_attributes
+
+        model = copy.deepcopy(self.dense)
+        for p in model.parameters():
+            p.grad = None
+        if ratio <= 0:
+            return model
+        modules = dict(model.named_modules())
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=_device(model)))
+        for name, (imp, groups, attn_name) in self.plan.items():
+            root = modules[name]
+            width = imp.numel()
+            per = width // groups
+            by_group = imp.view(groups, per)  # (groups, per): GroupNorm groups / heads are contiguous blocks
+            attn = modules[attn_name] if attn_name else None
+            if attn is not None and self.prune_heads and attn.heads > 1:
+                # Remove whole heads: rank heads by mean importance, keep the best ones in full.
+                head_imp = imp.view(attn.heads, -1).mean(1)
+                keep_heads = max(1, int(attn.heads * (1 - ratio) + 0.5))
+                drop = torch.argsort(head_imp)[: attn.heads - keep_heads]
+                head_dim = width // attn.heads
+                idxs = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in drop.tolist()]) if len(drop) else torch.tensor([], dtype=torch.long)
+                attn.heads = keep_heads
+            else:
+                from .structure import keep_count
+
+                keep = keep_count(width, groups, ratio, self.round_to)
+                if keep >= per:
+                    continue
+                # The same positions leave every group, so the groups stay equal in size.
+                drop = torch.argsort(by_group.mean(0))[: per - keep]
+                idxs = (drop[None, :] + per * torch.arange(groups)[:, None]).flatten()
+            if len(idxs) == 0:
+                continue
+            handler = graph.get_pruner_of_module(root).prune_out_channels
+            graph.get_pruning_group(root, handler, sorted(idxs.tolist())).prune()
+        sync_attributes(model)
+        with torch.no_grad():
+            model(**example_inputs(model, device=_device(model)))  # fails loudly here, not later, if inconsistent
+        return model
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress):
+    from .data import describe, load_images
+
+    cfg = model.config
+    size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
+    if isinstance(data, str) and data.startswith("generate:"):
+        from .sampling import generate
+
+        try:
+            count = int(data.split(":", 1)[1])
+        except ValueError:
+            count = 0
+        if count <= 0:
+            raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0 (e.g. generate:64).")
+        images = generate(model, scheduler_config, count, seed=seed, progress=progress)
+    else:
+        images = load_images(data, size, cfg.in_channels, limit=n, seed=seed)
+    return Calibration(images=images, scheduler_config=scheduler_config, micro_batch=micro_batch,
+                       seed=seed, progress=progress, description=describe(data))
+
+
+def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target_macs: float | None = None,
+          data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
+          num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
+          progress: bool = True):
+    """Prune a diffusers ``UNet2DModel``; return ``(pruned_model, PruneReport)``.
+
+    ``method``: diff-pruning (paper), taylor, magnitude, random or reinit (random structure, fresh
+    weights). Give ``ratio`` (fraction of channels removed per layer) or ``target_macs`` (fraction of
+    dense MACs to keep; default 0.5, the ratio is searched). ``data`` feeds the gradient criteria:
+    ``builtin:digits``, a folder, a .npy/.npz, or ``generate:N``; ``num_images`` of it are used, in
+    micro-batches of ``micro_batch``; ``max_timesteps`` caps the timesteps summed. Widths stay multiples of ``round_to`` and GroupNorm groups and
+    attention heads stay equal. The input model is not modified.
+    """
+    import torch
+
+    from .models import DEFAULT_SCHEDULER, count_macs_params
+
+    check_options(method, ratio, target_macs, thr, round_to, data, max_timesteps, num_images, micro_batch)
+    if ratio is None and target_macs is None:
+        target_macs = DEFAULT_TARGET_MACS
+    started = time.perf_counter()
+    criterion = CRITERIA[method](thr=thr)
+    scheduler_config = scheduler_config or dict(DEFAULT_SCHEDULER)
+    dense = copy.deepcopy(unet).eval()
+    macs0, params0 = count_macs_params(dense)
+
+    log = None
+    importance_started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if criterion.needs_data:
+            calib = _calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress)
+            calib.max_timesteps = max_timesteps
+            with torch.enable_grad():
+                log = criterion.prepare(dense, calib)
+        planner = _Planner(dense, criterion, round_to, prune_heads)
+    importance_seconds = time.perf_counter() - importance_started
+
+    if ratio is None:
+        ratio, model, macs1 = _search_ratio(planner, target_macs * macs0)
+    else:
+        model = planner.apply(ratio)
+        macs1 = None
+    if getattr(criterion, "reinitialise", False):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for m in model.modules():
+                if hasattr(m, "reset_parameters") and m is not model:
+                    m.reset_parameters()
+    for p in model.parameters():
+        p.grad = None
+    macs1, params1 = count_macs_params(model)
+    dense_widths = {n: _out_width(m) for n, m in dense.named_modules() if _out_width(m) is not None}
+    layer_widths = {n: [w, _out_width(m)] for n, m in model.named_modules() if n in dense_widths for w in [dense_widths[n]]}
+    report = PruneReport(
+        method=method, ratio=round(float(ratio), 6), target_macs=target_macs, thr=thr if method == "diff-pruning" else 0.0,
+        round_to=round_to, seed=seed, params_before=params0, params_after=params1, macs_before=macs0,
+        macs_after=macs1, layer_widths=layer_widths,
+        timesteps_used=list(log.timesteps) if log else [], losses=[round(x, 6) for x in log.losses] if log else [],
+        calibration=calib.description if criterion.needs_data else "", seconds=time.perf_counter() - started,
+        importance_seconds=importance_seconds,
+    )
+    return model.eval(), report
+
+
+def _out_width(m):
+    import torch.nn as nn
+
+    if isinstance(m, nn.Conv2d):
+        return m.out_channels
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    return None
+
+
+def _search_ratio(planner, macs_budget: float):
+    """Smallest ratio whose pruned model has at most ``macs_budget`` MACs (bisection; MACs fall
+    stepwise as the ratio grows, because widths move in whole channel steps)."""
+    from .models import count_macs_params
+
+    lo, hi = 0.0, 0.95
+    best = planner.apply(hi)
+    best_macs = count_macs_params(best)[0]
+    if best_macs > macs_budget:
+        raise DiffPruneError(
+            f"Even removing 95% of the channels leaves {best_macs / 1e9:.3g}G MACs, above the target "
+            f"{macs_budget / 1e9:.3g}G. Choose a larger target_macs or a smaller round_to."
+        )
+    best_ratio = hi
+    for _ in range(12):  # 0.95 / 2**12: finer than any width step
+        mid = (lo + hi) / 2
+        model = planner.apply(mid)
+        macs = count_macs_params(model)[0]
+        if macs <= macs_budget:
+            hi, best, best_ratio, best_macs = mid, model, mid, macs
+        else:
+            lo = mid
+    return best_ratio, best, best_macs

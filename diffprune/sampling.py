@@ -1,0 +1,38 @@
+"""Draw images from a torch UNet (for generate:N calibration data and quality checks).
+
+Deployment sampling lives in diffprune.runtime (numpy + ONNX Runtime/TensorRT); this one is for
+the torch side of the pipeline only.
+"""
+
+
+def generate(model, scheduler_config: dict, n: int, seed: int = 0, steps: int = 50, batch: int = 32,
+             progress: bool = True, noise=None):
+    """``n`` samples in [-1, 1] as a float tensor (N, C, H, W), DDIM (eta 0) with ``steps`` steps.
+
+    ``noise`` (N, C, H, W) fixes the starting noise, so two models can be compared from the same noise.
+    """
+    import torch
+    from diffusers import DDIMScheduler
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    cfg = model.config
+    size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
+    allowed = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    scheduler = DDIMScheduler.from_config(allowed)
+    scheduler.set_timesteps(steps)
+    if noise is None:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn((n, cfg.in_channels, *size), generator=generator)
+    out = []
+    bar = tqdm(total=steps * ((n + batch - 1) // batch), desc="sampling", disable=not progress, leave=False)
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            x = noise[start:start + batch].to(device)
+            for t in scheduler.timesteps:
+                eps = model(x, t.to(device).expand(x.shape[0])).sample
+                x = scheduler.step(eps, t, x).prev_sample
+                bar.update()
+            out.append(x.clamp(-1, 1).float().cpu())
+    bar.close()
+    return torch.cat(out)

@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from diffprune.models import build_unet
+
+    return build_unet("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_attn():
+    from diffprune.models import build_unet
+
+    return build_unet("tiny-attn")
+
+
+@pytest.fixture
+def inputs():
+    def make(model, batch=2, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        c, s = model.config.in_channels, model.config.sample_size
+        return torch.randn(batch, c, s, s, generator=g), torch.tensor([3, 517][:batch] + [100] * max(0, batch - 2))
+
+    return make

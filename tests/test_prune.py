@@ -1,0 +1,166 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from diffusers.models.attention_processor import Attention
+
+import diffprune
+from diffprune import DiffPruneError
+from diffprune.structure import keep_count
+
+
+def _forward(model, x, t):
+    with torch.no_grad():
+        return model(x, t).sample
+
+
+def test_ratio_zero_is_identity(tiny_attn, inputs):
+    pruned, report = diffprune.prune(tiny_attn, method="magnitude", ratio=0.0, progress=False)
+    x, t = inputs(tiny_attn)
+    assert torch.equal(_forward(pruned, x, t), _forward(tiny_attn, x, t))
+    assert report.params_after == report.params_before and report.macs_after == report.macs_before
+
+
+@pytest.mark.parametrize("arch", ["tiny", "tiny-attn"])
+def test_widths_are_multiples_of_round_to_and_groups_stay_equal(arch, request):
+    model = request.getfixturevalue(arch.replace("-", "_"))
+    pruned, report = diffprune.prune(model, method="magnitude", ratio=0.5, round_to=8, progress=False)
+    changed = [(n, a, b) for n, (a, b) in report.layer_widths.items() if a != b]
+    assert changed, "ratio 0.5 pruned nothing"
+    for name, _, after in changed:
+        assert after % 8 == 0, (name, after)
+    for m in pruned.modules():
+        if isinstance(m, nn.GroupNorm):
+            assert m.num_channels % m.num_groups == 0
+    assert pruned.conv_out.out_channels == model.conv_out.out_channels  # image channels untouched
+    assert pruned.conv_in.in_channels == model.conv_in.in_channels
+    assert report.macs_after < 0.4 * report.macs_before  # ~half the channels -> ~a quarter of the MACs
+
+
+def test_keep_count_rounds_to_nearest_step():
+    assert keep_count(128, 32, 0.3, 8) == 3  # 4 per group * 0.7 = 2.8 -> 3 (width 96, as the paper's 3.4G model)
+    assert keep_count(256, 32, 0.3, 8) == 6  # 8 * 0.7 = 5.6 -> 6 (width 192)
+    assert keep_count(64, 1, 0.5, 8) == 32
+    assert keep_count(64, 4, 0.5, 8) == 8  # step 2 per group keeps 4 * 8 = 32 a multiple of 8
+    assert keep_count(179, 1, 0.0, 8) == 179  # ratio 0 never trims an unaligned width
+    assert keep_count(64, 1, 0.99, 8) == 8  # never below one step
+
+
+def test_forward_and_training_step_after_pruning(tiny_attn, inputs):
+    pruned, _ = diffprune.prune(tiny_attn, method="random", ratio=0.4, progress=False)
+    pruned.train()
+    x, t = inputs(tiny_attn)
+    opt = torch.optim.AdamW(pruned.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in pruned.parameters()]
+    loss = nn.functional.mse_loss(pruned(x, t).sample, torch.randn_like(x))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, pruned.parameters()))
+
+
+@pytest.mark.parametrize("method", ["diff-pruning", "taylor", "magnitude", "random", "reinit"])
+def test_every_method_prunes_to_a_working_model(method, tiny, inputs):
+    pruned, report = diffprune.prune(tiny, method=method, ratio=0.5, data="builtin:digits", num_images=4,
+                                     max_timesteps=3, progress=False)
+    x, t = inputs(tiny)
+    out = _forward(pruned, x, t)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert report.method == method
+    assert report.params_after < report.params_before
+    if method in ("diff-pruning", "taylor"):
+        assert report.timesteps_used == [0, 1, 2]
+        assert len(report.losses) == 3
+
+
+def test_reinit_keeps_random_structure_with_fresh_weights(tiny):
+    a, ra = diffprune.prune(tiny, method="random", ratio=0.5, seed=3, progress=False)
+    b, rb = diffprune.prune(tiny, method="reinit", ratio=0.5, seed=3, progress=False)
+    assert ra.layer_widths == rb.layer_widths
+    assert not torch.equal(a.conv_in.weight, b.conv_in.weight)
+
+
+def test_same_seed_same_model(tiny):
+    a, _ = diffprune.prune(tiny, method="random", ratio=0.5, seed=1, progress=False)
+    b, _ = diffprune.prune(tiny, method="random", ratio=0.5, seed=1, progress=False)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+
+
+def test_input_model_is_not_modified(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    diffprune.prune(tiny, method="diff-pruning", ratio=0.5, data="builtin:digits", num_images=2, max_timesteps=1, progress=False)
+    after = tiny.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in tiny.parameters())
+
+
+def test_target_macs_is_met_and_close(tiny_attn):
+    pruned, report = diffprune.prune(tiny_attn, method="magnitude", target_macs=0.5, progress=False)
+    kept = report.macs_after / report.macs_before
+    assert kept <= 0.5
+    assert kept > 0.35  # widths move in steps, but the search should not overshoot wildly
+    assert 0 < report.ratio < 0.95
+
+
+def _attentions(model):
+    return [m for m in model.modules() if isinstance(m, Attention)]
+
+
+def test_attention_heads_shrink_equally(tiny_attn, inputs):
+    dense_heads = [a.heads for a in _attentions(tiny_attn)]
+    assert max(dense_heads) > 1, "fixture should have multi-head attention"
+    pruned, _ = diffprune.prune(tiny_attn, method="magnitude", ratio=0.5, progress=False)
+    for attn, heads in zip(_attentions(pruned), dense_heads):
+        assert attn.heads == heads
+        assert attn.to_q.out_features == attn.to_k.out_features == attn.to_v.out_features == attn.to_out[0].in_features
+        assert attn.inner_dim == attn.to_q.out_features
+        dim_head = attn.inner_dim // attn.heads
+        assert dim_head * attn.heads == attn.inner_dim and dim_head < 16
+        assert math.isclose(attn.scale, dim_head ** -0.5)
+    x, t = inputs(tiny_attn)
+    assert torch.isfinite(_forward(pruned, x, t)).all()
+
+
+def test_removing_a_dead_head_keeps_the_output_exactly(tiny_attn, inputs):
+    # Zero one head's q/k/v rows and to_out columns: it then contributes nothing, so removing
+    # whole heads (which keeps dim_head, hence the attention scale) must not change that module's
+    # output. (The other attention modules lose a live head, so the whole UNet does change.)
+    import copy
+
+    model = copy.deepcopy(tiny_attn)
+    attn = _attentions(model)[0]
+    dim_head = attn.inner_dim // attn.heads
+    dead = slice(dim_head, 2 * dim_head)  # head 1
+    with torch.no_grad():
+        for lin in (attn.to_q, attn.to_k, attn.to_v):
+            lin.weight[dead] = 0
+            lin.bias[dead] = 0 if lin.bias is not None else None
+        attn.to_out[0].weight[:, dead] = 0
+    heads = attn.heads
+    # round_to larger than any width: nothing but whole heads can be removed.
+    only_heads, _ = diffprune.prune(model, method="magnitude", ratio=1 / heads, prune_heads=True,
+                                    round_to=10**6, progress=False)
+    pruned_attn = _attentions(only_heads)[0]
+    assert pruned_attn.heads == heads - 1 and pruned_attn.inner_dim == (heads - 1) * dim_head
+    assert pruned_attn.query_dim == attn.query_dim
+    hidden = torch.randn(2, attn.query_dim, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned_attn(hidden), attn(hidden), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(method="nope"), "Unknown method"),
+    (dict(ratio=1.0), "ratio 1.0 is out of range"),
+    (dict(ratio=0.5, target_macs=0.5), "Both ratio"),
+    (dict(target_macs=0.0), "target_macs 0.0 is out of range"),
+    (dict(thr=1.5), "thr 1.5"),
+    (dict(round_to=0), "round_to 0"),
+    (dict(method="diff-pruning", data=None), "needs calibration images"),
+    (dict(micro_batch=0, method="magnitude"), "micro_batch 0"),
+])
+def test_bad_options_are_refused(tiny, kwargs, fragment):
+    kwargs.setdefault("method", "magnitude")
+    with pytest.raises(DiffPruneError, match=fragment):
+        diffprune.prune(tiny, progress=False, **kwargs)
