@@ -62,6 +62,44 @@ def cmd_prune(args):
     return 0
 
 
+def cmd_export(args):
+    from diffprune.export import to_onnx
+
+    opt = args.opt_batch if args.opt_batch is not None else max(args.min_batch, min(8, args.max_batch))
+    result = to_onnx(args.src, args.out_dir, dtype="fp16" if args.fp16 else "fp32", opset=args.opset,
+                     batch=(args.min_batch, opt, args.max_batch), dynamic_hw=args.dynamic_hw,
+                     exporter=args.exporter, slim=args.slim, triton=args.triton, overwrite=args.overwrite)
+    meta = result.model_json
+    v = meta["validation"]
+    size = result.onnx_path.stat().st_size / 1e6
+    print(f"exported {result.onnx_path} ({meta['dtype']}, {size:.1f} MB, batch {meta['batch']['min']}..{meta['batch']['max']}, "
+          f"{result.seconds:.1f} s)")
+    print(f"validated against torch on ONNX Runtime CPU at batch {', '.join(str(c['batch']) for c in v['cases'])}: "
+          f"max-abs {v['max_abs_error']:.2e}, relative {v['max_rel_error']:.2e} (allowed {v['tolerance']})")
+    if args.triton:
+        print(f"Triton model repository: {args.triton}")
+    return 0
+
+
+def cmd_build(args):
+    from diffprune.export import build_engine, write_repository
+
+    out = build_engine(args.onnx_dir, args.out, workspace_gb=args.workspace_gb, optimization_level=args.opt_level,
+                       timing_cache=args.timing_cache, hardware_compatible=args.hardware_compatible,
+                       version_compatible=args.version_compatible, overwrite=args.overwrite)
+    print(f"built {out}/model.plan")
+    if args.triton:
+        write_repository(args.triton, out, overwrite=args.overwrite)
+        print(f"Triton model repository: {args.triton}")
+    return 0
+
+
+def _tensorrt_note() -> str:
+    import importlib.util
+
+    return "" if importlib.util.find_spec("tensorrt") else " [unavailable here: the tensorrt package is not installed]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .importance import CRITERIA
 
@@ -107,6 +145,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "export", help="export a UNet to validated ONNX (fp32 or fp16), optionally a Triton repository",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Export SRC (any model `prune` accepts, pruned or dense) to OUT_DIR/model.onnx + model.json.
+            Inputs: sample (B, C, H, W) float32 and timestep (B,) float32; output: out_sample. B is dynamic.
+            Validation is part of export: onnx.checker, shape inference, then ONNX Runtime vs torch at
+            several batch sizes and timesteps (fp32 max-abs <= 1e-4; fp16 relative <= 1e-2, no NaN/Inf).
+            If it fails, nothing is written and the command exits non-zero."""),
+        epilog="example:\n  diffprune export cifar-pruned cifar-pruned-onnx --fp16 --max-batch 64 --triton triton-repo",
+    )
+    p.add_argument("src", metavar="SRC", help="model folder, hub id or arch:NAME")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (written atomically)")
+    p.add_argument("--fp16", action="store_true", help="float16 graph (norms and softmax stay float32; I/O stays float32)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--min-batch", type=int, default=1, help="smallest batch (default 1)")
+    p.add_argument("--opt-batch", type=int, default=None, help="batch TensorRT optimises for (default 8, within min..max)")
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch (default 64)")
+    p.add_argument("--dynamic-hw", action="store_true", help="dynamic height and width (default: fixed at the model's sample size)")
+    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
+                   help="torch.export-based (default) or the legacy TorchScript exporter")
+    p.add_argument("--slim", action="store_true", help="clean the graph with onnxslim (needs onnxslim)")
+    p.add_argument("--triton", metavar="REPO", help="also write a Triton model repository here")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "build", help="build a TensorRT engine from an ONNX export" + _tensorrt_note(),
+        description="Build OUT/model.plan + engine.json from an ONNX export folder with the TensorRT Python API "
+                    "(strongly typed, one optimization profile over the export's batch range, timing cache reused). "
+                    "Needs an NVIDIA GPU and the tensorrt package (pip install 'diffprune[gpu]')." + _tensorrt_note(),
+    )
+    p.add_argument("onnx_dir", metavar="ONNX_DIR", help="folder written by `diffprune export`")
+    p.add_argument("--out", help="engine folder (default: ONNX_DIR-trt)")
+    p.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace limit in GiB (default 4)")
+    p.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0..5 (default 3)")
+    p.add_argument("--timing-cache", help="timing cache file, loaded if present and saved after the build")
+    p.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU (slower)")
+    p.add_argument("--version-compatible", action="store_true", help="engine loads in newer TensorRT versions")
+    p.add_argument("--triton", metavar="REPO", help="also add the engine to a Triton model repository")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    p.set_defaults(func=cmd_build)
     return parser
 
 

@@ -1,0 +1,128 @@
+"""TensorRT engines from a validated ONNX export (TensorRT Python API).
+
+The network is strongly typed: precision comes from the ONNX graph (export with dtype="fp16" for a
+half-precision engine), as TensorRT 10.12+ expects; in TensorRT 11 strong typing is the only mode.
+One optimization profile covers the export's batch range. The timing cache is loaded when present
+and saved after the build, so rebuilding (another profile, a pruned sibling) re-times little.
+
+Needs the ``tensorrt`` package and an NVIDIA GPU. Tested where both exist; elsewhere the functions
+raise a DiffPruneError that says what is missing.
+"""
+
+import json
+import time
+from pathlib import Path
+
+from diffprune._io import atomic_dir, atomic_write_bytes
+from diffprune.errors import DiffPruneError
+
+ENGINE_FILE = "model.plan"
+ENGINE_JSON = "engine.json"
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise DiffPruneError(
+            "Building a TensorRT engine needs the tensorrt package and an NVIDIA GPU; tensorrt is not "
+            "installed here. On a GPU machine: pip install 'diffprune[gpu]'. ONNX Runtime runs the "
+            "exported model without it (diffprune.runtime)."
+        ) from None
+    return trt
+
+
+def gpu_identity() -> dict:
+    """Name and compute capability of CUDA device 0 (what an engine is tied to)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DiffPruneError(
+            "No CUDA GPU is visible to torch, and TensorRT builds engines for the GPU it runs on. "
+            "Run the build on the machine (or GPU model) that will serve the engine."
+        )
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+
+
+def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization_level: int = 3,
+                 timing_cache=None, hardware_compatible: bool = False, version_compatible: bool = False,
+                 batch=None, overwrite: bool = False) -> Path:
+    """Build ``model.plan`` + ``engine.json`` from the ONNX export in ``onnx_dir``.
+
+    ``batch`` (min, opt, max) overrides the export's range for the optimization profile.
+    ``timing_cache`` is a file path (default: ``timing.cache`` beside the output folder).
+    ``hardware_compatible`` builds for Ampere and newer GPUs instead of this one (slower engine);
+    ``version_compatible`` lets newer TensorRT runtimes load it (lean runtime, slower build).
+    """
+    from .validate import check_batch, verify_export
+
+    onnx_dir = Path(onnx_dir)
+    meta = verify_export(onnx_dir)
+    if not 0 <= optimization_level <= 5:
+        raise DiffPruneError(f"optimization_level {optimization_level} is out of range; allowed 0..5 (default 3).")
+    if workspace_gb <= 0:
+        raise DiffPruneError(f"workspace_gb {workspace_gb} must be positive.")
+    lo, opt, hi = batch or (meta["batch"]["min"], meta["batch"]["opt"], meta["batch"]["max"])
+    if not 1 <= lo <= opt <= hi:
+        raise DiffPruneError(f"batch range ({lo}, {opt}, {hi}) is invalid; need 1 <= min <= opt <= max.")
+    for b in (lo, hi):
+        check_batch(meta, b, onnx_dir)  # the profile must lie inside the exported range
+    out_dir = Path(out_dir) if out_dir else onnx_dir.with_name(onnx_dir.name + "-trt")
+    from diffprune._io import check_writable
+
+    check_writable(out_dir, overwrite)
+    trt = _import_tensorrt()
+    gpu = gpu_identity()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".")[0])
+    flags = 0
+    if major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_dir / meta.get("file", "model.onnx"))):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise DiffPruneError(f"TensorRT's ONNX parser rejects {str(onnx_dir)!r}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * 1024**3))
+    config.builder_optimization_level = optimization_level
+    if hardware_compatible:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    c, (h, w) = meta["in_channels"], meta["sample_size"]
+    profile = builder.create_optimization_profile()
+    profile.set_shape("sample", (lo, c, h, w), (opt, c, h, w), (hi, c, h, w))
+    profile.set_shape("timestep", (lo,), (opt,), (hi,))
+    config.add_optimization_profile(profile)
+    cache_path = Path(timing_cache) if timing_cache else out_dir.parent / "timing.cache"
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise DiffPruneError("TensorRT failed to build the engine; run with a larger workspace_gb or see the log above.")
+    seconds = time.perf_counter() - started
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        (tmp / ENGINE_FILE).write_bytes(bytes(serialized))
+        record = {
+            "format": "diffprune.tensorrt/1",
+            "file": ENGINE_FILE,
+            "tensorrt": trt.__version__,
+            "gpu": gpu,
+            "hardware_compatible": hardware_compatible,
+            "version_compatible": version_compatible,
+            "profile": {"batch": {"min": lo, "opt": opt, "max": hi}},
+            "precision": meta["dtype"],
+            "optimization_level": optimization_level,
+            "workspace_gb": workspace_gb,
+            "build_seconds": round(seconds, 2),
+            "timing_cache": str(cache_path),
+            "model": meta,
+        }
+        (tmp / ENGINE_JSON).write_text(json.dumps(record, indent=1, default=str))
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    return out_dir

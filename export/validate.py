@@ -1,0 +1,148 @@
+"""Export validation: a graph that does not hold is an error, not a warning.
+
+onnx.checker, strict shape inference, then ONNX Runtime (CPU) against the torch model on fresh random
+inputs at several batch sizes and timesteps. fp32 must agree to max-abs 1e-4; fp16 (compared with the
+fp32 torch model) to 1e-2 of the output's scale, and never produce NaN or Inf.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from diffprune.errors import DiffPruneError
+
+TOLERANCE = {"fp32": {"max_abs": 1e-4}, "fp16": {"max_rel": 1e-2}}
+
+
+def ort_session(path, threads: int | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DiffPruneError(
+            "Validating an ONNX export needs onnxruntime, which is not installed. Install it with "
+            "pip install 'diffprune[cpu]' (or onnxruntime-gpu through the [gpu] extra)."
+        ) from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types (InvalidGraph, Fail, ...)
+        raise DiffPruneError(f"ONNX Runtime cannot load {str(path)!r}: {str(e).splitlines()[0]}") from None
+
+
+def structural_checks(path: Path) -> dict:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
+        raise DiffPruneError(
+            f"onnx.checker rejects {str(path)!r}: {str(e).splitlines()[0]} The file is corrupt or the "
+            "graph is invalid; re-run `diffprune export`."
+        ) from None
+    fd, inferred = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.shape_inference.infer_shapes_path(str(path), inferred, check_type=True, strict_mode=True)
+    except Exception as e:  # onnx raises InferenceError or plain RuntimeError depending on version
+        raise DiffPruneError(f"ONNX shape inference fails on {str(path)!r}: {str(e).splitlines()[0]}") from None
+    finally:
+        os.unlink(inferred)
+    return {"checker": "ok", "shape_inference": "ok"}
+
+
+def validate(path, torch_model, dtype: str, batches, num_train_timesteps: int = 1000, seed: int = 0) -> dict:
+    """Check ``path`` against ``torch_model`` ((sample, timestep) -> out); raise DiffPruneError on failure."""
+    import torch
+
+    path = Path(path)
+    report = structural_checks(path)
+    session = ort_session(path)
+    inp = {i.name: i for i in session.get_inputs()}
+    (_, c, h, w) = inp["sample"].shape
+    rng = np.random.default_rng(seed)
+    cases = []
+    for b in batches:
+        sample = rng.standard_normal((b, c, h, w)).astype(np.float32)
+        # Spread timesteps over the schedule, ends included: errors often show at t = 0 or t = T - 1.
+        timestep = np.linspace(0, num_train_timesteps - 1, b).round().astype(np.float32) if b > 1 else \
+            rng.integers(0, num_train_timesteps, 1).astype(np.float32)
+        got = session.run(["out_sample"], {"sample": sample, "timestep": timestep})[0]
+        with torch.no_grad():
+            ref = torch_model(torch.from_numpy(sample), torch.from_numpy(timestep)).numpy()
+        finite = bool(np.isfinite(got).all())
+        max_abs = float(np.abs(got.astype(np.float64) - ref).max()) if finite else float("inf")
+        max_rel = max_abs / max(float(np.abs(ref).max()), 1e-12)
+        cases.append({"batch": int(b), "timesteps": [int(t) for t in timestep[:4]], "max_abs": max_abs,
+                      "max_rel": max_rel, "finite": finite})
+    worst_abs = max(c["max_abs"] for c in cases)
+    worst_rel = max(c["max_rel"] for c in cases)
+    tol = TOLERANCE[dtype]
+    passed = all(c["finite"] for c in cases) and (worst_abs <= tol["max_abs"] if "max_abs" in tol else worst_rel <= tol["max_rel"])
+    import onnxruntime
+
+    report.update({"backend": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider", "reference": "torch float32",
+                   "cases": cases, "max_abs_error": worst_abs, "max_rel_error": worst_rel, "tolerance": tol,
+                   "passed": passed})
+    if not passed:
+        bad = "NaN/Inf in the output (fp16 overflow?)" if not all(c["finite"] for c in cases) else \
+            f"max-abs error {worst_abs:.3g}, relative {worst_rel:.3g}"
+        raise DiffPruneError(
+            f"The exported {dtype} graph does not match the torch model: {bad}; allowed {tol}. Nothing was "
+            "written. For fp16, try fp32 or report the model; for fp32, try exporter='torchscript'."
+        )
+    return report
+
+
+def verify_export(onnx_dir, batch: int | None = None) -> dict:
+    """Check an export folder before use: model.json readable, ONNX file intact, the graph's inputs
+    and outputs as model.json says, and ``batch`` (if given) inside the exported batch range.
+    Returns model.json's content."""
+    import json
+
+    import onnx
+
+    onnx_dir = Path(onnx_dir)
+    meta_path = onnx_dir / "model.json"
+    if not meta_path.is_file():
+        raise DiffPruneError(f"{str(onnx_dir)!r} holds no model.json; give a folder written by `diffprune export`.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DiffPruneError(f"{str(meta_path)!r} is not valid JSON ({e}); re-run `diffprune export`.") from None
+    path = onnx_dir / meta.get("file", "model.onnx")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise DiffPruneError(f"{str(path)!r} is missing; the export folder is incomplete. Re-run `diffprune export`.") from None
+    except Exception as e:  # protobuf's DecodeError and onnx's own errors
+        raise DiffPruneError(
+            f"{str(path)!r} is not a readable ONNX model ({type(e).__name__}); it is truncated or corrupt. "
+            "Re-run `diffprune export`."
+        ) from None
+    from .onnx import io_specs
+
+    actual = io_specs(proto)
+    for key in ("inputs", "outputs"):
+        if actual[key] != meta.get(key):
+            raise DiffPruneError(
+                f"model.json in {str(onnx_dir)!r} does not match its graph: it declares {key} "
+                f"{meta.get(key)}, the graph has {actual[key]}. The files come from different exports; "
+                "re-run `diffprune export`."
+            )
+    if batch is not None:
+        check_batch(meta, batch, onnx_dir)
+    return meta
+
+
+def check_batch(meta: dict, batch: int, where) -> None:
+    lo, hi = meta["batch"]["min"], meta["batch"]["max"]
+    if not lo <= batch <= hi:
+        raise DiffPruneError(
+            f"Batch {batch} is outside the exported range {lo}..{hi} of {str(where)!r}. Use a batch in "
+            "that range, or re-export with --min-batch/--max-batch covering it."
+        )
