@@ -1,0 +1,19 @@
+"""numpy schedulers, one file each, configured from a diffusers scheduler config (dict)."""
+
+from ..errors import DiffPruneError
+from .ddim import DDIMScheduler, SchedulerOutput
+from .ddpm import DDPMScheduler
+from .dpm_solver import DPMSolverMultistepScheduler
+
+SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpm-solver++": DPMSolverMultistepScheduler}
+
+
+def make_scheduler(name: str, config: dict, **kwargs):
+    """``name`` is ddim, ddpm or dpm-solver++; ``config`` the diffusers scheduler config saved with the model."""
+    if name not in SCHEDULERS:
+        raise DiffPruneError(f"Unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}.")
+    return SCHEDULERS[name](config, **kwargs)
+
+
+__all__ = ["SCHEDULERS", "make_scheduler", "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+           "SchedulerOutput"]

@@ -1,0 +1,77 @@
+"""Noise schedules shared by the numpy schedulers, computed as diffusers computes them (float32)."""
+
+import math
+
+import numpy as np
+
+from ..errors import DiffPruneError
+
+SPACINGS = ("leading", "trailing", "linspace")
+PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+
+def betas_from_config(config: dict) -> np.ndarray:
+    """(T,) float32 betas for ``beta_schedule`` linear, scaled_linear or squaredcos_cap_v2, or ``trained_betas``."""
+    num = int(config.get("num_train_timesteps", 1000))
+    if config.get("trained_betas") is not None:
+        return np.asarray(config["trained_betas"], dtype=np.float32)
+    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+    schedule = config.get("beta_schedule", "linear")
+    if schedule == "linear":
+        return np.linspace(start, end, num, dtype=np.float32)
+    if schedule == "scaled_linear":  # latent diffusion: linear in sqrt(beta)
+        return np.linspace(start**0.5, end**0.5, num, dtype=np.float32) ** 2
+    if schedule == "squaredcos_cap_v2":  # Nichol & Dhariwal 2021, Eq. 17, betas capped at 0.999
+        def alpha_bar(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        return np.array([min(1 - alpha_bar((i + 1) / num) / alpha_bar(i / num), 0.999) for i in range(num)],
+                        dtype=np.float32)
+    raise DiffPruneError(
+        f"beta_schedule {schedule!r} is not supported by the runtime; allowed: linear, scaled_linear, "
+        "squaredcos_cap_v2 (or trained_betas)."
+    )
+
+
+def alphas_cumprod(config: dict) -> np.ndarray:
+    if config.get("rescale_betas_zero_snr"):
+        raise DiffPruneError("rescale_betas_zero_snr=True is not supported by the runtime schedulers.")
+    if config.get("thresholding"):
+        raise DiffPruneError("thresholding=True (dynamic thresholding) is not supported by the runtime schedulers.")
+    # alphas in float32 as diffusers has them, the running product in float64 as torch's CPU cumprod
+    # accumulates float32 (its acc_type is double), then float32 again: bit-for-bit diffusers' table.
+    alphas = 1.0 - betas_from_config(config)
+    return np.cumprod(alphas.astype(np.float64)).astype(np.float32)
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise DiffPruneError(f"{name} {value!r} is not supported; allowed: {', '.join(map(str, allowed))}.")
+
+
+def spaced_timesteps(spacing: str, num_train: int, steps: int, offset: int = 0) -> np.ndarray:
+    """The inference timesteps, descending, as diffusers' DDPM/DDIM ``set_timesteps`` makes them."""
+    check_choice("timestep_spacing", spacing, SPACINGS)
+    if not 1 <= steps <= num_train:
+        raise DiffPruneError(f"steps {steps} is out of range; allowed 1..{num_train} (num_train_timesteps).")
+    if spacing == "linspace":
+        return np.linspace(0, num_train - 1, steps).round()[::-1].copy().astype(np.int64)
+    if spacing == "leading":
+        ratio = num_train // steps
+        return (np.arange(0, steps) * ratio).round()[::-1].copy().astype(np.int64) + offset
+    ratio = num_train / steps
+    return np.round(np.arange(num_train, 0, -ratio)).astype(np.int64) - 1
+
+
+def predicted_x0_and_eps(prediction: str, model_output, sample, alpha_prod_t: float):
+    """x0 and epsilon from the model's output (DDIM paper Eq. 12; v from Salimans & Ho 2022, Eq. 5)."""
+    beta_prod_t = 1.0 - alpha_prod_t
+    if prediction == "epsilon":
+        x0 = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
+        return x0, model_output
+    if prediction == "sample":
+        return model_output, (sample - alpha_prod_t**0.5 * model_output) / beta_prod_t**0.5
+    if prediction == "v_prediction":
+        return (alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output,
+                alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample)
+    raise DiffPruneError(f"prediction_type {prediction!r} is not supported; allowed: {', '.join(PREDICTIONS)}.")
