@@ -94,6 +94,51 @@ def cmd_build(args):
     return 0
 
 
+def _int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,16, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return values
+
+
+def cmd_sample(args):
+    from diffprune._io import check_writable
+    from diffprune.runtime import Sampler, make_scheduler, open_runner
+    from diffprune.runtime.image import grid, save_png
+
+    check_writable(args.out, args.overwrite)
+    kwargs = {"eta": args.eta} if args.scheduler == "ddim" else {}
+    if args.eta and args.scheduler != "ddim":
+        raise DiffPruneError(f"--eta applies to the ddim scheduler only, not {args.scheduler}.")
+    with open_runner(args.artifact, args.backend, threads=args.threads) as runner:
+        scheduler = make_scheduler(args.scheduler, runner.scheduler_config, **kwargs)
+        sampler = Sampler(runner, scheduler)
+        images = sampler.generate(args.n, seed=args.seed, steps=args.steps, batch=args.batch)
+    save_png(args.out, grid(images))
+    t = sampler.last_timing
+    print(f"wrote {args.out}: {args.n} images, {args.steps} {args.scheduler} steps on {runner.backend}, "
+          f"{t['total_s']:.2f} s ({t['unet_s']:.2f} s in the UNet, sampler share {t['sampler_share']:.1%})")
+    return 0
+
+
+def cmd_bench(args):
+    from diffprune._io import check_writable
+    from diffprune.benchmark import markdown, run_bench, write_report
+
+    check_writable(args.out, args.overwrite)
+    results = run_bench(args.artifacts, backend=args.backend, batches=args.batch, steps=args.steps,
+                        scheduler=args.scheduler, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                        torch_baseline=args.torch_baseline, memory=not args.no_memory, progress=not args.quiet)
+    command = "diffprune " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffprune") else ""
+    write_report(results, args.out, command=command, overwrite=args.overwrite)
+    print(markdown(results, command))
+    print(f"wrote {args.out}/bench.json, bench.md, bench.png")
+    return 0
+
+
 def _tensorrt_note() -> str:
     import importlib.util
 
@@ -188,6 +233,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton", metavar="REPO", help="also add the engine to a Triton model repository")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.set_defaults(func=cmd_build)
+
+    from diffprune.runtime.runners import BACKENDS
+    from diffprune.runtime.schedulers import SCHEDULERS
+
+    p = sub.add_parser(
+        "sample", help="generate images with the torch-free runtime and write a PNG grid",
+        description="Noise -> images with ONNX Runtime or TensorRT and a numpy scheduler (no torch). "
+                    "A seed gives the same images on every machine and at every batch size, for one backend.",
+        epilog="example:\n  diffprune sample cifar-pruned-onnx --n 64 --steps 50 --scheduler ddim --seed 0 --out grid.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("artifact", metavar="ARTIFACT", help="ONNX export folder (model.json) or engine folder (engine.json)")
+    p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS), help="default ddim")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic, default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=None, help="images per UNet call (default: as many as the artifact allows)")
+    p.add_argument("--backend", default="ort-cpu", choices=list(BACKENDS), help="default ort-cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: its choice)")
+    p.add_argument("--out", default="grid.png", help="PNG grid to write (default grid.png)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "bench", help="end-to-end latency: dense vs pruned on a runtime, plus the PyTorch eager baseline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Measure noise -> uint8 images (scheduler and post-processing included) for each artifact,
+            interleaved A B A B ... so machine drift cancels: warm-up, then --runs timed runs; median,
+            p90, min, images/s, the UNet's own time and the sampler's share, and each model's peak
+            memory in a fresh process. The dense model in a diffusers DDIMPipeline (PyTorch eager) is
+            added as the baseline a user would otherwise run. Writes bench.json, bench.md, bench.png."""),
+        epilog="example:\n  diffprune bench dense-onnx pruned-onnx --backend ort-cpu --batch 1,16 --steps 50 --out bench-cpu",
+    )
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="dense first, then pruned ones")
+    p.add_argument("--backend", default="ort-cpu", choices=list(BACKENDS), help="default ort-cpu")
+    p.add_argument("--batch", type=_int_list, default=[1], help="comma-separated batch sizes (default 1)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
+    p.add_argument("--runs", type=int, default=10, help="timed runs per model and batch (default 10)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch")
+    p.add_argument("--torch-baseline", default="auto",
+                   help="dense model source for the PyTorch eager baseline: auto (from the first artifact's "
+                        "model.json), a model folder / arch:NAME, or none")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-model peak memory measurement")
+    p.add_argument("--out", default="bench", help="report folder (default bench)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,4 +1,13 @@
 """diffprune.runtime: torch-free sampling on ONNX Runtime / TensorRT.
 
-This package never imports torch, nor anything from diffprune's torch side (diffprune/, export/).
+numpy, plus onnxruntime or tensorrt imported lazily inside their runner. Never torch, nor anything
+from diffprune's torch side (diffprune/, export/): a test imports every module here with torch
+made unimportable.
 """
+
+from .errors import DiffPruneError
+from .runners import BACKENDS, open_runner
+from .sampler import Sampler
+from .schedulers import SCHEDULERS, make_scheduler
+
+__all__ = ["BACKENDS", "DiffPruneError", "SCHEDULERS", "Sampler", "make_scheduler", "open_runner"]

@@ -1,0 +1,70 @@
+"""Reading what export wrote: model.json (ONNX) and engine.json (TensorRT), with checks."""
+
+import json
+from pathlib import Path
+
+from .errors import DiffPruneError
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DiffPruneError(f"{str(path)!r} is missing; give a folder written by `diffprune export` or `diffprune build`.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DiffPruneError(f"{str(path)!r} is not valid JSON ({e}); re-create the artifact.") from None
+
+
+def describe(path) -> tuple:
+    """``(kind, folder, meta)``: kind "onnx" (model.json) or "tensorrt" (engine.json)."""
+    path = Path(path)
+    if path.is_file() and path.name in ("model.onnx", "model.plan"):
+        path = path.parent
+    if not path.exists():
+        raise DiffPruneError(f"Artifact {str(path)!r} does not exist. Give an ONNX export folder or a TensorRT engine folder.")
+    if (path / "engine.json").is_file():
+        return "tensorrt", path, read_json(path / "engine.json")
+    if (path / "model.json").is_file():
+        return "onnx", path, read_json(path / "model.json")
+    raise DiffPruneError(
+        f"{str(path)!r} holds neither model.json (an ONNX export) nor engine.json (a TensorRT engine). "
+        "Create one with `diffprune export` (then `diffprune build` for TensorRT)."
+    )
+
+
+def check_engine_compatible(record: dict, tensorrt_version: str, compute_capability: str, gpu_name: str = "") -> None:
+    """Refuse an engine built for another GPU or TensorRT version (it would fail or run wrongly)."""
+    built_trt = record.get("tensorrt", "?")
+    built_cc = record.get("gpu", {}).get("compute_capability", "?")
+    built_gpu = record.get("gpu", {}).get("name", "?")
+    if built_trt != tensorrt_version and not (
+        record.get("version_compatible") and _major(tensorrt_version) >= _major(built_trt)
+    ):
+        raise DiffPruneError(
+            f"This engine was built with TensorRT {built_trt}, but TensorRT {tensorrt_version} is installed. "
+            "Engines are tied to the TensorRT version that built them: rebuild it here with `diffprune build` "
+            "(or build with --version-compatible)."
+        )
+    if built_cc != compute_capability:
+        hardware_ok = record.get("hardware_compatible") and _cc(compute_capability) >= (8, 0)
+        if not hardware_ok:
+            raise DiffPruneError(
+                f"This engine was built for {built_gpu} (compute capability {built_cc}), but this GPU is "
+                f"{gpu_name or '?'} (compute capability {compute_capability}). Rebuild the engine on this GPU with "
+                "`diffprune build` (or build with --hardware-compatible for any Ampere+ GPU)."
+            )
+
+
+def _major(version: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return -1
+
+
+def _cc(text: str) -> tuple:
+    try:
+        major, minor = str(text).split(".")
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)

@@ -1,0 +1,92 @@
+"""ONNX Runtime runner: CPU, CUDA and TensorRT execution providers; IO binding on GPU."""
+
+import numpy as np
+
+from ..errors import DiffPruneError
+from .base import Runner
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DiffPruneError(
+            "The ONNX Runtime backend needs onnxruntime: pip install 'diffprune[cpu]' (CPU) or "
+            "'diffprune[gpu]' (onnxruntime-gpu)."
+        ) from None
+    return onnxruntime
+
+
+class OnnxRuntimeRunner(Runner):
+    """``OnnxRuntimeRunner(folder, device="cpu"|"cuda"|"tensorrt", threads=None)``.
+
+    ``threads`` sets intra-op threads (default: one per physical core, ONNX Runtime's choice); inter-op
+    parallelism stays at 1 because a UNet is one long chain of ops.
+    """
+
+    def __init__(self, folder, meta: dict, device: str = "cpu", threads: int | None = None):
+        super().__init__(folder, meta)
+        if device not in PROVIDERS:
+            raise DiffPruneError(f"ONNX Runtime device {device!r} is unknown; allowed: {', '.join(PROVIDERS)}.")
+        self.device = device
+        self.threads = threads
+        self.backend = f"ort-{device}" if device != "tensorrt" else "ort-trt"
+        self.session = None
+
+    def open(self):
+        ort = import_onnxruntime()
+        wanted = PROVIDERS[self.device][0]
+        if wanted not in ort.get_available_providers():
+            raise DiffPruneError(
+                f"ONNX Runtime here has no {wanted} (available: {', '.join(ort.get_available_providers())}). "
+                "For GPUs install onnxruntime-gpu (pip install 'diffprune[gpu]'), or use the cpu backend."
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        path = self.folder / self.meta.get("file", "model.onnx")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=PROVIDERS[self.device])
+        except Exception as e:  # ORT's own exception types (InvalidProtobuf, NoSuchFile, Fail, ...)
+            raise DiffPruneError(
+                f"ONNX Runtime cannot load {str(path)!r}: {str(e).splitlines()[0]} The file is missing, corrupt "
+                "or from another export; re-run `diffprune export`."
+            ) from None
+        graph_inputs = {i.name: i for i in self.session.get_inputs()}
+        declared = {i["name"]: i for i in self.meta.get("inputs", [])}
+        if set(graph_inputs) != set(declared) or any(
+            list(graph_inputs[n].shape) != list(declared[n]["shape"]) for n in declared
+        ):
+            raise DiffPruneError(
+                f"model.json in {str(self.folder)!r} does not match its graph: it declares inputs "
+                f"{[(d['name'], d['shape']) for d in declared.values()]}, the graph has "
+                f"{[(i.name, list(i.shape)) for i in graph_inputs.values()]}. Re-run `diffprune export`."
+            )
+        self._binding = self.session.io_binding() if self.device != "cpu" else None
+        return self
+
+    def close(self):
+        self.session = None
+
+    def run(self, sample, timestep):
+        if self._binding is None:
+            return self.session.run(["out_sample"], {"sample": sample, "timestep": timestep})[0]
+        # GPU: bind inputs from host once per call and let ORT allocate the output on the device,
+        # copying it back in one transfer (no intermediate host buffers per op).
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_cpu_input("sample", sample)
+        binding.bind_cpu_input("timestep", timestep)
+        binding.bind_output("out_sample", "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]

@@ -1,0 +1,75 @@
+"""Noise to uint8 images with a runner and a numpy scheduler.
+
+Randomness is per image: image i draws its starting noise (and any per-step noise) from
+``numpy.random.default_rng([seed, i])``, so a seed gives the same images on every machine and at
+every batch size, for the same backend.
+"""
+
+import time
+
+import numpy as np
+
+from .errors import DiffPruneError
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
+    return ((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+class Sampler:
+    def __init__(self, runner, scheduler):
+        self.runner = runner
+        self.scheduler = scheduler
+        self.last_timing = {}
+
+    def initial_noise(self, indices, seed: int) -> np.ndarray:
+        c, (h, w) = self.runner.in_channels, self.runner.sample_size
+        return np.stack([np.random.default_rng([seed, int(i)]).standard_normal((c, h, w), dtype=np.float32)
+                         for i in indices]) * np.float32(self.scheduler.init_noise_sigma)
+
+    def generate(self, n: int, seed: int = 0, steps: int = 50, batch: int | None = None, output: str = "uint8",
+                 noise: np.ndarray | None = None):
+        """``n`` images: uint8 (N, H, W, C), or float32 (N, C, H, W) in [-1, 1] with ``output="float"``.
+
+        ``noise`` (N, C, H, W) replaces the seeded starting noise (to compare models from the same noise).
+        """
+        lo, hi = self.runner.batch_range
+        if n < 1:
+            raise DiffPruneError(f"n {n} must be at least 1.")
+        batch = batch or max(lo, min(n, hi))
+        if not lo <= batch <= hi:
+            raise DiffPruneError(f"batch {batch} is outside the artifact's range {lo}..{hi}.")
+        started, unet_before = time.perf_counter(), self.runner.seconds
+        out = []
+        for start in range(0, n, batch):
+            indices = list(range(start, min(start + batch, n)))
+            pad = max(0, lo - len(indices))  # a short last batch below the engine's minimum: pad, then drop
+            x = noise[indices].astype(np.float32) if noise is not None else self.initial_noise(indices, seed)
+            if pad:
+                x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)])
+            rngs = [np.random.default_rng([seed, i, 1]) for i in indices] + [np.random.default_rng(0)] * pad
+            out.append(self._loop(x, steps, rngs)[: len(indices)])
+        images = np.concatenate(out)
+        total = time.perf_counter() - started
+        unet = self.runner.seconds - unet_before
+        self.last_timing = {"total_s": total, "unet_s": unet, "sampler_s": total - unet,
+                            "sampler_share": (total - unet) / total if total else 0.0}
+        return images if output == "float" else to_uint8(images)
+
+    def _loop(self, x: np.ndarray, steps: int, rngs) -> np.ndarray:
+        scheduler = self.scheduler
+        scheduler.set_timesteps(steps)
+        b = x.shape[0]
+        for k, t in enumerate(scheduler.timesteps):
+            timestep = np.full((b,), float(t), dtype=np.float32)
+            out = self.runner(x, timestep)
+            if not np.isfinite(out).all():
+                raise DiffPruneError(
+                    f"The model produced NaN/Inf at step {k + 1} of {steps} (timestep {int(t)}) on backend "
+                    f"{self.runner.backend}. With an fp16 artifact this is overflow: use the fp32 export, or keep "
+                    "more ops in fp32. No images were written."
+                )
+            noise = np.stack([r.standard_normal(x.shape[1:], dtype=np.float32) for r in rngs]) if scheduler.needs_noise else None
+            x = scheduler.step(out, int(t), x, noise=noise).prev_sample
+        return x
