@@ -33,6 +33,9 @@ def atomic_dir(out, overwrite: bool = False):
     """
     out = check_writable(out, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the artifact gets ordinary folder permissions
     try:
         yield tmp
         if out.exists():

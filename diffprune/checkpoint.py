@@ -19,8 +19,10 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 FORMAT = "diffprune.pruned-unet/1"
 
 
-def save(model, out, info: dict | None = None, scheduler_config: dict | None = None, overwrite: bool = False) -> Path:
-    """Write ``model`` as a pruned-model folder at ``out`` (atomically). ``info`` joins pruning.json."""
+def save(model, out, info: dict | None = None, scheduler_config: dict | None = None, overwrite: bool = False,
+         extra_files: dict | None = None) -> Path:
+    """Write ``model`` as a pruned-model folder at ``out`` (atomically). ``info`` joins pruning.json;
+    ``extra_files`` maps file names to text written beside it (a fine-tuning log, say)."""
     from safetensors.torch import save_file
 
     from .models import DEFAULT_SCHEDULER, count_macs_params, versions
@@ -43,6 +45,8 @@ def save(model, out, info: dict | None = None, scheduler_config: dict | None = N
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": "diffprune"})
         (tmp / "pruning.json").write_text(json.dumps(record, indent=1, default=str))
         (tmp / "scheduler_config.json").write_text(json.dumps(scheduler_config or DEFAULT_SCHEDULER, indent=1))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return Path(out)
 
 

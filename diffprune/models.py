@@ -31,6 +31,12 @@ ARCHITECTURES = {
         block_out_channels=(32, 64), down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
     ),
+    # The shipped reference model's architecture: 28x28 digits, attention at 14x14 and 7x7.
+    "digits": dict(
+        sample_size=28, in_channels=1, out_channels=1, layers_per_block=2,
+        block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=16,
+    ),
     # Multi-head attention (64 channels / head dim 16 = 4 heads) in the low-resolution blocks.
     "tiny-attn": dict(
         sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,

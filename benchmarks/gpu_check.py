@@ -1,0 +1,134 @@
+"""Every GPU check in one call (for the lent H100/H200 machine; one `run` of about 5 minutes).
+
+    python benchmarks/gpu_check.py --out "$OUT"      # writes $OUT/gpu_results.json
+
+1. Pruning on CUDA: diff-pruning importance (a few timesteps) on the CIFAR-10 DDPM architecture.
+2. Dense vs pruned (ratio 0.3, the paper's 3.4G MACs), batch 1 and 64, 50 DDIM steps end to end:
+   PyTorch eager, PyTorch eager + CUDA graph of the UNet forward, and ONNX Runtime (CPU build there).
+3. Export and validate dense and pruned on that machine.
+Timing: warm-up, torch.cuda.synchronize around every timed region, median and p90 of --runs.
+TensorRT is not installed on the lent machines; its tests (tests/test_tensorrt.py) run where it is.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import diffprune
+from diffprune.models import DEFAULT_SCHEDULER, build_unet, versions
+
+
+def timed(fn, runs, warmup=2, sync=True):
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        if sync:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - started)
+    return {"median_ms": statistics.median(out) * 1e3, "p90_ms": float(np.percentile(out, 90)) * 1e3,
+            "min_ms": min(out) * 1e3}
+
+
+def ddim_loop(forward, scheduler, x):
+    for t in scheduler.timesteps:
+        x = scheduler.step(forward(x, t), t, x).prev_sample
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def graphed_forward(unet, batch):
+    """Capture one UNet forward for a fixed batch as a CUDA graph; replay per step."""
+    static_x = torch.randn(batch, 3, 32, 32, device="cuda")
+    static_t = torch.full((batch,), 500, device="cuda", dtype=torch.long)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(3):
+            unet(static_x, static_t)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_out = unet(static_x, static_t).sample
+
+    def forward(x, t):
+        static_x.copy_(x)
+        static_t.fill_(int(t))
+        graph.replay()
+        return static_out.clone()
+
+    return forward
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "this script is for a CUDA machine"
+    torch.backends.cudnn.benchmark = True
+    result = {"gpu": torch.cuda.get_device_name(0), "capability": torch.cuda.get_device_capability(0),
+              "versions": versions(), "platform": platform.platform(), "steps": args.steps, "runs": args.runs}
+    dense = build_unet("ddpm-cifar10-32").cuda()
+
+    started = time.perf_counter()
+    pruned, report = diffprune.prune(dense, method="diff-pruning", ratio=0.3, data="builtin:digits", num_images=64,
+                                     micro_batch=64, max_timesteps=20, progress=False)
+    result["prune_cuda"] = {"seconds": time.perf_counter() - started, "timesteps": len(report.timesteps_used),
+                            "importance_s_per_timestep": report.importance_seconds / len(report.timesteps_used),
+                            "params": [report.params_before, report.params_after],
+                            "macs": [report.macs_before, report.macs_after]}
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config({k: v for k, v in DEFAULT_SCHEDULER.items() if not k.startswith("_")})
+    scheduler.set_timesteps(args.steps)
+    rows = {}
+    for batch in (1, 64):
+        for name, model in (("dense", dense), ("pruned", pruned)):
+            model = model.eval()
+            x = torch.randn(batch, 3, 32, 32, device="cuda")
+            t = torch.full((batch,), 500, device="cuda", dtype=torch.long)
+            with torch.no_grad():
+                rows[f"{name}-b{batch}-unet-eager"] = timed(lambda: model(x, t), args.runs * 5)
+                rows[f"{name}-b{batch}-e2e-eager"] = timed(
+                    lambda: ddim_loop(lambda a, s: model(a, s.to("cuda").expand(batch)).sample, scheduler, x.clone()), args.runs)
+                forward = graphed_forward(model, batch)
+                rows[f"{name}-b{batch}-e2e-cudagraph"] = timed(lambda: ddim_loop(forward, scheduler, x.clone()), args.runs)
+            print(name, batch, {k: round(v["median_ms"], 2) for k, v in rows.items() if k.startswith(f"{name}-b{batch}")}, flush=True)
+    result["torch"] = rows
+    for batch in (1, 64):
+        for kind in ("unet-eager", "e2e-eager", "e2e-cudagraph"):
+            d, p = rows[f"dense-b{batch}-{kind}"]["median_ms"], rows[f"pruned-b{batch}-{kind}"]["median_ms"]
+            result.setdefault("speedup", {})[f"b{batch}-{kind}"] = d / p
+
+    with tempfile.TemporaryDirectory() as tmp:
+        from diffprune.export import to_onnx
+        from diffprune.runtime import Sampler, make_scheduler, open_runner
+
+        ort_rows = {}
+        for name, model in (("dense", dense), ("pruned", pruned)):
+            export = to_onnx(model.cpu(), Path(tmp) / name, batch=(1, 8, 64))
+            ort_rows[name] = {"validation_max_abs": export.model_json["validation"]["max_abs_error"]}
+            with open_runner(export.out_dir, "ort-cpu") as runner:
+                sampler = Sampler(runner, make_scheduler("ddim", runner.scheduler_config))
+                ort_rows[name]["e2e_b1_ms"] = timed(lambda: sampler.generate(1, steps=args.steps), 3, warmup=1, sync=False)
+        result["onnxruntime_cpu"] = ort_rows
+    out = Path(args.out) / "gpu_results.json"
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps(result.get("speedup"), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Fine-tuning pruned (or dense) UNets: AdamW with warm-up, gradient clipping and accumulation, EMA
+weights (the saved model is the EMA one), bf16/fp16 autocast on CUDA, optional distillation from the
+dense teacher, checkpoints in safetensors + JSON, exact resume, and multi-GPU / multi-node through
+Hugging Face accelerate (``accelerate launch -m diffprune finetune ...``).
+
+Determinism: the batch, noise and timesteps of step k on rank r come from a generator seeded with
+(seed, k, r), so a run resumed from a checkpoint draws exactly what the uninterrupted run drew and
+ends with the same weights; no data-loader state needs saving.
+"""
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ._io import atomic_dir, check_writable
+from .errors import DiffPruneError
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")
+
+
+@dataclass
+class FinetuneReport:
+    steps: int
+    final_loss: float
+    losses: list = field(default_factory=list)  # [step, loss, lr] every log_every steps
+    seconds: float = 0.0
+    steps_per_s: float = 0.0
+    world_size: int = 1
+    ranks_identical: bool | None = None
+    resumed_from: int | None = None
+    mixed_precision: str = "no"
+    device: str = "cpu"
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every):
+    if not isinstance(steps, int) or steps < 1:
+        raise DiffPruneError(f"steps {steps!r} is invalid; allowed: an integer >= 1.")
+    if batch_size < 1 or grad_accum < 1:
+        raise DiffPruneError(f"batch_size {batch_size} and grad_accum {grad_accum} must be >= 1.")
+    if not lr > 0:
+        raise DiffPruneError(f"lr {lr} must be positive (2e-4 is a good start for DDPM UNets).")
+    if kd_weight < 0:
+        raise DiffPruneError(f"kd_weight {kd_weight} must be >= 0.")
+    if kd_weight > 0 and teacher is None:
+        raise DiffPruneError("kd_weight > 0 distils from a teacher, but no teacher was given: pass teacher= "
+                             "(CLI --teacher) with the dense model, or set kd_weight to 0.")
+    if mixed_precision not in MIXED_PRECISION:
+        raise DiffPruneError(f"mixed_precision {mixed_precision!r} is unknown; allowed: {', '.join(MIXED_PRECISION)}.")
+    if lr_schedule not in LR_SCHEDULES:
+        raise DiffPruneError(f"lr_schedule {lr_schedule!r} is unknown; allowed: {', '.join(LR_SCHEDULES)}.")
+    if not 0 <= ema_decay < 1:
+        raise DiffPruneError(f"ema_decay {ema_decay} is out of range; allowed 0 <= decay < 1 (0 disables EMA).")
+    if checkpoint_every < 0:
+        raise DiffPruneError(f"checkpoint_every {checkpoint_every} must be >= 0 (0 = only at the end).")
+
+
+def _mixed_precision(choice: str, device: str) -> str:
+    import torch
+
+    if device == "cpu":
+        if choice in ("bf16", "fp16"):
+            raise DiffPruneError(f"mixed_precision {choice} needs a CUDA GPU; on the CPU training runs in fp32 (use auto or no).")
+        return "no"
+    if choice == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return choice
+
+
+# ---------------------------------------------------------------- checkpoints (safetensors + JSON)
+
+def _optimizer_tensors(optimizer):
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if hasattr(value, "shape"):
+                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer, tensors, meta):
+    state = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, config: dict, keep: int = 2):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"step-{step:08d}"
+    with atomic_dir(target, overwrite=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file({f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, str(tmp / "ema.safetensors"))
+        tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} if ema is not None else None
+        (tmp / "state.json").write_text(json.dumps({
+            "step": step, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(), "ema": ema_meta,
+            # Randomness is derived from (seed, step, rank): the seed and step are the whole RNG state.
+            "rng": {"seed": config["seed"], "derived_from": "(seed, step, rank)"}, "config": config,
+        }, indent=1, default=str))
+    for old in sorted(folder.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(folder: Path):
+    steps = sorted(p for p in Path(folder).glob("step-*") if (p / "state.json").is_file())
+    return steps[-1] if steps else None
+
+
+def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler) -> int:
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((path / "state.json").read_text())
+        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        if ema is not None and (path / "ema.safetensors").is_file():
+            shadow = load_file(str(path / "ema.safetensors"))
+            for i, p in enumerate(ema.shadow_params):
+                p.copy_(shadow[str(i)])
+            for key, value in (state["ema"] or {}).items():
+                setattr(ema, key, value)
+        _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise DiffPruneError(
+            f"Cannot resume from {str(path)!r}: {type(e).__name__}: {str(e).splitlines()[0]}. The checkpoint is "
+            "damaged or from another model; delete it to resume from the one before, or start without --resume."
+        ) from None
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------- training
+
+def _targets(scheduler_config):
+    from .importance._gradients import _targets as targets
+
+    return targets(scheduler_config)
+
+
+def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, batch_size: int = 64, lr: float = 2e-4,
+             warmup_steps: int = 100, lr_schedule: str = "constant_with_warmup", weight_decay: float = 0.0,
+             grad_clip: float = 1.0, grad_accum: int = 1, ema_decay: float = 0.9999, mixed_precision: str = "auto",
+             teacher=None, kd_weight: float = 0.0, num_images: int | None = None, checkpoint_every: int = 500,
+             checkpoint_dir=None, resume: bool = False, log_every: int = 10, seed: int = 0, device: str = "auto",
+             overwrite: bool = False, progress: bool = True, callback=None) -> FinetuneReport:
+    """Fine-tune ``model_or_folder`` on ``data`` for ``steps`` optimizer steps; save the EMA model to ``out``.
+
+    ``data``: builtin:digits, an image folder, a .npy/.npz, or generate:N (N samples from the teacher,
+    or from the model itself without one). ``teacher`` + ``kd_weight``: the student also matches the
+    teacher's prediction on the same noisy input. Checkpoints go to ``checkpoint_dir`` (default
+    OUT.ckpt) every ``checkpoint_every`` steps; ``resume=True`` continues from the latest one.
+    ``callback(step, loss)`` is called after every step (raise inside it to stop).
+    """
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from .checkpoint import read_info, save
+    from .data import load_images
+    from .models import load_source, versions
+
+    _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every)
+    out = Path(out)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = _mixed_precision(mixed_precision, "cpu" if device == "cpu" else "cuda")
+    accelerator = Accelerator(mixed_precision=precision, cpu=device == "cpu")
+    if accelerator.is_main_process:
+        check_writable(out, overwrite)
+    torch.manual_seed(seed)  # module initialisation, if any, is seeded too
+
+    student, scheduler_config, source = load_source(model_or_folder, device="cpu")
+    student = student.float().train()
+    teacher_model = None
+    if teacher is not None:
+        teacher_model, _, teacher_source = load_source(teacher, device="cpu")
+        teacher_model = teacher_model.float().eval().requires_grad_(False).to(accelerator.device)
+    cfg = student.config
+    size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
+    if isinstance(data, str) and data.startswith("generate:"):
+        from .sampling import generate
+
+        count = int(data.split(":", 1)[1]) if data.split(":", 1)[1].isdigit() else 0
+        if count <= 0:
+            raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0.")
+        images = generate((teacher_model or student).to(accelerator.device).eval(), scheduler_config, count, seed=seed,
+                          progress=progress and accelerator.is_main_process)
+        student.train()
+    else:
+        images = load_images(data, size, cfg.in_channels, limit=num_images, seed=seed)
+    images = images.to(accelerator.device)
+    alphas_cumprod, prediction, num_train = _targets(scheduler_config)
+    alphas_cumprod = alphas_cumprod.to(accelerator.device)
+
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
+    lr_scheduler = get_scheduler(lr_schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    unwrapped = accelerator.unwrap_model(student)
+    ema = EMAModel(unwrapped.parameters(), decay=ema_decay, use_ema_warmup=True, power=3 / 4) if ema_decay > 0 else None
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    start_step, resumed_from = 0, None
+    if resume:
+        path = latest_checkpoint(checkpoint_dir)
+        if path is None:
+            raise DiffPruneError(f"--resume found no checkpoint in {str(checkpoint_dir)!r}. Start without --resume, "
+                                 "or point --checkpoint-dir at the earlier run's checkpoints.")
+        start_step = resumed_from = load_checkpoint(path, unwrapped, ema, optimizer, lr_scheduler)
+    config = {"data": str(data), "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+              "lr_schedule": lr_schedule, "weight_decay": weight_decay, "grad_clip": grad_clip, "grad_accum": grad_accum,
+              "ema_decay": ema_decay, "mixed_precision": precision, "kd_weight": kd_weight, "seed": seed,
+              "teacher": str(teacher) if teacher is not None else None, "num_images": int(images.shape[0])}
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    per_rank = max(1, batch_size // world)
+    losses, last_loss = [], float("nan")
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="fine-tune",
+               disable=not (progress and accelerator.is_main_process))
+    started = time.perf_counter()
+    for step in bar:
+        step_loss = 0.0
+        for micro in range(grad_accum):
+            g = torch.Generator().manual_seed(_stream(seed, step, rank, micro))
+            idx = torch.randint(0, images.shape[0], (per_rank,), generator=g)
+            x0 = images[idx.to(images.device)]
+            noise = torch.randn(x0.shape, generator=g).to(x0.device)
+            t = torch.randint(0, num_train, (per_rank,), generator=g).to(x0.device)
+            a = alphas_cumprod[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
+            target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
+            sync = micro == grad_accum - 1
+            context = accelerator.no_sync(student) if not sync and world > 1 else _nullcontext()
+            with context:
+                with accelerator.autocast():
+                    pred = student(xt, t).sample
+                    loss = F.mse_loss(pred.float(), target)
+                    if teacher_model is not None and kd_weight > 0:
+                        with torch.no_grad():
+                            teacher_pred = teacher_model(xt, t).sample.float()
+                        loss = loss + kd_weight * F.mse_loss(pred.float(), teacher_pred)
+                accelerator.backward(loss / grad_accum)
+            step_loss += loss.item() / grad_accum
+        if grad_clip > 0:
+            accelerator.clip_grad_norm_(student.parameters(), grad_clip)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(unwrapped.parameters())
+        if not math.isfinite(step_loss):
+            raise DiffPruneError(f"The loss became {step_loss} at step {step + 1}; lower lr (now {lr}) or use mixed_precision no.")
+        last_loss = step_loss
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            losses.append([done, round(step_loss, 6), lr_scheduler.get_last_lr()[0]])
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(loss=f"{step_loss:.4f}", steps_per_s=f"{(done - start_step) / max(elapsed, 1e-9):.2f}")
+        if checkpoint_every and done % checkpoint_every == 0 and done < steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(checkpoint_dir, done, unwrapped, ema, optimizer, lr_scheduler, config)
+        if callback is not None:
+            callback(done, step_loss)
+    bar.close()
+    seconds = time.perf_counter() - started
+
+    accelerator.wait_for_everyone()
+    identical = None
+    if world > 1:
+        checksum = torch.stack([p.detach().double().sum() for p in unwrapped.parameters()]).sum().view(1)
+        gathered = accelerator.gather(checksum)
+        identical = bool((gathered == gathered[0]).all())
+    report = FinetuneReport(steps=steps, final_loss=last_loss, losses=losses, seconds=seconds,
+                            steps_per_s=(steps - start_step) / max(seconds, 1e-9), world_size=world,
+                            ranks_identical=identical, resumed_from=resumed_from, mixed_precision=precision,
+                            device=str(accelerator.device))
+    if accelerator.is_main_process:
+        import copy
+
+        final = copy.deepcopy(unwrapped).float().eval()
+        if ema is not None:
+            ema.copy_to(final.parameters())
+        info = {}
+        if source.get("format") == "diffprune":
+            info = {k: v for k, v in read_info(source["source"]).items() if k not in ("widths", "params", "macs", "versions", "dtype", "format")}
+        info.setdefault("source", source)
+        info["finetune"] = {**config, **{k: v for k, v in report.to_dict().items() if k != "losses"}, "versions": versions()}
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["step", "loss", "lr"])
+        writer.writerows(losses)
+        save(final, out, info=info, scheduler_config=scheduler_config, overwrite=overwrite or resume,
+             extra_files={"loss.csv": text.getvalue(), "finetune.json": json.dumps(report.to_dict(), indent=1)})
+    accelerator.wait_for_everyone()
+    return report
+
+
+def _stream(seed: int, step: int, rank: int, micro: int) -> int:
+    """A distinct, reproducible generator seed for each (seed, step, rank, micro-batch)."""
+    return (((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro) % (2**63)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from diffprune import DiffPruneError
+from diffprune.metrics import consistency, frechet_distance, psnr, ssim
+
+
+def test_frechet_distance_of_known_gaussians():
+    mu1, mu2 = np.zeros(3), np.array([1.0, 2.0, 2.0])
+    assert frechet_distance(mu1, np.eye(3), mu1, np.eye(3)) == pytest.approx(0, abs=1e-9)
+    assert frechet_distance(mu1, np.eye(3), mu2, np.eye(3)) == pytest.approx(9.0)
+    # Diagonal covariances: sum (sqrt(a) - sqrt(b))^2
+    a, b = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 4.0, 1.0])
+    assert frechet_distance(mu1, a, mu1, b) == pytest.approx((1 - 2) ** 2 + 0 + (3 - 1) ** 2)
+
+
+def test_frechet_distance_of_identical_sets_is_zero():
+    x = np.random.default_rng(0).standard_normal((500, 8)) @ np.random.default_rng(1).standard_normal((8, 8))
+    mu, cov = x.mean(0), np.cov(x, rowvar=False)
+    assert frechet_distance(mu, cov, mu, cov) == pytest.approx(0, abs=1e-6)
+
+
+def test_ssim_and_psnr_on_known_inputs():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    assert np.allclose(ssim(a, a), 1.0)
+    assert np.isinf(psnr(a, a)).all()
+    b = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert (ssim(a, b) < 1).all() and (ssim(a, b) > 0.9).all()
+    noisy = np.clip(a + rng.normal(0, 60, a.shape), 0, 255).astype(np.uint8)
+    assert (ssim(a, noisy) < ssim(a, b)).all()
+    flat = np.full((1, 16, 16, 1), 100, np.uint8)
+    assert psnr(flat, flat + 1)[0] == pytest.approx(10 * np.log10(255**2 / 1.0))
+    c = consistency(b, a)
+    assert 0.9 < c["ssim"] < 1 and c["n"] == 3
+
+
+def test_mismatched_sets_are_refused():
+    with pytest.raises(DiffPruneError, match="differ in shape"):
+        ssim(np.zeros((2, 8, 8, 1), np.uint8), np.zeros((3, 8, 8, 1), np.uint8))
