@@ -94,6 +94,25 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_select(args):
+    from .select import select
+
+    result = select(args.dense, candidates=args.candidates, sweep=args.sweep or (), budget_ms=args.budget_ms,
+                    per=args.per, backend=args.backend, batch=args.batch, steps=args.steps, n=args.n, runs=args.runs,
+                    method=args.method, data=args.data, finetune_steps=args.finetune_steps,
+                    calibration_images=args.calibration_images, max_timesteps=args.max_timesteps,
+                    threads=args.threads, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    # 3 = measured fine, but nothing fits the budget: scripts can tell this from an error (2).
+    return 0 if result["choice"] else 3
+
+
+def _float_list(text):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0.3,0.5,0.7, got {text!r}") from None
+
+
 def cmd_export(args):
     from diffprune.export import to_onnx
 
@@ -179,6 +198,8 @@ def _tensorrt_note() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from .importance import CRITERIA
+    from .runtime.runners import BACKENDS
+    from .runtime.schedulers import SCHEDULERS
 
     parser = argparse.ArgumentParser(
         prog="diffprune",
@@ -252,6 +273,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "select", help="pick the best-quality model within a latency budget (Pareto table and plot)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Measure each candidate's end-to-end latency on this machine and backend, score its quality as
+            SSIM vs the dense model from the same seeds, and choose the best within --budget-ms (per image
+            or per batch). Candidates: model folders / exports / engines, and --sweep fractions of dense
+            MACs (each pruned, optionally fine-tuned with --finetune-steps, and exported). Prints the
+            Pareto table with the choice marked; writes select.json, select.md and select.png (quality vs
+            latency with the budget line). Exit status 3 when nothing fits: the closest is named, none chosen."""),
+        epilog="example:\n  diffprune select builtin:digits-ddpm --sweep 0.3,0.5,0.7 --finetune-steps 200 --budget-ms 150",
+    )
+    p.add_argument("dense", metavar="DENSE", help="the dense model (source or export): the quality reference")
+    p.add_argument("candidates", nargs="*", metavar="CANDIDATE", help="model folders, ONNX exports or engines")
+    p.add_argument("--sweep", type=_float_list, help="fractions of dense MACs to keep, e.g. 0.3,0.5,0.7")
+    p.add_argument("--budget-ms", type=float, required=True, help="latency budget in ms")
+    p.add_argument("--per", default="image", choices=["image", "batch"], help="the budget is per image (default) or per batch")
+    p.add_argument("--backend", default="ort-cpu", choices=list(BACKENDS))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--n", type=int, default=16, help="images per model for the quality score (default 16)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per model (default 10)")
+    p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA), help="pruning method for --sweep")
+    p.add_argument("--data", default="builtin:digits", help="calibration / fine-tuning data for --sweep")
+    p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each sweep model this many steps (default 0)")
+    p.add_argument("--calibration-images", type=int, default=64)
+    p.add_argument("--max-timesteps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="select", help="report folder (default select)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser(
         "finetune", help="fine-tune a pruned model (EMA, AMP, distillation, resume, multi-GPU via accelerate)",
@@ -336,9 +390,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton", metavar="REPO", help="also add the engine to a Triton model repository")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.set_defaults(func=cmd_build)
-
-    from diffprune.runtime.runners import BACKENDS
-    from diffprune.runtime.schedulers import SCHEDULERS
 
     p = sub.add_parser(
         "sample", help="generate images with the torch-free runtime and write a PNG grid",
