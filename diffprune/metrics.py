@@ -80,3 +80,84 @@ def consistency(pruned: np.ndarray, dense: np.ndarray) -> dict:
     finite = p[np.isfinite(p)]
     return {"ssim": float(s.mean()), "psnr_db": float(finite.mean()) if len(finite) else float("inf"),
             "n": int(len(s))}
+
+
+class OnnxFeatures:
+    """A feature network in an ONNX file: uint8 images (N, H, W, C) -> features (N, D).
+
+    The network takes float32 (N, C, H, W) in [0, 1] at the size its input declares; images are
+    resized (bilinear) and grey images replicated to RGB when it wants 3 channels. Any network
+    works: the standard FID Inception-v3 converted to ONNX, or one suited to the domain (for digits,
+    a small classifier's penultimate layer gives a far more meaningful FID than Inception does).
+    """
+
+    def __init__(self, path, batch: int = 64):
+        from pathlib import Path
+
+        from .runtime.runners.onnxruntime import import_onnxruntime
+
+        path = Path(path)
+        if not path.is_file():
+            raise DiffPruneError(f"Feature network {str(path)!r} does not exist. Give an ONNX file mapping images "
+                                 "(N, C, H, W) in [0, 1] to features (N, D).")
+        ort = import_onnxruntime()
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT's own exception types
+            raise DiffPruneError(f"ONNX Runtime cannot load the feature network {str(path)!r}: {str(e).splitlines()[0]}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.channels, self.size = inp.shape[1], tuple(inp.shape[2:4])
+        self.batch = batch
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        out = []
+        for start in range(0, len(images), self.batch):
+            chunk = images[start:start + self.batch]
+            resized = []
+            for img in chunk:
+                pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+                if all(isinstance(s, int) for s in self.size) and pil.size != self.size[::-1]:
+                    pil = pil.resize(self.size[::-1], Image.BILINEAR)
+                arr = np.asarray(pil, dtype=np.float32) / 255.0
+                arr = arr[..., None] if arr.ndim == 2 else arr
+                if self.channels == 3 and arr.shape[-1] == 1:
+                    arr = np.repeat(arr, 3, axis=-1)
+                resized.append(arr.transpose(2, 0, 1))
+            feats = self.session.run(None, {self.input_name: np.stack(resized).astype(np.float32)})[0]
+            out.append(feats.reshape(len(chunk), -1))
+        return np.concatenate(out)
+
+
+def reference_statistics(reference, features, size=None, channels=None):
+    """(mu, sigma) of a reference set: a .npz of precomputed statistics (keys mu, sigma), or images
+    (folder, .npy/.npz of images, builtin:digits) passed through ``features``."""
+    from pathlib import Path
+
+    path = Path(str(reference))
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if "mu" in z.files and "sigma" in z.files:
+                return z["mu"], z["sigma"]
+    from .data import load_images
+
+    tensor = load_images(reference, size, channels)  # (N, C, H, W) in [-1, 1]
+    images = ((tensor.numpy().clip(-1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
+    return feature_statistics(features(images))
+
+
+def fid(images: np.ndarray, reference, features) -> dict:
+    """FID of uint8 ``images`` against ``reference`` (statistics .npz or images) under ``features``."""
+    mu_r, sigma_r = reference_statistics(reference, features, images.shape[1:3], images.shape[3])
+    mu_g, sigma_g = feature_statistics(features(images))
+    return {"fid": frechet_distance(mu_g, sigma_g, mu_r, sigma_r), "n": int(len(images)), "dims": int(len(mu_g))}
+
+
+INCEPTION_HELP = (
+    "The standard FID uses Inception-v3 with the 'pt_inception-2015-12-05' weights, which diffprune does not ship "
+    "or download. Convert them to ONNX once (e.g. from pytorch-fid's FIDInceptionA/E model, input (N, 3, 299, 299) "
+    "in [0, 1], output the 2048-d pool features) and pass the file with --features; or pass any feature network "
+    "suited to your images."
+)

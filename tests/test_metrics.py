@@ -38,3 +38,40 @@ def test_ssim_and_psnr_on_known_inputs():
 def test_mismatched_sets_are_refused():
     with pytest.raises(DiffPruneError, match="differ in shape"):
         ssim(np.zeros((2, 8, 8, 1), np.uint8), np.zeros((3, 8, 8, 1), np.uint8))
+
+
+def _projection_net(path, channels=1, size=8, dims=6):
+    """A tiny ONNX feature network: flatten, then a fixed random projection."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((channels * size * size, dims)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("MatMul", ["f", "w"], ["y"])],
+        "proj", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", dims])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fid_with_an_onnx_feature_network(tmp_path):
+    from diffprune.data import load_images
+    from diffprune.metrics import OnnxFeatures, feature_statistics, fid
+
+    features = OnnxFeatures(_projection_net(tmp_path / "f.onnx"))
+    digits = ((load_images("builtin:digits", (8, 8), 1, limit=200).numpy() + 1) * 127.5).round().astype(np.uint8)
+    digits = digits.transpose(0, 2, 3, 1)
+    same = fid(digits, "builtin:digits", features)  # 200 digits vs all 10,000: close
+    noise = np.random.default_rng(1).integers(0, 256, digits.shape, dtype=np.uint8)
+    far = fid(noise, "builtin:digits", features)
+    assert same["dims"] == 6 and 0 <= same["fid"] < far["fid"]
+    mu, sigma = feature_statistics(features(digits))
+    np.savez(tmp_path / "stats.npz", mu=mu, sigma=sigma)
+    assert fid(digits, str(tmp_path / "stats.npz"), features)["fid"] == pytest.approx(0, abs=1e-6)
+
+
+def test_fid_without_features_says_how_to_get_them(tmp_path):
+    from diffprune.cli import main
+
+    assert main(["eval", str(tmp_path), "--reference", "builtin:digits"]) == 2
