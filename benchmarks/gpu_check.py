@@ -5,7 +5,8 @@
 1. Pruning on CUDA: diff-pruning importance (a few timesteps) on the CIFAR-10 DDPM architecture.
 2. Dense vs pruned (ratio 0.3, the paper's 3.4G MACs), batch 1 and 64, 50 DDIM steps end to end:
    PyTorch eager, PyTorch eager + CUDA graph of the UNet forward, and ONNX Runtime (CPU build there).
-3. Export and validate dense and pruned on that machine.
+3. Fine-tuning steps/s on CUDA with bf16 autocast.
+4. Export and validate dense and pruned on that machine; ONNX Runtime (CPU) sampling there.
 Timing: warm-up, torch.cuda.synchronize around every timed region, median and p90 of --runs.
 TensorRT is not installed on the lent machines; its tests (tests/test_tensorrt.py) run where it is.
 """
@@ -112,6 +113,17 @@ def main():
         for kind in ("unet-eager", "e2e-eager", "e2e-cudagraph"):
             d, p = rows[f"dense-b{batch}-{kind}"]["median_ms"], rows[f"pruned-b{batch}-{kind}"]["median_ms"]
             result.setdefault("speedup", {})[f"b{batch}-{kind}"] = d / p
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Fine-tuning on CUDA with bf16 autocast: steps/s of the pruned CIFAR-10 model at batch 128.
+        from diffprune.finetune import finetune
+
+        folder = diffprune.save(pruned.cpu(), Path(tmp) / "pruned")
+        ft = finetune(folder, Path(tmp) / "ft", data="builtin:digits", steps=60, batch_size=128, warmup_steps=10,
+                      mixed_precision="bf16", checkpoint_every=0, progress=False, device="cuda")
+        result["finetune_cuda_bf16"] = {"steps_per_s": ft.steps_per_s, "final_loss": ft.final_loss,
+                                        "batch": 128, "steps": 60, "note": "includes warm-up steps"}
+        pruned = pruned.cuda()
 
     with tempfile.TemporaryDirectory() as tmp:
         from diffprune.export import to_onnx

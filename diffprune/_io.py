@@ -38,6 +38,8 @@ def atomic_dir(out, overwrite: bool = False):
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the artifact gets ordinary folder permissions
     try:
         yield tmp
+        for path in tmp.rglob("*"):  # some writers (safetensors) create 0600 files
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         if out.exists():
             # Move the old artifact aside first so the swap leaves no moment without a complete one.
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

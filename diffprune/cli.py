@@ -40,10 +40,10 @@ def _resolve_device(name: str):
 
 
 def cmd_prune(args):
-    from .checkpoint import save
-    from .models import load_source, versions
-    from .pruning import check_options, prune
     from ._io import check_writable
+    from .checkpoint import save
+    from .models import load_source
+    from .pruning import check_options, prune
 
     # Fail on bad options before minutes of work, not after.
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,

@@ -102,7 +102,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     for name, src in (("dense", dense_dir), ("pruned", tuned_dir)):
         exports[name] = out / f"{name}-onnx"
         stages[f"export-{name}"] = _stage(f"export {name}", exports[name], log, lambda s=src, d=exports[name]: to_onnx(
-            s, d, batch=(1, min(8, o.n), max(8, o.n)), progress=progress))
+            s, d, batch=(1, min(8, o.n), max(8, o.n))))
 
     # Sampling both from the same seeds, torch-free (ONNX Runtime).
     images = {}

@@ -97,10 +97,10 @@ class _Planner:
     def __init__(self, model, criterion, round_to, prune_heads):
         import torch
         import torch_pruning as tp
+        from diffusers.models.attention_processor import Attention
 
         from .models import example_inputs
 
-        Attention = __import__("diffusers.models.attention_processor", fromlist=["Attention"]).Attention
         self.round_to = round_to
         self.prune_heads = prune_heads
         self.dense = model
@@ -135,7 +135,7 @@ class _Planner:
         import torch_pruning as tp
 
         from .models import example_inputs
-        from .structure import sync_attributes
+        from .structure import keep_count, sync_attributes
 
         model = copy.deepcopy(self.dense)
         for p in model.parameters():
@@ -159,8 +159,6 @@ class _Planner:
                 idxs = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in drop.tolist()]) if len(drop) else torch.tensor([], dtype=torch.long)
                 attn.heads = keep_heads
             else:
-                from .structure import keep_count
-
                 keep = keep_count(width, groups, ratio, self.round_to)
                 if keep >= per:
                     continue
@@ -255,7 +253,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         p.grad = None
     macs1, params1 = count_macs_params(model)
     dense_widths = {n: _out_width(m) for n, m in dense.named_modules() if _out_width(m) is not None}
-    layer_widths = {n: [w, _out_width(m)] for n, m in model.named_modules() if n in dense_widths for w in [dense_widths[n]]}
+    layer_widths = {n: [dense_widths[n], _out_width(m)] for n, m in model.named_modules() if n in dense_widths}
     report = PruneReport(
         method=method, ratio=round(float(ratio), 6), target_macs=target_macs, thr=thr if method == "diff-pruning" else 0.0,
         round_to=round_to, seed=seed, params_before=params0, params_after=params1, macs_before=macs0,

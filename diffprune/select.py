@@ -172,7 +172,7 @@ def _as_artifact(src, export_dir: Path, batch: int, log) -> Path:
         from .export import to_onnx
 
         log(f"exporting {src} -> {export_dir}")
-        to_onnx(src, export_dir, batch=(1, max(batch, 8), max(batch, 16)), progress=False)
+        to_onnx(src, export_dir, batch=(1, max(batch, 8), max(batch, 16)))
     return export_dir
 
 

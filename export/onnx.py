@@ -78,7 +78,7 @@ def _check_batches(batch):
     return lo, opt, hi
 
 
-def _export(wrapper, example, path: Path, opset: int, batch, dynamic_hw: bool, exporter: str):
+def _export(wrapper, example, opset: int, batch, dynamic_hw: bool, exporter: str):
     import torch
 
     names = dict(input_names=["sample", "timestep"], output_names=["out_sample"], opset_version=opset)
@@ -141,7 +141,7 @@ def io_specs(proto) -> dict:
 
 def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batch=(1, 8, 64),
             dynamic_hw: bool = False, exporter: str = "dynamo", slim: bool = False, validate_batches=None,
-            triton=None, overwrite: bool = False, progress: bool = True) -> ExportResult:
+            triton=None, overwrite: bool = False) -> ExportResult:
     """Export a UNet2DModel (or any model folder / hub id ``diffprune`` can load) to ``out_dir``.
 
     Writes ``model.onnx`` and ``model.json``; validation (onnx.checker, shape inference, ONNX Runtime
@@ -169,7 +169,7 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     wrapper = _wrapper(unet)
     example = (torch.randn(2, cfg.in_channels, *size), torch.tensor([1.0, 500.0]))
     with torch.no_grad(), _quiet_exporter():
-        proto = _export(wrapper, example, Path(out_dir), opset, (lo, opt, hi), dynamic_hw, exporter)
+        proto = _export(wrapper, example, opset, (lo, opt, hi), dynamic_hw, exporter)
     if dtype == "fp16":
         from .fp16 import to_fp16
 
