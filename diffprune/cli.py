@@ -91,6 +91,7 @@ def cmd_demo(args):
     options = DemoOptions(model=args.model, data=args.data, target_macs=args.target_macs, method=args.method,
                           calibration_images=args.calibration_images, max_timesteps=args.max_timesteps,
                           finetune_steps=args.finetune_steps, n=args.n, steps=args.steps, bench_runs=args.bench_runs,
+                          bench_batches=tuple(args.bench_batch),
                           threads=args.threads, seed=args.seed)
     run_demo(args.out, options, progress=not args.quiet)
     return 0
@@ -304,12 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="builtin:digits", help="calibration and fine-tuning data (default builtin:digits)")
     p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA))
     p.add_argument("--target-macs", type=_fraction, default=0.5, help="fraction of dense MACs to keep (default 0.5)")
-    p.add_argument("--calibration-images", type=int, default=64)
+    p.add_argument("--calibration-images", type=int, default=16, help="images for Diff-Pruning's gradients (default 16)")
     p.add_argument("--max-timesteps", type=int, default=None, help="cap on the timesteps Diff-Pruning sums")
     p.add_argument("--finetune-steps", type=int, default=200, help="fine-tuning steps (default 200)")
     p.add_argument("--n", type=int, default=16, help="images per model in the grid (default 16)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--bench-runs", type=int, default=10, help="timed runs per model (default 10)")
+    p.add_argument("--bench-batch", type=_int_list, default=[1, 16], help="batch sizes for the latency table (default 1,16)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

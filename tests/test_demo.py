@@ -7,7 +7,7 @@ from PIL import Image
 
 from diffprune.cli import main
 
-ARGS = ["--model", "arch:tiny", "--finetune-steps", "2", "--steps", "3", "--n", "4", "--bench-runs", "1",
+ARGS = ["--model", "arch:tiny", "--finetune-steps", "2", "--steps", "3", "--n", "4", "--bench-runs", "1", "--bench-batch", "1,2",
         "--calibration-images", "4", "--max-timesteps", "3", "--quiet"]
 
 
@@ -21,8 +21,10 @@ def test_demo_reduced(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["pruned"]["macs"] <= 0.5 * report["dense"]["macs"]
     assert report["pruned"]["params"] < report["dense"]["params"]
-    assert 0 < report["pruned"]["latency_ms"] and 0 < report["dense"]["latency_ms"]
-    assert report["speedup"] > 0 and report["torch_eager_dense_latency_ms"] > 0
+    assert set(report["latency"]) == {"1", "2"}
+    for lat in report["latency"].values():
+        assert lat["dense_ms_per_image"] > 0 and lat["pruned_ms_per_image"] > 0
+        assert lat["speedup"] > 0 and lat["torch_eager_dense_ms_per_image"] > 0
     assert -1 <= report["pruned"]["ssim_vs_dense"] <= 1 and report["pruned"]["timesteps_used"] == 3
     assert report["validation"]["dense"] <= 1e-4 and report["validation"]["pruned"] <= 1e-4
     assert report["memory_mib"]["pruned-onnx"]["peak_mib"] > 0
