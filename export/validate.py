@@ -114,11 +114,12 @@ def verify_export(onnx_dir, batch: int | None = None) -> dict:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise DiffPruneError(f"{str(meta_path)!r} is not valid JSON ({e}); re-run `diffprune export`.") from None
+    from diffprune.runtime.artifact import check_onnx_files
+
+    check_onnx_files(onnx_dir, meta)
     path = onnx_dir / meta.get("file", "model.onnx")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise DiffPruneError(f"{str(path)!r} is missing; the export folder is incomplete. Re-run `diffprune export`.") from None
     except Exception as e:  # protobuf's DecodeError and onnx's own errors
         raise DiffPruneError(
             f"{str(path)!r} is not a readable ONNX model ({type(e).__name__}); it is truncated or corrupt. "

@@ -32,6 +32,20 @@ def describe(path) -> tuple:
     )
 
 
+def check_onnx_files(folder, meta: dict) -> None:
+    """The graph and, for exports with external weights, ``model.onnx.data`` must both be there."""
+    folder = Path(folder)
+    for key, default in (("file", "model.onnx"), ("weights_file", None)):
+        name = meta.get(key, default)
+        if name and not (folder / name).is_file():
+            raise DiffPruneError(
+                f"{str(folder / name)!r} is missing; the export folder {str(folder)!r} is incomplete "
+                f"(model.json lists {meta.get('file', 'model.onnx')}"
+                f"{' and ' + meta['weights_file'] if meta.get('weights_file') else ''}). Copy the whole folder, "
+                "or re-run `diffprune export`."
+            )
+
+
 def check_engine_compatible(record: dict, tensorrt_version: str, compute_capability: str, gpu_name: str = "") -> None:
     """Refuse an engine built for another GPU or TensorRT version (it would fail or run wrongly)."""
     built_trt = record.get("tensorrt", "?")

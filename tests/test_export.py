@@ -43,6 +43,33 @@ def test_pruned_export_is_validated_and_self_describing(pruned_export, pruned_fo
     assert meta["batch"] == {"min": 1, "opt": 2, "max": 4}
 
 
+def test_weights_are_external_by_default_and_inline_on_request(pruned_export, tmp_path):
+    meta = pruned_export.model_json
+    assert meta["weights_file"] == "model.onnx.data"
+    data = pruned_export.out_dir / "model.onnx.data"
+    graph = pruned_export.out_dir / "model.onnx"
+    assert data.stat().st_size > graph.stat().st_size  # the tensors live beside the graph
+    inline = to_onnx("arch:tiny", tmp_path / "inline", batch=(1, 1, 2), weights="inline")
+    assert inline.model_json["weights_file"] is None
+    assert sorted(p.name for p in inline.out_dir.iterdir()) == ["model.json", "model.onnx"]
+    with pytest.raises(DiffPruneError, match="weights 'mmap' is unknown; allowed: external, inline"):
+        to_onnx("arch:tiny", tmp_path / "x", weights="mmap")
+
+
+def test_missing_weights_file_is_named(pruned_export, tmp_path):
+    import shutil
+
+    from diffprune.runtime.runners import open_runner
+
+    partial = tmp_path / "partial"
+    shutil.copytree(pruned_export.out_dir, partial)
+    (partial / "model.onnx.data").unlink()
+    with pytest.raises(DiffPruneError, match=r"model.onnx.data' is missing; the export folder .* is incomplete"):
+        verify_export(partial)
+    with pytest.raises(DiffPruneError, match="Copy the whole folder"):
+        open_runner(partial, "ort-cpu").open()
+
+
 def test_onnx_runs_like_torch_at_a_fresh_batch(pruned_export, pruned_folder):
     import onnxruntime as ort
 

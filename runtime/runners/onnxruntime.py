@@ -53,6 +53,9 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
+        from ..artifact import check_onnx_files
+
+        check_onnx_files(self.folder, self.meta)
         path = self.folder / self.meta.get("file", "model.onnx")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=PROVIDERS[self.device])
