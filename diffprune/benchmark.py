@@ -6,6 +6,7 @@ diffprune.runtime.bench; torch appears here only for the eager baseline.
 """
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -30,14 +31,16 @@ def torch_eager_case(src, batch: int, steps: int, device: str = "cpu", name: str
     spent = [0.0]
     marks = {}
 
-    def before(module, args):
+    def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
+
+    def before(module, args):
+        sync()
         marks["t"] = time.perf_counter()
 
     def after(module, args, output):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync()
         spent[0] += time.perf_counter() - marks["t"]
 
     unet.register_forward_pre_hook(before)
@@ -46,24 +49,50 @@ def torch_eager_case(src, batch: int, steps: int, device: str = "cpu", name: str
 
     def run():
         spent[0] = 0.0
+        sync()
+        started = time.perf_counter()
         with torch.no_grad():
             images = pipe(batch_size=batch, num_inference_steps=steps, output_type="np",
                           generator=torch.Generator(device="cpu").manual_seed(next(counter))).images
         (np.asarray(images) * 255).round().astype(np.uint8)
-        return spent[0]
+        return time.perf_counter() - started, spent[0]
 
     return Case(name, run, {"backend": f"torch-eager-{device}", "torch": torch.__version__})
+
+
+def torch_worker_case(src, batch: int, steps: int, device: str = "cpu", threads: int | None = None, info=None):
+    """``torch_eager_case`` in a process of its own (``python -m diffprune.benchmark --serve-torch``)."""
+    import sys
+
+    from .runtime.bench import WorkerCase
+
+    argv = [sys.executable, "-m", "diffprune.benchmark", "--serve-torch", str(src), "--batch", str(batch),
+            "--steps", str(steps), "--device", device]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return WorkerCase("dense (diffusers, PyTorch eager)", argv, info)
+
+
+def _baseline_source(metas: dict, first, torch_baseline):
+    if torch_baseline == "auto":
+        source = metas[str(first)].get("source", {})
+        return source.get("source") if source.get("format") != "diffprune" or source.get("source") else None
+    return None if torch_baseline in (None, "none") else torch_baseline
 
 
 def run_bench(artifacts, backend: str = "ort-cpu", batches=(1,), steps: int = 50, scheduler: str = "ddim",
               runs: int = 10, warmup: int = 1, threads: int | None = None, torch_baseline: str | None = "auto",
               memory: bool = True, progress: bool = True) -> dict:
-    """Measure every artifact (and the torch baseline) at every batch size; return the report dict."""
+    """Measure every artifact (and the torch baseline) at every batch size; return the report dict.
+
+    Each model is served by a process of its own and the runs alternate between them (see
+    diffprune.runtime.bench); the same processes report peak memory per batch size. ``memory`` keeps
+    the summary of the first batch size in ``results["memory"]``.
+    """
     from tqdm.auto import tqdm
 
     from .runtime.artifact import describe
-    from .runtime.bench import measure, peak_memory, runtime_case
-    from .runtime.runners import open_runner
+    from .runtime.bench import WORKER_ENV, measure, worker_case
 
     if len(artifacts) < 1:
         raise DiffPruneError("Give at least one artifact to measure (dense first, then pruned ones).")
@@ -71,40 +100,42 @@ def run_bench(artifacts, backend: str = "ort-cpu", batches=(1,), steps: int = 50
     for path in artifacts:
         kind, folder, meta = describe(path)
         metas[str(path)] = meta if kind == "onnx" else {**meta["model"], "batch": meta["profile"]["batch"]}
-    baseline_src = None
-    if torch_baseline == "auto":
-        first = metas[str(artifacts[0])].get("source", {})
-        baseline_src = first.get("source") if first.get("format") != "diffprune" or first.get("source") else None
-    elif torch_baseline not in (None, "none"):
-        baseline_src = torch_baseline
-    results = {"batches": {}}
+    baseline_src = _baseline_source(metas, artifacts[0], torch_baseline)
+    dense_meta = metas[str(artifacts[0])]
+    device = "cpu"
+    if baseline_src and backend != "ort-cpu":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = {"batches": {}, "memory_by_batch": {}}
     for batch in batches:
-        cases, runners = [], []
+        cases = []
+        bar = tqdm(total=len(artifacts) + bool(baseline_src), desc=f"batch {batch}: loading", disable=not progress,
+                   leave=False)
         try:
             for path in artifacts:
-                runner = open_runner(path, backend, threads=threads).open()
-                runners.append(runner)
                 meta = metas[str(path)]
-                cases.append(runtime_case(Path(path).name, runner, scheduler, steps, batch,
-                                          info={"artifact": str(path), "params": meta.get("params"), "macs": meta.get("macs")}))
+                cases.append(worker_case(Path(path).name, path, backend, scheduler, steps, batch, threads,
+                                         info={"artifact": str(path), "params": meta.get("params"),
+                                               "macs": meta.get("macs")}))
+                bar.update(1)
             if baseline_src:
-                import torch
-
-                device = "cuda" if backend != "ort-cpu" and torch.cuda.is_available() else "cpu"
-                if threads and device == "cpu":
-                    torch.set_num_threads(threads)
-                case = torch_eager_case(baseline_src, batch, steps, device)
-                case.info.update(params=metas[str(artifacts[0])].get("params"), macs=metas[str(artifacts[0])].get("macs"))
-                cases.append(case)
+                cases.append(torch_worker_case(baseline_src, batch, steps, device, threads if device == "cpu" else None,
+                                               info={"params": dense_meta.get("params"), "macs": dense_meta.get("macs")}))
+                bar.update(1)
+            bar.close()
             bar = tqdm(total=runs, desc=f"batch {batch}", disable=not progress, leave=False)
             results["batches"][batch] = measure(cases, batch, runs=runs, warmup=warmup,
                                                 progress=lambda k, n: bar.update(1))
-            bar.close()
         finally:
-            for runner in runners:
-                runner.close()
+            bar.close()
+            memory_rows = {case.name: case.close() for case in cases}
+        results["memory_by_batch"][batch] = memory_rows
+        for name, row in results["batches"][batch].items():
+            if memory_rows.get(name):
+                row["peak_rss_mib"] = memory_rows[name]["peak_mib"]
     if memory:
-        results["memory"] = {Path(p).name: peak_memory(p, backend, batches[0], scheduler=scheduler) for p in artifacts}
+        results["memory"] = {k: v for k, v in results["memory_by_batch"][batches[0]].items() if v}
     dense = Path(artifacts[0]).name
     for batch, rows in results["batches"].items():
         base = rows[dense]["e2e_ms"]["median"]
@@ -115,7 +146,9 @@ def run_bench(artifacts, backend: str = "ort-cpu", batches=(1,), steps: int = 50
     results.update({
         "backend": backend, "steps": steps, "scheduler": scheduler, "runs": runs, "warmup": warmup,
         "threads": threads, "artifacts": [str(a) for a in artifacts], "torch_baseline": baseline_src,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+        "isolation": "one process per model, runs alternating", "worker_env": WORKER_ENV,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count()},
         "versions": versions(),
     })
     return results
@@ -126,7 +159,9 @@ def markdown(results: dict, command: str = "") -> str:
     if command:
         lines.append(f"Command: `{command}`  ")
     lines.append(f"Machine: {results['machine']['processor']}, {results['machine']['platform']}; "
-                 f"{results['runs']} timed runs after {results['warmup']} warm-up, models interleaved.\n")
+                 f"{results['threads'] or 'default'} threads; {results['runs']} timed runs after {results['warmup']} warm-up; "
+                 "each model in its own process, runs alternating between them"
+                 + "".join(f", {k}={v}" for k, v in (results.get("worker_env") or {}).items()) + ".\n")
     lines += ["| batch | model | backend | params (M) | MACs (G) | e2e median ms | p90 ms | min ms | UNet ms | sampler share | images/s | speedup |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for batch, rows in results["batches"].items():
@@ -136,10 +171,19 @@ def markdown(results: dict, command: str = "") -> str:
             lines.append(f"| {batch} | {name} | {r['backend']} | {params} | {macs} | {r['e2e_ms']['median']:.1f} | "
                          f"{r['e2e_ms']['p90']:.1f} | {r['e2e_ms']['min']:.1f} | {r['unet_ms']['median']:.1f} | "
                          f"{r['sampler_share']:.2%} | {r['images_per_s']:.2f} | {r['speedup_vs_first']:.2f}x |")
-    if results.get("memory"):
-        lines += ["", "| model | peak RSS MiB | before model MiB | model's share MiB |", "|---|---|---|---|"]
-        for name, m in results["memory"].items():
-            lines.append(f"| {name} | {m['peak_mib']:.0f} | {m['baseline_mib']:.0f} | {m['model_mib']:.0f} |")
+    by_batch = results.get("memory_by_batch") or ({next(iter(results["batches"])): results["memory"]}
+                                                   if results.get("memory") else {})
+    if by_batch:
+        lines += ["", "Peak resident memory of each model's process (VmHWM); \"before model\" is the same process with "
+                  "numpy and its backend (onnxruntime, or torch and diffusers) imported.", "",
+                  "| batch | model | peak RSS MiB | before model MiB | model's share MiB | peak vs first |",
+                  "|---|---|---|---|---|---|"]
+        for batch, rows in by_batch.items():
+            rows = {k: v for k, v in rows.items() if v}
+            first = next(iter(rows.values()), None)
+            for name, m in rows.items():
+                lines.append(f"| {batch} | {name} | {m['peak_mib']:.0f} | {m['baseline_mib']:.0f} | {m['model_mib']:.0f} | "
+                             f"{m['peak_mib'] / first['peak_mib']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -177,3 +221,37 @@ def write_report(results: dict, out, command: str = "", overwrite: bool = False)
         (tmp / "bench.md").write_text(markdown(results, command))
         plot(results, tmp / "bench.png")
     return Path(out)
+
+
+def _serve_torch(argv=None):
+    import argparse
+
+    from .runtime.bench import serve
+
+    parser = argparse.ArgumentParser(description="internal: serve timed PyTorch eager runs to `diffprune bench`")
+    parser.add_argument("--serve-torch", required=True, metavar="SRC")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    a = parser.parse_args(argv)
+
+    import torch  # imported before serve() reads the baseline memory, like onnxruntime for the runtime workers
+    import diffusers  # noqa: F401
+
+    def make_case():
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        return torch_eager_case(a.serve_torch, a.batch, a.steps, a.device)
+
+    serve(make_case)
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        _serve_torch()
+    except DiffPruneError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)

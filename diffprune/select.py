@@ -109,7 +109,7 @@ def select(dense, candidates=(), sweep=(), budget_ms: float = 100.0, per: str = 
     from ._io import atomic_dir, check_writable
     from .metrics import consistency
     from .runtime.artifact import describe
-    from .runtime.bench import measure, runtime_case
+    from .runtime.bench import measure, worker_case
     from .runtime import Sampler, make_scheduler, open_runner
 
     if per not in ("image", "batch"):
@@ -136,12 +136,18 @@ def select(dense, candidates=(), sweep=(), budget_ms: float = 100.0, per: str = 
         for name, runner in runners.items():
             sampler = Sampler(runner, make_scheduler("ddim", runner.scheduler_config))
             images[name] = sampler.generate(n, seed=0, steps=steps, batch=min(batch, n))
-        # Latency: interleaved, like `diffprune bench`.
-        cases = [runtime_case(name, runner, "ddim", steps, batch) for name, runner in runners.items()]
-        timing = measure(cases, batch, runs=runs, warmup=1)
     finally:
         for runner in runners.values():
             runner.close()
+    # Latency: one process per model, runs alternating, like `diffprune bench`.
+    cases = []
+    try:
+        for name, path in artifacts.items():
+            cases.append(worker_case(name, path, runners[name].backend, "ddim", steps, batch, threads))
+        timing = measure(cases, batch, runs=runs, warmup=1)
+    finally:
+        for case in cases:
+            case.close()
     rows = []
     for name, runner in runners.items():
         meta = runner.meta

@@ -1,12 +1,23 @@
 """End-to-end latency: noise -> uint8 images, scheduler and post-processing included.
 
-Models are measured interleaved (A B A B ...) in one process so machine drift hits all alike; the
-UNet's own share comes from the runner's timer. Peak resident memory is measured per model in a
-fresh process (``python -m diffprune.runtime.bench --memory ...``), because one process holding
-every model would report their sum.
+Every model runs in a process of its own, as it would be deployed, and the parent asks them in
+turn for one timed run each (A B A B ...), so machine drift hits all alike. One process holding
+several ONNX Runtime sessions (or a torch model beside them) is not a fair stage: each session's
+worker threads spin for a while after their own run and take cores from the next session; on the
+2-core CI machine that made one CIFAR-10 UNet call take 107 ms instead of 67-74 ms (dense) and 77 ms
+instead of 40 ms (pruned). Workers that wait on a pipe sleep instead.
+
+Each worker also reports its peak resident memory (VmHWM) at the end and before loading the
+model, so memory is that of a fresh process serving one model at that batch size. Workers run with
+glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``, recorded in the report): by
+default glibc raises it as large blocks are freed, so the weights ONNX Runtime reads at load can
+end up in heap memory that is never returned: the same process held 207 to 258 MiB after loading
+the CIFAR-10 UNet from run to run, and 199 MiB every time with the threshold fixed. Deployments can
+set the same variable.
 """
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -20,13 +31,20 @@ import numpy as np
 from .errors import DiffPruneError
 
 
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 @dataclass
 class Case:
-    """One thing to time: ``run()`` makes one batch of images and returns the seconds spent in the UNet."""
+    """One thing to time in this process: ``run()`` makes one batch of images and returns
+    ``(end_to_end_s, unet_s)``."""
 
     name: str
-    run: Callable[[], float]
+    run: Callable[[], tuple]
     info: dict = field(default_factory=dict)
+
+    def close(self):
+        pass
 
 
 def _stats(values):
@@ -46,9 +64,8 @@ def measure(cases, batch: int, runs: int = 10, warmup: int = 1, progress=None) -
     unet = {c.name: [] for c in cases}
     for k in range(runs):
         for case in cases:
-            started = time.perf_counter()
-            unet_s = case.run()
-            e2e[case.name].append(time.perf_counter() - started)
+            total_s, unet_s = case.run()
+            e2e[case.name].append(total_s)
             unet[case.name].append(unet_s)
         if progress:
             progress(k + 1, runs)
@@ -67,6 +84,7 @@ def measure(cases, batch: int, runs: int = 10, warmup: int = 1, progress=None) -
 
 
 def runtime_case(name, runner, scheduler_name: str, steps: int, batch: int, info=None) -> Case:
+    """A case sampling with an open runner in this process (see ``worker_case`` for timing several)."""
     from .sampler import Sampler
     from .schedulers import make_scheduler
 
@@ -74,24 +92,89 @@ def runtime_case(name, runner, scheduler_name: str, steps: int, batch: int, info
     counter = iter(range(10**9))
 
     def run():
+        started = time.perf_counter()
         sampler.generate(batch, seed=next(counter), steps=steps, batch=batch)
-        return sampler.last_timing["unet_s"]
+        return time.perf_counter() - started, sampler.last_timing["unet_s"]
 
     return Case(name, run, {"backend": runner.backend, **(info or {})})
 
 
-def peak_memory(artifact, backend: str, batch: int, steps: int = 2, scheduler: str = "ddim") -> dict:
-    """Peak resident memory of a fresh process that loads ``artifact`` and samples one batch (MiB),
-    and the same process's peak before loading the model (numpy and the backend imported)."""
-    cmd = [sys.executable, "-m", "diffprune.runtime.bench", "--memory", str(artifact), "--backend", backend,
-           "--batch", str(batch), "--steps", str(steps), "--scheduler", scheduler]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise DiffPruneError(f"Measuring memory for {artifact} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class WorkerCase:
+    """A case served by a child process: ``argv`` starts it, and it speaks ``serve``'s protocol.
+
+    The child prints one JSON line when ready, answers each ``run`` line with a JSON line of timings,
+    and on end of input prints its peak memory and exits. ``close()`` returns that memory record.
+    """
+
+    def __init__(self, name: str, argv: list, info=None, env: dict | None = None):
+        self.name = name
+        self.info = dict(info or {})
+        self.memory = None
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env={**os.environ, **WORKER_ENV, **(env or {})})
+        ready = self._read()
+        self.info.update(ready.get("info", {}))
+        self.baseline_mib = ready.get("baseline_mib")
+
+    def _read(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            err = self._proc.stderr.read().strip().splitlines()
+            self._proc.wait()
+            raise DiffPruneError(f"The benchmark process for {self.name!r} stopped: "
+                                 f"{err[-1] if err else 'no message'} (exit status {self._proc.returncode}).")
+        return json.loads(line)
+
+    def run(self):
+        self._proc.stdin.write("run\n")
+        self._proc.stdin.flush()
+        reply = self._read()
+        return reply["e2e_s"], reply["unet_s"]
+
+    def close(self) -> dict | None:
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.close()
+                end = self._read()
+                self.memory = {"peak_mib": end["peak_mib"], "baseline_mib": self.baseline_mib,
+                               "model_mib": end["peak_mib"] - self.baseline_mib}
+            finally:
+                self._proc.wait()
+                self._proc.stdout.close()
+                self._proc.stderr.close()
+        return self.memory
 
 
-def _rss_peak_mib() -> float:
+def worker_case(name, artifact, backend: str, scheduler: str, steps: int, batch: int, threads=None,
+                info=None) -> WorkerCase:
+    """An exported model (ONNX folder or TensorRT engine) sampling in its own process."""
+    argv = [sys.executable, "-m", "diffprune.runtime.bench", "--serve", str(artifact), "--backend", backend,
+            "--batch", str(batch), "--steps", str(steps), "--scheduler", scheduler]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return WorkerCase(name, argv, info)
+
+
+def serve(make_case: Callable[[], Case], stdin=None, stdout=None) -> None:
+    """The child's side of ``WorkerCase``: build the case (imports and model load), then serve runs."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+
+    def say(record):
+        stdout.write(json.dumps(record) + "\n")
+        stdout.flush()
+
+    baseline = rss_peak_mib()
+    case = make_case()
+    say({"ready": True, "baseline_mib": baseline, "info": case.info})
+    for line in stdin:
+        if line.strip() == "run":
+            total_s, unet_s = case.run()
+            say({"e2e_s": total_s, "unet_s": unet_s})
+    case.close()
+    say({"peak_mib": rss_peak_mib()})
+
+
+def rss_peak_mib() -> float:
     """This process's peak resident memory. On Linux, VmHWM belongs to the process image, while
     ru_maxrss survives exec and would report the parent's peak (a torch process's, here)."""
     try:
@@ -103,29 +186,36 @@ def _rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; macOS reports bytes
 
 
-def _memory_child(artifact, backend, batch, steps, scheduler):
+def _runtime_worker(artifact, backend, batch, steps, scheduler, threads):
     from .runners import open_runner
     from .runners.onnxruntime import import_onnxruntime
 
     if backend.startswith("ort"):
-        import_onnxruntime()
-    else:
-        import tensorrt  # noqa: F401
-    baseline = _rss_peak_mib()
-    with open_runner(artifact, backend) as runner:
-        runtime_case("m", runner, scheduler, steps, batch).run()
-    print(json.dumps({"peak_mib": _rss_peak_mib(), "baseline_mib": baseline,
-                      "model_mib": _rss_peak_mib() - baseline}))
+        import_onnxruntime()  # the backend's import belongs to the baseline, not to the model
+
+    def make_case():
+        pinned = batch if backend.startswith("ort") else None  # TensorRT engines keep their profile
+        runner = open_runner(artifact, backend, threads=threads, batch=pinned).open()
+        case = runtime_case(os.path.basename(str(artifact)), runner, scheduler, steps, batch)
+        case.close = runner.close
+        return case
+
+    serve(make_case)
 
 
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="internal: peak memory of one model in a fresh process")
-    parser.add_argument("--memory", required=True)
+    parser = argparse.ArgumentParser(description="internal: serve timed runs of one model to `diffprune bench`")
+    parser.add_argument("--serve", required=True, metavar="ARTIFACT")
     parser.add_argument("--backend", default="ort-cpu")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--scheduler", default="ddim")
+    parser.add_argument("--threads", type=int, default=None)
     a = parser.parse_args()
-    _memory_child(a.memory, a.backend, a.batch, a.steps, a.scheduler)
+    try:
+        _runtime_worker(a.serve, a.backend, a.batch, a.steps, a.scheduler, a.threads)
+    except DiffPruneError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)

@@ -8,10 +8,13 @@ from ..errors import DiffPruneError
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt")
 
 
-def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, cuda_graph: bool = False):
+def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, cuda_graph: bool = False,
+                batch: int | None = None):
     """A runner for ``artifact`` (an export folder with model.json or an engine folder with engine.json).
 
     ``backend``: ort-cpu, ort-cuda, ort-trt (ONNX Runtime execution providers) or trt (native engine).
+    ``batch`` pins ONNX Runtime sessions to one batch size, which lets it fold the graph's shape
+    arithmetic (1-3 % faster on the CIFAR-10 UNet on CPU); other batch sizes are then refused.
     Use it as a context manager: ``with open_runner(path) as run: out = run(sample, timestep)``.
     """
     if backend not in BACKENDS:
@@ -33,7 +36,7 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
     from .onnxruntime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(folder, meta, device={"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[backend],
-                             threads=threads)
+                             threads=threads, batch=batch)
 
 
 __all__ = ["BACKENDS", "open_runner"]

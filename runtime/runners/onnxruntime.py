@@ -27,11 +27,20 @@ class OnnxRuntimeRunner(Runner):
     """``OnnxRuntimeRunner(folder, device="cpu"|"cuda"|"tensorrt", threads=None)``.
 
     ``threads`` sets intra-op threads (default: one per physical core, ONNX Runtime's choice); inter-op
-    parallelism stays at 1 because a UNet is one long chain of ops.
+    parallelism stays at 1 because a UNet is one long chain of ops. ``batch`` fixes the graph's batch
+    dimension for this session (ONNX Runtime's free-dimension override), so shape arithmetic folds
+    away at load; the runner then accepts that batch size only.
     """
 
-    def __init__(self, folder, meta: dict, device: str = "cpu", threads: int | None = None):
+    def __init__(self, folder, meta: dict, device: str = "cpu", threads: int | None = None, batch: int | None = None):
         super().__init__(folder, meta)
+        if batch is not None:
+            lo, hi = self.batch_range
+            if not lo <= int(batch) <= hi:
+                raise DiffPruneError(f"Batch {batch} is outside this artifact's range {lo}..{hi}; pin a batch in "
+                                     "that range, or re-export with --min-batch/--max-batch covering it.")
+            self.batch_range = (int(batch), int(batch))
+        self.fixed_batch = batch
         if device not in PROVIDERS:
             raise DiffPruneError(f"ONNX Runtime device {device!r} is unknown; allowed: {', '.join(PROVIDERS)}.")
         self.device = device
@@ -52,6 +61,9 @@ class OnnxRuntimeRunner(Runner):
         options.inter_op_num_threads = 1
         if self.threads:
             options.intra_op_num_threads = self.threads
+        batch_dim = next((d for d in self.meta.get("inputs", [{}])[0].get("shape", []) if isinstance(d, str)), None)
+        if self.fixed_batch is not None and batch_dim:
+            options.add_free_dimension_override_by_name(batch_dim, int(self.fixed_batch))
         options.log_severity_level = 3
         from ..artifact import check_onnx_files
 
@@ -66,6 +78,9 @@ class OnnxRuntimeRunner(Runner):
             ) from None
         graph_inputs = {i.name: i for i in self.session.get_inputs()}
         declared = {i["name"]: i for i in self.meta.get("inputs", [])}
+        if self.fixed_batch is not None:  # the session reports the pinned size where model.json names the dim
+            declared = {n: {**d, "shape": [self.fixed_batch if dim == batch_dim else dim for dim in d["shape"]]}
+                        for n, d in declared.items()}
         if set(graph_inputs) != set(declared) or any(
             list(graph_inputs[n].shape) != list(declared[n]["shape"]) for n in declared
         ):

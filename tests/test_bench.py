@@ -1,0 +1,117 @@
+"""`diffprune bench`: one process per model, runs alternating, memory per process, the report."""
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import diffprune
+from diffprune import DiffPruneError
+from diffprune.benchmark import markdown, run_bench, write_report
+from diffprune.runtime.bench import WORKER_ENV, Case, WorkerCase, measure, serve
+
+
+@pytest.fixture(scope="module")
+def pruned_export(tmp_path_factory):
+    from diffprune.export import to_onnx
+    from diffprune.models import build_unet
+
+    model, _ = diffprune.prune(build_unet("tiny"), method="magnitude", ratio=0.5, progress=False)
+    out = tmp_path_factory.mktemp("bench") / "pruned-onnx"
+    to_onnx(model, out, batch=(1, 2, 4), exporter="torchscript")
+    return out
+
+
+def test_bench_times_each_model_in_its_own_process(tiny_export, pruned_export, tmp_path):
+    results = run_bench([tiny_export, pruned_export], batches=[1, 2], steps=2, runs=2, threads=1,
+                        torch_baseline="arch:tiny", progress=False)
+    assert set(results["batches"]) == {1, 2}
+    for batch, rows in results["batches"].items():
+        assert list(rows) == [tiny_export.name, pruned_export.name, "dense (diffusers, PyTorch eager)"]
+        for row in rows.values():
+            assert row["runs"] == 2 and row["batch"] == batch
+            assert 0 < row["unet_ms"]["median"] <= row["e2e_ms"]["median"]
+            assert row["e2e_ms"]["min"] <= row["e2e_ms"]["median"] <= row["e2e_ms"]["p90"]
+            assert row["peak_rss_mib"] > 0
+        assert rows[tiny_export.name]["speedup_vs_first"] == 1.0
+        assert rows["dense (diffusers, PyTorch eager)"]["backend"] == "torch-eager-cpu"
+        memory = results["memory_by_batch"][batch]
+        for name, m in memory.items():
+            # the process's peak covers the model; "before" is numpy + backend imported
+            assert m["peak_mib"] > m["baseline_mib"] > 10 and m["model_mib"] > 0
+        # torch and diffusers are imported before the baseline is read, onnxruntime alike
+        assert memory["dense (diffusers, PyTorch eager)"]["baseline_mib"] > memory[tiny_export.name]["baseline_mib"]
+    assert results["memory"] == results["memory_by_batch"][1]
+    assert results["worker_env"] == WORKER_ENV
+    text = markdown(results, "diffprune bench ...")
+    assert "each model in its own process" in text and "MALLOC_MMAP_THRESHOLD_=131072" in text
+    assert text.count("| 2 | ") == 6  # three timing rows and three memory rows at batch 2
+    out = write_report(results, tmp_path / "report")
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["command"] == "" and set(saved["batches"]) == {"1", "2"}
+    assert (out / "bench.md").read_text() == markdown(results, "")
+
+
+def test_bench_rejects_bad_artifacts_before_starting(tmp_path, tiny_export):
+    with pytest.raises(DiffPruneError, match="does not exist"):
+        run_bench([tmp_path / "nope"], progress=False)
+    with pytest.raises(DiffPruneError, match="at least one artifact"):
+        run_bench([], progress=False)
+
+
+def test_a_worker_that_dies_is_reported_with_its_message():
+    argv = [sys.executable, "-c", "import sys; sys.stderr.write('no such model\\n'); sys.exit(3)"]
+    with pytest.raises(DiffPruneError, match=r"for 'x' stopped: no such model \(exit status 3\)"):
+        WorkerCase("x", argv)
+
+
+def test_worker_for_a_missing_weights_file_fails_clearly(tiny_export, tmp_path):
+    import shutil
+
+    from diffprune.runtime.bench import worker_case
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_export, broken)
+    (broken / "model.onnx.data").unlink()
+    with pytest.raises(DiffPruneError, match="model.onnx.data' is missing"):
+        worker_case("broken", broken, "ort-cpu", "ddim", 2, 1)
+
+
+def test_serve_protocol():
+    calls = []
+
+    def make_case():
+        return Case("m", lambda: calls.append(1) or (0.5, 0.25), {"backend": "fake"})
+
+    out = io.StringIO()
+    serve(make_case, stdin=io.StringIO("run\nrun\n"), stdout=out)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0]["ready"] and lines[0]["info"] == {"backend": "fake"} and lines[0]["baseline_mib"] > 0
+    assert lines[1:3] == [{"e2e_s": 0.5, "unet_s": 0.25}] * 2 and len(calls) == 2
+    assert lines[3]["peak_mib"] >= lines[0]["baseline_mib"]
+
+
+def test_measure_interleaves_and_summarises():
+    order = []
+    cases = [Case(name, lambda name=name: order.append(name) or (0.2, 0.1)) for name in "ab"]
+    result = measure(cases, batch=4, runs=3, warmup=1)
+    assert order == list("ab" * 4)  # warm-up round, then A B A B A B
+    assert result["a"]["images_per_s"] == pytest.approx(20.0)
+    assert result["a"]["sampler_share"] == pytest.approx(0.5)
+    with pytest.raises(DiffPruneError, match="runs 0 must be at least 1"):
+        measure(cases, batch=1, runs=0)
+
+
+def test_pinned_batch_runner(tiny_export):
+    from diffprune.runtime.runners import open_runner
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    with open_runner(tiny_export, batch=2) as pinned, open_runner(tiny_export) as free:
+        t = np.array([10.0, 500.0], np.float32)
+        np.testing.assert_allclose(pinned(x, t), free(x, t), atol=1e-5)
+        with pytest.raises(DiffPruneError, match="Batch 1 is outside"):
+            pinned(x[:1], t[:1])
+    with pytest.raises(DiffPruneError, match="Batch 9 is outside this artifact's range 1..4"):
+        open_runner(tiny_export, batch=9)
