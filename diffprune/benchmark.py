@@ -70,7 +70,7 @@ def torch_worker_case(src, batch: int, steps: int, device: str = "cpu", threads:
             "--steps", str(steps), "--device", device]
     if threads:
         argv += ["--threads", str(threads)]
-    return WorkerCase("dense (diffusers, PyTorch eager)", argv, info)
+    return WorkerCase("dense (diffusers, PyTorch eager)", argv, info, env={})  # glibc defaults: see runtime.bench
 
 
 def _baseline_source(metas: dict, first, torch_baseline):
@@ -161,7 +161,8 @@ def markdown(results: dict, command: str = "") -> str:
     lines.append(f"Machine: {results['machine']['processor']}, {results['machine']['platform']}; "
                  f"{results['threads'] or 'default'} threads; {results['runs']} timed runs after {results['warmup']} warm-up; "
                  "each model in its own process, runs alternating between them"
-                 + "".join(f", {k}={v}" for k, v in (results.get("worker_env") or {}).items()) + ".\n")
+                 + "".join(f", {k}={v}" for k, v in (results.get("worker_env") or {}).items())
+                 + (" for the runtime" if results.get("worker_env") else "") + ".\n")
     lines += ["| batch | model | backend | params (M) | MACs (G) | e2e median ms | p90 ms | min ms | UNet ms | sampler share | images/s | speedup |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for batch, rows in results["batches"].items():

@@ -13,7 +13,9 @@ glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``, recorded in
 default glibc raises it as large blocks are freed, so the weights ONNX Runtime reads at load can
 end up in heap memory that is never returned: the same process held 207 to 258 MiB after loading
 the CIFAR-10 UNet from run to run, and 199 MiB every time with the threshold fixed. Deployments can
-set the same variable.
+set the same variable. The PyTorch baseline's worker does not get it: torch allocates activations
+with malloc op by op, and a fixed threshold turns each into an mmap/munmap pair (10 DDIM steps of
+the CIFAR-10 UNet at batch 1 took 1.9-2.3 s instead of 1.05-1.3 s).
 """
 
 import json
@@ -104,6 +106,7 @@ class WorkerCase:
 
     The child prints one JSON line when ready, answers each ``run`` line with a JSON line of timings,
     and on end of input prints its peak memory and exits. ``close()`` returns that memory record.
+    ``env`` adds to the parent's environment (default ``WORKER_ENV``; ``{}`` for none).
     """
 
     def __init__(self, name: str, argv: list, info=None, env: dict | None = None):
@@ -111,7 +114,7 @@ class WorkerCase:
         self.info = dict(info or {})
         self.memory = None
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env={**os.environ, **WORKER_ENV, **(env or {})})
+                                      text=True, env={**os.environ, **(WORKER_ENV if env is None else env)})
         ready = self._read()
         self.info.update(ready.get("info", {}))
         self.baseline_mib = ready.get("baseline_mib")
