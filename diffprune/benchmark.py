@@ -136,6 +136,11 @@ def run_bench(artifacts, backend: str = "ort-cpu", batches=(1,), steps: int = 50
                 row["peak_rss_mib"] = memory_rows[name]["peak_mib"]
     if memory:
         results["memory"] = {k: v for k, v in results["memory_by_batch"][batches[0]].items() if v}
+    else:
+        del results["memory_by_batch"]
+        for rows in results["batches"].values():
+            for row in rows.values():
+                row.pop("peak_rss_mib", None)
     dense = Path(artifacts[0]).name
     for batch, rows in results["batches"].items():
         base = rows[dense]["e2e_ms"]["median"]

@@ -440,8 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.export-based (default) or the legacy TorchScript exporter")
     p.add_argument("--slim", action="store_true", help="clean the graph with onnxslim (needs onnxslim)")
     p.add_argument("--weights", default="external", choices=["external", "inline"],
-                   help="external (default): tensors in model.onnx.data, which ONNX Runtime memory-maps "
-                        "(about 40%% less peak memory at load); inline: one self-contained model.onnx")
+                   help="external (default): tensors in model.onnx.data, which ONNX Runtime loads without a "
+                        "protobuf copy (about 40%% less peak memory); inline: one self-contained model.onnx")
     p.add_argument("--triton", metavar="REPO", help="also write a Triton model repository here")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.set_defaults(func=cmd_export)
@@ -487,11 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="end-to-end latency: dense vs pruned on a runtime, plus the PyTorch eager baseline",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
-            Measure noise -> uint8 images (scheduler and post-processing included) for each artifact,
-            interleaved A B A B ... so machine drift cancels: warm-up, then --runs timed runs; median,
-            p90, min, images/s, the UNet's own time and the sampler's share, and each model's peak
-            memory in a fresh process. The dense model in a diffusers DDIMPipeline (PyTorch eager) is
-            added as the baseline a user would otherwise run. Writes bench.json, bench.md, bench.png."""),
+            Measure noise -> uint8 images (scheduler and post-processing included) for each artifact.
+            Each model is served by a process of its own, as deployed, and the timed runs alternate
+            A B A B ... so machine drift cancels: warm-up, then --runs timed runs; median, p90, min,
+            images/s, the UNet's own time and the sampler's share, and each process's peak memory.
+            The dense model in a diffusers DDIMPipeline (PyTorch eager) is added as the baseline a user
+            would otherwise run. Writes bench.json, bench.md, bench.png.
+
+            Compare numbers only within one report: shared machines drift by 10 % and more between runs."""),
         epilog="example:\n  diffprune bench dense-onnx pruned-onnx --backend ort-cpu --batch 1,16 --steps 50 --out bench-cpu",
     )
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="dense first, then pruned ones")
@@ -505,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-baseline", default="auto",
                    help="dense model source for the PyTorch eager baseline: auto (from the first artifact's "
                         "model.json), a model folder / arch:NAME, or none")
-    p.add_argument("--no-memory", action="store_true", help="skip the per-model peak memory measurement")
+    p.add_argument("--no-memory", action="store_true", help="leave peak memory out of the report")
     p.add_argument("--out", default="bench", help="report folder (default bench)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -125,9 +125,10 @@ def _quiet_exporter():
 def _save(proto, path: Path, weights: str = "external"):
     """Write the graph; with ``weights="external"`` the tensors go to ``model.onnx.data`` beside it.
 
-    External weights are what ONNX Runtime can memory-map instead of parsing them out of the protobuf
-    and copying them: on the CIFAR-10 UNet (144 MB of weights) the loading process peaks at 248 MiB
-    instead of 412 MiB (benchmarks/results/e2e_cpu). Graphs over 2 GB need them anyway (protobuf limit).
+    ONNX Runtime reads external weights straight into its tensors; inline ones are first parsed into
+    the protobuf and then copied, and the process keeps both high-water marks. On the CIFAR-10 UNet
+    (144 MB of weights) a process that loads it and samples at batch 1 peaks at about 231 MiB instead
+    of 378-412 MiB (benchmarks/results/e2e_cpu). Graphs over 2 GB need them anyway (protobuf limit).
     """
     import onnx
 
@@ -158,7 +159,7 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     vs torch at several batch sizes and timesteps) runs first, and a failure leaves nothing behind.
     ``dtype="fp16"`` stores the graph in float16 with normalisation and softmax kept in float32.
     ``triton`` names a Triton model repository to write beside it. ``weights="external"`` (default)
-    stores the tensors in ``model.onnx.data`` so runtimes memory-map them (less peak memory);
+    stores the tensors in ``model.onnx.data``, which runtimes load without a protobuf copy (less peak memory);
     ``"inline"`` keeps one self-contained ``model.onnx``.
     """
     import torch
@@ -172,7 +173,7 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     lo, opt, hi = _check_batches(batch)
     if weights not in WEIGHTS:
         raise DiffPruneError(f"weights {weights!r} is unknown; allowed: {', '.join(WEIGHTS)} (external: tensors in "
-                             f"{WEIGHTS_FILE} beside the graph, memory-mapped at load; inline: one file).")
+                             f"{WEIGHTS_FILE} beside the graph, less memory at load; inline: one file).")
     from diffprune._io import check_writable
 
     check_writable(out_dir, overwrite)
