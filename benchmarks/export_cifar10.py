@@ -67,7 +67,7 @@ def main():
             import onnx
 
             rows.append({"export": key, "model": model, "dtype": dtype, "exporter": exporter, "slim": slim,
-                         "seconds": round(result.seconds, 1), "mb": round(result.onnx_path.stat().st_size / 1e6, 1),
+                         "seconds": round(result.seconds, 1), "mb": round(result.megabytes, 1),
                          "nodes": len(onnx.load(str(result.onnx_path), load_external_data=False).graph.node),
                          "max_abs_error": v["max_abs_error"], "max_rel_error": v["max_rel_error"],
                          "params_M": round(result.model_json["params"] / 1e6, 2),

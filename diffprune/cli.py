@@ -165,9 +165,7 @@ def cmd_export(args):
                      overwrite=args.overwrite)
     meta = result.model_json
     v = meta["validation"]
-    files = [result.onnx_path] + ([result.out_dir / meta["weights_file"]] if meta.get("weights_file") else [])
-    size = sum(f.stat().st_size for f in files) / 1e6
-    print(f"exported {' + '.join(str(f) for f in files)} ({meta['dtype']}, {size:.1f} MB, batch {meta['batch']['min']}..{meta['batch']['max']}, "
+    print(f"exported {' + '.join(str(f) for f in result.files)} ({meta['dtype']}, {result.megabytes:.1f} MB, batch {meta['batch']['min']}..{meta['batch']['max']}, "
           f"{result.seconds:.1f} s)")
     print(f"validated against torch on ONNX Runtime CPU at batch {', '.join(str(c['batch']) for c in v['cases'])}: "
           f"max-abs {v['max_abs_error']:.2e}, relative {v['max_rel_error']:.2e} (allowed {v['tolerance']})")

@@ -43,6 +43,16 @@ class ExportResult:
     model_json: dict
     seconds: float
 
+    @property
+    def files(self) -> list:
+        """The graph and, when the weights are external, ``model.onnx.data``."""
+        weights = self.model_json.get("weights_file")
+        return [self.onnx_path] + ([self.out_dir / weights] if weights else [])
+
+    @property
+    def megabytes(self) -> float:
+        return sum(f.stat().st_size for f in self.files) / 1e6
+
 
 def _wrapper(unet):
     import torch
