@@ -4,9 +4,9 @@ machine and backend it will run on.
 Candidates are model folders (exported here), ONNX exports or TensorRT engines, or a sweep of
 pruning levels of the dense model (pruned, optionally fine-tuned, exported). Each is measured end
 to end on the chosen backend and batch (each in its own process, runs alternating, like
-`diffprune bench`) and scored by its
-consistency with the dense model (SSIM of images from the same seeds). The choice is never silent:
-when nothing fits, the closest candidate and its excess are reported and no model is picked.
+`diffprune bench`) and scored by its consistency with the dense model (SSIM of images from the
+same seeds). The choice is never silent: when nothing fits, the closest candidate and its excess
+are reported and no model is picked.
 """
 
 import json
