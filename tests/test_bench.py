@@ -115,3 +115,14 @@ def test_pinned_batch_runner(tiny_export):
             pinned(x[:1], t[:1])
     with pytest.raises(DiffPruneError, match="Batch 9 is outside this artifact's range 1..4"):
         open_runner(tiny_export, batch=9)
+
+
+def test_cpu_runner_session_options(tiny_export):
+    """Memory pattern off (one set of activations in the arena), arena kept, one inter-op thread."""
+    from diffprune.runtime.runners import open_runner
+
+    with open_runner(tiny_export, threads=1) as runner:
+        options = runner.session.get_session_options()
+        assert options.enable_mem_pattern is False
+        assert options.enable_cpu_mem_arena is True
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)

@@ -61,8 +61,9 @@ class OnnxRuntimeRunner(Runner):
         options.inter_op_num_threads = 1
         if self.device == "cpu":
             # Without the memory pattern the CPU arena holds one set of activations instead of the first
-            # run's plus the planned block: peak RSS at batch 8 falls 399 -> 306 MiB (dense CIFAR-10 UNet),
-            # at the same speed (measured; see README, Benchmarks).
+            # run's plus the planned block: peak RSS at batch 8 falls 371 -> 290 MiB (dense CIFAR-10 UNet)
+            # at the same speed (benchmarks/ort_cpu_options.py). The arena itself stays: without it
+            # every call is 13-16 % slower.
             options.enable_mem_pattern = False
         if self.threads:
             options.intra_op_num_threads = self.threads
