@@ -76,6 +76,7 @@ def measure(cases, batch: int, runs: int = 10, warmup: int = 1, progress=None) -
             **case.info, "batch": batch, "runs": runs,
             "e2e_ms": {k: v * 1e3 for k, v in s.items()},
             "unet_ms": {k: v * 1e3 for k, v in u.items()},
+            "e2e_ms_runs": [round(v * 1e3, 3) for v in e2e[case.name]],  # in run order, to study drift
             "images_per_s": batch / s["median"],
             "sampler_share": max(0.0, 1 - u["median"] / s["median"]),
         }

@@ -100,6 +100,7 @@ def test_measure_interleaves_and_summarises():
     assert order == list("ab" * 4)  # warm-up round, then A B A B A B
     assert result["a"]["images_per_s"] == pytest.approx(20.0)
     assert result["a"]["sampler_share"] == pytest.approx(0.5)
+    assert result["b"]["e2e_ms_runs"] == [200.0] * 3  # every timed run kept, in order
     with pytest.raises(DiffPruneError, match="runs 0 must be at least 1"):
         measure(cases, batch=1, runs=0)
 
