@@ -9,6 +9,12 @@
 4. Export and validate dense and pruned on that machine; ONNX Runtime (CPU) sampling there.
 Timing: warm-up, torch.cuda.synchronize around every timed region, median and p90 of --runs.
 TensorRT is not installed on the lent machines; its tests (tests/test_tensorrt.py) run where it is.
+
+    python benchmarks/gpu_check.py --smoke --out /tmp/smoke   # every step on a tiny model, CPU or GPU
+
+``--smoke`` runs the same code on the "tiny-attn" architecture with two steps and a few images, on the
+CPU when there is no GPU (CUDA graphs are then skipped), so a mistake in this script shows up in the
+test suite (tests/test_gpu_check.py) instead of in the one call on the lent machine.
 """
 
 import argparse
@@ -28,6 +34,7 @@ from diffprune.models import DEFAULT_SCHEDULER, build_unet, versions
 
 
 def timed(fn, runs, warmup=2, sync=True):
+    sync = sync and torch.cuda.is_available()
     for _ in range(warmup):
         fn()
     out = []
@@ -44,14 +51,15 @@ def timed(fn, runs, warmup=2, sync=True):
 
 
 def ddim_loop(forward, scheduler, x):
-    for t in scheduler.timesteps:
+    for t in scheduler.timesteps:  # t: a 0-d tensor on the CPU
         x = scheduler.step(forward(x, t), t, x).prev_sample
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
-def graphed_forward(unet, batch):
-    """Capture one UNet forward for a fixed batch as a CUDA graph; replay per step."""
-    static_x = torch.randn(batch, 3, 32, 32, device="cuda")
+def graphed_forward(unet, shape):
+    """Capture one UNet forward for a fixed input shape (B, C, H, W) as a CUDA graph; replay per step."""
+    batch = shape[0]
+    static_x = torch.randn(*shape, device="cuda")
     static_t = torch.full((batch,), 500, device="cuda", dtype=torch.long)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -73,57 +81,75 @@ def graphed_forward(unet, batch):
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, 1 run: checks the script itself")
     args = parser.parse_args()
-    assert torch.cuda.is_available(), "this script is for a CUDA machine"
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.smoke:
+        raise SystemExit("gpu_check.py needs a CUDA GPU (use --smoke to check the script on a CPU).")
+    device = "cuda" if cuda else "cpu"
+    # Sizes: the paper's CIFAR-10 setting on the GPU; seconds-long on a CPU with --smoke.
+    arch, batches, images, timesteps, ft_steps, ft_batch = (
+        ("tiny-attn", (1, 2), 4, 2, 2, 4) if args.smoke else ("ddpm-cifar10-32", (1, 64), 64, 20, 60, 128))
+    if args.smoke:
+        args.runs, args.steps = 1, 2
     torch.backends.cudnn.benchmark = True
-    result = {"gpu": torch.cuda.get_device_name(0), "capability": torch.cuda.get_device_capability(0),
+    result = {"gpu": torch.cuda.get_device_name(0) if cuda else None,
+              "capability": torch.cuda.get_device_capability(0) if cuda else None, "smoke": args.smoke, "arch": arch,
               "versions": versions(), "platform": platform.platform(), "steps": args.steps, "runs": args.runs}
-    dense = build_unet("ddpm-cifar10-32").cuda()
+    dense = build_unet(arch).to(device)
+    c, size = dense.config.in_channels, dense.config.sample_size
 
     started = time.perf_counter()
-    pruned, report = diffprune.prune(dense, method="diff-pruning", ratio=0.3, data="builtin:digits", num_images=64,
-                                     micro_batch=64, max_timesteps=20, progress=False)
-    result["prune_cuda"] = {"seconds": time.perf_counter() - started, "timesteps": len(report.timesteps_used),
-                            "importance_s_per_timestep": report.importance_seconds / len(report.timesteps_used),
-                            "params": [report.params_before, report.params_after],
-                            "macs": [report.macs_before, report.macs_after]}
+    pruned, report = diffprune.prune(dense, method="diff-pruning", ratio=0.3, data="builtin:digits", num_images=images,
+                                     micro_batch=images, max_timesteps=timesteps, progress=False)
+    result["prune"] = {"device": device, "seconds": time.perf_counter() - started,
+                       "timesteps": len(report.timesteps_used),
+                       "importance_s_per_timestep": report.importance_seconds / len(report.timesteps_used),
+                       "params": [report.params_before, report.params_after],
+                       "macs": [report.macs_before, report.macs_after]}
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config({k: v for k, v in DEFAULT_SCHEDULER.items() if not k.startswith("_")})
     scheduler.set_timesteps(args.steps)
+    kinds = ("unet-eager", "e2e-eager") + (("e2e-cudagraph",) if cuda else ())
     rows = {}
-    for batch in (1, 64):
+    for batch in batches:
         for name, model in (("dense", dense), ("pruned", pruned)):
             model = model.eval()
-            x = torch.randn(batch, 3, 32, 32, device="cuda")
-            t = torch.full((batch,), 500, device="cuda", dtype=torch.long)
+            x = torch.randn(batch, c, size, size, device=device)
+            t = torch.full((batch,), 500, device=device, dtype=torch.long)
             with torch.no_grad():
                 rows[f"{name}-b{batch}-unet-eager"] = timed(lambda: model(x, t), args.runs * 5)
                 rows[f"{name}-b{batch}-e2e-eager"] = timed(
-                    lambda: ddim_loop(lambda a, s: model(a, s.to("cuda").expand(batch)).sample, scheduler, x.clone()), args.runs)
-                forward = graphed_forward(model, batch)
-                rows[f"{name}-b{batch}-e2e-cudagraph"] = timed(lambda: ddim_loop(forward, scheduler, x.clone()), args.runs)
-            print(name, batch, {k: round(v["median_ms"], 2) for k, v in rows.items() if k.startswith(f"{name}-b{batch}")}, flush=True)
+                    lambda: ddim_loop(lambda a, s: model(a, s.to(device).expand(batch)).sample, scheduler, x.clone()),
+                    args.runs)
+                if cuda:
+                    forward = graphed_forward(model, tuple(x.shape))
+                    rows[f"{name}-b{batch}-e2e-cudagraph"] = timed(lambda: ddim_loop(forward, scheduler, x.clone()),
+                                                                   args.runs)
+            print(name, batch, {k: round(v["median_ms"], 2) for k, v in rows.items() if k.startswith(f"{name}-b{batch}")},
+                  flush=True)
     result["torch"] = rows
-    for batch in (1, 64):
-        for kind in ("unet-eager", "e2e-eager", "e2e-cudagraph"):
+    for batch in batches:
+        for kind in kinds:
             d, p = rows[f"dense-b{batch}-{kind}"]["median_ms"], rows[f"pruned-b{batch}-{kind}"]["median_ms"]
             result.setdefault("speedup", {})[f"b{batch}-{kind}"] = d / p
 
     with tempfile.TemporaryDirectory() as tmp:
-        # Fine-tuning on CUDA with bf16 autocast: steps/s of the pruned CIFAR-10 model at batch 128.
+        # Fine-tuning steps/s of the pruned model (bf16 autocast on the GPU).
         from diffprune.finetune import finetune
 
         folder = diffprune.save(pruned.cpu(), Path(tmp) / "pruned")
-        ft = finetune(folder, Path(tmp) / "ft", data="builtin:digits", steps=60, batch_size=128, warmup_steps=10,
-                      mixed_precision="bf16", checkpoint_every=0, progress=False, device="cuda")
-        result["finetune_cuda_bf16"] = {"steps_per_s": ft.steps_per_s, "final_loss": ft.final_loss,
-                                        "batch": 128, "steps": 60, "note": "includes warm-up steps"}
-        pruned = pruned.cuda()
+        ft = finetune(folder, Path(tmp) / "ft", data="builtin:digits", steps=ft_steps, batch_size=ft_batch,
+                      warmup_steps=min(10, ft_steps), mixed_precision="bf16" if cuda else "no", checkpoint_every=0,
+                      progress=False, device=device)
+        result["finetune"] = {"device": device, "steps_per_s": ft.steps_per_s, "final_loss": ft.final_loss,
+                              "batch": ft_batch, "steps": ft_steps, "note": "includes warm-up steps"}
+        pruned = pruned.to(device)
 
     with tempfile.TemporaryDirectory() as tmp:
         from diffprune.export import to_onnx
@@ -137,8 +163,9 @@ def main():
                 sampler = Sampler(runner, make_scheduler("ddim", runner.scheduler_config))
                 ort_rows[name]["e2e_b1_ms"] = timed(lambda: sampler.generate(1, steps=args.steps), 3, warmup=1, sync=False)
         result["onnxruntime_cpu"] = ort_rows
-    out = Path(args.out) / "gpu_results.json"
-    out.write_text(json.dumps(result, indent=1, default=str))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_results.json").write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps(result.get("speedup"), indent=1))
 
 
