@@ -159,6 +159,22 @@ def test_bad_artifacts(tiny_export, tmp_path):
         open_runner(tiny_export, "trt")
 
 
+def test_tensorrt_provider_options_cache_engines_and_cover_the_batch_range(tiny_export, tmp_path, monkeypatch):
+    from diffprune.runtime.runners.onnxruntime import trt_provider_options
+
+    monkeypatch.setenv("DIFFPRUNE_CACHE", str(tmp_path / "cache"))
+    meta = json.loads((tiny_export / "model.json").read_text())  # batch 1..4, opt 2, (B, 1, 16, 16)
+    options = trt_provider_options(meta)
+    assert options["trt_engine_cache_enable"] == "True" and options["trt_timing_cache_enable"] == "True"
+    assert options["trt_engine_cache_path"] == str(tmp_path / "cache" / "ort-trt")
+    assert options["trt_profile_min_shapes"] == "sample:1x1x16x16,timestep:1"
+    assert options["trt_profile_opt_shapes"] == "sample:2x1x16x16,timestep:2"
+    assert options["trt_profile_max_shapes"] == "sample:4x1x16x16,timestep:4"
+    assert "trt_profile_min_shapes" not in trt_provider_options(meta, batch=2)  # pinned: static shapes
+    dynamic_hw = {**meta, "inputs": [{**meta["inputs"][0], "shape": ["batch", 1, "height", "width"]}, meta["inputs"][1]]}
+    assert "trt_profile_min_shapes" not in trt_provider_options(dynamic_hw)  # TensorRT takes shapes as they come
+
+
 def test_engine_for_another_gpu_or_version_is_refused():
     record = {"tensorrt": "10.13.0", "gpu": {"name": "NVIDIA H100", "compute_capability": "9.0"}}
     check_engine_compatible(record, "10.13.0", "9.0")

@@ -1,5 +1,8 @@
 """ONNX Runtime runner: CPU, CUDA and TensorRT execution providers; IO binding on GPU."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import DiffPruneError
@@ -10,6 +13,36 @@ PROVIDERS = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+def trt_cache_dir() -> Path:
+    """Where ONNX Runtime's TensorRT provider keeps engines and timing caches: ``$DIFFPRUNE_CACHE/ort-trt``,
+    default ``~/.cache/diffprune/ort-trt``. Its file names hash the graph and GPU, so models can share it."""
+    root = os.environ.get("DIFFPRUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffprune"
+    return Path(root) / "ort-trt"
+
+
+def trt_provider_options(meta: dict, batch: int | None = None) -> dict:
+    """TensorRT execution-provider options for an export described by ``meta`` (its model.json).
+
+    Building a UNet's engines takes minutes, so engines and the timing cache are kept on disk and
+    reused by later sessions. The optimisation profile is the export's batch range (min/opt/max from
+    model.json) at its sample size; without it the provider rebuilds each time a larger batch arrives.
+    A pinned ``batch`` makes every input static, and then no profile is given. Precision stays as
+    exported: an fp16 export runs fp16.
+    """
+    cache = str(trt_cache_dir())
+    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+               "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
+    inputs = meta.get("inputs", [])
+    batch_dims = {d for i in inputs for d in i["shape"][:1] if isinstance(d, str)}
+    only_batch_dynamic = not any(isinstance(d, str) for i in inputs for d in i["shape"][1:])
+    if inputs and batch_dims and only_batch_dynamic and batch is None:
+        for key in ("min", "opt", "max"):
+            n = meta["batch"][key]
+            options[f"trt_profile_{key}_shapes"] = ",".join(
+                f"{i['name']}:" + "x".join(str(n if d in batch_dims else d) for d in i["shape"]) for i in inputs)
+    return options
 
 
 def import_onnxruntime():
@@ -76,7 +109,16 @@ class OnnxRuntimeRunner(Runner):
         check_onnx_files(self.folder, self.meta)
         path = self.folder / self.meta.get("file", "model.onnx")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=PROVIDERS[self.device])
+            providers = PROVIDERS[self.device]
+            if self.device == "tensorrt":
+                try:
+                    trt_cache_dir().mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise DiffPruneError(f"Cannot create the TensorRT engine cache {str(trt_cache_dir())!r} ({e.strerror}); "
+                                         "set DIFFPRUNE_CACHE to a writable folder.") from None
+                providers = [("TensorrtExecutionProvider", trt_provider_options(self.meta, self.fixed_batch)),
+                             *providers[1:]]
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # ORT's own exception types (InvalidProtobuf, NoSuchFile, Fail, ...)
             raise DiffPruneError(
                 f"ONNX Runtime cannot load {str(path)!r}: {str(e).splitlines()[0]} The file is missing, corrupt "
