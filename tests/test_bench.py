@@ -35,7 +35,10 @@ def test_bench_times_each_model_in_its_own_process(tiny_export, pruned_export, t
             assert 0 < row["unet_ms"]["median"] <= row["e2e_ms"]["median"]
             assert row["e2e_ms"]["min"] <= row["e2e_ms"]["median"] <= row["e2e_ms"]["p90"]
             assert row["peak_rss_mib"] > 0
-        assert rows[tiny_export.name]["speedup_vs_first"] == 1.0
+        assert rows[tiny_export.name]["speedup_vs_first"] == 1.0 == rows[tiny_export.name]["speedup_paired"]
+        first, pruned = rows[tiny_export.name]["e2e_ms_runs"], rows[pruned_export.name]["e2e_ms_runs"]
+        ratios = sorted(a / b for a, b in zip(first, pruned))
+        assert rows[pruned_export.name]["speedup_paired"] == pytest.approx((ratios[0] + ratios[1]) / 2)
         assert rows["dense (diffusers, PyTorch eager)"]["backend"] == "torch-eager-cpu"
         memory = results["memory_by_batch"][batch]
         for name, m in memory.items():
