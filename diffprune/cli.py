@@ -492,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
             The dense model in a diffusers DDIMPipeline (PyTorch eager) is added as the baseline a user
             would otherwise run. Writes bench.json, bench.md, bench.png.
 
-            Compare numbers only within one report: shared machines drift by 10 % and more between runs."""),
+            Speedups are given twice: the ratio of medians, and "paired", the median over rounds of the
+            ratio within one round, which cancels drift that hits only some rounds. Compare numbers
+            only within one report: shared machines drift by 10 % and more between runs."""),
         epilog="example:\n  diffprune bench dense-onnx pruned-onnx --backend ort-cpu --batch 1,16 --steps 50 --out bench-cpu",
     )
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="dense first, then pruned ones")
