@@ -108,16 +108,15 @@ class OnnxRuntimeRunner(Runner):
 
         check_onnx_files(self.folder, self.meta)
         path = self.folder / self.meta.get("file", "model.onnx")
+        providers = PROVIDERS[self.device]
+        if self.device == "tensorrt":
+            try:
+                trt_cache_dir().mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise DiffPruneError(f"Cannot create the TensorRT engine cache {str(trt_cache_dir())!r} ({e.strerror}); "
+                                     "set DIFFPRUNE_CACHE to a writable folder.") from None
+            providers = [("TensorrtExecutionProvider", trt_provider_options(self.meta, self.fixed_batch)), *providers[1:]]
         try:
-            providers = PROVIDERS[self.device]
-            if self.device == "tensorrt":
-                try:
-                    trt_cache_dir().mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    raise DiffPruneError(f"Cannot create the TensorRT engine cache {str(trt_cache_dir())!r} ({e.strerror}); "
-                                         "set DIFFPRUNE_CACHE to a writable folder.") from None
-                providers = [("TensorrtExecutionProvider", trt_provider_options(self.meta, self.fixed_batch)),
-                             *providers[1:]]
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # ORT's own exception types (InvalidProtobuf, NoSuchFile, Fail, ...)
             raise DiffPruneError(
