@@ -157,11 +157,21 @@ def run_bench(artifacts, backend: str = "ort-cpu", batches=(1,), steps: int = 50
         "backend": backend, "steps": steps, "scheduler": scheduler, "runs": runs, "warmup": warmup,
         "threads": threads, "artifacts": [str(a) for a in artifacts], "torch_baseline": baseline_src,
         "isolation": "one process per model, runs alternating", "worker_env": WORKER_ENV,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpus": os.cpu_count()},
         "versions": versions(),
     })
     return results
+
+
+def _cpu_name() -> str:
+    """The CPU's model name where Linux tells it (platform.processor() is often just "x86_64")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def markdown(results: dict, command: str = "") -> str:
