@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from diffprune.runtime.bench import WORKER_ENV  # the bench workers' environment
+
 VARIANTS = {"runner": dict(arena=True, pattern=False), "pattern": dict(arena=True, pattern=True),
             "no-arena": dict(arena=False, pattern=False)}
-ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # as the bench workers (diffprune.runtime.bench.WORKER_ENV)
 
 
 def vm_hwm_mib():
@@ -68,7 +69,7 @@ def measure(folders, batch, threads, runs, calls):
         for variant in VARIANTS:
             procs[(folder, variant)] = p = subprocess.Popen(
                 [sys.executable, __file__, "--worker", folder, str(batch), variant, str(threads), str(calls)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **WORKER_ENV})
             assert p.stdout.readline().strip() == "ready", f"worker for {folder} {variant} failed"
     times = {key: [] for key in procs}
     for _ in range(runs):
@@ -110,7 +111,7 @@ def main():
 
     record = {"command": "python benchmarks/ort_cpu_options.py " + " ".join(sys.argv[1:]), "rows": rows,
               "threads": args.threads, "runs": args.runs, "onnxruntime": onnxruntime.__version__,
-              "machine": platform.platform(), "env": ENV}
+              "machine": platform.platform(), "env": WORKER_ENV}
     lines = [f"# ONNX Runtime CPU options: UNet latency and peak memory ({args.threads} threads)", "",
              f"Command: `{record['command']}`  ", f"ONNX Runtime {onnxruntime.__version__}, {platform.machine()}; "
              f"{args.runs} interleaved rounds per process, one process per row.", "",
