@@ -23,13 +23,63 @@ def describe(path) -> tuple:
     if not path.exists():
         raise DiffPruneError(f"Artifact {str(path)!r} does not exist. Give an ONNX export folder or a TensorRT engine folder.")
     if (path / "engine.json").is_file():
-        return "tensorrt", path, read_json(path / "engine.json")
+        meta = read_json(path / "engine.json")
+        check_spec(meta.get("model") if isinstance(meta, dict) else None, path / "engine.json", "model.")
+        check_fields(meta.get("profile", {}).get("batch") if isinstance(meta.get("profile"), dict) else None,
+                     BATCH_FIELDS, path / "engine.json", "profile.batch.")
+        return "tensorrt", path, meta
     if (path / "model.json").is_file():
-        return "onnx", path, read_json(path / "model.json")
+        meta = read_json(path / "model.json")
+        check_spec(meta, path / "model.json")
+        return "onnx", path, meta
     raise DiffPruneError(
         f"{str(path)!r} holds neither model.json (an ONNX export) nor engine.json (a TensorRT engine). "
         "Create one with `diffprune export` (then `diffprune build` for TensorRT)."
     )
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_dim(v) -> bool:
+    return (_is_int(v) and v > 0) or (isinstance(v, str) and bool(v))
+
+
+# What the runtime reads from model.json (engine.json keeps the same under "model"): field -> (check, what it is).
+SPEC_FIELDS = {
+    "batch": (lambda v: isinstance(v, dict), "an object {min, opt, max}"),
+    "in_channels": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "sample_size": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(d) and d > 0 for d in v),
+                    "[height, width], positive integers"),
+    "inputs": (lambda v: isinstance(v, list) and bool(v) and all(
+        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("shape"), list)
+        and all(_is_dim(d) for d in i["shape"]) for i in v), "a list of {name, shape}"),
+}
+BATCH_FIELDS = {key: (lambda v: _is_int(v) and v > 0, "a positive integer") for key in ("min", "max")}
+
+
+def check_fields(meta, fields: dict, path, prefix: str = "") -> None:
+    """One clear error naming every missing or ill-typed field, instead of a KeyError later."""
+    if not isinstance(meta, dict):
+        problems = [f"{prefix.rstrip('.') or 'the top level'} is not an object"]
+    else:
+        problems = [f"{prefix}{key} ({'missing' if key not in meta else 'got ' + repr(meta[key])[:40]}; expected {what})"
+                    for key, (ok, what) in fields.items() if key not in meta or not ok(meta[key])]
+    if problems:
+        raise DiffPruneError(
+            f"{str(path)!r} is not a valid diffprune artifact description: {'; '.join(problems)}. It was written by "
+            "another tool or edited by hand; re-create the artifact with `diffprune export` (or `diffprune build`)."
+        )
+
+
+def check_spec(meta, path, prefix: str = "") -> None:
+    """Check model.json (or engine.json's "model") against what the runners read."""
+    check_fields(meta, SPEC_FIELDS, path, prefix)
+    check_fields(meta["batch"], BATCH_FIELDS, path, prefix + "batch.")
+    if meta["batch"]["min"] > meta["batch"]["max"]:
+        raise DiffPruneError(f"{str(path)!r}: {prefix}batch.min {meta['batch']['min']} is above batch.max "
+                             f"{meta['batch']['max']}; re-create the artifact with `diffprune export`.")
 
 
 def check_onnx_files(folder, meta: dict) -> None:

@@ -187,16 +187,24 @@ def rss_peak_mib() -> float:
 
 
 def _runtime_worker(artifact, backend, batch, steps, scheduler, threads):
-    from .runners import open_runner
-    from .runners.onnxruntime import import_onnxruntime
+    from .runners import open_runner, parse_backend
 
-    if backend.startswith("ort"):
-        import_onnxruntime()  # the backend's import belongs to the baseline, not to the model
+    name, _, _ = parse_backend(backend)
+    # The backend's import belongs to the baseline memory, not to the model.
+    if name.startswith("ort"):
+        from .runners.onnxruntime import import_onnxruntime
+
+        import_onnxruntime()
+    elif name == "openvino":
+        from .runners.openvino import import_openvino
+
+        import_openvino()
 
     def make_case():
-        pinned = batch if backend.startswith("ort") else None  # TensorRT engines keep their profile
+        pinned = None if name == "trt" else batch  # TensorRT engines keep their profile
         runner = open_runner(artifact, backend, threads=threads, batch=pinned).open()
-        case = runtime_case(os.path.basename(str(artifact)), runner, scheduler, steps, batch)
+        case = runtime_case(os.path.basename(str(artifact)), runner, scheduler, steps, batch,
+                            info={"threads": threads, **getattr(runner, "info", {})})
         return replace(case, close=runner.close)
 
     serve(make_case)

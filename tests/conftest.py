@@ -1,5 +1,19 @@
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Caches (OpenVINO IR, TensorRT engines) go to a temporary folder, not the user's home."""
+    old = os.environ.get("DIFFPRUNE_CACHE")
+    os.environ["DIFFPRUNE_CACHE"] = str(tmp_path_factory.mktemp("diffprune-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DIFFPRUNE_CACHE", None)
+    else:
+        os.environ["DIFFPRUNE_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

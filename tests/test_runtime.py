@@ -19,7 +19,7 @@ from diffprune.runtime.image import encode_png, grid
 def test_runtime_imports_and_runs_without_torch(tiny_export):
     # Every runtime module imported, and a sample generated, in a process where torch cannot import.
     code = textwrap.dedent(f"""
-        import importlib, pkgutil, sys
+        import importlib, importlib.util, pkgutil, sys
         class NoTorch:
             def find_spec(self, name, path=None, target=None):
                 if name == "torch" or name.startswith("torch.") or name.startswith("diffusers"):
@@ -34,6 +34,9 @@ def test_runtime_imports_and_runs_without_torch(tiny_export):
         with rt.open_runner({str(tiny_export)!r}) as runner:
             images = rt.Sampler(runner, rt.make_scheduler("ddim", runner.scheduler_config)).generate(2, steps=3)
         assert images.shape == (2, 16, 16, 1), images.shape
+        if importlib.util.find_spec("openvino"):
+            with rt.open_runner({str(tiny_export)!r}, "openvino") as runner:
+                rt.Sampler(runner, rt.make_scheduler("ddim", runner.scheduler_config)).generate(2, steps=3)
         assert not any(k == "torch" or k.startswith("torch.") for k in sys.modules), "torch was imported"
         print("ok")
     """)
@@ -155,6 +158,15 @@ def test_bad_artifacts(tiny_export, tmp_path):
         open_runner(mismatched).open()
     with pytest.raises(DiffPruneError, match="Backend 'tpu'"):
         open_runner(tiny_export, "tpu")
+    hand_written = tmp_path / "hand-written"
+    shutil.copytree(tiny_export, hand_written)
+    (hand_written / "model.json").write_text("{}")
+    with pytest.raises(DiffPruneError, match=r"not a valid diffprune artifact description: batch \(missing"):
+        open_runner(hand_written)
+    meta["batch"] = {"min": 4, "max": "8"}
+    (hand_written / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DiffPruneError, match=r"batch.max \(got '8'; expected a positive integer\)"):
+        open_runner(hand_written)
     with pytest.raises(DiffPruneError, match="needs a TensorRT engine"):
         open_runner(tiny_export, "trt")
 

@@ -5,20 +5,42 @@ from pathlib import Path
 from ..artifact import describe
 from ..errors import DiffPruneError
 
-BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt")
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "openvino")
+
+
+def parse_backend(text: str) -> tuple:
+    """A backend spec -> ``(name, device, precision)``.
+
+    ``"ort-cpu"`` -> ``("ort-cpu", None, None)``; ``"openvino"`` -> ``("openvino", None, None)`` (CPU, float32);
+    ``"openvino:GPU@f16"`` -> ``("openvino", "GPU", "f16")``. Only openvino takes a device after ``:`` (GPU,
+    NPU, AUTO, ... where present) and a compute precision after ``@`` (f32, bf16, f16, auto).
+    """
+    from .openvino import PRECISIONS  # the module imports openvino lazily, so this stays cheap
+
+    spec, at, precision = str(text).partition("@")
+    name, colon, device = spec.partition(":")
+    if name not in BACKENDS or ((device or precision) and name != "openvino") or (colon and not device) or (
+            at and precision not in PRECISIONS):
+        raise DiffPruneError(
+            f"Backend {text!r} is unknown; allowed: {', '.join(BACKENDS)}. openvino also takes a device and a "
+            f"precision, openvino[:DEVICE][@PRECISION]: DEVICE as OpenVINO names it (CPU by default, GPU, NPU, AUTO), "
+            f"PRECISION one of {', '.join(PRECISIONS)} (default f32), e.g. openvino@bf16 or openvino:GPU@f16."
+        )
+    return name, device or None, precision or None
 
 
 def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, cuda_graph: bool = False,
                 batch: int | None = None):
     """A runner for ``artifact`` (an export folder with model.json or an engine folder with engine.json).
 
-    ``backend``: ort-cpu, ort-cuda, ort-trt (ONNX Runtime execution providers) or trt (native engine).
-    ``batch`` pins ONNX Runtime sessions to one batch size, which lets it fold the graph's shape
-    arithmetic (1-3 % faster on the CIFAR-10 UNet on CPU); other batch sizes are then refused.
+    ``backend``: ort-cpu, ort-cuda, ort-trt (ONNX Runtime execution providers), trt (native engine), or
+    openvino[:DEVICE][@PRECISION] (OpenVINO: CPU and float32 by default; see ``parse_backend``).
+    ``batch`` pins the session to one batch size, which lets the backend fold the graph's shape
+    arithmetic (1-3 % faster on the CIFAR-10 UNet on CPU with ONNX Runtime); other batch sizes are then
+    refused.
     Use it as a context manager: ``with open_runner(path) as run: out = run(sample, timestep)``.
     """
-    if backend not in BACKENDS:
-        raise DiffPruneError(f"Backend {backend!r} is unknown; allowed: {', '.join(BACKENDS)}.")
+    backend, device, precision = parse_backend(backend)
     kind, folder, meta = describe(Path(artifact))
     if backend == "trt":
         if kind != "tensorrt":
@@ -33,10 +55,15 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
         raise DiffPruneError(
             f"Backend {backend} runs ONNX exports, but {str(folder)!r} is a TensorRT engine; use --backend trt."
         )
+    if backend == "openvino":
+        from .openvino import OpenVINORunner
+
+        return OpenVINORunner(folder, meta, device=device or "CPU", threads=threads, batch=batch,
+                              precision=precision or "f32")
     from .onnxruntime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(folder, meta, device={"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[backend],
                              threads=threads, batch=batch)
 
 
-__all__ = ["BACKENDS", "open_runner"]
+__all__ = ["BACKENDS", "open_runner", "parse_backend"]

@@ -1,10 +1,10 @@
 """ONNX Runtime runner: CPU, CUDA and TensorRT execution providers; IO binding on GPU."""
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..cache import cache_dir
 from ..errors import DiffPruneError
 from .base import Runner
 
@@ -18,8 +18,7 @@ PROVIDERS = {
 def trt_cache_dir() -> Path:
     """Where ONNX Runtime's TensorRT provider keeps engines and timing caches: ``$DIFFPRUNE_CACHE/ort-trt``,
     default ``~/.cache/diffprune/ort-trt``. Its file names hash the graph and GPU, so models can share it."""
-    root = os.environ.get("DIFFPRUNE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffprune"
-    return Path(root) / "ort-trt"
+    return cache_dir("ort-trt")
 
 
 def trt_provider_options(meta: dict, batch: int | None = None) -> dict:
@@ -110,11 +109,7 @@ class OnnxRuntimeRunner(Runner):
         path = self.folder / self.meta.get("file", "model.onnx")
         providers = PROVIDERS[self.device]
         if self.device == "tensorrt":
-            try:
-                trt_cache_dir().mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise DiffPruneError(f"Cannot create the TensorRT engine cache {str(trt_cache_dir())!r} ({e.strerror}); "
-                                     "set DIFFPRUNE_CACHE to a writable folder.") from None
+            cache_dir("ort-trt", create=True)
             providers = [("TensorrtExecutionProvider", trt_provider_options(self.meta, self.fixed_batch)), *providers[1:]]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)

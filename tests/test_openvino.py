@@ -1,0 +1,122 @@
+"""The OpenVINO runner: same images as ONNX Runtime, IR cache, pinning, threads, and its bad inputs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from diffprune import DiffPruneError
+from diffprune.runtime import Sampler, make_scheduler, open_runner
+from diffprune.runtime.runners import parse_backend
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFPRUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "openvino"
+
+
+def images(export, backend, **kw):
+    with open_runner(export, backend, **kw) as runner:
+        sampler = Sampler(runner, make_scheduler("ddim", runner.scheduler_config))
+        return sampler.generate(4, seed=3, steps=8, batch=2, output="float"), runner
+
+
+def test_same_images_as_onnx_runtime_from_the_same_seeds(tiny_export):
+    ort, _ = images(tiny_export, "ort-cpu")
+    ov, runner = images(tiny_export, "openvino")
+    assert runner.backend == "openvino" and runner.info["precision"] == "f32"
+    # Both run the same float32 graph; kernels differ only in summation order.
+    assert np.abs(ort - ov).max() < 1e-3
+    assert np.array_equal(images(tiny_export, "openvino", batch=2)[0], ov)  # pinning changes nothing
+
+
+def test_ir_is_converted_once_and_reused(tiny_export, cache):
+    _, first = images(tiny_export, "openvino")
+    (ir,) = list(cache.glob("*/model.xml"))
+    stamp = ir.stat().st_mtime_ns
+    images(tiny_export, "openvino")
+    assert [p for p in cache.glob("*/model.xml")] == [ir] and ir.stat().st_mtime_ns == stamp
+    assert json.loads((ir.parent / "source.json").read_text())["export"] == str(tiny_export.resolve())
+
+
+def test_a_changed_export_gets_a_new_ir_and_a_corrupt_ir_is_rebuilt(tiny_export, tmp_path, cache):
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    reference, _ = images(export, "openvino")
+    (ir,) = list(cache.glob("*/model.xml"))
+    ir.write_text("<not an IR")  # a crash or a full disk left this
+    again, _ = images(export, "openvino")
+    assert np.array_equal(again, reference)
+    assert ir.read_text().startswith("<?xml")
+    os.utime(export / "model.onnx", ns=(0, 0))  # a re-export (here: only its time) is another model
+    images(export, "openvino")
+    assert len(list(cache.glob("*/model.xml"))) == 2
+
+
+def test_pinned_batch_threads_and_precision(tiny_export):
+    with open_runner(tiny_export, "openvino", batch=2, threads=1) as runner:
+        import openvino.properties as props
+
+        assert runner.compiled.get_property(props.inference_num_threads) == 1
+        assert runner.batch_range == (2, 2)
+        runner(np.zeros((2, 1, 16, 16), np.float32), np.zeros(2, np.float32))
+        with pytest.raises(DiffPruneError, match="outside this artifact's range 2..2"):
+            runner(np.zeros((1, 1, 16, 16), np.float32), np.zeros(1, np.float32))
+    with open_runner(tiny_export, "openvino@auto") as runner:
+        assert runner.backend == "openvino@auto" and runner.info["precision"] in ("f32", "bf16", "f16")
+
+
+def test_backend_specs():
+    assert parse_backend("openvino") == ("openvino", None, None)
+    assert parse_backend("openvino:GPU@f16") == ("openvino", "GPU", "f16")
+    assert parse_backend("ort-cpu") == ("ort-cpu", None, None)
+    for bad in ("openvino:", "openvino@int4", "ort-cpu@bf16", "ort-cpu:GPU", "tpu"):
+        with pytest.raises(DiffPruneError, match="openvino\\[:DEVICE\\]\\[@PRECISION\\]"):
+            parse_backend(bad)
+
+
+def test_bad_device_corrupt_export_and_mismatched_spec(tiny_export, tmp_path):
+    with pytest.raises(DiffPruneError, match="device 'NPU7' is not available here; available: .*CPU"):
+        open_runner(tiny_export, "openvino:NPU7").open()
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_export, corrupt)
+    (corrupt / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(DiffPruneError, match="OpenVINO cannot read"):
+        open_runner(corrupt, "openvino").open()
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(tiny_export, mismatched)
+    meta = json.loads((mismatched / "model.json").read_text())
+    meta["inputs"][0]["shape"] = ["batch", 1, 32, 32]
+    (mismatched / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DiffPruneError, match="does not match its graph"):
+        open_runner(mismatched, "openvino").open()
+    with pytest.raises(DiffPruneError, match="runs ONNX exports"):
+        engine = tmp_path / "engine"
+        engine.mkdir()
+        (engine / "engine.json").write_text(json.dumps({"model": meta, "profile": {"batch": meta["batch"]}}))
+        open_runner(engine, "openvino")
+
+
+def test_missing_openvino_package_is_a_clear_error(tiny_export):
+    code = (
+        "import sys; sys.modules['openvino'] = None\n"
+        "from diffprune.runtime import open_runner\n"
+        f"open_runner({str(tiny_export)!r}, 'openvino').open()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1 and "pip install 'diffprune[openvino]'" in proc.stderr
+
+
+def test_unwritable_cache_falls_back_to_the_onnx_file(tiny_export, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("DIFFPRUNE_CACHE", str(blocker / "sub"))  # a path under a file cannot be created
+    ov, runner = images(tiny_export, "openvino")
+    assert runner.info["ir_cache"] is None and np.isfinite(ov).all()
