@@ -81,48 +81,88 @@ def _baseline_source(metas: dict, first, torch_baseline):
     return None if torch_baseline in (None, "none") else torch_baseline
 
 
-def run_bench(artifacts, backend: str = "ort-cpu", batches=(1,), steps: int = 50, scheduler: str = "ddim",
+def default_threads() -> int:
+    """The CPUs this process may run on: the thread count every process of a bench gets unless told."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _torch_missing() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is None for m in ("torch", "diffusers"))
+
+
+def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, scheduler: str = "ddim",
               runs: int = 10, warmup: int = 1, threads: int | None = None, torch_baseline: str | None = "auto",
               memory: bool = True, progress: bool = True) -> dict:
-    """Measure every artifact (and the torch baseline) at every batch size; return the report dict.
+    """Measure every artifact on every backend (and the torch baseline) at every batch size.
 
-    Each model is served by a process of its own and the runs alternate between them (see
-    diffprune.runtime.bench); the same processes report peak memory per batch size. ``memory`` keeps
-    the summary of the first batch size in ``results["memory"]``.
+    ``backend`` is one backend spec or a list of them (``["ort-cpu", "openvino"]``): each artifact is
+    then served once per backend. Each (model, backend) is a process of its own and the runs alternate
+    between them (see diffprune.runtime.bench); the same processes report peak memory per batch size.
+    ``threads`` (default: the CPUs this process may use) goes to every process alike, the PyTorch
+    baseline included, and is recorded. ``memory`` keeps the first batch size's summary in
+    ``results["memory"]``. Speedups are given against the first model on the first backend, against
+    the first model on the same backend, and against the PyTorch eager baseline.
     """
     from tqdm.auto import tqdm
 
     from .runtime.artifact import describe
     from .runtime.bench import WORKER_ENV, measure, worker_case
+    from .runtime.runners import parse_backend
 
     if len(artifacts) < 1:
         raise DiffPruneError("Give at least one artifact to measure (dense first, then pruned ones).")
+    backends = [backend] if isinstance(backend, str) else list(backend)
+    if not backends:
+        raise DiffPruneError("Give at least one backend to measure on (e.g. ort-cpu, or ort-cpu,openvino).")
+    for spec in backends:
+        parse_backend(spec)
+    threads = threads or default_threads()
     metas = {}
     for path in artifacts:
         kind, folder, meta = describe(path)
         metas[str(path)] = meta if kind == "onnx" else {**meta["model"], "batch": meta["profile"]["batch"]}
     baseline_src = _baseline_source(metas, artifacts[0], torch_baseline)
+    baseline_note = None
+    if baseline_src and _torch_missing():
+        if torch_baseline not in (None, "auto"):
+            raise DiffPruneError(
+                f"--torch-baseline {torch_baseline!r} needs torch and diffusers, which are not installed here. "
+                "Install the toolchain (pip install 'diffprune[torch]') or pass --torch-baseline none."
+            )
+        baseline_src, baseline_note = None, "torch is not installed here: no PyTorch eager baseline"
     dense_meta = metas[str(artifacts[0])]
     device = "cpu"
-    if baseline_src and backend != "ort-cpu":
+    on_gpu = any(parse_backend(b)[0] in ("ort-cuda", "ort-trt", "trt") for b in backends)
+    if baseline_src and on_gpu:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def case_name(path, spec):
+        return Path(path).name if len(backends) == 1 else f"{Path(path).name} on {spec}"
+
     results = {"batches": {}, "memory_by_batch": {}}
     for batch in batches:
         cases = []
-        bar = tqdm(total=len(artifacts) + bool(baseline_src), desc=f"batch {batch}: loading", disable=not progress,
-                   leave=False)
+        bar = tqdm(total=len(artifacts) * len(backends) + bool(baseline_src), desc=f"batch {batch}: loading",
+                   disable=not progress, leave=False)
         try:
-            for path in artifacts:
-                meta = metas[str(path)]
-                cases.append(worker_case(Path(path).name, path, backend, scheduler, steps, batch, threads,
-                                         info={"artifact": str(path), "params": meta.get("params"),
-                                               "macs": meta.get("macs")}))
-                bar.update(1)
+            for spec in backends:
+                for path in artifacts:
+                    meta = metas[str(path)]
+                    cases.append(worker_case(case_name(path, spec), path, spec, scheduler, steps, batch, threads,
+                                             info={"artifact": str(path), "params": meta.get("params"),
+                                                   "macs": meta.get("macs")}))
+                    bar.update(1)
             if baseline_src:
                 cases.append(torch_worker_case(baseline_src, batch, steps, device, threads if device == "cpu" else None,
-                                               info={"params": dense_meta.get("params"), "macs": dense_meta.get("macs")}))
+                                               info={"params": dense_meta.get("params"), "macs": dense_meta.get("macs"),
+                                                     "threads": threads if device == "cpu" else None}))
                 bar.update(1)
             bar.close()
             bar = tqdm(total=runs, desc=f"batch {batch}", disable=not progress, leave=False)
@@ -142,25 +182,44 @@ def run_bench(artifacts, backend: str = "ort-cpu", batches=(1,), steps: int = 50
         for rows in results["batches"].values():
             for row in rows.values():
                 row.pop("peak_rss_mib", None)
-    dense = Path(artifacts[0]).name
+    first = case_name(artifacts[0], backends[0])
     for batch, rows in results["batches"].items():
-        base = rows[dense]["e2e_ms"]["median"]
-        for row in rows.values():
-            row["speedup_vs_first"] = base / row["e2e_ms"]["median"]
+        eager = next((r for r in rows.values() if str(r.get("backend", "")).startswith("torch-eager")), None)
+        for name, row in rows.items():
+            row["speedup_vs_first"] = rows[first]["e2e_ms"]["median"] / row["e2e_ms"]["median"]
             # Runs of one round are seconds apart, so the ratio within a round cancels slow drift (another
             # tenant on a shared VM) that the ratio of medians keeps when it hits some rounds only.
-            pairs = zip(rows[dense].get("e2e_ms_runs", []), row.get("e2e_ms_runs", []))
+            pairs = zip(rows[first].get("e2e_ms_runs", []), row.get("e2e_ms_runs", []))
             row["speedup_paired"] = statistics.median([b / r for b, r in pairs] or [row["speedup_vs_first"]])
-    from .models import versions
-
+            same = next((rows[case_name(artifacts[0], spec)] for spec in backends
+                         if row.get("backend") == rows[case_name(artifacts[0], spec)].get("backend")), None)
+            row["speedup_vs_dense_same_backend"] = same["e2e_ms"]["median"] / row["e2e_ms"]["median"] if same else None
+            row["speedup_vs_eager"] = eager["e2e_ms"]["median"] / row["e2e_ms"]["median"] if eager else None
     results.update({
-        "backend": backend, "steps": steps, "scheduler": scheduler, "runs": runs, "warmup": warmup,
+        "backend": backends[0] if len(backends) == 1 else ",".join(backends), "backends": backends,
+        "steps": steps, "scheduler": scheduler, "runs": runs, "warmup": warmup,
         "threads": threads, "artifacts": [str(a) for a in artifacts], "torch_baseline": baseline_src,
-        "isolation": "one process per model, runs alternating", "worker_env": WORKER_ENV,
+        "torch_baseline_note": baseline_note,
+        "isolation": "one process per model and backend, runs alternating", "worker_env": WORKER_ENV,
         "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpus": os.cpu_count()},
-        "versions": versions(),
+        "versions": installed_versions(),
     })
     return results
+
+
+def installed_versions() -> dict:
+    """Versions of diffprune and of the inference and torch packages that are installed (torch-free)."""
+    from importlib import metadata
+
+    from . import __version__
+
+    found = {"diffprune": __version__}
+    for dist in ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch", "diffusers"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def _cpu_name() -> str:
@@ -183,8 +242,10 @@ def markdown(results: dict, command: str = "") -> str:
                  "each model in its own process, runs alternating between them"
                  + "".join(f", {k}={v}" for k, v in (results.get("worker_env") or {}).items())
                  + (" for the runtime" if results.get("worker_env") else "") + ".\n")
-    lines += ["| batch | model | backend | params (M) | MACs (G) | e2e median ms | p90 ms | min ms | UNet ms | sampler share | images/s | speedup | paired |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    multi = len(results.get("backends", [results["backend"]])) > 1
+    lines += ["| batch | model | backend | params (M) | MACs (G) | e2e median ms | p90 ms | min ms | UNet ms | sampler share | "
+              f"images/s | speedup | paired |{' vs dense, same backend |' if multi else ''} vs PyTorch eager |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if multi else "") + "---|"]
     for batch, rows in results["batches"].items():
         for name, r in rows.items():
             params = f"{r['params'] / 1e6:.2f}" if r.get("params") else "-"
@@ -192,9 +253,13 @@ def markdown(results: dict, command: str = "") -> str:
             lines.append(f"| {batch} | {name} | {r['backend']} | {params} | {macs} | {r['e2e_ms']['median']:.1f} | "
                          f"{r['e2e_ms']['p90']:.1f} | {r['e2e_ms']['min']:.1f} | {r['unet_ms']['median']:.1f} | "
                          f"{r['sampler_share']:.2%} | {r['images_per_s']:.2f} | {r['speedup_vs_first']:.2f}x | "
-                         f"{r.get('speedup_paired', r['speedup_vs_first']):.2f}x |")
+                         f"{r.get('speedup_paired', r['speedup_vs_first']):.2f}x |"
+                         + (f" {_x(r.get('speedup_vs_dense_same_backend'))} |" if multi else "")
+                         + f" {_x(r.get('speedup_vs_eager'))} |")
     lines += ["", "speedup: the first model's median over this one's; paired: the median over rounds of the same ratio "
               "within one round (its runs are seconds apart, so drift on a shared machine cancels)."]
+    if results.get("torch_baseline_note"):
+        lines.append(f"PyTorch eager baseline: none ({results['torch_baseline_note']}).")
     by_batch = results.get("memory_by_batch") or ({next(iter(results["batches"])): results["memory"]}
                                                    if results.get("memory") else {})
     if by_batch:
@@ -209,6 +274,10 @@ def markdown(results: dict, command: str = "") -> str:
                 lines.append(f"| {batch} | {name} | {m['peak_mib']:.0f} | {m['baseline_mib']:.0f} | {m['model_mib']:.0f} | "
                              f"{m['peak_mib'] / first['peak_mib']:.2f}x |")
     return "\n".join(lines) + "\n"
+
+
+def _x(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def plot(results: dict, path) -> bool:

@@ -149,9 +149,43 @@ def load_source(src, device="cpu"):
     )
 
 
+def check_hub_id(repo_id: str) -> None:
+    """Fail in a second, not after minutes of retries, when a source is neither a folder nor reachable.
+
+    One metadata request decides: the repository exists (go on), it does not (a mistyped path,
+    most often), or the hub cannot be reached. With ``HF_HUB_OFFLINE=1`` nothing is asked and only
+    the local hub cache is used.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return
+    first = Path(repo_id.split("/")[0])
+    looks_local = first.is_dir()
+    try:
+        huggingface_hub.model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return  # it exists; the download below reports the access problem in the hub's own words
+    except RepositoryNotFoundError:
+        raise DiffPruneError(
+            f"Model source {repo_id!r} is not an existing folder{' (though ' + str(first) + '/ is one)' if looks_local else ''}, "
+            "and the hub has no repository of that name. Check the path (a local model is a folder with "
+            "config.json, model_index.json or pruning.json) or the hub id."
+        ) from None
+    except Exception as e:  # connection, DNS, proxy, timeout: one line is enough
+        raise DiffPruneError(
+            f"Model source {repo_id!r} is not an existing folder, and the hub cannot be reached to look it up as a "
+            f"hub id ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). If it is a local folder, check "
+            "the path; if it is a hub id, connect, or download it elsewhere and pass its folder (or set "
+            "HF_HUB_OFFLINE=1 to use the local hub cache)."
+        ) from None
+
+
 def _load_hub(repo_id: str, device):
     from diffusers import DDPMScheduler, UNet2DModel
 
+    check_hub_id(repo_id)
     errors = []
     for subfolder in (None, "unet"):
         try:
