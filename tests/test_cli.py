@@ -1,6 +1,11 @@
 import json
+import os
+import re
 import subprocess
 import sys
+import textwrap
+
+import pytest
 
 from diffprune.cli import main
 
@@ -46,3 +51,92 @@ def test_help_teaches():
     assert proc.returncode == 0
     for word in ("--thr", "--target-macs", "generate:N", "arch:NAME", "--round-to"):
         assert word in proc.stdout
+
+
+COMMAND_NAMES = ["prune", "demo", "eval", "select", "finetune", "export", "build", "sample", "bench"]
+
+# Makes torch, diffusers and torch_pruning unimportable (as in test_runtime.py), then runs the CLI.
+NO_TORCH = textwrap.dedent("""
+    import sys
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "diffusers", "torch_pruning"):
+                raise ImportError(f"{name} is blocked in this test")
+    sys.meta_path.insert(0, NoTorch())
+    from diffprune.cli import main
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as e:  # --help
+        code = e.code
+    assert not any(m.split(".")[0] in ("torch", "diffusers", "torch_pruning") for m in sys.modules)
+    sys.exit(code)
+""")
+
+
+def _run_without_torch(*argv):
+    env = {**os.environ, "COLUMNS": "200"}  # one line per command in --help
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *argv], capture_output=True, text=True, env=env)
+
+
+def test_help_and_the_runtime_commands_work_without_torch():
+    top = _run_without_torch("--help")
+    assert top.returncode == 0, top.stderr
+    listed = dict(re.findall(r"^    (\w+)\s+(.*)$", top.stdout, flags=re.M))
+    assert list(listed) == COMMAND_NAMES
+    for name in ("prune", "demo", "finetune", "export", "build"):
+        assert "[unavailable here: needs the toolchain" in listed[name], (name, top.stdout)
+    for name in ("sample", "bench", "eval", "select"):
+        assert "unavailable" not in listed[name], (name, top.stdout)
+    for command in ("sample", "bench", "prune"):
+        proc = _run_without_torch(command, "--help")
+        assert proc.returncode == 0 and "usage: diffprune " + command in proc.stdout, proc.stderr
+
+
+def test_sample_runs_an_export_without_torch(tiny_export, tmp_path):
+    out = tmp_path / "grid.png"
+    proc = _run_without_torch("sample", str(tiny_export), "--n", "2", "--steps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_torch_command_without_torch_says_what_to_install(tmp_path):
+    out = tmp_path / "out"
+    proc = _run_without_torch("prune", "arch:tiny", str(out), "--method", "magnitude")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffprune prune: error: "), proc.stderr
+    assert "diffprune[torch]" in lines[0] and "torch_pruning" in lines[0]  # what is missing, how to get it
+    assert not out.exists()
+
+
+def test_every_command_module_is_a_name_a_register_and_a_run(capsys):
+    from diffprune.cli import COMMANDS, build_parser
+
+    assert [m.NAME for m in COMMANDS] == COMMAND_NAMES
+    for module in COMMANDS:
+        assert module.__name__ == f"diffprune.cli.{module.NAME}"
+        assert callable(module.register) and callable(module.run)
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--help"])
+    assert exit_.value.code == 0
+    assert re.findall(r"^    (\w+)\s", capsys.readouterr().out, flags=re.M) == COMMAND_NAMES
+    fewest = {"prune": ["a", "b"], "demo": [], "eval": ["m"], "select": ["d", "--budget-ms", "1"],
+              "finetune": ["a", "b"], "export": ["a", "b"], "build": ["d"], "sample": ["a"], "bench": ["a"]}
+    for name, rest in fewest.items():
+        assert parser.parse_args([name, *rest]).func.__module__ == f"diffprune.cli.{name}"
+
+
+def test_criterion_names_match_the_registry():
+    from diffprune.cli._common import CRITERIA_NAMES
+    from diffprune.importance import CRITERIA
+
+    assert CRITERIA_NAMES == tuple(CRITERIA)
+
+
+def test_a_missing_package_is_noted_without_importing_it():
+    from diffprune.cli._common import missing, missing_note
+
+    assert missing("json", "no_such_package_xyz") == ("no_such_package_xyz",)
+    assert missing_note("json") == ""
+    assert missing_note("no_such_package_xyz") == " [unavailable here: needs the toolchain, pip install 'diffprune[torch]']"

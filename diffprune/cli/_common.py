@@ -1,0 +1,113 @@
+"""What the commands share: argument types, the --backend option, and the checks for missing packages.
+
+Torch-free on purpose, like everything imported while the parser is built: ``diffprune --help``,
+``sample`` and ``bench`` must work in a Python that has only the runtime (numpy, onnxruntime).
+"""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+from diffprune.errors import DiffPruneError
+from diffprune.runtime.runners import BACKENDS
+
+EPILOG = """\
+pipeline:  prune -> (fine-tune) -> export -> run
+examples:
+  diffprune prune arch:ddpm-cifar10-32 cifar-pruned --method magnitude --target-macs 0.56
+  diffprune prune ./ddpm-cifar10-32 pruned --data ./cifar_images --ratio 0.3
+  diffprune prune google/ddpm-cifar10-32 pruned --data generate:64
+"""
+
+# The names in diffprune.importance.CRITERIA, repeated here because importing that package imports
+# torch; tests/test_cli.py checks the two are equal.
+CRITERIA_NAMES = ("diff-pruning", "taylor", "magnitude", "random", "reinit")
+
+# Packages of the torch side (pruning, fine-tuning, export), by import name.
+TOOLCHAIN = ("torch", "diffusers", "torch_pruning")
+TOOLCHAIN_INSTALL = "pip install 'diffprune[torch]'"
+
+
+def fraction(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def float_list(text):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0.3,0.5,0.7, got {text!r}") from None
+
+
+def int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,16, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return values
+
+
+def add_backend_argument(parser, default: str = "ort-cpu", help: str | None = None):
+    """``--backend``, the same for every command that runs an artifact (the one place to add a backend)."""
+    return parser.add_argument("--backend", default=default, choices=list(BACKENDS), help=help)
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DiffPruneError(
+            f"--device {name} was asked for but this torch ({torch.__version__}) sees no CUDA GPU. "
+            "Use --device cpu, or install a CUDA build of torch on a machine with a GPU."
+        )
+    if name != "cpu" and not name.startswith("cuda"):
+        raise DiffPruneError(f"--device {name!r} is not known; allowed: auto, cpu, cuda, cuda:N.")
+    return name
+
+
+def missing(*modules: str) -> tuple:
+    """The top-level modules among ``modules`` that cannot be imported here, found without importing them."""
+    gone = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken install, or an import hook that refuses the name
+            found = False
+        if not found:
+            gone.append(name)
+    return tuple(gone)
+
+
+def missing_note(*modules: str, install: str = TOOLCHAIN_INSTALL, reason: str | None = None) -> str:
+    """A note for a command's help when it cannot run here, ``""`` when it can.
+
+    `` [unavailable here: needs the toolchain, pip install 'diffprune[torch]']`` by default;
+    ``reason`` replaces the text after the colon.
+    """
+    if not missing(*modules):
+        return ""
+    return f" [unavailable here: {reason or f'needs the toolchain, {install}'}]"
+
+
+def require(*modules: str, install: str = TOOLCHAIN_INSTALL, why: str = "This command") -> None:
+    """Raise :class:`DiffPruneError` naming what is missing and how to install it, before any work."""
+    gone = missing(*modules)
+    if gone:
+        raise DiffPruneError(
+            f"{why} needs the torch toolchain ({', '.join(modules)}), and {', '.join(gone)} "
+            f"{'is' if len(gone) == 1 else 'are'} not installed in this Python. Install it with: {install}. "
+            "Without it, `diffprune sample`, `bench`, `eval` and `select` still run ONNX exports and engines."
+        )
+
+
+def is_artifact(src) -> bool:
+    """True for an ONNX export or engine folder, which the torch-free runtime runs as it is."""
+    path = Path(str(src))
+    return path.is_dir() and ((path / "model.json").is_file() or (path / "engine.json").is_file())

@@ -1,0 +1,62 @@
+"""``diffprune bench``: a shell over :func:`diffprune.benchmark.run_bench` and ``write_report``."""
+
+import argparse
+import sys
+import textwrap
+
+from diffprune.runtime.schedulers import SCHEDULERS
+
+from ._common import add_backend_argument, int_list
+
+NAME = "bench"
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        NAME, help="end-to-end latency: dense vs pruned on a runtime, plus the PyTorch eager baseline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Measure noise -> uint8 images (scheduler and post-processing included) for each artifact.
+            Each model is served by a process of its own, as deployed, and the timed runs alternate
+            A B A B ... so machine drift cancels: warm-up, then --runs timed runs; median, p90, min,
+            images/s, the UNet's own time and the sampler's share, and each process's peak memory.
+            The dense model in a diffusers DDIMPipeline (PyTorch eager) is added as the baseline a user
+            would otherwise run. Writes bench.json, bench.md, bench.png.
+
+            Speedups are given twice: the ratio of medians, and "paired", the median over rounds of the
+            ratio within one round, which cancels drift that hits only some rounds. Compare numbers
+            only within one report: shared machines drift by 10 % and more between runs."""),
+        epilog="example:\n  diffprune bench dense-onnx pruned-onnx --backend ort-cpu --batch 1,16 --steps 50 --out bench-cpu",
+    )
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="dense first, then pruned ones")
+    add_backend_argument(p, help="default ort-cpu")
+    p.add_argument("--batch", type=int_list, default=[1], help="comma-separated batch sizes (default 1)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
+    p.add_argument("--runs", type=int, default=10, help="timed runs per model and batch (default 10)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch")
+    p.add_argument("--torch-baseline", default="auto",
+                   help="dense model source for the PyTorch eager baseline: auto (from the first artifact's "
+                        "model.json), a model folder / arch:NAME, or none")
+    p.add_argument("--no-memory", action="store_true", help="leave peak memory out of the report")
+    p.add_argument("--out", default="bench", help="report folder (default bench)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from diffprune._io import check_writable
+    from diffprune.benchmark import markdown, run_bench, write_report
+
+    check_writable(args.out, args.overwrite)
+    results = run_bench(args.artifacts, backend=args.backend, batches=args.batch, steps=args.steps,
+                        scheduler=args.scheduler, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                        torch_baseline=args.torch_baseline, memory=not args.no_memory, progress=not args.quiet)
+    command = "diffprune " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffprune") else ""
+    write_report(results, args.out, command=command, overwrite=args.overwrite)
+    print(markdown(results, command))
+    print(f"wrote {args.out}/bench.json, bench.md, bench.png")
+    return 0

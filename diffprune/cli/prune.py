@@ -1,0 +1,75 @@
+"""``diffprune prune``: a shell over :func:`diffprune.pruning.prune` and :func:`diffprune.checkpoint.save`."""
+
+import argparse
+import textwrap
+
+from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, fraction, missing_note, require, resolve_device
+
+NAME = "prune"
+NEEDS = TOOLCHAIN
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        NAME, help="structurally prune a UNet2DModel (whole channels)" + missing_note(*NEEDS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Remove whole channels from a UNet2DModel. diff-pruning scores channels by Taylor importance
+            |w * dL/dw| summed over the early timesteps t = 0, 1, ... until the denoising loss falls
+            below --thr x its maximum; later, noisy steps carry no structure and are skipped.
+            Widths stay multiples of --round-to and GroupNorm groups / attention heads stay equal.
+            SRC: a diffusers folder, a pipeline folder, a hub id (owner/name), a pruned folder, or
+            arch:NAME (built-in architecture with random weights: ddpm-cifar10-32, tiny, tiny-attn).""")
+        + missing_note(*NEEDS),
+        epilog=EPILOG,
+    )
+    p.add_argument("src", metavar="SRC", help="model to prune")
+    p.add_argument("out", metavar="OUT", help="output folder (written atomically)")
+    p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES),
+                   help="importance criterion (default: diff-pruning; reinit = random structure, fresh weights)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--ratio", type=fraction, help="fraction of channels removed per layer, 0 <= r < 1 (paper CIFAR-10: 0.3)")
+    how.add_argument("--target-macs", type=fraction,
+                     help="fraction of the dense MACs to keep; the ratio is searched (default 0.5)")
+    p.add_argument("--thr", type=fraction, default=0.05,
+                   help="stop summing gradients once loss < thr x max loss (default 0.05; 0 = all timesteps)")
+    p.add_argument("--data", default=None,
+                   help="calibration images: folder, .npy/.npz, builtin:digits, or generate:N (needed by diff-pruning and taylor)")
+    p.add_argument("--max-timesteps", type=int, default=None,
+                   help="cap on the timesteps summed, whatever --thr says (default: no cap)")
+    p.add_argument("--num-images", type=int, default=64, help="calibration images used (default 64)")
+    p.add_argument("--micro-batch", type=int, default=16, help="images per backward pass; lower it if memory is short (default 16)")
+    p.add_argument("--round-to", type=int, default=8, help="keep widths multiples of this (default 8, for tensor cores; 1 = off)")
+    p.add_argument("--prune-heads", action="store_true", help="in attention, remove whole heads instead of shrinking every head")
+    p.add_argument("--seed", type=int, default=0, help="seed for noise, data subset and random criteria (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    require(*NEEDS)
+    from diffprune._io import check_writable
+    from diffprune.checkpoint import save
+    from diffprune.models import load_source
+    from diffprune.pruning import check_options, prune
+
+    # Fail on bad options before minutes of work, not after.
+    check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
+                  args.num_images, args.micro_batch)
+    check_writable(args.out, args.overwrite)
+    device = resolve_device(args.device)
+    model, scheduler_config, source = load_source(args.src, device=device)
+    pruned, report = prune(
+        model, method=args.method, ratio=args.ratio, target_macs=args.target_macs, data=args.data,
+        thr=args.thr, round_to=args.round_to, seed=args.seed, scheduler_config=scheduler_config,
+        num_images=args.num_images, micro_batch=args.micro_batch, prune_heads=args.prune_heads, max_timesteps=args.max_timesteps,
+        progress=not args.quiet,
+    )
+    info = {"source": source, "pruning": {k: v for k, v in report.to_dict().items() if k != "layer_widths"}}
+    save(pruned, args.out, info=info, scheduler_config=scheduler_config, overwrite=args.overwrite)
+    print(report.table())
+    print(f"saved {args.out} (config.json, diffusion_pytorch_model.safetensors, pruning.json)")
+    return 0
