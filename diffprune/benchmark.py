@@ -112,15 +112,14 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
 
     from .runtime.artifact import describe
     from .runtime.bench import WORKER_ENV, measure, worker_case
-    from .runtime.runners import parse_backend
+    from .runtime.runners import parse_backend, resolve_backend
 
     if len(artifacts) < 1:
         raise DiffPruneError("Give at least one artifact to measure (dense first, then pruned ones).")
     backends = [backend] if isinstance(backend, str) else list(backend)
     if not backends:
         raise DiffPruneError("Give at least one backend to measure on (e.g. ort-cpu, or ort-cpu,openvino).")
-    for spec in backends:
-        parse_backend(spec)
+    backends = [resolve_backend(spec) for spec in backends]
     threads = threads or default_threads()
     metas = {}
     for path in artifacts:

@@ -37,6 +37,7 @@ class DemoOptions:
     bench_batches: tuple = (1, 16)
     threads: int | None = None
     seed: int = 0
+    backend: str = "auto"  # openvino where installed, else ort-cpu
 
 
 def _stage(name, path: Path, log, make):
@@ -60,6 +61,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     from .pruning import prune
     from .runtime import Sampler, make_scheduler, open_runner
     from .runtime.image import grid, save_png
+    from .runtime.runners import resolve_backend
 
     o = options or DemoOptions()
     out = Path(out)
@@ -105,10 +107,11 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         stages[f"export-{name}"] = _stage(f"export {name}", exports[name], log, lambda s=src, d=exports[name]: to_onnx(
             s, d, batch=(1, 8, max(16, o.n, *o.bench_batches))))
 
-    # Sampling both from the same seeds, torch-free (ONNX Runtime).
+    # Sampling both from the same seeds, torch-free, on the backend the latency is measured on.
+    backend = resolve_backend(o.backend)
     images = {}
     for name, path in exports.items():
-        with open_runner(path, "ort-cpu", threads=o.threads) as runner:
+        with open_runner(path, backend, threads=o.threads) as runner:
             sampler = Sampler(runner, make_scheduler("ddim", runner.scheduler_config))
             images[name] = sampler.generate(o.n, seed=o.seed, steps=o.steps)
     quality = consistency(images["pruned"], images["dense"])
@@ -126,7 +129,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         from .benchmark import write_report
 
         started = time.perf_counter()
-        bench = run_bench([exports["dense"], exports["pruned"]], backend="ort-cpu", batches=list(o.bench_batches), steps=o.steps,
+        bench = run_bench([exports["dense"], exports["pruned"]], backend=backend, batches=list(o.bench_batches), steps=o.steps,
                           runs=o.bench_runs, warmup=1, threads=o.threads, torch_baseline=str(dense_dir),
                           memory=True, progress=progress)
         write_report(bench, bench_dir, command="diffprune demo")
@@ -157,7 +160,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         "latency": latency,
         "memory_mib": bench.get("memory"),
         "validation": {"dense": dense_meta["validation"]["max_abs_error"], "pruned": pruned_meta["validation"]["max_abs_error"]},
-        "steps": o.steps, "scheduler": "ddim", "backend": "ort-cpu", "stages": stages,
+        "steps": o.steps, "scheduler": "ddim", "backend": backend, "stages": stages,
         "files": {"grid": "grid.png", "bench": "bench/bench.md", "pruned_model": "finetuned", "onnx": ["dense-onnx", "pruned-onnx"]},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))

@@ -101,12 +101,18 @@ def plot(rows, decision, budget_ms, per, path) -> bool:
     return True
 
 
-def select(dense, candidates=(), sweep=(), budget_ms: float = 100.0, per: str = "image", backend: str = "ort-cpu",
+def select(dense, candidates=(), sweep=(), budget_ms: float = 100.0, per: str = "image", backend: str = "auto",
            batch: int = 1, steps: int = 50, n: int = 16, runs: int = 10, method: str = "diff-pruning",
            data: str = "builtin:digits", finetune_steps: int = 0, calibration_images: int = 64,
            max_timesteps: int | None = None, threads: int | None = None, out="select", overwrite: bool = False,
            progress: bool = True, log=print) -> dict:
-    """Measure and score every candidate, pick the best within ``budget_ms``; write ``out``/select.{json,md,png}."""
+    """Measure and score every candidate, pick the best within ``budget_ms``; write ``out``/select.{json,md,png}.
+
+    ``backend``: any runtime backend spec, or auto (openvino where installed, else ort-cpu).
+    """
+    from .runtime.runners import resolve_backend
+
+    backend = resolve_backend(backend)
     from ._io import atomic_dir, check_writable
     from .metrics import consistency
     from .runtime.artifact import describe

@@ -187,8 +187,9 @@ def rss_peak_mib() -> float:
 
 
 def _runtime_worker(artifact, backend, batch, steps, scheduler, threads):
-    from .runners import open_runner, parse_backend
+    from .runners import open_runner, parse_backend, resolve_backend
 
+    backend = resolve_backend(backend)
     name, _, _ = parse_backend(backend)
     # The backend's import belongs to the baseline memory, not to the model.
     if name.startswith("ort"):

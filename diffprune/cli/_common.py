@@ -9,7 +9,7 @@ import importlib.util
 from pathlib import Path
 
 from diffprune.errors import DiffPruneError
-from diffprune.runtime.runners import BACKENDS
+from diffprune.runtime.runners import BACKENDS, auto_backend, parse_backend
 
 EPILOG = """\
 pipeline:  prune -> (fine-tune) -> export -> run
@@ -52,9 +52,34 @@ def int_list(text):
     return values
 
 
-def add_backend_argument(parser, default: str = "ort-cpu", help: str | None = None):
+def backend_spec(text: str) -> str:
+    """argparse type for one backend spec: auto, a name in BACKENDS, or openvino[:DEVICE][@PRECISION]."""
+    if text == "auto":
+        return text
+    try:
+        parse_backend(text)
+    except DiffPruneError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def backend_list(text: str) -> list:
+    specs = [backend_spec(v.strip()) for v in text.split(",") if v.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError(f"expected comma-separated backends like ort-cpu,openvino, got {text!r}")
+    return specs
+
+
+def add_backend_argument(parser, default: str = "auto", multiple: bool = False):
     """``--backend``, the same for every command that runs an artifact (the one place to add a backend)."""
-    return parser.add_argument("--backend", default=default, choices=list(BACKENDS), help=help)
+    what = "comma-separated backends, each model measured on each" if multiple else "the runtime backend"
+    return parser.add_argument(
+        "--backend", default=[default] if multiple else default, type=backend_list if multiple else backend_spec,
+        metavar="BACKEND" + (",..." if multiple else ""),
+        help=f"{what}: auto (default: openvino where installed, else ort-cpu; here {auto_backend()}), "
+             f"{', '.join(BACKENDS)}; openvino[:DEVICE][@PRECISION] picks an OpenVINO device (CPU by default, GPU, "
+             "NPU, AUTO) and compute precision (auto by default: OpenVINO's choice, bf16 on CPUs with bf16 units; "
+             "f32 gives ONNX Runtime's images; bf16, f16)")
 
 
 def resolve_device(name: str):

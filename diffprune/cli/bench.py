@@ -29,13 +29,13 @@ def register(subparsers):
         epilog="example:\n  diffprune bench dense-onnx pruned-onnx --backend ort-cpu --batch 1,16 --steps 50 --out bench-cpu",
     )
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="dense first, then pruned ones")
-    add_backend_argument(p, help="default ort-cpu")
+    add_backend_argument(p, multiple=True)
     p.add_argument("--batch", type=int_list, default=[1], help="comma-separated batch sizes (default 1)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
     p.add_argument("--runs", type=int, default=10, help="timed runs per model and batch (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and torch")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every process, the PyTorch baseline too (default: the CPUs this process may use)")
     p.add_argument("--torch-baseline", default="auto",
                    help="dense model source for the PyTorch eager baseline: auto (from the first artifact's "
                         "model.json), a model folder / arch:NAME, or none")

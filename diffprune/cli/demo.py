@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from ._common import CRITERIA_NAMES, TOOLCHAIN, fraction, int_list, missing_note, require
+from ._common import CRITERIA_NAMES, TOOLCHAIN, add_backend_argument, fraction, int_list, missing_note, require
 
 NAME = "demo"
 NEEDS = TOOLCHAIN + ("accelerate", "onnx")  # it prunes, fine-tunes and exports
@@ -37,7 +37,8 @@ def register(subparsers):
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--bench-runs", type=int, default=10, help="timed runs per model (default 10)")
     p.add_argument("--bench-batch", type=int_list, default=[1, 16], help="batch sizes for the latency table (default 1,16)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
+    add_backend_argument(p)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the runtime and the PyTorch baseline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -52,6 +53,6 @@ def run(args) -> int:
                           calibration_images=args.calibration_images, max_timesteps=args.max_timesteps,
                           finetune_steps=args.finetune_steps, n=args.n, steps=args.steps, bench_runs=args.bench_runs,
                           bench_batches=tuple(args.bench_batch),
-                          threads=args.threads, seed=args.seed)
+                          threads=args.threads, seed=args.seed, backend=args.backend)
     run_demo(args.out, options, progress=not args.quiet)
     return 0

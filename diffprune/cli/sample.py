@@ -13,7 +13,7 @@ NAME = "sample"
 def register(subparsers):
     p = subparsers.add_parser(
         NAME, help="generate images with the torch-free runtime and write a PNG grid",
-        description="Noise -> images with ONNX Runtime or TensorRT and a numpy scheduler (no torch). "
+        description="Noise -> images with ONNX Runtime, OpenVINO or TensorRT and a numpy scheduler (no torch). "
                     "A seed gives the same images on every machine and at every batch size, for one backend.",
         epilog="example:\n  diffprune sample cifar-pruned-onnx --n 64 --steps 50 --scheduler ddim --seed 0 --out grid.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -25,8 +25,8 @@ def register(subparsers):
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic, default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=None, help="images per UNet call (default: as many as the artifact allows)")
-    add_backend_argument(p, help="default ort-cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: its choice)")
+    add_backend_argument(p)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO (default: their choice)")
     p.add_argument("--out", default="grid.png", help="PNG grid to write (default grid.png)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)

@@ -8,12 +8,31 @@ from ..errors import DiffPruneError
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "openvino")
 
 
+def auto_backend() -> str:
+    """What ``"auto"`` means on this machine: openvino where the package is installed, else ort-cpu.
+
+    On this project's 2-core x86 CPU OpenVINO in its default precision (bf16 there) ran the CIFAR-10
+    UNet about 2x faster than ONNX Runtime, and as fast in float32 (benchmarks/README.md)."""
+    import importlib.util
+
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "ort-cpu"
+
+
+def resolve_backend(text: str) -> str:
+    """``"auto"`` -> :func:`auto_backend`; any other spec is checked and returned as given."""
+    if text == "auto":
+        return auto_backend()
+    parse_backend(text)
+    return text
+
+
 def parse_backend(text: str) -> tuple:
     """A backend spec -> ``(name, device, precision)``.
 
-    ``"ort-cpu"`` -> ``("ort-cpu", None, None)``; ``"openvino"`` -> ``("openvino", None, None)`` (CPU, float32);
+    ``"ort-cpu"`` -> ``("ort-cpu", None, None)``; ``"openvino"`` -> ``("openvino", None, None)`` (CPU, OpenVINO's
+    default precision);
     ``"openvino:GPU@f16"`` -> ``("openvino", "GPU", "f16")``. Only openvino takes a device after ``:`` (GPU,
-    NPU, AUTO, ... where present) and a compute precision after ``@`` (f32, bf16, f16, auto).
+    NPU, AUTO, ... where present) and a compute precision after ``@`` (auto, f32, bf16, f16).
     """
     from .openvino import PRECISIONS  # the module imports openvino lazily, so this stays cheap
 
@@ -24,7 +43,7 @@ def parse_backend(text: str) -> tuple:
         raise DiffPruneError(
             f"Backend {text!r} is unknown; allowed: {', '.join(BACKENDS)}. openvino also takes a device and a "
             f"precision, openvino[:DEVICE][@PRECISION]: DEVICE as OpenVINO names it (CPU by default, GPU, NPU, AUTO), "
-            f"PRECISION one of {', '.join(PRECISIONS)} (default f32), e.g. openvino@bf16 or openvino:GPU@f16."
+            f"PRECISION one of {', '.join(PRECISIONS)} (default auto, OpenVINO's choice), e.g. openvino@f32 or openvino:GPU@f16."
         )
     return name, device or None, precision or None
 
@@ -33,14 +52,15 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
                 batch: int | None = None):
     """A runner for ``artifact`` (an export folder with model.json or an engine folder with engine.json).
 
-    ``backend``: ort-cpu, ort-cuda, ort-trt (ONNX Runtime execution providers), trt (native engine), or
-    openvino[:DEVICE][@PRECISION] (OpenVINO: CPU and float32 by default; see ``parse_backend``).
+    ``backend``: ort-cpu, ort-cuda, ort-trt (ONNX Runtime execution providers), trt (native engine),
+    openvino[:DEVICE][@PRECISION] (OpenVINO: CPU and its default precision; see ``parse_backend``), or auto
+    (openvino where installed, else ort-cpu).
     ``batch`` pins the session to one batch size, which lets the backend fold the graph's shape
     arithmetic (1-3 % faster on the CIFAR-10 UNet on CPU with ONNX Runtime); other batch sizes are then
     refused.
     Use it as a context manager: ``with open_runner(path) as run: out = run(sample, timestep)``.
     """
-    backend, device, precision = parse_backend(backend)
+    backend, device, precision = parse_backend(resolve_backend(backend))
     kind, folder, meta = describe(Path(artifact))
     if backend == "trt":
         if kind != "tensorrt":
@@ -59,11 +79,11 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
         from .openvino import OpenVINORunner
 
         return OpenVINORunner(folder, meta, device=device or "CPU", threads=threads, batch=batch,
-                              precision=precision or "f32")
+                              precision=precision or "auto")
     from .onnxruntime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(folder, meta, device={"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[backend],
                              threads=threads, batch=batch)
 
 
-__all__ = ["BACKENDS", "open_runner", "parse_backend"]
+__all__ = ["BACKENDS", "auto_backend", "open_runner", "parse_backend", "resolve_backend"]
