@@ -249,7 +249,8 @@ def markdown(results: dict, command: str = "") -> str:
         for name, r in rows.items():
             params = f"{r['params'] / 1e6:.2f}" if r.get("params") else "-"
             macs = f"{r['macs'] / 1e9:.2f}" if r.get("macs") else "-"
-            lines.append(f"| {batch} | {name} | {r['backend']} | {params} | {macs} | {r['e2e_ms']['median']:.1f} | "
+            backend = r["backend"] + (f" ({r['precision']})" if r.get("precision") else "")
+            lines.append(f"| {batch} | {name} | {backend} | {params} | {macs} | {r['e2e_ms']['median']:.1f} | "
                          f"{r['e2e_ms']['p90']:.1f} | {r['e2e_ms']['min']:.1f} | {r['unet_ms']['median']:.1f} | "
                          f"{r['sampler_share']:.2%} | {r['images_per_s']:.2f} | {r['speedup_vs_first']:.2f}x | "
                          f"{r.get('speedup_paired', r['speedup_vs_first']):.2f}x |"

@@ -130,3 +130,50 @@ def test_cpu_runner_session_options(tiny_export):
         assert options.enable_mem_pattern is False
         assert options.enable_cpu_mem_arena is True
         assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+
+
+def test_bench_over_two_backends_gives_every_speedup_and_the_same_threads_to_all(tiny_export, pruned_export):
+    pytest.importorskip("openvino")
+    results = run_bench([tiny_export, pruned_export], backend=["ort-cpu", "openvino@f32"], batches=[1], steps=2,
+                        runs=2, threads=1, torch_baseline="arch:tiny", progress=False)
+    rows = results["batches"][1]
+    names = [f"{tiny_export.name} on ort-cpu", f"{pruned_export.name} on ort-cpu",
+             f"{tiny_export.name} on openvino@f32", f"{pruned_export.name} on openvino@f32",
+             "dense (diffusers, PyTorch eager)"]
+    assert list(rows) == names and results["backends"] == ["ort-cpu", "openvino@f32"]
+    assert all(row["threads"] == 1 for row in rows.values())  # the eager baseline's too
+    assert rows[names[2]]["precision"] == "f32" and rows[names[2]]["backend"] == "openvino@f32"
+    assert rows[names[2]]["speedup_vs_dense_same_backend"] == 1.0
+    ov_dense, ov_pruned = rows[names[2]]["e2e_ms"]["median"], rows[names[3]]["e2e_ms"]["median"]
+    assert rows[names[3]]["speedup_vs_dense_same_backend"] == pytest.approx(ov_dense / ov_pruned)
+    assert rows[names[3]]["speedup_vs_first"] == pytest.approx(rows[names[0]]["e2e_ms"]["median"] / ov_pruned)
+    eager = rows[names[4]]["e2e_ms"]["median"]
+    assert rows[names[3]]["speedup_vs_eager"] == pytest.approx(eager / ov_pruned)
+    text = markdown(results)
+    assert "vs dense, same backend" in text and "openvino@f32 (f32)" in text
+
+
+def test_threads_default_to_the_cpus_this_process_may_use(tiny_export):
+    from diffprune.benchmark import default_threads
+
+    results = run_bench([tiny_export], batches=[1], steps=1, runs=1, torch_baseline="none", progress=False,
+                        memory=False)
+    assert results["threads"] == default_threads() >= 1
+    assert results["batches"][1][tiny_export.name]["threads"] == default_threads()
+
+
+def test_bench_without_torch_skips_the_baseline_it_would_pick_and_refuses_one_asked_for(tiny_export, monkeypatch):
+    import diffprune.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "_torch_missing", lambda: True)
+    with pytest.raises(DiffPruneError, match="needs torch and diffusers.*--torch-baseline none"):
+        run_bench([tiny_export], batches=[1], steps=1, runs=1, torch_baseline="arch:tiny", progress=False)
+    results = run_bench([tiny_export], batches=[1], steps=1, runs=1, torch_baseline="auto", progress=False)
+    assert results["torch_baseline"] is None and "torch is not installed" in results["torch_baseline_note"]
+    assert "PyTorch eager baseline: none" in markdown(results)
+
+
+def test_bad_backend_lists_are_refused_before_anything_runs(tiny_export):
+    for backend in (["ort-cpu", "tpu"], [], "ort-cpu@bf16"):
+        with pytest.raises(DiffPruneError, match="(?i)backend"):
+            run_bench([tiny_export], backend=backend, batches=[1], steps=1, runs=1, progress=False)

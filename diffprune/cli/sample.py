@@ -48,6 +48,8 @@ def run(args) -> int:
         images = sampler.generate(args.n, seed=args.seed, steps=args.steps, batch=args.batch)
     save_png(args.out, grid(images))
     t = sampler.last_timing
-    print(f"wrote {args.out}: {args.n} images, {args.steps} {args.scheduler} steps on {runner.backend}, "
+    precision = getattr(runner, "info", {}).get("precision")
+    backend = runner.backend + (f" ({precision})" if precision else "")
+    print(f"wrote {args.out}: {args.n} images, {args.steps} {args.scheduler} steps on {backend}, "
           f"{t['total_s']:.2f} s ({t['unet_s']:.2f} s in the UNet, sampler share {t['sampler_share']:.1%})")
     return 0
