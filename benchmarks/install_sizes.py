@@ -19,11 +19,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-INSTALLS = {  # name -> (pip install arguments run in order, what it is for)
-    "runtime + ONNX Runtime": ([["{wheel}[cpu]"]], 'pip install "diffprune[cpu]": inference host, ONNX Runtime CPU'),
-    "runtime + OpenVINO": ([["{wheel}[openvino]"]], 'pip install "diffprune[openvino]": inference host, OpenVINO'),
-    "full toolchain (CPU torch)": ([["torch==2.13.0"], ["{wheel}[torch,cpu,openvino]"]],
-                                   'pip install torch==2.13.0 && pip install "diffprune[torch,cpu,openvino]"'),
+INSTALLS = {  # name -> (pip install arguments, run in order; the README's command)
+    "inference host, ONNX Runtime": ([["{wheel}[cpu]"]], 'pip install "diffprune[cpu]"'),
+    "inference host, OpenVINO": ([["{wheel}[openvino]"]], 'pip install "diffprune[openvino]"'),
+    "toolchain (CPU torch)": ([["torch==2.13.0"], ["{wheel}[torch,cpu,openvino,int8]"]],
+                              'pip install torch==2.13.0 && pip install "diffprune[torch,cpu,openvino,int8]"'),
 }
 PROBE = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
          "('torch', 'diffusers', 'onnxruntime', 'openvino', 'diffprune.runtime')}))")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from .errors import DiffPruneError
 
+OPENVINO_FORMAT = "diffprune.openvino/1"  # what export/openvino_int8.py writes
+
 
 def read_json(path: Path) -> dict:
     try:
@@ -16,7 +18,8 @@ def read_json(path: Path) -> dict:
 
 
 def describe(path) -> tuple:
-    """``(kind, folder, meta)``: kind "onnx" (model.json) or "tensorrt" (engine.json)."""
+    """``(kind, folder, meta)``: kind "onnx" (model.json), "openvino" (model.json of an IR folder) or
+    "tensorrt" (engine.json)."""
     path = Path(path)
     if path.is_file() and path.name in ("model.onnx", "model.plan"):
         path = path.parent
@@ -31,7 +34,8 @@ def describe(path) -> tuple:
     if (path / "model.json").is_file():
         meta = read_json(path / "model.json")
         check_spec(meta, path / "model.json")
-        return "onnx", path, meta
+        # An OpenVINO IR folder (INT8 from `diffprune quantize`) describes itself like an export.
+        return ("openvino" if meta.get("format") == OPENVINO_FORMAT else "onnx"), path, meta
     raise DiffPruneError(
         f"{str(path)!r} holds neither model.json (an ONNX export) nor engine.json (a TensorRT engine). "
         "Create one with `diffprune export` (then `diffprune build` for TensorRT)."

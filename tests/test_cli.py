@@ -53,7 +53,7 @@ def test_help_teaches():
         assert word in proc.stdout
 
 
-COMMAND_NAMES = ["prune", "demo", "eval", "select", "finetune", "export", "build", "sample", "bench"]
+COMMAND_NAMES = ["prune", "demo", "eval", "select", "finetune", "export", "quantize", "build", "sample", "bench"]
 
 # Makes torch, diffusers and torch_pruning unimportable (as in test_runtime.py), then runs the CLI.
 NO_TORCH = textwrap.dedent("""
@@ -85,7 +85,7 @@ def test_help_and_the_runtime_commands_work_without_torch():
     assert list(listed) == COMMAND_NAMES
     for name in ("prune", "demo", "finetune", "export", "build"):
         assert "[unavailable here: needs the toolchain" in listed[name], (name, top.stdout)
-    for name in ("sample", "bench", "eval", "select"):
+    for name in ("sample", "bench", "eval", "select", "quantize"):  # quantize needs openvino and nncf only
         assert "unavailable" not in listed[name], (name, top.stdout)
     for command in ("sample", "bench", "prune"):
         proc = _run_without_torch(command, "--help")

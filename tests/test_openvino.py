@@ -138,3 +138,27 @@ def test_unwritable_cache_falls_back_to_the_onnx_file(tiny_export, tmp_path, mon
     monkeypatch.setenv("DIFFPRUNE_CACHE", str(blocker / "sub"))  # a path under a file cannot be created
     ov, runner = images(tiny_export, "openvino")
     assert runner.info["ir_cache"] is None and np.isfinite(ov).all()
+
+
+def test_int8_that_does_not_hold_writes_nothing_and_one_that_does_runs_on_openvino_only(tiny_export, tmp_path):
+    pytest.importorskip("nncf")
+    from diffprune.export.openvino_int8 import quantize_int8
+
+    out = tmp_path / "int8"
+    # A random-weight model's sampling is chaotic: INT8 rounding sends it elsewhere (and a model this
+    # small is not faster in INT8), so the default bar refuses it and leaves nothing behind.
+    with pytest.raises(DiffPruneError, match="does not hold: SSIM .* Nothing was written"):
+        quantize_int8(tiny_export, out, n=2, steps=4, subset_size=8, min_ssim=0.999, log=lambda m: None)
+    assert not out.exists() and not list(tmp_path.glob(".int8*"))
+    record = quantize_int8(tiny_export, out, n=2, steps=4, subset_size=8, min_ssim=0, min_speedup=0, log=lambda m: None)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["format"] == "diffprune.openvino/1" and meta["dtype"] == "int8" and meta["batch"]["max"] == 1
+    assert meta["quantization"]["calibration"]["inputs"] == 8 and record["validation"]["images"] == 2
+    assert 0 <= meta["quantization"]["validation"]["ssim_vs_fp32"] <= 1
+    with open_runner(out, "openvino") as runner:
+        assert runner.info["ir_cache"] is None  # an IR folder is read as it is
+        Sampler(runner, make_scheduler("ddim", runner.scheduler_config)).generate(1, steps=2)
+    with pytest.raises(DiffPruneError, match="only OpenVINO runs"):
+        open_runner(out, "ort-cpu")
+    with pytest.raises(DiffPruneError, match="already exists"):
+        quantize_int8(tiny_export, out, n=1, steps=1, log=lambda m: None)

@@ -27,9 +27,9 @@ def test_quickstart_commands_are_what_ci_runs():
     quick = re.findall(r"```bash\n(.*?)```", section("Quickstart"), flags=re.S)[0].strip().splitlines()
     assert len(quick) == 2, "the quickstart is two commands"
     setup, test = quick
-    assert 'pip install -e ".[torch,cpu,openvino,dev]"' in setup and setup.endswith("diffprune demo")
+    assert 'pip install -e ".[torch,cpu,openvino,int8,dev]"' in setup and setup.endswith("diffprune demo")
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'pip install -q -e ".[torch,cpu,openvino,dev]"' in ci
+    assert 'pip install -q -e ".[torch,cpu,openvino,int8,dev]"' in ci
     assert test in ci, "CI must run the README's test command"
 
 

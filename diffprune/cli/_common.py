@@ -121,14 +121,16 @@ def missing_note(*modules: str, install: str = TOOLCHAIN_INSTALL, reason: str | 
     return f" [unavailable here: {reason or f'needs the toolchain, {install}'}]"
 
 
-def require(*modules: str, install: str = TOOLCHAIN_INSTALL, why: str = "This command") -> None:
+def require(*modules: str, install: str = TOOLCHAIN_INSTALL, why: str = "This command",
+            what: str = "the torch toolchain") -> None:
     """Raise :class:`DiffPruneError` naming what is missing and how to install it, before any work."""
     gone = missing(*modules)
     if gone:
         raise DiffPruneError(
-            f"{why} needs the torch toolchain ({', '.join(modules)}), and {', '.join(gone)} "
-            f"{'is' if len(gone) == 1 else 'are'} not installed in this Python. Install it with: {install}. "
-            "Without it, `diffprune sample`, `bench`, `eval` and `select` still run ONNX exports and engines."
+            f"{why} needs {what} ({', '.join(modules)}), and {', '.join(gone)} "
+            f"{'is' if len(gone) == 1 else 'are'} not installed in this Python. Install it with: {install}."
+            + (" Without it, `diffprune sample`, `bench`, `eval` and `select` still run ONNX exports and engines."
+               if install == TOOLCHAIN_INSTALL else "")
         )
 
 

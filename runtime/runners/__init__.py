@@ -71,7 +71,12 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
         from .tensorrt import TensorRTRunner
 
         return TensorRTRunner(folder, meta, cuda_graph=cuda_graph)
-    if kind != "onnx":
+    if kind == "openvino" and backend != "openvino":
+        raise DiffPruneError(
+            f"{str(folder)!r} is an OpenVINO IR (from `diffprune quantize`), which only OpenVINO runs; use "
+            f"--backend openvino (or auto), not {backend}, or run the ONNX export it was made from."
+        )
+    if kind == "tensorrt":
         raise DiffPruneError(
             f"Backend {backend} runs ONNX exports, but {str(folder)!r} is a TensorRT engine; use --backend trt."
         )

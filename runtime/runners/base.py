@@ -26,6 +26,18 @@ class Runner:
         self.scheduler_config = meta.get("scheduler", {})
         self.calls = 0
         self.seconds = 0.0  # wall time inside the backend, synchronised
+        self.fixed_batch = None
+
+    def pin_batch(self, batch: int | None) -> None:
+        """Accept only ``batch`` from now on (the backend fixes the graph's batch dimension to it)."""
+        if batch is None:
+            return
+        lo, hi = self.batch_range
+        if not lo <= int(batch) <= hi:
+            raise DiffPruneError(f"Batch {batch} is outside this artifact's range {lo}..{hi}; pin a batch in "
+                                 "that range, or re-export with --min-batch/--max-batch covering it.")
+        self.batch_range = (int(batch), int(batch))
+        self.fixed_batch = int(batch)
 
     def __enter__(self):
         self.open()

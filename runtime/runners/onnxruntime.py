@@ -66,13 +66,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, folder, meta: dict, device: str = "cpu", threads: int | None = None, batch: int | None = None):
         super().__init__(folder, meta)
-        if batch is not None:
-            lo, hi = self.batch_range
-            if not lo <= int(batch) <= hi:
-                raise DiffPruneError(f"Batch {batch} is outside this artifact's range {lo}..{hi}; pin a batch in "
-                                     "that range, or re-export with --min-batch/--max-batch covering it.")
-            self.batch_range = (int(batch), int(batch))
-        self.fixed_batch = batch
+        self.pin_batch(batch)
         if device not in PROVIDERS:
             raise DiffPruneError(f"ONNX Runtime device {device!r} is unknown; allowed: {', '.join(PROVIDERS)}.")
         self.device = device

@@ -67,15 +67,9 @@ class OpenVINORunner(Runner):
     def __init__(self, folder, meta: dict, device: str = "CPU", threads: int | None = None, batch: int | None = None,
                  precision: str = "auto"):
         super().__init__(folder, meta)
-        if batch is not None:
-            lo, hi = self.batch_range
-            if not lo <= int(batch) <= hi:
-                raise DiffPruneError(f"Batch {batch} is outside this artifact's range {lo}..{hi}; pin a batch in "
-                                     "that range, or re-export with --min-batch/--max-batch covering it.")
-            self.batch_range = (int(batch), int(batch))
+        self.pin_batch(batch)
         if precision not in PRECISIONS:
             raise DiffPruneError(f"OpenVINO precision {precision!r} is unknown; allowed: {', '.join(PRECISIONS)}.")
-        self.fixed_batch = batch
         self.device = device.upper()
         self.threads = threads
         self.precision = precision
@@ -90,6 +84,8 @@ class OpenVINORunner(Runner):
         from ..artifact import check_onnx_files
 
         check_onnx_files(self.folder, self.meta)
+        if str(self.meta.get("file", "")).endswith(".xml"):  # already IR (an INT8 model from `diffprune quantize`)
+            return self.folder / self.meta["file"]
         onnx_path = self.folder / self.meta.get("file", "model.onnx")
         try:
             root = cache_dir("openvino", create=True)
@@ -135,11 +131,13 @@ class OpenVINORunner(Runner):
                 "Use --backend openvino (CPU) or openvino:DEVICE with one of those."
             )
         path = self._ir(ov, core)
+        cached = path.suffix == ".xml" and path.parent != self.folder
         try:
             model = core.read_model(str(path))
-        except Exception:
-            if path.suffix != ".xml":
-                raise
+        except Exception as e:
+            if not cached:
+                raise DiffPruneError(f"OpenVINO cannot read {str(path)!r}: {_first_line(e)} The file is corrupt or "
+                                     "incomplete; re-create it (`diffprune export`, `diffprune quantize`).") from None
             shutil.rmtree(path.parent, ignore_errors=True)  # a corrupt cached IR: rebuild it once
             path = self._ir(ov, core)
             model = core.read_model(str(path))
@@ -162,7 +160,7 @@ class OpenVINORunner(Runner):
         except Exception:  # not every plugin reports it
             actual = self.precision
         self.info = {"device": self.device, "openvino": ov.__version__, "precision": actual,
-                     "ir_cache": str(path.parent) if path.suffix == ".xml" else None}
+                     "ir_cache": str(path.parent) if cached else None}
         return self
 
     def _check_inputs(self, model) -> None:
