@@ -12,6 +12,10 @@ import numpy as np
 from .errors import DiffPruneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# How images of another size reach the model's: bilinear (stretch to the size), pad (black borders,
+# no interpolation: e.g. 28x28 digits for a 32x32 model trained on padded digits), center-crop (scale
+# the shorter side to the size, then crop the middle: the usual diffusion training transform).
+RESIZE_MODES = ("bilinear", "pad", "center-crop")
 ASSETS = Path(__file__).parent / "assets"
 
 
@@ -76,14 +80,53 @@ def describe(spec) -> str:
     return spec if isinstance(spec, str) else f"array {tuple(np.shape(spec))}"
 
 
-def load_images(spec, size: tuple, channels: int, limit: int | None = None, seed: int = 0):
+def check_resize(resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise DiffPruneError(f"--resize {resize!r} is unknown; allowed: {', '.join(RESIZE_MODES)}. Use pad when the "
+                             "model was trained on padded images, center-crop for photos of other aspect ratios.")
+
+
+def _fit(x, size: tuple, resize: str, where: str):
+    """(1, C, h, w) in [-1, 1] -> (1, C, H, W) by ``resize``; returns (tensor, whether it was interpolated)."""
+    import torch.nn.functional as F
+
+    (h, w), (H, W) = x.shape[-2:], size
+    if (h, w) == (H, W):
+        return x, False
+    if resize == "bilinear":
+        return F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False), True
+    if resize == "pad":
+        if h > H or w > W:
+            raise DiffPruneError(
+                f"Data {where} has {h}x{w} images, larger than the model's {H}x{W}; --resize pad only adds "
+                "borders. Use --resize center-crop or bilinear, or images no larger than the model's size."
+            )
+        top, left = (H - h) // 2, (W - w) // 2
+        return F.pad(x, (left, W - w - left, top, H - h - top), value=-1.0), False  # -1 = black
+    scale = max(H / h, W / w)  # center-crop: the shorter side to the size, then the middle
+    interpolated = scale != 1
+    if interpolated:
+        x = F.interpolate(x, size=(max(H, round(h * scale)), max(W, round(w * scale))), mode="bilinear",
+                          antialias=True, align_corners=False)
+    top, left = (x.shape[-2] - H) // 2, (x.shape[-1] - W) // 2
+    return x[..., top:top + H, left:left + W], interpolated
+
+
+def load_images(spec, size: tuple, channels: int, limit: int | None = None, seed: int = 0,
+                resize: str = "bilinear", warn=None):
     """Return a float32 torch tensor (N, channels, H, W) in [-1, 1].
 
     ``spec`` is ``builtin:digits``, a path to a .npy/.npz file or an image folder, or an array.
-    ``limit`` keeps a seeded random subset of that many images.
+    ``limit`` keeps a seeded random subset of that many images. Images of another size are brought
+    to ``size`` by ``resize`` (see RESIZE_MODES); when any is interpolated, ``warn`` (default: print
+    to stderr) gets one line saying so, since a model sees another distribution than the one it
+    was trained on when the layout differs.
     """
+    import sys
+
     import torch
-    import torch.nn.functional as F
+
+    check_resize(resize)
 
     if isinstance(spec, (np.ndarray,)) or hasattr(spec, "numpy"):
         raw, where = np.asarray(spec), "the given array"
@@ -116,7 +159,7 @@ def load_images(spec, size: tuple, channels: int, limit: int | None = None, seed
     order = np.arange(count)
     if limit is not None and limit < count:
         order = np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
-    batch = []
+    batch, interpolated = [], {}
     for i in order:
         img = _as_nhwc(np.asarray(items[i] if items is not None else raw[i])[None], where)[0]  # (H, W, C)
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None]  # (1, C, H, W)
@@ -133,7 +176,14 @@ def load_images(spec, size: tuple, channels: int, limit: int | None = None, seed
                     "channels. Use images with the model's channel count (grey images are accepted "
                     "for RGB models and replicated)."
                 )
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+        shape = tuple(x.shape[-2:])
+        x, changed = _fit(x, tuple(size), resize, where)
+        if changed:
+            interpolated[shape] = interpolated.get(shape, 0) + 1
         batch.append(x.clamp(-1, 1))
+    if interpolated:
+        sizes = ", ".join(f"{n} of {h}x{w}" for (h, w), n in interpolated.items())
+        (warn or (lambda m: print(m, file=sys.stderr)))(
+            f"diffprune: warning: {sizes} images resized to {size[0]}x{size[1]} ({resize}); if the model was trained "
+            "on images laid out otherwise (e.g. digits padded to 32x32), choose --resize pad or center-crop.")
     return torch.cat(batch)

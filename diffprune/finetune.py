@@ -162,14 +162,15 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
              grad_clip: float = 1.0, grad_accum: int = 1, ema_decay: float = 0.9999, mixed_precision: str = "auto",
              teacher=None, kd_weight: float = 0.0, num_images: int | None = None, checkpoint_every: int = 500,
              checkpoint_dir=None, resume: bool = False, log_every: int = 10, seed: int = 0, device: str = "auto",
-             overwrite: bool = False, progress: bool = True, callback=None) -> FinetuneReport:
+             overwrite: bool = False, progress: bool = True, callback=None, resize: str = "bilinear") -> FinetuneReport:
     """Fine-tune ``model_or_folder`` on ``data`` for ``steps`` optimizer steps; save the EMA model to ``out``.
 
     ``data``: builtin:digits, an image folder, a .npy/.npz, or generate:N (N samples from the teacher,
     or from the model itself without one). ``teacher`` + ``kd_weight``: the student also matches the
     teacher's prediction on the same noisy input. Checkpoints go to ``checkpoint_dir`` (default
     OUT.ckpt) every ``checkpoint_every`` steps; ``resume=True`` continues from the latest one.
-    ``callback(step, loss)`` is called after every step (raise inside it to stop).
+    ``callback(step, loss)`` is called after every step (raise inside it to stop). Images of another
+    size reach the model's by ``resize`` (bilinear, pad or center-crop; see diffprune.data).
     """
     import torch
     import torch.nn.functional as F
@@ -183,6 +184,9 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from .models import load_source, versions
 
     _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every)
+    from .data import check_resize
+
+    check_resize(resize)
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
     if device == "auto":
@@ -211,7 +215,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
                           progress=progress and accelerator.is_main_process)
         student.train()
     else:
-        images = load_images(data, size, cfg.in_channels, limit=num_images, seed=seed)
+        images = load_images(data, size, cfg.in_channels, limit=num_images, seed=seed, resize=resize)
     images = images.to(accelerator.device)
     alphas_cumprod, prediction, num_train = _targets(scheduler_config)
     alphas_cumprod = alphas_cumprod.to(accelerator.device)
@@ -231,7 +235,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
             raise DiffPruneError(f"--resume found no checkpoint in {str(checkpoint_dir)!r}. Start without --resume, "
                                  "or point --checkpoint-dir at the earlier run's checkpoints.")
         start_step = resumed_from = load_checkpoint(path, unwrapped, ema, optimizer, lr_scheduler)
-    config = {"data": str(data), "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+    config = {"data": str(data), "resize": resize, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
               "lr_schedule": lr_schedule, "weight_decay": weight_decay, "grad_clip": grad_clip, "grad_accum": grad_accum,
               "ema_decay": ema_decay, "mixed_precision": precision, "kd_weight": kd_weight, "seed": seed,
               "teacher": str(teacher) if teacher is not None else None, "num_images": int(images.shape[0])}

@@ -10,6 +10,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
+from .data import check_resize
 from .errors import DiffPruneError
 from .importance import CRITERIA, Calibration
 
@@ -32,6 +33,7 @@ class PruneReport:
     timesteps_used: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     calibration: str = ""
+    resize: str = "bilinear"  # how calibration images of another size were brought to the model's
     seconds: float = 0.0
     importance_seconds: float = 0.0
 
@@ -179,7 +181,7 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress):
+def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear"):
     from .data import describe, load_images
 
     cfg = model.config
@@ -195,7 +197,7 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress):
             raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0 (e.g. generate:64).")
         images = generate(model, scheduler_config, count, seed=seed, progress=progress)
     else:
-        images = load_images(data, size, cfg.in_channels, limit=n, seed=seed)
+        images = load_images(data, size, cfg.in_channels, limit=n, seed=seed, resize=resize)
     return Calibration(images=images, scheduler_config=scheduler_config, micro_batch=micro_batch,
                        seed=seed, progress=progress, description=describe(data))
 
@@ -203,14 +205,15 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress):
 def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target_macs: float | None = None,
           data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
-          progress: bool = True):
+          progress: bool = True, resize: str = "bilinear"):
     """Prune a diffusers ``UNet2DModel``; return ``(pruned_model, PruneReport)``.
 
     ``method``: diff-pruning (paper), taylor, magnitude, random or reinit (random structure, fresh
     weights). Give ``ratio`` (fraction of channels removed per layer) or ``target_macs`` (fraction of
     dense MACs to keep; default 0.5, the ratio is searched). ``data`` feeds the gradient criteria:
     ``builtin:digits``, a folder, a .npy/.npz, or ``generate:N``; ``num_images`` of it are used, in
-    micro-batches of ``micro_batch``; ``max_timesteps`` caps the timesteps summed. Widths stay multiples of ``round_to`` and GroupNorm groups and
+    micro-batches of ``micro_batch``, brought to the model's size by ``resize`` (bilinear, pad or
+    center-crop; see diffprune.data); ``max_timesteps`` caps the timesteps summed. Widths stay multiples of ``round_to`` and GroupNorm groups and
     attention heads stay equal. The input model is not modified.
     """
     import torch
@@ -218,6 +221,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     from .models import DEFAULT_SCHEDULER, count_macs_params
 
     check_options(method, ratio, target_macs, thr, round_to, data, max_timesteps, num_images, micro_batch)
+    check_resize(resize)
     if ratio is None and target_macs is None:
         target_macs = DEFAULT_TARGET_MACS
     started = time.perf_counter()
@@ -231,7 +235,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if criterion.needs_data:
-            calib = _calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress)
+            calib = _calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress, resize)
             calib.max_timesteps = max_timesteps
             with torch.enable_grad():
                 log = criterion.prepare(dense, calib)
@@ -259,7 +263,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         round_to=round_to, seed=seed, params_before=params0, params_after=params1, macs_before=macs0,
         macs_after=macs1, layer_widths=layer_widths,
         timesteps_used=list(log.timesteps) if log else [], losses=[round(x, 6) for x in log.losses] if log else [],
-        calibration=calib.description if criterion.needs_data else "", seconds=time.perf_counter() - started,
+        calibration=calib.description if criterion.needs_data else "", resize=resize,
+        seconds=time.perf_counter() - started,
         importance_seconds=importance_seconds,
     )
     return model.eval(), report

@@ -51,3 +51,37 @@ def test_missing_path_and_bad_spec(tmp_path):
         load_images(str(tmp_path / "nope"), (8, 8), 1)
     with pytest.raises(DiffPruneError, match="builtin:digits"):
         load_images("builtin:cifar", (8, 8), 1)
+
+
+def test_pad_keeps_the_digits_as_drawn_with_black_borders():
+    seen = []
+    plain = load_images("builtin:digits", (28, 28), 1, limit=3, warn=seen.append)
+    padded = load_images("builtin:digits", (32, 32), 1, limit=3, resize="pad", warn=seen.append)
+    assert padded.shape == (3, 1, 32, 32) and not seen  # nothing interpolated, so no warning
+    torch.testing.assert_close(padded[:, :, 2:30, 2:30], plain)
+    assert (padded[:, :, :2] == -1).all() and (padded[:, :, :, 30:] == -1).all()
+    with pytest.raises(DiffPruneError, match="larger than the model's 16x16; --resize pad only adds borders"):
+        load_images("builtin:digits", (16, 16), 1, limit=1, resize="pad")
+
+
+def test_bilinear_resizing_warns_once_and_center_crop_keeps_the_aspect_ratio():
+    seen = []
+    load_images("builtin:digits", (32, 32), 1, limit=4, warn=seen.append)
+    assert len(seen) == 1 and "4 of 28x28 images resized to 32x32 (bilinear)" in seen[0] and "--resize pad" in seen[0]
+    wide = np.zeros((1, 10, 20), np.uint8)
+    wide[:, :, 5:15] = 255  # a white band in the middle half of a 10x20 image
+    seen.clear()
+    x = load_images(wide, (10, 10), 1, resize="center-crop", warn=seen.append)
+    assert x.shape == (1, 1, 10, 10) and (x == 1).all() and not seen  # cropped, not scaled
+    x = load_images(wide, (5, 5), 1, resize="center-crop", warn=seen.append)  # halved, then cropped
+    assert x.shape == (1, 1, 5, 5) and x[0, 0, 2, 2] > 0.9 and len(seen) == 1 and "(center-crop)" in seen[0]
+    with pytest.raises(DiffPruneError, match="--resize 'nearest' is unknown; allowed: bilinear, pad, center-crop"):
+        load_images("builtin:digits", (8, 8), 1, resize="nearest")
+
+
+def test_prune_records_the_layout(tiny):
+    import diffprune
+
+    _, report = diffprune.prune(tiny, method="diff-pruning", ratio=0.3, data="builtin:digits", num_images=2,
+                                max_timesteps=1, resize="center-crop", progress=False)
+    assert report.to_dict()["resize"] == "center-crop"

@@ -35,6 +35,7 @@ def test_finetune_saves_ema_model_with_logs(pruned_tiny, tmp_path):
     info = json.loads((out / "pruning.json").read_text())
     assert info["pruning"]["ratio"] == 0.5  # the pruning record carries over
     assert info["finetune"]["steps"] == 4 and info["finetune"]["mixed_precision"] == "no"
+    assert info["finetune"]["resize"] == "bilinear"  # the data layout is part of what made the model
     rows = (out / "loss.csv").read_text().splitlines()
     assert rows[0] == "step,loss,lr" and len(rows) == 5
     assert report.final_loss > 0 and report.steps_per_s > 0
@@ -91,6 +92,7 @@ def test_generate_data_from_the_teacher(pruned_tiny, tmp_path):
     (dict(mixed_precision="bf16", device="cpu"), "needs a CUDA GPU"),
     (dict(lr=0), "lr 0 must be positive"),
     (dict(resume=True), "found no checkpoint"),
+    (dict(resize="stretch"), "--resize 'stretch' is unknown"),
 ])
 def test_bad_options(pruned_tiny, tmp_path, kwargs, fragment):
     with pytest.raises(DiffPruneError, match=fragment):

@@ -3,6 +3,8 @@
 import argparse
 import textwrap
 
+from diffprune.data import RESIZE_MODES
+
 from ._common import TOOLCHAIN, missing_note, require
 
 NAME = "finetune"
@@ -41,6 +43,10 @@ def register(subparsers):
                    help="auto: bf16 on CUDA where supported, fp16 otherwise, fp32 on CPU")
     p.add_argument("--teacher", help="dense model to distil from (same sources as SRC)")
     p.add_argument("--kd-weight", type=float, default=0.0, help="weight of the teacher-matching loss (default 0)")
+    p.add_argument("--resize", default="bilinear", choices=RESIZE_MODES,
+                   help="how images of another size reach the model's: bilinear (default; stretch), pad (black "
+                        "borders, e.g. 28x28 digits for a model trained on them padded to 32x32), center-crop "
+                        "(shorter side to the size, then the middle); a warning is printed whenever images are resized")
     p.add_argument("--num-images", type=int, default=None, help="use a seeded subset of the data")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500; 0 = none)")
     p.add_argument("--checkpoint-dir", help="where checkpoints go (default OUT.ckpt)")
@@ -59,7 +65,7 @@ def run(args) -> int:
     from diffprune.finetune import finetune
 
     report = finetune(
-        args.src, args.out, data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        args.src, args.out, data=args.data, resize=args.resize, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, grad_accum=args.grad_accum, ema_decay=args.ema_decay,
         mixed_precision=args.mixed_precision, teacher=args.teacher, kd_weight=args.kd_weight,

@@ -3,6 +3,8 @@
 import argparse
 import textwrap
 
+from diffprune.data import RESIZE_MODES
+
 from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, fraction, missing_note, require, resolve_device
 
 NAME = "prune"
@@ -35,6 +37,10 @@ def register(subparsers):
                    help="stop summing gradients once loss < thr x max loss (default 0.05; 0 = all timesteps)")
     p.add_argument("--data", default=None,
                    help="calibration images: folder, .npy/.npz, builtin:digits, or generate:N (needed by diff-pruning and taylor)")
+    p.add_argument("--resize", default="bilinear", choices=RESIZE_MODES,
+                   help="how images of another size reach the model's: bilinear (default; stretch), pad (black "
+                        "borders, e.g. 28x28 digits for a model trained on them padded to 32x32), center-crop "
+                        "(shorter side to the size, then the middle); a warning is printed whenever images are resized")
     p.add_argument("--max-timesteps", type=int, default=None,
                    help="cap on the timesteps summed, whatever --thr says (default: no cap)")
     p.add_argument("--num-images", type=int, default=64, help="calibration images used (default 64)")
@@ -65,7 +71,7 @@ def run(args) -> int:
     pruned, report = prune(
         model, method=args.method, ratio=args.ratio, target_macs=args.target_macs, data=args.data,
         thr=args.thr, round_to=args.round_to, seed=args.seed, scheduler_config=scheduler_config,
-        num_images=args.num_images, micro_batch=args.micro_batch, prune_heads=args.prune_heads, max_timesteps=args.max_timesteps,
+        num_images=args.num_images, micro_batch=args.micro_batch, prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize,
         progress=not args.quiet,
     )
     info = {"source": source, "pruning": {k: v for k, v in report.to_dict().items() if k != "layer_widths"}}
