@@ -9,6 +9,12 @@ from pathlib import Path
 from .errors import DiffPruneError
 
 
+def quiet(progress: bool):
+    """tqdm's ``disable`` for a progress bar: off when asked, and off when stderr is not a terminal
+    (``None``), so logs of CI jobs and batch runs get no thousands of carriage-return lines."""
+    return None if progress else True
+
+
 def check_writable(out, overwrite: bool) -> Path:
     """Refuse to replace an existing artifact unless ``overwrite`` is set."""
     out = Path(out)
@@ -60,6 +66,9 @@ def atomic_write_bytes(path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a PNG or JSON gets ordinary file permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -12,7 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-from ._io import atomic_dir
+from ._io import atomic_dir, quiet
 from .errors import DiffPruneError
 
 
@@ -149,7 +149,7 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
     for batch in batches:
         cases = []
         bar = tqdm(total=len(artifacts) * len(backends) + bool(baseline_src), desc=f"batch {batch}: loading",
-                   disable=not progress, leave=False)
+                   disable=quiet(progress), leave=False)
         try:
             for spec in backends:
                 for path in artifacts:
@@ -164,7 +164,7 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
                                                      "threads": threads if device == "cpu" else None}))
                 bar.update(1)
             bar.close()
-            bar = tqdm(total=runs, desc=f"batch {batch}", disable=not progress, leave=False)
+            bar = tqdm(total=runs, desc=f"batch {batch}", disable=quiet(progress), leave=False)
             results["batches"][batch] = measure(cases, batch, runs=runs, warmup=warmup,
                                                 progress=lambda k, n: bar.update(1))
         finally:

@@ -179,13 +179,12 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
+    from ._io import quiet
     from .checkpoint import read_info, save
-    from .data import load_images
+    from .data import check_resize, load_images
     from .models import load_source, versions
 
     _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every)
-    from .data import check_resize
-
     check_resize(resize)
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
@@ -244,7 +243,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     per_rank = max(1, batch_size // world)
     losses, last_loss = [], float("nan")
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="fine-tune",
-               disable=not (progress and accelerator.is_main_process))
+               disable=quiet(progress and accelerator.is_main_process))
     started = time.perf_counter()
     for step in bar:
         step_loss = 0.0

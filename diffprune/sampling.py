@@ -15,6 +15,8 @@ def generate(model, scheduler_config: dict, n: int, seed: int = 0, steps: int = 
     from diffusers import DDIMScheduler
     from tqdm.auto import tqdm
 
+    from ._io import quiet
+
     device = next(model.parameters()).device
     cfg = model.config
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
@@ -25,7 +27,7 @@ def generate(model, scheduler_config: dict, n: int, seed: int = 0, steps: int = 
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn((n, cfg.in_channels, *size), generator=generator)
     out = []
-    bar = tqdm(total=steps * ((n + batch - 1) // batch), desc="sampling", disable=not progress, leave=False)
+    bar = tqdm(total=steps * ((n + batch - 1) // batch), desc="sampling", disable=quiet(progress), leave=False)
     with torch.no_grad():
         for start in range(0, n, batch):
             x = noise[start:start + batch].to(device)

@@ -85,3 +85,17 @@ def test_prune_records_the_layout(tiny):
     _, report = diffprune.prune(tiny, method="diff-pruning", ratio=0.3, data="builtin:digits", num_images=2,
                                 max_timesteps=1, resize="center-crop", progress=False)
     assert report.to_dict()["resize"] == "center-crop"
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    from diffprune._io import atomic_write_bytes, quiet
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "grid.png", b"png")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "grid.png").stat().st_mode & 0o777 == 0o644
+    assert quiet(True) is None and quiet(False) is True  # tqdm: off when asked, else off on non-terminals

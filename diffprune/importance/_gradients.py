@@ -51,6 +51,8 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
+    from .._io import quiet
+
     device = next(model.parameters()).device
     alphas_cumprod, prediction, num_steps = _targets(calib.scheduler_config)
     images = calib.images.to(device)
@@ -62,7 +64,7 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     log = GradientLog()
     max_loss = 0.0
     steps = num_steps if calib.max_timesteps is None else min(num_steps, calib.max_timesteps)
-    bar = tqdm(range(steps), desc="importance: timesteps", disable=not calib.progress, leave=False)
+    bar = tqdm(range(steps), desc="importance: timesteps", disable=quiet(calib.progress), leave=False)
     for t in bar:
         a = alphas_cumprod[t].to(device)
         total = 0.0
