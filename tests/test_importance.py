@@ -104,3 +104,19 @@ def test_taylor_score_is_weight_times_gradient():
     manual = (out_part + in_part) / 2  # group_reduction = mean over the two coupled layers
     manual = manual / manual.mean()  # normalizer = mean
     torch.testing.assert_close(score, manual)
+
+
+def test_a_loss_that_will_not_fall_is_said_early(tiny, capsys):
+    # Random weights: the loss stays flat, so the stop rule would never fire; the user hears it after
+    # 20 timesteps, with what to do, not after an hour.
+    import diffprune
+    from diffprune.models import DEFAULT_SCHEDULER
+
+    short = {**DEFAULT_SCHEDULER, "num_train_timesteps": 60}  # a short schedule keeps the test quick
+    diffprune.prune(tiny, method="diff-pruning", ratio=0.3, data="builtin:digits", num_images=2,
+                    scheduler_config=short, progress=False)
+    err = capsys.readouterr().err
+    assert "after 20 timesteps the denoising loss" in err and "all 60 timesteps" in err and "--max-timesteps" in err
+    diffprune.prune(tiny, method="diff-pruning", ratio=0.3, data="builtin:digits", num_images=2, max_timesteps=25,
+                    scheduler_config=short, progress=False)
+    assert "denoising loss" not in capsys.readouterr().err  # a cap the user chose needs no advice

@@ -1,5 +1,6 @@
 """Gradients of the denoising loss, accumulated over timesteps for Taylor importance."""
 
+import time
 from dataclasses import dataclass, field
 
 from ..errors import DiffPruneError
@@ -65,6 +66,7 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     max_loss = 0.0
     steps = num_steps if calib.max_timesteps is None else min(num_steps, calib.max_timesteps)
     bar = tqdm(range(steps), desc="importance: timesteps", disable=quiet(calib.progress), leave=False)
+    started = time.perf_counter()
     for t in bar:
         a = alphas_cumprod[t].to(device)
         total = 0.0
@@ -85,8 +87,36 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
         if total < thr * max_loss:
             log.stopped_by_threshold = True
             break
+        if t + 1 == TREND_AFTER and thr > 0 and steps == num_steps > TREND_AFTER:  # not when the user capped it
+            _warn_if_the_loss_will_not_fall(log.losses, thr * max_loss, steps, time.perf_counter() - started)
     bar.close()
     return log
+
+
+TREND_AFTER = 20  # timesteps after which the loss curve says whether thr will be reached
+
+
+def _warn_if_the_loss_will_not_fall(losses, stop_below: float, steps: int, seconds: float) -> None:
+    """Say early when the stop rule will not fire: a model on data it was not trained on (random
+    weights, another domain) keeps a flat loss, and all timesteps would be summed."""
+    import sys
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    recent = np.log(np.maximum(np.asarray(losses[-10:], dtype=np.float64), 1e-12))
+    slope = np.polyfit(np.arange(len(recent)), recent, 1)[0]  # log-loss per timestep
+    t = len(losses)
+    projected = t + (np.log(stop_below) - recent[-1]) / slope if slope < 0 else float("inf")
+    if projected <= steps:
+        return
+    eta_min = seconds / t * (steps - t) / 60
+    tqdm.write(
+        f"diffprune: warning: after {t} timesteps the denoising loss ({losses[-1]:.4f}) is not falling towards the "
+        f"stop at {stop_below:.4f} (thr x its maximum), so all {steps} timesteps will be summed, about "
+        f"{eta_min:.0f} more minutes at this pace. This happens with random weights or data the model was not "
+        "trained on; cap it with --max-timesteps N (trained models stop after a few hundred), or check --data "
+        "and --resize.", file=sys.stderr)
 
 
 def taylor_scorer():
