@@ -33,14 +33,15 @@ def test_quickstart_commands_are_what_ci_runs():
     assert test in ci, "CI must run the README's test command"
 
 
-@pytest.mark.slow
+@pytest.mark.full_demo
 def test_quickstart_demo_runs_as_written(tmp_path):
     setup = re.findall(r"```bash\n(.*?)```", section("Quickstart"), flags=re.S)[0].strip().splitlines()[0]
     demo = setup.split("&&")[-1].strip()
     argv = shlex.split(demo)
     assert argv[:2] == ["diffprune", "demo"]
+    # No timeout: a slow or loaded machine is no failure (the suite runs a reduced demo in test_demo.py).
     proc = subprocess.run([sys.executable, "-m", "diffprune", *argv[1:], "--quiet"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "diffprune-demo"
     assert (out / "grid.png").is_file() and (out / "report.json").is_file()
