@@ -48,3 +48,19 @@ def tiny_export(tmp_path_factory, tiny):
     out = tmp_path_factory.mktemp("tiny-export") / "onnx"
     to_onnx(tiny, out, batch=(1, 2, 4), exporter="torchscript")
     return out
+
+
+@pytest.fixture
+def broken_exports(tiny_export, tmp_path):
+    """Copies of the tiny export broken as users break them: a corrupt graph, a model.json that lies."""
+    import json
+    import shutil
+
+    corrupt, mismatched = tmp_path / "corrupt", tmp_path / "mismatched"
+    shutil.copytree(tiny_export, corrupt)
+    (corrupt / "model.onnx").write_bytes(b"garbage")
+    shutil.copytree(tiny_export, mismatched)
+    meta = json.loads((mismatched / "model.json").read_text())
+    meta["inputs"][0]["shape"] = ["batch", 1, 32, 32]
+    (mismatched / "model.json").write_text(json.dumps(meta))
+    return {"corrupt": corrupt, "mismatched": mismatched, "mismatched_meta": meta}

@@ -100,21 +100,14 @@ def test_backend_specs():
             parse_backend(bad)
 
 
-def test_bad_device_corrupt_export_and_mismatched_spec(tiny_export, tmp_path):
+def test_bad_device_corrupt_export_and_mismatched_spec(tiny_export, broken_exports, tmp_path):
     with pytest.raises(DiffPruneError, match="device 'NPU7' is not available here; available: .*CPU"):
         open_runner(tiny_export, "openvino:NPU7").open()
-    corrupt = tmp_path / "corrupt"
-    shutil.copytree(tiny_export, corrupt)
-    (corrupt / "model.onnx").write_bytes(b"garbage")
     with pytest.raises(DiffPruneError, match="OpenVINO cannot read"):
-        open_runner(corrupt, "openvino").open()
-    mismatched = tmp_path / "mismatched"
-    shutil.copytree(tiny_export, mismatched)
-    meta = json.loads((mismatched / "model.json").read_text())
-    meta["inputs"][0]["shape"] = ["batch", 1, 32, 32]
-    (mismatched / "model.json").write_text(json.dumps(meta))
+        open_runner(broken_exports["corrupt"], "openvino").open()
     with pytest.raises(DiffPruneError, match="does not match its graph"):
-        open_runner(mismatched, "openvino").open()
+        open_runner(broken_exports["mismatched"], "openvino").open()
+    meta = broken_exports["mismatched_meta"]
     with pytest.raises(DiffPruneError, match="runs ONNX exports"):
         engine = tmp_path / "engine"
         engine.mkdir()

@@ -138,24 +138,17 @@ def test_runner_checks_inputs(tiny_export):
             runner(np.zeros((2, 1, 16, 16), np.float32), np.zeros(1, np.float32))
 
 
-def test_bad_artifacts(tiny_export, tmp_path):
+def test_bad_artifacts(tiny_export, broken_exports, tmp_path):
     with pytest.raises(DiffPruneError, match="does not exist"):
         open_runner(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DiffPruneError, match="neither model.json"):
         open_runner(tmp_path / "empty")
-    corrupt = tmp_path / "corrupt"
-    shutil.copytree(tiny_export, corrupt)
-    (corrupt / "model.onnx").write_bytes(b"garbage")
     with pytest.raises(DiffPruneError, match="cannot load"):
-        open_runner(corrupt).open()
-    mismatched = tmp_path / "mismatched"
-    shutil.copytree(tiny_export, mismatched)
-    meta = json.loads((mismatched / "model.json").read_text())
-    meta["inputs"][0]["shape"] = ["batch", 1, 32, 32]
-    (mismatched / "model.json").write_text(json.dumps(meta))
+        open_runner(broken_exports["corrupt"]).open()
     with pytest.raises(DiffPruneError, match="does not match its graph"):
-        open_runner(mismatched).open()
+        open_runner(broken_exports["mismatched"]).open()
+    meta = broken_exports["mismatched_meta"]
     with pytest.raises(DiffPruneError, match="Backend 'tpu'"):
         open_runner(tiny_export, "tpu")
     hand_written = tmp_path / "hand-written"
