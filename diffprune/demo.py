@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DiffPruneError
-
 DEFAULT_MODEL = "builtin:digits-ddpm"
 
 

@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-import numpy as np
-
 from ..cache import cache_dir
 from ..errors import DiffPruneError
 from .base import Runner
