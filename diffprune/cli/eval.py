@@ -76,7 +76,10 @@ def run(args) -> int:
 
     from diffprune.metrics import OnnxFeatures, consistency, feature_statistics, fid
     from diffprune.runtime import Sampler, make_scheduler, open_runner
+    from diffprune.runtime.runners import resolve_backend
     from diffprune.select import _as_artifact
+
+    backend = resolve_backend(args.backend)  # recorded as what ran, not as "auto"
 
     work = Path(tempfile.mkdtemp(prefix="diffprune-eval-"))
     images = {}
@@ -84,10 +87,10 @@ def run(args) -> int:
         if src is None:
             continue
         artifact = _as_artifact(src, work / f"{role}-onnx", args.batch, log=lambda m: None)
-        with open_runner(artifact, args.backend) as runner:
+        with open_runner(artifact, backend) as runner:
             sampler = Sampler(runner, make_scheduler(args.scheduler, runner.scheduler_config))
             images[role] = sampler.generate(args.n, seed=args.seed, steps=args.steps, batch=args.batch)
-    result = {"n": args.n, "steps": args.steps, "scheduler": args.scheduler, "backend": args.backend}
+    result = {"n": args.n, "steps": args.steps, "scheduler": args.scheduler, "backend": backend}
     if "dense" in images:
         result["consistency"] = consistency(images["model"], images["dense"])
         print(f"consistency with the dense model (same seeds): SSIM {result['consistency']['ssim']:.4f}, "
