@@ -7,6 +7,9 @@ import tempfile
 from pathlib import Path
 
 from .errors import DiffPruneError
+from .runtime.files import atomic_write_bytes  # the runtime writes its PNGs the same way
+
+__all__ = ["atomic_dir", "atomic_write_bytes", "check_writable", "quiet"]
 
 
 def quiet(progress: bool):
@@ -57,20 +60,3 @@ def atomic_dir(out, overwrite: bool = False):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write a single file through a temporary name and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a PNG or JSON gets ordinary file permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -1,12 +1,12 @@
 """PNG grids with numpy and zlib alone (the runtime carries no imaging library)."""
 
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write_bytes
 
 
 def grid(images: np.ndarray, rows: int | None = None, pad: int = 2, value: int = 255) -> np.ndarray:
@@ -40,14 +40,4 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def save_png(path, image: np.ndarray) -> Path:
     """Write atomically (temporary file, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(encode_png(image))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, encode_png(image))

@@ -92,10 +92,14 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 
     from diffprune._io import atomic_write_bytes, quiet
 
+    from diffprune.runtime.image import save_png
+
     umask = os.umask(0o022)
     try:
-        atomic_write_bytes(tmp_path / "grid.png", b"png")
+        atomic_write_bytes(tmp_path / "report.json", b"{}")
+        save_png(tmp_path / "grid.png", np.zeros((4, 4, 1), np.uint8))  # what `sample` and `demo` write
     finally:
         os.umask(umask)
-    assert (tmp_path / "grid.png").stat().st_mode & 0o777 == 0o644
+    for name in ("report.json", "grid.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
     assert quiet(True) is None and quiet(False) is True  # tqdm: off when asked, else off on non-terminals
