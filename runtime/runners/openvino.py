@@ -79,28 +79,39 @@ class OpenVINORunner(Runner):
         self.request = None
         self.info = {}
 
-    def _ir(self, ov, core) -> Path:
-        """The IR of this export in the cache, converted now if it is not there (or unreadable)."""
+    def _read(self, core, path: Path):
+        try:
+            return core.read_model(str(path))
+        except Exception as e:  # OpenVINO raises RuntimeError with a multi-line C++ trace
+            raise DiffPruneError(
+                f"OpenVINO cannot read {str(path)!r}: {_first_line(e)} The file is missing, corrupt or from another "
+                "export; re-create it (`diffprune export`, `diffprune quantize`)."
+            ) from None
+
+    def _load(self, ov, core) -> tuple:
+        """``(model, cache_folder or None)``: the export's IR, read once.
+
+        An IR folder (`diffprune quantize`) is read as it is. An ONNX export is read from its IR in the
+        cache; when that is missing it is converted now and saved there, and when that is unreadable it
+        is removed and converted again. Without a writable cache the ONNX file is read directly.
+        """
         from ..artifact import check_onnx_files
 
         check_onnx_files(self.folder, self.meta)
-        if str(self.meta.get("file", "")).endswith(".xml"):  # already IR (an INT8 model from `diffprune quantize`)
-            return self.folder / self.meta["file"]
+        if str(self.meta.get("file", "")).endswith(".xml"):
+            return self._read(core, self.folder / self.meta["file"]), None
         onnx_path = self.folder / self.meta.get("file", "model.onnx")
         try:
             root = cache_dir("openvino", create=True)
-        except DiffPruneError:  # a read-only home in a container: compile from the ONNX file each time
-            return onnx_path
+        except DiffPruneError:  # a read-only home in a container: convert the ONNX file at each load
+            return self._read(core, onnx_path), None
         target = root / ir_cache_key(self.folder, self.meta, ov.__version__)
         if (target / "model.xml").is_file() and (target / "model.bin").is_file():
-            return target / "model.xml"
-        try:
-            model = core.read_model(str(onnx_path))
-        except Exception as e:  # OpenVINO raises RuntimeError with a multi-line C++ trace
-            raise DiffPruneError(
-                f"OpenVINO cannot read {str(onnx_path)!r}: {_first_line(e)} The file is missing, corrupt or from "
-                "another export; re-run `diffprune export`."
-            ) from None
+            try:
+                return core.read_model(str(target / "model.xml")), target
+            except Exception:
+                shutil.rmtree(target, ignore_errors=True)  # a corrupt cached IR: convert again below
+        model = self._read(core, onnx_path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
         try:
             # Weights stay float32 in the IR (compress_to_fp16 would change the numbers before the
@@ -111,11 +122,10 @@ class OpenVINORunner(Runner):
             if target.exists():  # an incomplete IR left by a crash
                 shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
-        except OSError:
-            # A read-only or full cache is no reason to fail: compile from the ONNX file directly.
+        except OSError:  # a full cache is no reason to fail: the model is in memory already
             shutil.rmtree(tmp, ignore_errors=True)
-            return onnx_path
-        return target / "model.xml"
+            return model, None
+        return model, target
 
     def open(self):
         ov = import_openvino()
@@ -124,23 +134,12 @@ class OpenVINORunner(Runner):
 
         core = ov.Core()
         devices = core.available_devices
-        if self.device not in devices and self.device.split(".")[0] not in ("AUTO", "MULTI", "HETERO") and \
-                self.device.split(".")[0] not in {d.split(".")[0] for d in devices}:
+        if self.device.split(":")[0].split(".")[0] not in {"AUTO", "MULTI", "HETERO"} | {d.split(".")[0] for d in devices}:
             raise DiffPruneError(
                 f"OpenVINO device {self.device!r} is not available here; available: {', '.join(devices) or 'none'}. "
                 "Use --backend openvino (CPU) or openvino:DEVICE with one of those."
             )
-        path = self._ir(ov, core)
-        cached = path.suffix == ".xml" and path.parent != self.folder
-        try:
-            model = core.read_model(str(path))
-        except Exception as e:
-            if not cached:
-                raise DiffPruneError(f"OpenVINO cannot read {str(path)!r}: {_first_line(e)} The file is corrupt or "
-                                     "incomplete; re-create it (`diffprune export`, `diffprune quantize`).") from None
-            shutil.rmtree(path.parent, ignore_errors=True)  # a corrupt cached IR: rebuild it once
-            path = self._ir(ov, core)
-            model = core.read_model(str(path))
+        model, cached = self._load(ov, core)
         self._check_inputs(model)
         if self.fixed_batch is not None:
             model.reshape({i.get_any_name(): [self.fixed_batch, *list(i.get_partial_shape())[1:]] for i in model.inputs})
@@ -160,7 +159,7 @@ class OpenVINORunner(Runner):
         except Exception:  # not every plugin reports it
             actual = self.precision
         self.info = {"device": self.device, "openvino": ov.__version__, "precision": actual,
-                     "ir_cache": str(path.parent) if cached else None}
+                     "ir_cache": str(cached) if cached else None}
         return self
 
     def _check_inputs(self, model) -> None:
