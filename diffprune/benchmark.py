@@ -184,14 +184,15 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
     first = case_name(artifacts[0], backends[0])
     for batch, rows in results["batches"].items():
         eager = next((r for r in rows.values() if str(r.get("backend", "")).startswith("torch-eager")), None)
+        dense_by_backend = {rows[case_name(artifacts[0], spec)]["backend"]: rows[case_name(artifacts[0], spec)]
+                            for spec in backends}
         for name, row in rows.items():
             row["speedup_vs_first"] = rows[first]["e2e_ms"]["median"] / row["e2e_ms"]["median"]
             # Runs of one round are seconds apart, so the ratio within a round cancels slow drift (another
             # tenant on a shared VM) that the ratio of medians keeps when it hits some rounds only.
             pairs = zip(rows[first].get("e2e_ms_runs", []), row.get("e2e_ms_runs", []))
             row["speedup_paired"] = statistics.median([b / r for b, r in pairs] or [row["speedup_vs_first"]])
-            same = next((rows[case_name(artifacts[0], spec)] for spec in backends
-                         if row.get("backend") == rows[case_name(artifacts[0], spec)].get("backend")), None)
+            same = dense_by_backend.get(row.get("backend"))
             row["speedup_vs_dense_same_backend"] = same["e2e_ms"]["median"] / row["e2e_ms"]["median"] if same else None
             row["speedup_vs_eager"] = eager["e2e_ms"]["median"] / row["e2e_ms"]["median"] if eager else None
     results.update({
