@@ -1,15 +1,29 @@
-"""Latency-budgeted model selection: the best-quality model that meets a latency budget on the
-machine and backend it will run on.
+"""Latency-budgeted selection over the whole deployment configuration: model (pruning level) x
+scheduler x steps x backend x batch.
 
-Candidates are model folders (exported here), ONNX exports or TensorRT engines, or a sweep of
-pruning levels of the dense model (pruned, optionally fine-tuned, exported). Each is measured end
-to end on the chosen backend and batch (each in its own process, runs alternating, like
-`diffprune bench`) and scored by its consistency with the dense model (SSIM of images from the
-same seeds). The choice is never silent: when nothing fits, the closest candidate and its excess
-are reported and no model is picked.
+1. Quality. Every model samples the same seeds with every scheduler and step count on every
+   backend, scored against the dense model at a reference setting (default: DDIM, or the model's own
+   deterministic scheduler, at 100 steps): SSIM and PSNR, and FID in a feature network's space when
+   one is given. Sampling is cheap next to timing, so the whole grid is sampled.
+2. Latency, predicted. Each (model, backend, batch) is served by a process of its own and timed once
+   at a probe setting; that gives its UNet call time. The sampler's own cost for each scheduler and
+   step count is timed with a model that costs nothing (numpy only). End to end, per batch:
+
+       predicted(scheduler, steps) = steps x unet_call + sampler(scheduler, steps) + other
+
+   where ``other`` is what the probe's model-side time outside the UNet calls adds (input copies).
+3. Latency, measured. The predicted Pareto front (quality against latency), the choice for each
+   budget and the two naive choices (dense with fewer steps; pruned at the default steps) are run end
+   to end in those processes, alternating, as `diffprune bench` does. Choices are then made again
+   with the measured latencies, and any newly chosen configuration that was not yet measured is
+   measured, until every choice stands on a measurement. The prediction error is reported.
+
+When nothing fits, the fastest measured configuration is named with its excess, and nothing is chosen.
 """
 
 import json
+import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,16 +32,37 @@ import numpy as np
 
 from .errors import DiffPruneError
 
+DETERMINISTIC = {"DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpm-solver++"}
+
 
 @dataclass
 class Row:
+    """One configuration with its quality and latency (per image or per batch, as the budget is)."""
+
     name: str
-    latency_ms: float  # per image or per batch, as the budget is
-    quality: float  # SSIM vs dense (higher is better)
+    latency_ms: float  # what choices use: measured where measured, else predicted
+    quality: float  # SSIM vs the dense reference (higher is better)
     params: int | None = None
     macs: int | None = None
     artifact: str = ""
     psnr_db: float | None = None
+    model: str = ""
+    backend: str = ""
+    scheduler: str = ""
+    steps: int = 0
+    batch: int = 1
+    guidance: float | None = None  # for text-conditioned pipelines; None for unconditional models
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    fid: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.measured_ms is not None
+
+
+def config_name(model, backend, scheduler, steps, batch) -> str:
+    return f"{model} · {backend} · {scheduler} x{steps} · b{batch}"  # no "|": names go into markdown tables
 
 
 def pareto(rows) -> list:
@@ -63,20 +98,422 @@ def pick(rows, budget_ms: float) -> dict:
     return {"choice": None, "fits": [], "pareto": front, "closest": closest.name, "over_by_ms": over,
             "message": f"Nothing fits {budget_ms:g} ms: the fastest candidate, {closest.name}, takes "
                        f"{closest.latency_ms:.1f} ms ({over:.1f} ms, {over / budget_ms:.0%} over). Prune further "
-                       "(a smaller --sweep fraction), use a faster backend or batch, or raise the budget."}
+                       "(a smaller --sweep fraction), use fewer steps, a faster backend or batch, or raise the budget."}
 
 
-def table(rows, decision: dict, per: str) -> str:
-    lines = [f"| model | latency ms / {per} | params (M) | MACs (M) | SSIM vs dense | PSNR dB | Pareto | choice |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: r.latency_ms):
-        lines.append(f"| {r.name} | {r.latency_ms:.1f} | {(r.params or 0) / 1e6:.2f} | {(r.macs or 0) / 1e6:.1f} | "
-                     f"{r.quality:.4f} | {r.psnr_db if r.psnr_db is None else round(r.psnr_db, 2)} | "
-                     f"{'yes' if r.name in decision['pareto'] else ''} | {'<== chosen' if r.name == decision['choice'] else ''} |")
-    return "\n".join(lines)
+def naive_families(rows, default: dict) -> dict:
+    """The two choices a user makes without a planner, as row subsets to pick from:
+
+    - "dense, fewer steps": the dense model at the default scheduler, backend and batch, any steps;
+    - "pruned, default steps": any pruned model at the default scheduler, steps, backend and batch.
+    """
+    same = [r for r in rows if r.scheduler == default["scheduler"] and r.backend == default["backend"]
+            and r.batch == default["batch"]]
+    return {"dense, fewer steps": [r for r in same if r.model == "dense"],
+            "pruned, default steps": [r for r in same if r.model != "dense" and r.steps == default["steps"]]}
 
 
-def plot(rows, decision, budget_ms, per, path) -> bool:
+def decide(rows, budgets, default: dict) -> dict:
+    """For each budget: the joint choice and the two naive ones (see ``naive_families``)."""
+    out = {}
+    for budget in budgets:
+        entry = {"joint": pick(rows, budget)}
+        for label, family in naive_families(rows, default).items():
+            entry[label] = pick(family, budget) if family else None
+        out[f"{budget:g}"] = entry
+    return out
+
+
+def chosen_names(decisions: dict) -> set:
+    return {d["choice"] for entry in decisions.values() for d in entry.values() if d and d["choice"]}
+
+
+def parse_reference(text: str, scheduler_config: dict) -> tuple:
+    """``"auto"`` -> the model's deterministic scheduler (else ddim) at 100 steps; ``"ddim:100"`` as given."""
+    from .runtime.schedulers import SCHEDULERS
+
+    if text == "auto":
+        return DETERMINISTIC.get(scheduler_config.get("_class_name"), "ddim"), 100
+    name, _, steps = str(text).partition(":")
+    if name not in SCHEDULERS or not steps.isdigit() or int(steps) < 1:
+        raise DiffPruneError(f"Reference {text!r} is not SCHEDULER:STEPS with a scheduler in {', '.join(SCHEDULERS)} "
+                             "and steps >= 1 (e.g. ddim:100), nor auto.")
+    return name, int(steps)
+
+
+def check_grid(schedulers, steps, backends, batches, budgets, per="image", n=16, runs=10) -> list:
+    """Refuse a bad grid before anything is exported or measured; returns the backends resolved and
+    checked to be runnable here (auto -> openvino where installed, else ort-cpu)."""
+    from .runtime.runners import check_available
+    from .runtime.schedulers import SCHEDULERS
+
+    for name, values in (("scheduler", schedulers), ("steps", steps), ("backend", backends), ("batch", batches),
+                         ("budget", budgets)):
+        if not values:
+            raise DiffPruneError(f"The {name} list is empty; give at least one value.")
+    unknown = [s for s in schedulers if s not in SCHEDULERS]
+    if unknown:
+        raise DiffPruneError(f"Unknown scheduler {unknown[0]!r} in the grid; allowed: {', '.join(SCHEDULERS)}.")
+    for name, values in (("steps", steps), ("batch", batches)):
+        bad = [v for v in values if not isinstance(v, (int, np.integer)) or v < 1]
+        if bad:
+            raise DiffPruneError(f"{name} {bad[0]!r} in the grid is invalid: give whole numbers >= 1, e.g. "
+                                 f"{'10,20,50' if name == 'steps' else '1,8'}.")
+    bad = [b for b in budgets if not b > 0]
+    if bad:
+        raise DiffPruneError(f"budget {bad[0]} ms must be positive.")
+    if per not in ("image", "batch"):
+        raise DiffPruneError(f"per {per!r} is unknown; allowed: image, batch.")
+    if n < 1 or runs < 1:
+        raise DiffPruneError(f"n {n} and runs {runs} must be at least 1.")
+    resolved = []
+    for b in backends:
+        spec = check_available(b)
+        if spec not in resolved:
+            resolved.append(spec)
+    return resolved
+
+
+def _compatible(kind: str, backend: str) -> bool:
+    """TensorRT engines run on trt only, OpenVINO IR folders on openvino only, ONNX exports on the rest."""
+    name = backend.split(":")[0].split("@")[0]
+    if kind == "tensorrt":
+        return name == "trt"
+    if kind == "openvino":
+        return name == "openvino"
+    return name != "trt"
+
+
+@dataclass
+class LatencyModel:
+    """End-to-end time of one batch, from one probe of a model on a backend (see the module docstring)."""
+
+    unet_ms: float  # one UNet call at this batch
+    other_ms: float  # model-side time outside the UNet calls, per batch
+    sampler_ms: dict  # scheduler -> (fixed ms, ms per step), from a model that costs nothing
+
+    def predict(self, scheduler: str, steps: int) -> float:
+        fixed, per_step = self.sampler_ms[scheduler]
+        return steps * self.unet_ms + fixed + steps * per_step + self.other_ms
+
+
+def sampler_costs(schedulers, steps, scheduler_config, in_channels, sample_size, batch) -> dict:
+    """scheduler -> (fixed ms, ms per step) of the sampler alone, fitted at the grid's fewest and most steps."""
+    from .runtime.bench import sampler_seconds
+
+    lo, hi = min(steps), max(steps)
+    hi = hi if hi > lo else lo + 10
+    out = {}
+    for s in schedulers:
+        t_lo = sampler_seconds(s, scheduler_config, in_channels, sample_size, batch, lo) * 1e3
+        t_hi = sampler_seconds(s, scheduler_config, in_channels, sample_size, batch, hi) * 1e3
+        per_step = max(0.0, (t_hi - t_lo) / (hi - lo))
+        out[s] = (max(0.0, t_lo - lo * per_step), per_step)
+    return out
+
+
+def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", backend="auto", batch=1,
+           steps=50, scheduler="ddim", reference: str = "auto", n: int = 16, runs: int = 10, probe_runs: int = 5,
+           features=None, method: str = "diff-pruning", data: str = "builtin:digits", finetune_steps: int = 0,
+           calibration_images: int = 64, max_timesteps: int | None = None, threads: int | None = None,
+           quality_from=None, out="select", overwrite: bool = False, progress: bool = True, log=print) -> dict:
+    """Choose the configuration with the best quality within each budget; write ``out``/select.{json,md,png}
+    and deploy.json (the choice for the first budget; one deploy-<budget>ms.json per budget when several).
+
+    Every axis takes one value or a list: ``budget_ms``, ``backend`` (runtime backend specs, or auto),
+    ``batch``, ``steps``, ``scheduler``. The first scheduler and backend, the most steps and the first
+    batch are the "default setting" the naive choices keep. ``features``: an ONNX feature network; FID
+    against the dense reference images is then reported beside SSIM (ranking stays on SSIM).
+    ``quality_from``: an earlier select.json whose quality scores are reused instead of sampling (matched by
+    model name, backend, scheduler and steps): quality measured once, latency planned on each target machine.
+    """
+    from ._io import atomic_dir, check_writable
+
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
+    budgets, schedulers, step_list, batches = as_list(budget_ms), as_list(scheduler), as_list(steps), as_list(batch)
+    backends = check_grid(schedulers, step_list, as_list(backend), batches, budgets, per, n, runs)
+    for f in sweep:
+        if not 0 < f < 1:
+            raise DiffPruneError(f"sweep fraction {f} is out of range; give fractions of dense MACs kept, 0 < f < 1.")
+    check_writable(out, overwrite)
+    default = {"scheduler": schedulers[0], "steps": max(step_list), "backend": backends[0], "batch": batches[0]}
+    started = time.perf_counter()
+
+    work = Path(str(out) + ".work")  # exports and sweep models, reusable across runs
+    work.mkdir(parents=True, exist_ok=True)
+    export_batches = (1, max(max(batches), 8), max(max(batches), 16))
+    artifacts = {"dense": _as_artifact(dense, work / "dense-onnx", export_batches, log)}
+    for c in candidates:
+        artifacts[Path(c).name] = _as_artifact(c, work / f"{Path(c).name}-onnx", export_batches, log)
+    for f in sweep:
+        artifacts[f"macs-{f:g}"] = _sweep_member(dense, f, work, method, data, finetune_steps, calibration_images,
+                                                 max_timesteps, export_batches, progress, log)
+
+    from .runtime.artifact import describe
+
+    kinds = {name: describe(path)[0] for name, path in artifacts.items()}
+    # An engine's engine.json holds the model's spec under "model"; an export's model.json is the spec.
+    metas = {name: (lambda d: d[2]["model"] if d[0] == "tensorrt" else d[2])(describe(path))
+             for name, path in artifacts.items()}
+    pairs = [(m, b) for m in artifacts for b in (backends if kinds[m] != "tensorrt" else ["trt"])
+             if _compatible(kinds[m], b)]
+    missing = [m for m in artifacts if not any(pm == m for pm, _ in pairs)]
+    if missing:
+        raise DiffPruneError(f"No backend in {', '.join(backends)} runs {missing[0]!r} ({kinds[missing[0]]}); add "
+                             f"{'trt' if kinds[missing[0]] == 'tensorrt' else 'openvino'} to --backend.")
+    ref_setting = parse_reference(reference, metas["dense"].get("scheduler", {}))
+    _check_settings(schedulers, step_list + [ref_setting[1]], metas["dense"].get("scheduler", {}))
+
+    if quality_from:
+        quality, ref_setting = _reuse_quality(quality_from, pairs, schedulers, step_list)
+    else:
+        quality = _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, max(batches), threads, features,
+                           progress, log)
+    latency, processes = _probe(artifacts, pairs, batches, schedulers, step_list, metas, probe_runs, threads, log)
+    try:
+        rows = []
+        for (m, b), model in latency.items():
+            for batch_size, lm in model.items():
+                for s in schedulers:
+                    for k in step_list:
+                        q = quality[(m, b, s, k)]
+                        divisor = batch_size if per == "image" else 1
+                        predicted = lm.predict(s, k) / divisor
+                        rows.append(Row(config_name(m, b, s, k, batch_size), predicted, q["ssim"],
+                                        metas[m].get("params"), metas[m].get("macs"), str(artifacts[m]),
+                                        q["psnr_db"], m, b, s, k, batch_size, None, predicted, None, q.get("fid")))
+        by_name = {r.name: r for r in rows}
+        predicted_front = pareto(rows)
+        to_measure = set(predicted_front) | chosen_names(decide(rows, budgets, default))
+        rounds = 0
+        while to_measure:
+            rounds += 1
+            log(f"measuring {len(to_measure)} configurations end to end (round {rounds})")
+            _verify([by_name[name] for name in sorted(to_measure)], processes, runs, per, progress)
+            decisions = decide(rows, budgets, default)
+            to_measure = {name for name in chosen_names(decisions) if not by_name[name].measured}
+    finally:
+        for worker in processes.values():
+            worker.close()
+    measured = [r for r in rows if r.measured]
+    errors = [r.predicted_ms / r.measured_ms - 1 for r in measured]
+    decisions = decide(rows, budgets, default)
+    result = {
+        "budgets_ms": budgets, "per": per, "backends": backends, "batches": batches, "steps": step_list,
+        "schedulers": schedulers, "reference": {"model": "dense", "backend": backends[0], "scheduler": ref_setting[0],
+                                                "steps": ref_setting[1]},
+        "quality_from": str(quality_from) if quality_from else None, "default": default, "n": n, "runs": runs, "probe_runs": probe_runs, "features": str(features) if features else None,
+        "rows": [asdict(r) for r in rows], "pareto": pareto(rows), "pareto_measured": pareto(measured),
+        "decisions": decisions, "verification_rounds": rounds,
+        "prediction_error": {"n": len(errors), "median_abs": statistics.median(abs(e) for e in errors) if errors else None,
+                             "max_abs": max((abs(e) for e in errors), default=None)},
+        "seconds": time.perf_counter() - started, "versions": _versions(),
+        "latency_model": {f"{m} · {b} · b{bs}": asdict(lm) for (m, b), model in latency.items() for bs, lm in model.items()},
+    }
+    first = decisions[f"{budgets[0]:g}"]["joint"]
+    result.update(first)  # choice, fits, closest, over_by_ms, message of the first budget, as before
+    text = report(result, rows)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "select.json").write_text(json.dumps(result, indent=1))
+        (tmp / "select.md").write_text(text)
+        plot(rows, decisions, budgets, per, tmp / "select.png")
+        for budget in budgets:
+            choice = decisions[f"{budget:g}"]["joint"]["choice"]
+            if choice:
+                record = deploy_record(by_name[choice], budget, per, Path(out))
+                names = ["deploy.json"] if budget == budgets[0] else []
+                names += [f"deploy-{budget:g}ms.json"] if len(budgets) > 1 else []
+                for name in names:
+                    (tmp / name).write_text(json.dumps(record, indent=1))
+    log(text)
+    return result
+
+
+def _check_settings(schedulers, step_counts, scheduler_config):
+    """Every scheduler accepts every step count with this model's schedule (before any sampling)."""
+    from .runtime.schedulers import make_scheduler
+
+    for s in schedulers:
+        for k in sorted(set(step_counts)):
+            try:
+                make_scheduler(s, scheduler_config).set_timesteps(k)
+            except DiffPruneError as e:
+                raise DiffPruneError(f"{s} at {k} steps cannot run on this model's schedule: {e}") from None
+
+
+def _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, batch, threads, features, progress, log) -> dict:
+    """(model, backend, scheduler, steps) -> {"ssim", "psnr_db"[, "fid"]} against the dense reference images."""
+    from tqdm import tqdm
+
+    from ._io import quiet
+    from .metrics import consistency, feature_statistics, frechet_distance
+    from .runtime import Sampler, make_scheduler, open_runner
+
+    def images(runner, s, k):
+        lo, hi = runner.batch_range
+        return Sampler(runner, make_scheduler(s, runner.scheduler_config)).generate(
+            n, seed=0, steps=k, batch=max(lo, min(batch, n, hi)))
+
+    ref_backend = pairs[0][1] if pairs[0][0] == "dense" else next(b for m, b in pairs if m == "dense")
+    with open_runner(artifacts["dense"], ref_backend, threads=threads) as runner:
+        reference = images(runner, *ref_setting)
+    feats = ref_stats = None
+    if features:
+        from .metrics import OnnxFeatures
+
+        feats = OnnxFeatures(features)
+        ref_stats = feature_statistics(feats(reference))
+    out = {}
+    bar = tqdm(total=len(pairs) * len(schedulers) * sum(step_list), unit="step", desc="quality", disable=quiet(progress))
+    for m, b in pairs:
+        with open_runner(artifacts[m], b, threads=threads) as runner:
+            for s in schedulers:
+                for k in step_list:
+                    got = images(runner, s, k)
+                    q = consistency(got, reference)
+                    q["psnr_db"] = q["psnr_db"] if np.isfinite(q["psnr_db"]) else None
+                    if feats is not None:
+                        q["fid"] = frechet_distance(*feature_statistics(feats(got)), *ref_stats)
+                    out[(m, b, s, k)] = q
+                    bar.update(k)
+    bar.close()
+    log(f"quality: {len(out)} configurations sampled against dense at {ref_setting[0]} x{ref_setting[1]} on {ref_backend}")
+    return out
+
+
+def _reuse_quality(path, pairs, schedulers, step_list) -> tuple:
+    """Quality scores and reference setting from an earlier select.json, for every configuration needed."""
+    from .runtime.artifact import read_json
+
+    earlier = read_json(Path(path))
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("rows"), list):
+        raise DiffPruneError(f"{str(path)!r} is not a select.json (no rows); give the one `diffprune select` wrote.")
+    scores = {(r["model"], r["backend"], r["scheduler"], r["steps"]): {"ssim": r["quality"], "psnr_db": r.get("psnr_db"),
+                                                                       "fid": r.get("fid")} for r in earlier["rows"]}
+    needed = [(m, b, s, k) for m, b in pairs for s in schedulers for k in step_list]
+    gone = [key for key in needed if key not in scores]
+    if gone:
+        have = sorted({key[0] for key in scores})
+        raise DiffPruneError(f"{str(path)!r} has no quality score for {' · '.join(map(str, gone[0]))} ({len(gone)} of "
+                             f"{len(needed)} configurations missing). It holds the models {', '.join(have)}: name the "
+                             "candidates alike and keep the schedulers, steps and backends within its grid.")
+    ref = earlier.get("reference", {})
+    return {key: scores[key] for key in needed}, (ref.get("scheduler"), ref.get("steps"))
+
+
+def _probe(artifacts, pairs, batches, schedulers, step_list, metas, probe_runs, threads, log) -> tuple:
+    """One process per (model, backend, batch), timed at a probe setting -> latency models, and the processes
+    (kept open for the end-to-end verification)."""
+    from .runtime.bench import SettingCase, measure, worker_case
+
+    probe = (schedulers[0], min(10, max(step_list)))
+    processes, cases = {}, []
+    try:
+        for m, b in pairs:
+            for bs in batches:
+                worker = worker_case(f"{m} · {b} · b{bs}", artifacts[m], b, probe[0], probe[1], bs, threads)
+                processes[(m, b, bs)] = worker
+                cases.append(SettingCase(worker.name, worker, {"scheduler": probe[0], "steps": probe[1]}, bs))
+        log(f"probing {len(cases)} model/backend/batch processes at {probe[0]} x{probe[1]}, {probe_runs} runs each")
+        timing = measure(cases, batches[0], runs=probe_runs, warmup=1)
+    except BaseException:
+        for worker in processes.values():
+            worker.close()
+        raise
+    latency = {}
+    for (m, b, bs), worker in processes.items():
+        t = timing[worker.name]
+        meta = metas[m]
+        size = meta.get("sample_size")
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        costs = sampler_costs(schedulers, step_list, meta.get("scheduler", {}), meta.get("in_channels"), size, bs)
+        unet = t["unet_ms"]["median"] / probe[1]
+        other = t["e2e_ms"]["median"] - t["unet_ms"]["median"] - (costs[probe[0]][0] + probe[1] * costs[probe[0]][1])
+        latency.setdefault((m, b), {})[bs] = LatencyModel(unet, max(0.0, other), costs)
+    return latency, processes
+
+
+def _verify(rows, processes, runs, per, progress):
+    """Measure ``rows`` end to end in their model's process, alternating; sets measured_ms and latency_ms."""
+    from .runtime.bench import SettingCase, measure
+
+    cases = [SettingCase(r.name, processes[(r.model, r.backend, r.batch)], {"scheduler": r.scheduler, "steps": r.steps},
+                         r.batch) for r in rows]
+    timing = measure(cases, 1, runs=runs, warmup=1)
+    for r in rows:
+        r.measured_ms = timing[r.name]["e2e_ms"]["median"] / (r.batch if per == "image" else 1)
+        r.latency_ms = r.measured_ms
+
+
+def deploy_record(row: Row, budget_ms: float, per: str, out: Path) -> dict:
+    from .runtime.deploy import DEPLOY_FORMAT
+
+    return {
+        "format": DEPLOY_FORMAT,
+        "artifact": _portable(Path(row.artifact), out),
+        "backend": row.backend, "scheduler": row.scheduler, "steps": row.steps, "batch": row.batch,
+        "guidance": row.guidance, "model": row.model, "budget_ms": budget_ms, "per": per,
+        "latency_ms": {"measured": row.measured_ms, "predicted": row.predicted_ms},
+        "quality": {"ssim_vs_dense": row.quality, "psnr_db": row.psnr_db, "fid_vs_dense": row.fid},
+        "made_by": {"tool": "diffprune select", "versions": _versions()},
+    }
+
+
+def _portable(artifact: Path, out: Path) -> str:
+    """Relative to the report folder when the artifact sits beside it (the .work folder), so the two can
+    move together; absolute otherwise."""
+    artifact, base = artifact.resolve(), out.resolve()
+    rel = os.path.relpath(artifact, base)
+    return rel if artifact.is_relative_to(base.parent) else str(artifact)
+
+
+def _versions() -> dict:
+    from .benchmark import installed_versions
+
+    return installed_versions()
+
+
+def _fmt(v, digits=1):
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def report(result: dict, rows) -> str:
+    """select.md: per budget the joint choice beside the naive ones, then the measured configurations."""
+    per = result["per"]
+    ref = result["reference"]
+    lines = [f"# Selection over {len(rows)} configurations (latency per {per})", "",
+             f"Quality: SSIM vs dense at {ref['scheduler']} x{ref['steps']} on {ref['backend']} from the same "
+             f"{result['n']} seeds. Latency predicted for all from one probe per model/backend/batch, measured end to "
+             f"end (median of {result['runs']} alternating runs) for the Pareto front and every choice below.", "",
+             "| budget ms | which | configuration | SSIM | latency ms (measured) |", "|---|---|---|---|---|"]
+    by_name = {r.name: r for r in rows}
+    for budget, entry in result["decisions"].items():
+        for label in ("joint", "dense, fewer steps", "pruned, default steps"):
+            d = entry.get(label)
+            if d is None:
+                continue
+            r = by_name.get(d["choice"]) if d["choice"] else None
+            lines.append(f"| {budget} | {label} | {r.name if r else 'nothing fits'} | {_fmt(r and r.quality, 4)} | "
+                         f"{_fmt(r and r.measured_ms)} |")
+    err = result["prediction_error"]
+    if err["n"]:
+        lines += ["", f"Prediction error over {err['n']} measured configurations: median {err['median_abs']:.1%}, "
+                      f"largest {err['max_abs']:.1%}."]
+    lines += ["", "## Measured configurations (Pareto front of the measured ones marked)", "",
+              "| configuration | params (M) | MACs (M) | SSIM | PSNR dB | FID | predicted ms | measured ms | front |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    front = set(result["pareto_measured"])
+    for r in sorted((r for r in rows if r.measured), key=lambda r: r.measured_ms):
+        lines.append(f"| {r.name} | {(r.params or 0) / 1e6:.2f} | {(r.macs or 0) / 1e6:.1f} | {r.quality:.4f} | "
+                     f"{_fmt(r.psnr_db, 2)} | {_fmt(r.fid, 2)} | {_fmt(r.predicted_ms)} | {_fmt(r.measured_ms)} | "
+                     f"{'yes' if r.name in front else ''} |")
+    lines += ["", result["message"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, decisions, budgets, per, path) -> bool:
+    """Quality against latency: every configuration (predicted, small), the measured ones (large), the
+    budget lines and the choices (stars)."""
     try:
         import matplotlib
 
@@ -84,16 +521,32 @@ def plot(rows, decision, budget_ms, per, path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    models = sorted({r.model for r in rows}, key=lambda m: (m != "dense", m))
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    markers = dict(zip(sorted({r.scheduler for r in rows}), "osD^v"))
+    chosen = chosen_names({k: {"joint": v["joint"]} for k, v in decisions.items()})
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for r in rows:
-        chosen = r.name == decision["choice"]
-        ax.scatter(r.latency_ms, r.quality, s=80 if chosen else 40, marker="*" if chosen else "o",
-                   color="tab:red" if chosen else "tab:blue")
-        ax.annotate(r.name, (r.latency_ms, r.quality), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    ax.axvline(budget_ms, color="tab:gray", linestyle="--", label=f"budget {budget_ms:g} ms")
-    ax.set_xlabel(f"end-to-end latency, ms per {per}")
-    ax.set_ylabel("SSIM vs dense (same noise)")
-    ax.legend(fontsize=8)
+        ax.scatter(r.latency_ms, r.quality, s=60 if r.measured else 12, marker=markers[r.scheduler],
+                   color=colours[r.model], alpha=1.0 if r.measured else 0.35, edgecolors="none")
+    front = sorted((r for r in rows if r.measured and r.name in pareto([x for x in rows if x.measured])),
+                   key=lambda r: r.latency_ms)
+    ax.plot([r.latency_ms for r in front], [r.quality for r in front], color="tab:gray", lw=1, alpha=0.6)
+    for r in rows:
+        if r.name in chosen:
+            ax.scatter(r.latency_ms, r.quality, s=220, marker="*", color="tab:red", zorder=5)
+            ax.annotate(f"{r.model}, {r.backend}, {r.scheduler} x{r.steps}", (r.latency_ms, r.quality),
+                        textcoords="offset points", xytext=(6, -10), fontsize=7)
+    for b in budgets:
+        ax.axvline(b, color="tab:red", linestyle="--", lw=0.8)
+    for m in models:
+        ax.scatter([], [], color=colours[m], label=m)
+    for s, mk in markers.items():
+        ax.scatter([], [], color="black", marker=mk, label=s)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"end-to-end latency, ms per {per} (large: measured, small: predicted; dashed: budgets)")
+    ax.set_ylabel("SSIM vs dense reference")
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -101,82 +554,7 @@ def plot(rows, decision, budget_ms, per, path) -> bool:
     return True
 
 
-def select(dense, candidates=(), sweep=(), budget_ms: float = 100.0, per: str = "image", backend: str = "auto",
-           batch: int = 1, steps: int = 50, n: int = 16, runs: int = 10, method: str = "diff-pruning",
-           data: str = "builtin:digits", finetune_steps: int = 0, calibration_images: int = 64,
-           max_timesteps: int | None = None, threads: int | None = None, out="select", overwrite: bool = False,
-           progress: bool = True, log=print) -> dict:
-    """Measure and score every candidate, pick the best within ``budget_ms``; write ``out``/select.{json,md,png}.
-
-    ``backend``: any runtime backend spec, or auto (openvino where installed, else ort-cpu).
-    """
-    from .runtime.runners import resolve_backend
-
-    backend = resolve_backend(backend)
-    from ._io import atomic_dir, check_writable
-    from .metrics import consistency
-    from .runtime.artifact import describe
-    from .runtime.bench import measure, worker_case
-    from .runtime import Sampler, make_scheduler, open_runner
-
-    if per not in ("image", "batch"):
-        raise DiffPruneError(f"per {per!r} is unknown; allowed: image, batch.")
-    for f in sweep:
-        if not 0 < f < 1:
-            raise DiffPruneError(f"sweep fraction {f} is out of range; give fractions of dense MACs kept, 0 < f < 1.")
-    check_writable(out, overwrite)
-    work = Path(str(out) + ".work")  # exports and sweep models, reusable across runs
-    work.mkdir(parents=True, exist_ok=True)
-    artifacts = {"dense": _as_artifact(dense, work / "dense-onnx", batch, log)}
-    for c in candidates:
-        artifacts[Path(c).name] = _as_artifact(c, work / f"{Path(c).name}-onnx", batch, log)
-    for f in sweep:
-        artifacts[f"macs-{f:g}"] = _sweep_member(dense, f, work, method, data, finetune_steps, calibration_images,
-                                                 max_timesteps, batch, progress, log)
-    runners = {}
-    try:
-        for name, path in artifacts.items():
-            kind, _, _ = describe(path)
-            runners[name] = open_runner(path, "trt" if kind == "tensorrt" else backend, threads=threads).open()
-        # Quality: every candidate from the dense model's seeds.
-        images = {}
-        for name, runner in runners.items():
-            sampler = Sampler(runner, make_scheduler("ddim", runner.scheduler_config))
-            images[name] = sampler.generate(n, seed=0, steps=steps, batch=min(batch, n))
-    finally:
-        for runner in runners.values():
-            runner.close()
-    # Latency: one process per model, runs alternating, like `diffprune bench`.
-    cases = []
-    try:
-        for name, path in artifacts.items():
-            cases.append(worker_case(name, path, runners[name].backend, "ddim", steps, batch, threads))
-        timing = measure(cases, batch, runs=runs, warmup=1)
-    finally:
-        for case in cases:
-            case.close()
-    rows = []
-    for name, runner in runners.items():
-        meta = runner.meta
-        q = consistency(images[name], images["dense"])
-        latency = timing[name]["e2e_ms"]["median"] / (batch if per == "image" else 1)
-        rows.append(Row(name, latency, q["ssim"], meta.get("params"), meta.get("macs"), str(artifacts[name]),
-                        None if not np.isfinite(q["psnr_db"]) else q["psnr_db"]))
-    decision = pick(rows, budget_ms)
-    text = table(rows, decision, per)
-    result = {"budget_ms": budget_ms, "per": per, "backend": backend, "batch": batch, "steps": steps, "n": n,
-              "runs": runs, "rows": [asdict(r) for r in rows], **decision}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        (tmp / "select.json").write_text(json.dumps(result, indent=1))
-        (tmp / "select.md").write_text(f"# Selection within {budget_ms:g} ms per {per} ({backend}, batch {batch}, "
-                                       f"{steps} DDIM steps)\n\n{text}\n\n{decision['message']}\n")
-        plot(rows, decision, budget_ms, per, tmp / "select.png")
-    log(text)
-    log(decision["message"])
-    return result
-
-
-def _as_artifact(src, export_dir: Path, batch: int, log) -> Path:
+def _as_artifact(src, export_dir: Path, batches, log) -> Path:
     """An ONNX export or engine folder for ``src``, exporting model sources (once; reused later)."""
     path = Path(str(src))
     if path.is_dir() and ((path / "model.json").is_file() or (path / "engine.json").is_file()):
@@ -185,11 +563,11 @@ def _as_artifact(src, export_dir: Path, batch: int, log) -> Path:
         from .export import to_onnx
 
         log(f"exporting {src} -> {export_dir}")
-        to_onnx(src, export_dir, batch=(1, max(batch, 8), max(batch, 16)))
+        to_onnx(src, export_dir, batch=batches)
     return export_dir
 
 
-def _sweep_member(dense, fraction, work, method, data, finetune_steps, calibration_images, max_timesteps, batch,
+def _sweep_member(dense, fraction, work, method, data, finetune_steps, calibration_images, max_timesteps, batches,
                   progress, log) -> Path:
     from .checkpoint import save
     from .models import load_source
@@ -200,11 +578,11 @@ def _sweep_member(dense, fraction, work, method, data, finetune_steps, calibrati
     if not folder.exists():
         started = time.perf_counter()
         model, scheduler_config, _ = load_source(dense)
-        pruned, report = prune(model, method=method, target_macs=fraction, data=data, num_images=calibration_images,
-                               max_timesteps=max_timesteps, scheduler_config=scheduler_config, progress=progress)
-        save(pruned, folder, info={"source": {"source": str(dense)}, "pruning": report.to_dict()},
+        pruned, report_ = prune(model, method=method, target_macs=fraction, data=data, num_images=calibration_images,
+                                max_timesteps=max_timesteps, scheduler_config=scheduler_config, progress=progress)
+        save(pruned, folder, info={"source": {"source": str(dense)}, "pruning": report_.to_dict()},
              scheduler_config=scheduler_config)
-        log(f"pruned {name}: {report.macs_after / report.macs_before:.1%} of dense MACs in {time.perf_counter() - started:.0f} s")
+        log(f"pruned {name}: {report_.macs_after / report_.macs_before:.1%} of dense MACs in {time.perf_counter() - started:.0f} s")
     model_dir = folder
     if finetune_steps:
         model_dir = work / f"{name}-ft{finetune_steps}"
@@ -214,4 +592,4 @@ def _sweep_member(dense, fraction, work, method, data, finetune_steps, calibrati
             finetune(folder, model_dir, data=data, steps=finetune_steps, batch_size=32,
                      warmup_steps=min(50, max(1, finetune_steps // 5)), ema_decay=0.995, teacher=str(dense),
                      kd_weight=1.0, checkpoint_every=0, progress=progress)
-    return _as_artifact(model_dir, work / f"{model_dir.name}-onnx", batch, log)
+    return _as_artifact(model_dir, work / f"{model_dir.name}-onnx", batches, log)

@@ -38,7 +38,8 @@ WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 @dataclass
 class Case:
     """One thing to time in this process: ``run()`` makes one batch of images and returns
-    ``(end_to_end_s, unet_s)``."""
+    ``(end_to_end_s, unet_s)``; ``run({"scheduler": ..., "steps": ...})`` with other sampler settings,
+    where the case supports them (``runtime_case`` does)."""
 
     name: str
     run: Callable[[], tuple]
@@ -72,12 +73,13 @@ def measure(cases, batch: int, runs: int = 10, warmup: int = 1, progress=None) -
     for case in cases:
         s = _stats(e2e[case.name])
         u = _stats(unet[case.name])
+        b = case.info.get("batch", batch)
         out[case.name] = {
-            **case.info, "batch": batch, "runs": runs,
+            **case.info, "batch": b, "runs": runs,
             "e2e_ms": {k: v * 1e3 for k, v in s.items()},
             "unet_ms": {k: v * 1e3 for k, v in u.items()},
             "e2e_ms_runs": [round(v * 1e3, 3) for v in e2e[case.name]],  # in run order, to study drift
-            "images_per_s": batch / s["median"],
+            "images_per_s": b / s["median"],
             "sampler_share": max(0.0, 1 - u["median"] / s["median"]),
         }
     return out
@@ -88,12 +90,17 @@ def runtime_case(name, runner, scheduler_name: str, steps: int, batch: int, info
     from .sampler import Sampler
     from .schedulers import make_scheduler
 
-    sampler = Sampler(runner, make_scheduler(scheduler_name, runner.scheduler_config))
+    samplers = {}
     counter = iter(range(10**9))
 
-    def run():
-        sampler.generate(batch, seed=next(counter), steps=steps, batch=batch)
+    def run(settings=None):
+        name = (settings or {}).get("scheduler", scheduler_name)
+        if name not in samplers:
+            samplers[name] = Sampler(runner, make_scheduler(name, runner.scheduler_config))
+        sampler = samplers[name]
+        sampler.generate(batch, seed=next(counter), steps=int((settings or {}).get("steps", steps)), batch=batch)
         return sampler.last_timing["total_s"], sampler.last_timing["unet_s"]
+
 
     return Case(name, run, {"backend": runner.backend, **(info or {})})
 
@@ -125,8 +132,8 @@ class WorkerCase:
                                  f"{err[-1] if err else 'no message'} (exit status {self._proc.returncode}).")
         return json.loads(line)
 
-    def run(self):
-        self._proc.stdin.write("run\n")
+    def run(self, settings: dict | None = None):
+        self._proc.stdin.write("run" + (" " + json.dumps(settings) if settings else "") + "\n")
         self._proc.stdin.flush()
         reply = self._read()
         return reply["e2e_s"], reply["unet_s"]
@@ -155,6 +162,51 @@ def worker_case(name, artifact, backend: str, scheduler: str, steps: int, batch:
     return WorkerCase(name, argv, info)
 
 
+class SettingCase:
+    """One sampler setting (scheduler, steps) of a model served by a ``WorkerCase``: several of these can
+    share one process, so a grid of settings is timed without loading the model again for each."""
+
+    def __init__(self, name: str, worker: WorkerCase, settings: dict, batch: int):
+        self.name, self.worker, self.settings = name, worker, dict(settings)
+        self.info = {**worker.info, **self.settings, "batch": batch}
+
+    def run(self):
+        return self.worker.run(self.settings)
+
+    def close(self):
+        return None  # the worker is closed by whoever opened it
+
+
+class _NullRunner:
+    """Stands in for a model in ``sampler_seconds``: returns zeros, costs nothing."""
+
+    backend = "none"
+
+    def __init__(self, in_channels: int, sample_size, batch: int, scheduler_config: dict):
+        self.in_channels, self.sample_size = in_channels, tuple(sample_size)
+        self.batch_range, self.scheduler_config, self.seconds = (batch, batch), scheduler_config, 0.0
+
+    def __call__(self, sample, timestep):
+        return np.zeros_like(sample)
+
+
+def sampler_seconds(scheduler_name: str, scheduler_config: dict, in_channels: int, sample_size, batch: int,
+                    steps: int, repeats: int = 5) -> float:
+    """Median seconds the sampler itself takes for one batch at ``steps`` (noise, scheduler steps, checks,
+    uint8 conversion), with a model that costs nothing: the part of end-to-end latency that does not
+    depend on the model, measured in this process."""
+    from .sampler import Sampler
+    from .schedulers import make_scheduler
+
+    sampler = Sampler(_NullRunner(in_channels, sample_size, batch, scheduler_config),
+                      make_scheduler(scheduler_name, scheduler_config))
+    times = []
+    for k in range(repeats + 1):  # the first run warms numpy's caches and is dropped
+        sampler.generate(batch, seed=k, steps=steps, batch=batch)
+        times.append(sampler.last_timing["total_s"])
+    return statistics.median(times[1:])
+
+
 def serve(make_case: Callable[[], Case], stdin=None, stdout=None) -> None:
     """The child's side of ``WorkerCase``: build the case (imports and model load), then serve runs."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
@@ -167,8 +219,9 @@ def serve(make_case: Callable[[], Case], stdin=None, stdout=None) -> None:
     case = make_case()
     say({"ready": True, "baseline_mib": baseline, "info": case.info})
     for line in stdin:
-        if line.strip() == "run":
-            total_s, unet_s = case.run()
+        command, _, settings = line.strip().partition(" ")
+        if command == "run":
+            total_s, unet_s = case.run(json.loads(settings)) if settings else case.run()
             say({"e2e_s": total_s, "unet_s": unet_s})
     case.close()
     say({"peak_mib": rss_peak_mib()})

@@ -48,8 +48,20 @@ def int_list(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,16, got {text!r}") from None
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 (like 1,16), got {text!r}")
     return values
+
+
+def scheduler_list(text):
+    """argparse type for comma-separated scheduler names of the runtime."""
+    from diffprune.runtime.schedulers import SCHEDULERS
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in SCHEDULERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown scheduler {unknown[0] if unknown else text!r}; allowed: "
+                                         f"{', '.join(SCHEDULERS)} (comma-separated for several)")
+    return names
 
 
 def backend_spec(text: str) -> str:
@@ -70,11 +82,13 @@ def backend_list(text: str) -> list:
     return specs
 
 
-def add_backend_argument(parser, default: str = "auto", multiple: bool = False):
-    """``--backend``, the same for every command that runs an artifact (the one place to add a backend)."""
+def add_backend_argument(parser, default: str | None = "auto", multiple: bool = False):
+    """``--backend``, the same for every command that runs an artifact (the one place to add a backend).
+
+    ``default=None`` leaves it unset when not given (auto applies later, after a deploy.json's backend)."""
     what = "comma-separated backends, each model measured on each" if multiple else "the runtime backend"
     return parser.add_argument(
-        "--backend", default=[default] if multiple else default, type=backend_list if multiple else backend_spec,
+        "--backend", default=[default] if multiple and default else default, type=backend_list if multiple else backend_spec,
         metavar="BACKEND" + (",..." if multiple else ""),
         help=f"{what}: auto (default: openvino where installed, else ort-cpu; here {auto_backend()}), "
              f"{', '.join(BACKENDS)}; openvino[:DEVICE][@PRECISION] picks an OpenVINO device (CPU by default, GPU, "

@@ -28,11 +28,13 @@ def register(subparsers):
             only within one report: shared machines drift by 10 % and more between runs."""),
         epilog="example:\n  diffprune bench dense-onnx pruned-onnx --backend ort-cpu --batch 1,16 --steps 50 --out bench-cpu",
     )
-    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="dense first, then pruned ones")
-    add_backend_argument(p, multiple=True)
-    p.add_argument("--batch", type=int_list, default=[1], help="comma-separated batch sizes (default 1)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
+                   help="dense first, then pruned ones; or deploy.json files from `diffprune select`, whose "
+                        "backend, scheduler, steps and batch become the defaults")
+    add_backend_argument(p, default=None, multiple=True)
+    p.add_argument("--batch", type=int_list, default=None, help="comma-separated batch sizes (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50)")
+    p.add_argument("--scheduler", default=None, choices=list(SCHEDULERS), help="default ddim")
     p.add_argument("--runs", type=int, default=10, help="timed runs per model and batch (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every process, the PyTorch baseline too (default: the CPUs this process may use)")
@@ -52,6 +54,7 @@ def run(args) -> int:
     from diffprune.benchmark import markdown, run_bench, write_report
 
     check_writable(args.out, args.overwrite)
+    args.artifacts = apply_deploy(args)
     results = run_bench(args.artifacts, backend=args.backend, batches=args.batch, steps=args.steps,
                         scheduler=args.scheduler, runs=args.runs, warmup=args.warmup, threads=args.threads,
                         torch_baseline=args.torch_baseline, memory=not args.no_memory, progress=not args.quiet)
@@ -60,3 +63,26 @@ def run(args) -> int:
     print(markdown(results, command))
     print(f"wrote {args.out}/bench.json, bench.md, bench.png")
     return 0
+
+
+def apply_deploy(args) -> list:
+    """Replace deploy.json files among the artifacts by the artifacts they name, and take their settings
+    where the command line gives none; deploy files that disagree on a setting must be settled there."""
+    from diffprune.errors import DiffPruneError
+    from diffprune.runtime.deploy import deploy_file, read_deploy
+
+    deploys = [read_deploy(a) if deploy_file(a) else None for a in args.artifacts]
+    given = [d for d in deploys if d]
+    for key, flag, wrap in (("backend", "--backend", lambda v: [v]), ("batch", "--batch", lambda v: [v]),
+                            ("steps", "--steps", lambda v: v), ("scheduler", "--scheduler", lambda v: v)):
+        if getattr(args, key) is None and given:
+            values = {d[key] for d in given}
+            if len(values) > 1:
+                raise DiffPruneError(f"The deploy.json files given set different {key}s ({', '.join(map(str, sorted(values)))}); "
+                                     f"a benchmark compares at one setting: choose it with {flag}.")
+            setattr(args, key, wrap(values.pop()))
+    args.backend = args.backend or ["auto"]
+    args.batch = args.batch or [1]
+    args.steps = args.steps or 50
+    args.scheduler = args.scheduler or "ddim"
+    return [d["artifact"] if d else a for a, d in zip(args.artifacts, deploys)]

@@ -7,7 +7,8 @@ exported first, both of which need the toolchain.
 import argparse
 import textwrap
 
-from ._common import CRITERIA_NAMES, add_backend_argument, float_list, is_artifact, require
+from ._common import (CRITERIA_NAMES, add_backend_argument, float_list, int_list, is_artifact, require,
+                      scheduler_list)
 from .export import NEEDS as EXPORT_NEEDS
 
 NAME = "select"
@@ -15,34 +16,57 @@ NAME = "select"
 
 def register(subparsers):
     p = subparsers.add_parser(
-        NAME, help="pick the best-quality model within a latency budget (Pareto table and plot)",
+        NAME, help="pick model x scheduler x steps x backend x batch within a latency budget (Pareto table, plot, deploy.json)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
-            Measure each candidate's end-to-end latency on this machine and backend, score its quality as
-            SSIM vs the dense model from the same seeds, and choose the best within --budget-ms (per image
-            or per batch). Candidates: model folders / exports / engines, and --sweep fractions of dense
-            MACs (each pruned, optionally fine-tuned with --finetune-steps, and exported). Prints the
-            Pareto table with the choice marked; writes select.json, select.md and select.png (quality vs
-            latency with the budget line). Exit status 3 when nothing fits: the closest is named, none chosen."""),
-        epilog="example:\n  diffprune select builtin:digits-ddpm --sweep 0.3,0.5,0.7 --finetune-steps 200 --budget-ms 150",
+            Choose the deployment configuration with the best quality within a latency budget on this
+            machine. Each axis is a comma list: models (DENSE, CANDIDATEs, --sweep fractions of dense MACs,
+            each pruned, optionally fine-tuned and exported), --scheduler, --steps, --backend, --batch.
+
+            Quality: every configuration samples the same --n seeds, scored as SSIM (and PSNR; FID with
+            --features) against the dense model at --reference (default: its deterministic scheduler, or
+            DDIM, at 100 steps). Latency: each model/backend/batch is timed once in its own process; end to
+            end times for every scheduler and step count are predicted from that, and the predicted Pareto
+            front and every choice are then measured end to end (alternating runs, as `diffprune bench`).
+            No choice rests on a prediction alone; the prediction error is reported.
+
+            Beside the joint choice, the report shows the two naive ones at the same budget: the dense model
+            with fewer steps, and the pruned models at the default steps (default setting: the first
+            scheduler, the most steps, the first backend and batch). Writes select.json, select.md,
+            select.png (quality vs latency, budget lines) and deploy.json, which `diffprune sample` and
+            `diffprune bench` run directly. Exit status 3 when nothing fits: the closest is named."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              diffprune select builtin:digits-ddpm --sweep 0.5 --finetune-steps 300 \\
+                  --scheduler ddim,dpm-solver++ --steps 5,10,20,50 --backend ort-cpu,openvino --budget-ms 40
+              diffprune sample select/deploy.json --n 16 --out grid.png
+              diffprune bench select/deploy.json --out bench-choice"""),
     )
     p.add_argument("dense", metavar="DENSE", help="the dense model (source or export): the quality reference")
     p.add_argument("candidates", nargs="*", metavar="CANDIDATE", help="model folders, ONNX exports or engines")
     p.add_argument("--sweep", type=float_list, help="fractions of dense MACs to keep, e.g. 0.3,0.5,0.7")
-    p.add_argument("--budget-ms", type=float, required=True, help="latency budget in ms")
+    p.add_argument("--budget-ms", type=float_list, required=True, metavar="MS[,MS...]",
+                   help="latency budget in ms; several give one choice each (deploy.json is the first's)")
     p.add_argument("--per", default="image", choices=["image", "batch"], help="the budget is per image (default) or per batch")
-    add_backend_argument(p)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--n", type=int, default=16, help="images per model for the quality score (default 16)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per model (default 10)")
+    add_backend_argument(p, multiple=True)
+    p.add_argument("--batch", type=int_list, default=[1], help="comma-separated batch sizes (default 1)")
+    p.add_argument("--scheduler", type=scheduler_list, default=["ddim"], metavar="NAME[,NAME...]",
+                   help="comma-separated: ddim, dpm-solver++, ddpm (default ddim)")
+    p.add_argument("--steps", type=int_list, default=[50], metavar="N[,N...]", help="comma-separated step counts (default 50)")
+    p.add_argument("--reference", default="auto", metavar="SCHEDULER:STEPS",
+                   help="the dense setting quality is measured against (default auto: ddim or the model's "
+                        "deterministic scheduler, 100 steps)")
+    p.add_argument("--n", type=int, default=16, help="images per configuration for the quality score (default 16)")
+    p.add_argument("--features", help="ONNX feature network: adds FID vs the dense reference images")
+    p.add_argument("--runs", type=int, default=10, help="timed end-to-end runs per measured configuration (default 10)")
+    p.add_argument("--probe-runs", type=int, default=5, help="timed runs of each model/backend/batch probe (default 5)")
     p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES), help="pruning method for --sweep")
     p.add_argument("--data", default="builtin:digits", help="calibration / fine-tuning data for --sweep")
     p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each sweep model this many steps (default 0)")
     p.add_argument("--calibration-images", type=int, default=64)
     p.add_argument("--max-timesteps", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default="select", help="report folder (default select)")
+    p.add_argument("--out", default="select", help="report folder (default select; exports go to OUT.work)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
@@ -50,6 +74,9 @@ def register(subparsers):
 
 
 def run(args) -> int:
+    from diffprune.select import check_grid
+
+    check_grid(args.scheduler, args.steps, args.backend, args.batch, args.budget_ms, args.per, args.n, args.runs)
     if args.sweep:
         needs = EXPORT_NEEDS + (("accelerate",) if args.finetune_steps else ())
         require(*needs, why="Pruning the dense model for --sweep")
@@ -59,9 +86,11 @@ def run(args) -> int:
     from diffprune.select import select
 
     result = select(args.dense, candidates=args.candidates, sweep=args.sweep or (), budget_ms=args.budget_ms,
-                    per=args.per, backend=args.backend, batch=args.batch, steps=args.steps, n=args.n, runs=args.runs,
-                    method=args.method, data=args.data, finetune_steps=args.finetune_steps,
+                    per=args.per, backend=args.backend, batch=args.batch, steps=args.steps, scheduler=args.scheduler,
+                    reference=args.reference, n=args.n, runs=args.runs, probe_runs=args.probe_runs,
+                    features=args.features, method=args.method, data=args.data, finetune_steps=args.finetune_steps,
                     calibration_images=args.calibration_images, max_timesteps=args.max_timesteps,
                     threads=args.threads, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {args.out}/select.md, select.json, select.png" + (", deploy.json" if result["choice"] else ""))
     # 3 = measured fine, but nothing fits the budget: scripts can tell this from an error (2).
     return 0 if result["choice"] else 3

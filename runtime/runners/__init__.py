@@ -48,6 +48,37 @@ def parse_backend(text: str) -> tuple:
     return name, device or None, precision or None
 
 
+def check_available(spec: str) -> str:
+    """Raise :class:`DiffPruneError` unless backend ``spec`` can run here (its package, provider or device
+    present); return the resolved spec. Cheap enough to call for every backend before any work starts."""
+    import importlib.util
+
+    spec = resolve_backend(spec)
+    name, device, _ = parse_backend(spec)
+    if name.startswith("ort"):
+        from .onnxruntime import PROVIDERS, import_onnxruntime
+
+        wanted = PROVIDERS[{"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[name]][0]
+        have = import_onnxruntime().get_available_providers()
+        if wanted not in have:
+            raise DiffPruneError(
+                f"Backend {spec} needs ONNX Runtime's {wanted}, which this install lacks (it has {', '.join(have)}). "
+                "Install onnxruntime-gpu (pip install 'diffprune[gpu]') on a machine with an NVIDIA GPU, or drop "
+                f"{spec} from the backends.")
+    elif name == "openvino":
+        from .openvino import import_openvino
+
+        devices = import_openvino().Core().available_devices
+        wanted = (device or "CPU").upper()
+        if wanted not in ("AUTO", "MULTI", "HETERO") and not any(d.split(".")[0] == wanted.split(".")[0] for d in devices):
+            raise DiffPruneError(f"Backend {spec}: OpenVINO device {wanted} is not available here; available: "
+                                 f"{', '.join(devices) or 'none'}. Use one of those, or drop {spec} from the backends.")
+    elif name == "trt" and importlib.util.find_spec("tensorrt") is None:
+        raise DiffPruneError("Backend trt needs the tensorrt package and an NVIDIA GPU: pip install "
+                             "'diffprune[gpu]' there, or drop trt from the backends.")
+    return spec
+
+
 def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, cuda_graph: bool = False,
                 batch: int | None = None):
     """A runner for ``artifact`` (an export folder with model.json or an engine folder with engine.json).
@@ -91,4 +122,4 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
                              threads=threads, batch=batch)
 
 
-__all__ = ["BACKENDS", "auto_backend", "open_runner", "parse_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "auto_backend", "check_available", "open_runner", "parse_backend", "resolve_backend"]
