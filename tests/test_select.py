@@ -3,7 +3,9 @@ import json
 import pytest
 
 from diffprune import DiffPruneError
-from diffprune.select import Row, pareto, pick
+import numpy as np
+
+from diffprune.select import LatencyModel, Row, config_name, decide, pareto, pick
 
 
 def rows():
@@ -44,19 +46,160 @@ def test_bad_input():
         pick(rows(), 0)
 
 
+def grid_rows():
+    """dense and a pruned model, two schedulers, three step counts: latency = steps x UNet time."""
+    out = []
+    quality = {("dense", "ddim"): {5: 0.70, 10: 0.85, 20: 0.95}, ("dense", "dpm-solver++"): {5: 0.88, 10: 0.96, 20: 0.99},
+               ("p", "ddim"): {5: 0.65, 10: 0.80, 20: 0.90}, ("p", "dpm-solver++"): {5: 0.84, 10: 0.92, 20: 0.95}}
+    unet = {"dense": 10.0, "p": 5.0}
+    for (model, sched), by_steps in quality.items():
+        for steps, q in by_steps.items():
+            ms = steps * unet[model]
+            out.append(Row(config_name(model, "ort-cpu", sched, steps, 1), ms, q, model=model, backend="ort-cpu",
+                           scheduler=sched, steps=steps, batch=1, predicted_ms=ms))
+    return out
+
+
+DEFAULT = {"scheduler": "ddim", "steps": 20, "backend": "ort-cpu", "batch": 1}
+
+
+def test_joint_choice_beside_the_naive_ones():
+    d = decide(grid_rows(), [100], DEFAULT)["100"]
+    # dense DDIM must drop to 10 steps (0.85); the pruned model at 20 DDIM steps gives 0.90; the joint
+    # choice takes DPM-Solver++: the pruned model at 20 steps (100 ms, 0.95) or dense at 10 (100 ms, 0.96).
+    assert d["dense, fewer steps"]["choice"] == config_name("dense", "ort-cpu", "ddim", 10, 1)
+    assert d["pruned, default steps"]["choice"] == config_name("p", "ort-cpu", "ddim", 20, 1)
+    assert d["joint"]["choice"] == config_name("dense", "ort-cpu", "dpm-solver++", 10, 1)
+    d = decide(grid_rows(), [30], DEFAULT)["30"]
+    assert d["pruned, default steps"]["choice"] is None  # 100 ms > 30 ms: the naive pruned choice fails
+    assert d["joint"]["choice"] == config_name("p", "ort-cpu", "dpm-solver++", 5, 1)  # pruning wins here
+
+
+def test_latency_model_predicts_from_one_probe():
+    lm = LatencyModel(unet_ms=4.0, other_ms=1.0, sampler_ms={"ddim": (2.0, 0.5), "dpm-solver++": (2.0, 0.75)})
+    assert lm.predict("ddim", 10) == pytest.approx(10 * 4.0 + 2.0 + 10 * 0.5 + 1.0)
+    assert lm.predict("dpm-solver++", 20) == pytest.approx(20 * 4.0 + 2.0 + 20 * 0.75 + 1.0)
+
+
+def test_sampler_cost_grows_with_steps():
+    from diffprune.runtime.bench import sampler_seconds
+    from diffprune.models import DEFAULT_SCHEDULER
+
+    few = sampler_seconds("dpm-solver++", DEFAULT_SCHEDULER, 3, (32, 32), 4, 2, repeats=3)
+    many = sampler_seconds("dpm-solver++", DEFAULT_SCHEDULER, 3, (32, 32), 4, 200, repeats=3)
+    assert 0 < few < many
+
+
+@pytest.mark.parametrize("grid, message", [
+    (dict(schedulers=["euler"]), "Unknown scheduler 'euler'"),
+    (dict(steps=[10, 0]), "steps 0 in the grid is invalid"),
+    (dict(batches=[]), "batch list is empty"),
+    (dict(backends=["ort-cuda"]), "CUDAExecutionProvider"),
+    (dict(backends=["openvino:NPU"]), "device NPU is not available"),
+    (dict(budgets=[100, -1]), "must be positive"),
+])
+def test_bad_grids_fail_before_anything_is_measured(tmp_path, grid, message):
+    from diffprune.select import check_grid, select
+
+    args = dict(schedulers=["ddim"], steps=[10], backends=["ort-cpu"], batches=[1], budgets=[100])
+    args.update(grid)
+    with pytest.raises(DiffPruneError, match=message):
+        check_grid(**args)
+    with pytest.raises(DiffPruneError, match=message):  # the API checks first too: no export, no folder
+        select("arch:tiny", scheduler=args["schedulers"], steps=args["steps"], backend=args["backends"],
+               batch=args["batches"], budget_ms=args["budgets"], out=tmp_path / "sel")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_select_grid_on_a_tiny_export_and_deploy_round_trip(tmp_path, tiny_export, capsys):
+    from diffprune.cli import main
+    from diffprune.runtime import Sampler, make_scheduler, open_runner
+    from diffprune.runtime.deploy import read_deploy
+    from PIL import Image
+
+    out = tmp_path / "sel"
+    assert main(["select", str(tiny_export), "--budget-ms", "100000,0.001", "--scheduler", "ddim,dpm-solver++",
+                 "--steps", "2,3", "--backend", "ort-cpu", "--n", "4", "--runs", "2", "--probe-runs", "2",
+                 "--reference", "ddim:20", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "select.json").read_text())
+    assert len(result["rows"]) == 4 and {(r["scheduler"], r["steps"]) for r in result["rows"]} == {
+        ("ddim", 2), ("ddim", 3), ("dpm-solver++", 2), ("dpm-solver++", 3)}
+    rows = {r["name"]: r for r in result["rows"]}
+    generous, impossible = result["decisions"]["100000"], result["decisions"]["0.001"]
+    chosen = rows[generous["joint"]["choice"]]
+    assert chosen["measured_ms"] > 0 and chosen["predicted_ms"] > 0  # never chosen on a prediction alone
+    assert chosen["quality"] == max(r["quality"] for r in result["rows"])
+    assert all(rows[name]["measured_ms"] for name in result["pareto_measured"])
+    assert impossible["joint"]["choice"] is None and "Nothing fits 0.001 ms" in impossible["joint"]["message"]
+    assert result["prediction_error"]["n"] >= 1
+    assert {"deploy.json", "deploy-100000ms.json", "select.png", "select.md"} <= {p.name for p in out.iterdir()}
+    assert not (out / "deploy-0.001ms.json").exists()
+
+    deploy = read_deploy(out / "deploy.json")
+    assert (deploy["scheduler"], deploy["steps"]) == (chosen["scheduler"], chosen["steps"])
+    # sample runs the chosen configuration: the same images as sampling it by hand
+    assert main(["sample", str(out / "deploy.json"), "--n", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert "settings from" in capsys.readouterr().out
+    with open_runner(deploy["artifact"], "ort-cpu") as runner:
+        by_hand = Sampler(runner, make_scheduler(chosen["scheduler"], runner.scheduler_config)).generate(
+            2, seed=0, steps=chosen["steps"])
+    from diffprune.runtime.image import grid
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), np.asarray(grid(by_hand)).squeeze(-1))
+    # bench takes the folder (its deploy.json) with the chosen settings
+    assert main(["bench", str(out), "--runs", "1", "--warmup", "0", "--torch-baseline", "none", "--no-memory",
+                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    bench = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert (bench["steps"], bench["scheduler"]) == (chosen["steps"], chosen["scheduler"])
+
+    # quality reused from this report: no sampling, same scores; a grid beyond it is refused
+    again = tmp_path / "again"
+    from diffprune.select import select
+
+    result2 = select(str(tiny_export), budget_ms=100000, scheduler=["ddim", "dpm-solver++"], steps=[2, 3],
+                     backend="ort-cpu", runs=1, probe_runs=1, quality_from=out / "select.json", out=again,
+                     progress=False, log=lambda *a: None)
+    assert {r["name"]: r["quality"] for r in result2["rows"]} == {r["name"]: r["quality"] for r in result["rows"]}
+    with pytest.raises(DiffPruneError, match="no quality score for dense · ort-cpu · ddim · 5"):
+        select(str(tiny_export), budget_ms=100000, steps=[5], backend="ort-cpu", quality_from=out / "select.json",
+               out=tmp_path / "third", progress=False, log=lambda *a: None)
+
+
+def test_deploy_files_that_are_wrong(tmp_path, tiny_export):
+    from diffprune.cli import main
+    from diffprune.runtime.deploy import DEPLOY_FORMAT, read_deploy
+
+    good = {"format": DEPLOY_FORMAT, "artifact": str(tiny_export), "backend": "ort-cpu", "scheduler": "ddim",
+            "steps": 2, "batch": 1, "guidance": None}
+    cases = [({"format": "other"}, "not a deployment configuration"), ({"steps": 0}, "steps is 0"),
+             ({"artifact": "gone-onnx"}, "keep the select report beside"), ({"guidance": 7.5}, "text-conditioned")]
+    for change, message in cases:
+        path = tmp_path / "deploy.json"
+        path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(DiffPruneError, match=message):
+            read_deploy(path)
+    (tmp_path / "a.json").write_text(json.dumps(good))
+    (tmp_path / "b.json").write_text(json.dumps({**good, "steps": 3}))
+    assert read_deploy(tmp_path / "a.json")["artifact"] == str(tiny_export.resolve())
+    # two deployments at different settings cannot share one benchmark without saying which
+    assert main(["bench", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()
+
+
 def test_select_end_to_end_on_a_tiny_sweep(tmp_path, tiny_export, capsys):
     from diffprune.cli import main
 
     out = tmp_path / "sel"
     assert main(["select", "arch:tiny", "--sweep", "0.5", "--budget-ms", "100000", "--steps", "2", "--n", "4",
-                 "--runs", "1", "--method", "magnitude", "--out", str(out), "--quiet"]) == 0
+                 "--runs", "1", "--probe-runs", "1", "--method", "magnitude", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "select.json").read_text())
-    names = {r["name"] for r in result["rows"]}
-    assert names == {"dense", "macs-0.5"}
-    dense = next(r for r in result["rows"] if r["name"] == "dense")
-    assert dense["quality"] == pytest.approx(1.0)
-    assert result["choice"] == "dense"  # the budget fits everything: best quality wins
+    models = {r["model"] for r in result["rows"]}
+    assert models == {"dense", "macs-0.5"}
+    dense = next(r for r in result["rows"] if r["model"] == "dense")
+    assert dense["quality"] < 1.0  # 2 DDIM steps against the 100-step reference
+    assert result["decisions"]["100000"]["pruned, default steps"]["choice"].startswith("macs-0.5")
     assert (out / "select.md").is_file()
     assert main(["select", "arch:tiny", "--sweep", "0.5", "--budget-ms", "0.001", "--steps", "2", "--n", "4",
-                 "--runs", "1", "--method", "magnitude", "--out", str(tmp_path / "sel2"), "--quiet"]) == 3
+                 "--runs", "1", "--probe-runs", "1", "--method", "magnitude", "--out", str(tmp_path / "sel2"),
+                 "--quiet"]) == 3
     assert "Nothing fits" in capsys.readouterr().out
