@@ -53,17 +53,32 @@ def _stats(values):
             "mean": statistics.fmean(values)}
 
 
-def measure(cases, batch: int, runs: int = 10, warmup: int = 1, progress=None) -> dict:
-    """Time every case ``runs`` times, interleaved, after ``warmup`` untimed rounds."""
+SETTLE_S = float(os.environ.get("DIFFPRUNE_SETTLE_S", "0.05"))
+
+
+def measure(cases, batch: int, runs: int = 10, warmup: int = 1, progress=None, settle_s: float | None = None) -> dict:
+    """Time every case ``runs`` times, interleaved, after ``warmup`` untimed rounds.
+
+    Between two runs the parent waits ``settle_s`` (default 50 ms): the thread pools of ONNX Runtime and
+    OpenVINO keep spinning for a while after a run returns, and a run of another process started in
+    that window shares the cores with them. For runs of seconds (CIFAR-10 at 50 steps) it hardly
+    matters; for runs of 10-50 ms (the digits model at 5-20 steps) it made the same configuration
+    measure anywhere from 17 to 52 ms.
+    """
+    import time
+
+    settle_s = SETTLE_S if settle_s is None else settle_s
     if runs < 1:
         raise DiffPruneError(f"runs {runs} must be at least 1 (10 or more for a stable median).")
     for _ in range(warmup):
         for case in cases:
             case.run()
+            time.sleep(settle_s)
     e2e = {c.name: [] for c in cases}
     unet = {c.name: [] for c in cases}
     for k in range(runs):
         for case in cases:
+            time.sleep(settle_s)
             total_s, unet_s = case.run()
             e2e[case.name].append(total_s)
             unet[case.name].append(unet_s)

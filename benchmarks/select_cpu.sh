@@ -1,0 +1,26 @@
+# Joint selection on this CPU over model x scheduler x steps x backend, per image at batch 1:
+# quality on the shipped digits model, latency on the digits model itself and on the CIFAR-10 DDPM architecture.
+# Run from a folder holding the CIFAR-10 exports of benchmarks/e2e_backends_cpu.sh (it makes them if absent):
+#   bash /path/to/benchmarks/select_cpu.sh [THREADS]      about 15 minutes on 2 cores
+# Results: benchmarks/results/select_cpu/{digits,cifar10}/ (select.md, select.json, select.png, deploy.json)
+set -e
+THREADS=${1:-2}
+RESULTS="$(cd "$(dirname "$0")" && pwd)/results/select_cpu"
+GRID="--scheduler ddim,dpm-solver++ --steps 5,10,20,50 --backend ort-cpu,openvino --threads $THREADS --quiet --overwrite"
+date
+# 1. Digits: the dense model and a pruned one at 0.56 of its MACs (the CIFAR-10 3.4G model's share of 6.1G),
+#    fine-tuned 300 steps (10 % of the dense model's training) with output distillation from the dense model.
+diffprune select builtin:digits-ddpm --sweep 0.56 --finetune-steps 300 $GRID --n 32 --budget-ms 20,40,80 \
+  --out select-digits
+# 2. The CIFAR-10 architecture (random weights: latency only), dense 6.1G MACs vs pruned 3.4G, with the digits
+#    model's quality scores at the same pruning share (--quality-from; the pruned export is named like the digits one).
+[ -d cifar-dense-onnx ] || { diffprune prune arch:ddpm-cifar10-32 cifar-dense --ratio 0 --quiet; diffprune export cifar-dense cifar-dense-onnx --max-batch 16 --opt-batch 8; }
+[ -d cifar-pruned-3.4G-onnx ] || { diffprune prune arch:ddpm-cifar10-32 cifar-pruned-3.4G --method magnitude --ratio 0.3 --quiet; diffprune export cifar-pruned-3.4G cifar-pruned-3.4G-onnx --max-batch 16 --opt-batch 8; }
+ln -sfn cifar-pruned-3.4G-onnx macs-0.56
+diffprune select cifar-dense-onnx macs-0.56 --quality-from select-digits/select.json $GRID --runs 5 \
+  --budget-ms 250,500,1000,2000 --out select-cifar10
+date
+for d in digits cifar10; do
+  mkdir -p "$RESULTS/$d" && cp select-$d/select.md select-$d/select.json select-$d/select.png "$RESULTS/$d"/
+  cp select-$d/deploy*.json "$RESULTS/$d"/ 2>/dev/null || true
+done
