@@ -8,6 +8,8 @@
 Images are uint8 arrays (N, H, W, C) from any backend; everything here is numpy.
 """
 
+from pathlib import Path
+
 import numpy as np
 
 from .errors import DiffPruneError
@@ -82,6 +84,11 @@ def consistency(pruned: np.ndarray, dense: np.ndarray) -> dict:
             "n": int(len(s))}
 
 
+# Feature networks shipped with the package. digits-features: a classifier trained on the embedded
+# MNIST subset (97.5 % held-out accuracy; benchmarks/train_digits_classifier.py), its 64-d penultimate layer.
+BUILTIN_FEATURES = {"builtin:digits-features": str(Path(__file__).parent / "assets" / "digits-classifier" / "model.onnx")}
+
+
 class OnnxFeatures:
     """A feature network in an ONNX file: uint8 images (N, H, W, C) -> features (N, D).
 
@@ -96,7 +103,7 @@ class OnnxFeatures:
 
         from .runtime.runners.onnxruntime import import_onnxruntime
 
-        path = Path(path)
+        path = Path(BUILTIN_FEATURES.get(str(path), path))
         if not path.is_file():
             raise DiffPruneError(f"Feature network {str(path)!r} does not exist. Give an ONNX file mapping images "
                                  "(N, C, H, W) in [0, 1] to features (N, D).")

@@ -41,7 +41,7 @@ class Row:
 
     name: str
     latency_ms: float  # what choices use: measured where measured, else predicted
-    quality: float  # SSIM vs the dense reference (higher is better)
+    quality: float  # the ranking score, higher is better: SSIM vs the dense reference, or -FID (rank="fid")
     params: int | None = None
     macs: int | None = None
     artifact: str = ""
@@ -55,6 +55,7 @@ class Row:
     predicted_ms: float | None = None
     measured_ms: float | None = None
     fid: float | None = None
+    ssim: float | None = None
 
     @property
     def measured(self) -> bool:
@@ -91,8 +92,8 @@ def pick(rows, budget_ms: float) -> dict:
     if fits:
         best = sorted(fits, key=lambda r: (-round(r.quality, 9), r.latency_ms, r.params or 0, r.name))[0]
         return {"choice": best.name, "fits": [r.name for r in fits], "pareto": front, "closest": best.name,
-                "over_by_ms": 0.0, "message": f"{best.name}: quality {best.quality:.4f} at {best.latency_ms:.1f} ms "
-                                              f"(budget {budget_ms:g} ms)"}
+                "over_by_ms": 0.0, "message": f"{best.name}: the best quality within {budget_ms:g} ms, at "
+                                              f"{best.latency_ms:.1f} ms"}
     closest = min(rows, key=lambda r: r.latency_ms)
     over = closest.latency_ms - budget_ms
     return {"choice": None, "fits": [], "pareto": front, "closest": closest.name, "over_by_ms": over,
@@ -216,7 +217,7 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
            steps=50, scheduler="ddim", reference: str = "auto", n: int = 16, runs: int = 10, probe_runs: int = 5,
            features=None, method: str = "diff-pruning", data: str = "builtin:digits", finetune_steps: int = 0,
            calibration_images: int = 64, max_timesteps: int | None = None, threads: int | None = None,
-           quality_from=None, out="select", overwrite: bool = False, progress: bool = True, log=print) -> dict:
+           quality_from=None, fid_reference=None, rank: str = "ssim", out="select", overwrite: bool = False, progress: bool = True, log=print) -> dict:
     """Choose the configuration with the best quality within each budget; write ``out``/select.{json,md,png}
     and deploy.json (the choice for the first budget; one deploy-<budget>ms.json per budget when several).
 
@@ -224,6 +225,8 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     ``batch``, ``steps``, ``scheduler``. The first scheduler and backend, the most steps and the first
     batch are the "default setting" the naive choices keep. ``features``: an ONNX feature network; FID
     against the dense reference images is then reported beside SSIM (ranking stays on SSIM).
+    ``fid_reference``: real images (folder, .npz, builtin:digits) or their statistics: FID is then against
+    them instead of the dense reference images. ``rank``: "ssim" (default) or "fid" (needs ``features``).
     ``quality_from``: an earlier select.json whose quality scores are reused instead of sampling (matched by
     model name, backend, scheduler and steps): quality measured once, latency planned on each target machine.
     """
@@ -232,6 +235,12 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
     budgets, schedulers, step_list, batches = as_list(budget_ms), as_list(scheduler), as_list(steps), as_list(batch)
     backends = check_grid(schedulers, step_list, as_list(backend), batches, budgets, per, n, runs)
+    if rank not in ("ssim", "fid") or (rank == "fid" and not (features or quality_from)):
+        raise DiffPruneError(f"rank {rank!r}: allowed are ssim, and fid with a feature network (--features, e.g. "
+                             "builtin:digits-features).")
+    if fid_reference and not features:
+        raise DiffPruneError("FID against reference images needs a feature network: add --features (for digits, "
+                             "builtin:digits-features).")
     for f in sweep:
         if not 0 < f < 1:
             raise DiffPruneError(f"sweep fraction {f} is out of range; give fractions of dense MACs kept, 0 < f < 1.")
@@ -264,12 +273,16 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     ref_setting = parse_reference(reference, metas["dense"].get("scheduler", {}))
     _check_settings(schedulers, step_list + [ref_setting[1]], metas["dense"].get("scheduler", {}))
 
+    mark = time.perf_counter()
+    timing = {"models_s": mark - started}  # exports, and the sweep's pruning and fine-tuning
     if quality_from:
         quality, ref_setting = _reuse_quality(quality_from, pairs, schedulers, step_list)
     else:
-        quality = _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, max(batches), threads, features,
-                           progress, log)
+        quality = _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, threads, features,
+                           fid_reference, progress, log)
+    timing["quality_s"], mark = time.perf_counter() - mark, time.perf_counter()
     latency, processes = _probe(artifacts, pairs, batches, schedulers, step_list, metas, probe_runs, threads, log)
+    timing["probe_s"], mark = time.perf_counter() - mark, time.perf_counter()
     try:
         rows = []
         for (m, b), model in latency.items():
@@ -279,9 +292,14 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
                         q = quality[(m, b, s, k)]
                         divisor = batch_size if per == "image" else 1
                         predicted = lm.predict(s, k) / divisor
-                        rows.append(Row(config_name(m, b, s, k, batch_size), predicted, q["ssim"],
+                        if rank == "fid" and q.get("fid") is None:
+                            raise DiffPruneError(f"rank fid: {quality_from} holds no FID scores; rank ssim, or "
+                                                 "measure quality again with --features.")
+                        score = q["ssim"] if rank == "ssim" else -q["fid"]
+                        rows.append(Row(config_name(m, b, s, k, batch_size), predicted, score,
                                         metas[m].get("params"), metas[m].get("macs"), str(artifacts[m]),
-                                        q["psnr_db"], m, b, s, k, batch_size, None, predicted, None, q.get("fid")))
+                                        q["psnr_db"], m, b, s, k, batch_size, None, predicted, None, q.get("fid"),
+                                        q["ssim"]))
         by_name = {r.name: r for r in rows}
         predicted_front = pareto(rows)
         # Also what would be chosen if predictions ran 10 % high, so a configuration that fits only once
@@ -298,6 +316,7 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     finally:
         for worker in processes.values():
             worker.close()
+    timing["verify_s"] = time.perf_counter() - mark
     measured = [r for r in rows if r.measured]
     errors = [r.predicted_ms / r.measured_ms - 1 for r in measured]
     decisions = decide(rows, budgets, default)
@@ -305,12 +324,13 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
         "budgets_ms": budgets, "per": per, "backends": backends, "batches": batches, "steps": step_list,
         "schedulers": schedulers, "reference": {"model": "dense", "backend": backends[0], "scheduler": ref_setting[0],
                                                 "steps": ref_setting[1]},
-        "quality_from": str(quality_from) if quality_from else None, "default": default, "n": n, "runs": runs, "probe_runs": probe_runs, "features": str(features) if features else None,
+        "quality_from": str(quality_from) if quality_from else None, "rank": rank,
+        "fid_reference": str(fid_reference) if fid_reference else None, "default": default, "n": n, "runs": runs, "probe_runs": probe_runs, "features": str(features) if features else None,
         "rows": [asdict(r) for r in rows], "pareto": pareto(rows), "pareto_measured": pareto(measured),
         "decisions": decisions, "verification_rounds": rounds,
         "prediction_error": {"n": len(errors), "median_abs": statistics.median(abs(e) for e in errors) if errors else None,
                              "max_abs": max((abs(e) for e in errors), default=None)},
-        "seconds": time.perf_counter() - started, "versions": _versions(),
+        "seconds": time.perf_counter() - started, "timing": timing, "versions": _versions(),
         "latency_model": {f"{m} · {b} · b{bs}": asdict(lm) for (m, b), model in latency.items() for bs, lm in model.items()},
     }
     first = decisions[f"{budgets[0]:g}"]["joint"]
@@ -319,7 +339,7 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "select.json").write_text(json.dumps(result, indent=1))
         (tmp / "select.md").write_text(text)
-        plot(rows, decisions, budgets, per, tmp / "select.png")
+        plot(rows, decisions, budgets, per, tmp / "select.png", rank)
         for budget in budgets:
             choice = decisions[f"{budget:g}"]["joint"]["choice"]
             if choice:
@@ -344,18 +364,18 @@ def _check_settings(schedulers, step_counts, scheduler_config):
                 raise DiffPruneError(f"{s} at {k} steps cannot run on this model's schedule: {e}") from None
 
 
-def _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, batch, threads, features, progress, log) -> dict:
-    """(model, backend, scheduler, steps) -> {"ssim", "psnr_db"[, "fid"]} against the dense reference images."""
+def _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, threads, features, fid_reference,
+             progress, log) -> dict:
+    """(model, backend, scheduler, steps) -> {"ssim", "psnr_db"[, "fid"]} against the dense reference images
+    (FID: against ``fid_reference`` where given)."""
     from tqdm import tqdm
 
     from ._io import quiet
     from .metrics import consistency, feature_statistics, frechet_distance
     from .runtime import Sampler, make_scheduler, open_runner
 
-    def images(runner, s, k):
-        lo, hi = runner.batch_range
-        return Sampler(runner, make_scheduler(s, runner.scheduler_config)).generate(
-            n, seed=0, steps=k, batch=max(lo, min(batch, n, hi)))
+    def images(runner, s, k):  # at the largest batch the export takes: a seed's image does not depend on it
+        return Sampler(runner, make_scheduler(s, runner.scheduler_config)).generate(n, seed=0, steps=k)
 
     ref_backend = pairs[0][1] if pairs[0][0] == "dense" else next(b for m, b in pairs if m == "dense")
     with open_runner(artifacts["dense"], ref_backend, threads=threads) as runner:
@@ -364,8 +384,11 @@ def _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, batch, thr
     if features:
         from .metrics import OnnxFeatures
 
+        from .metrics import reference_statistics
+
         feats = OnnxFeatures(features)
-        ref_stats = feature_statistics(feats(reference))
+        ref_stats = (reference_statistics(fid_reference, feats, reference.shape[1:3], reference.shape[3])
+                     if fid_reference else feature_statistics(feats(reference)))
     out = {}
     bar = tqdm(total=len(pairs) * len(schedulers) * sum(step_list), unit="step", desc="quality", disable=quiet(progress))
     for m, b in pairs:
@@ -391,8 +414,8 @@ def _reuse_quality(path, pairs, schedulers, step_list) -> tuple:
     earlier = read_json(Path(path))
     if not isinstance(earlier, dict) or not isinstance(earlier.get("rows"), list):
         raise DiffPruneError(f"{str(path)!r} is not a select.json (no rows); give the one `diffprune select` wrote.")
-    scores = {(r["model"], r["backend"], r["scheduler"], r["steps"]): {"ssim": r["quality"], "psnr_db": r.get("psnr_db"),
-                                                                       "fid": r.get("fid")} for r in earlier["rows"]}
+    scores = {(r["model"], r["backend"], r["scheduler"], r["steps"]): {
+        "ssim": r.get("ssim", r["quality"]), "psnr_db": r.get("psnr_db"), "fid": r.get("fid")} for r in earlier["rows"]}
     needed = [(m, b, s, k) for m, b in pairs for s in schedulers for k in step_list]
     gone = [key for key in needed if key not in scores]
     if gone:
@@ -418,7 +441,7 @@ def _probe(artifacts, pairs, batches, schedulers, step_list, metas, probe_runs, 
                 processes[(m, b, bs)] = worker
                 cases.append(SettingCase(worker.name, worker, {"scheduler": probe[0], "steps": probe[1]}, bs))
         log(f"probing {len(cases)} model/backend/batch processes at {probe[0]} x{probe[1]}, {probe_runs} runs each")
-        timing = measure(cases, batches[0], runs=probe_runs, warmup=1)
+        timing = measure(cases, batches[0], runs=probe_runs, warmup=2)
     except BaseException:
         for worker in processes.values():
             worker.close()
@@ -457,7 +480,7 @@ def deploy_record(row: Row, budget_ms: float, per: str, out: Path) -> dict:
         "backend": row.backend, "scheduler": row.scheduler, "steps": row.steps, "batch": row.batch,
         "guidance": row.guidance, "model": row.model, "budget_ms": budget_ms, "per": per,
         "latency_ms": {"measured": row.measured_ms, "predicted": row.predicted_ms},
-        "quality": {"ssim_vs_dense": row.quality, "psnr_db": row.psnr_db, "fid_vs_dense": row.fid},
+        "quality": {"ssim_vs_dense": row.ssim, "psnr_db": row.psnr_db, "fid": row.fid},
         "made_by": {"tool": "diffprune select", "versions": _versions()},
     }
 
@@ -488,7 +511,10 @@ def report(result: dict, rows) -> str:
              f"Quality: SSIM vs dense at {ref['scheduler']} x{ref['steps']} on {ref['backend']} from the same "
              f"{result['n']} seeds. Latency predicted for all from one probe per model/backend/batch, measured end to "
              f"end (median of {result['runs']} alternating runs) for the Pareto front and every choice below.", "",
-             "| budget ms | which | configuration | SSIM | latency ms (measured) |", "|---|---|---|---|---|"]
+             (f"FID in the feature space of {result['features']} against "
+              f"{result['fid_reference'] or 'the dense reference images'}; " if result["features"] else "")
+             + f"choices rank by {result['rank'].upper()}.", "",
+             "| budget ms | which | configuration | SSIM | FID | latency ms (measured) |", "|---|---|---|---|---|---|"]
     by_name = {r.name: r for r in rows}
     for budget, entry in result["decisions"].items():
         for label in ("joint", "dense, fewer steps", "pruned, default steps"):
@@ -496,8 +522,8 @@ def report(result: dict, rows) -> str:
             if d is None:
                 continue
             r = by_name.get(d["choice"]) if d["choice"] else None
-            lines.append(f"| {budget} | {label} | {r.name if r else 'nothing fits'} | {_fmt(r and r.quality, 4)} | "
-                         f"{_fmt(r and r.measured_ms)} |")
+            lines.append(f"| {budget} | {label} | {r.name if r else 'nothing fits'} | {_fmt(r and r.ssim, 4)} | "
+                         f"{_fmt(r and r.fid, 2)} | {_fmt(r and r.measured_ms)} |")
     err = result["prediction_error"]
     if err["n"]:
         lines += ["", f"Prediction error over {err['n']} measured configurations: median {err['median_abs']:.1%}, "
@@ -507,14 +533,14 @@ def report(result: dict, rows) -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     front = set(result["pareto_measured"])
     for r in sorted((r for r in rows if r.measured), key=lambda r: r.measured_ms):
-        lines.append(f"| {r.name} | {(r.params or 0) / 1e6:.2f} | {(r.macs or 0) / 1e6:.1f} | {r.quality:.4f} | "
+        lines.append(f"| {r.name} | {(r.params or 0) / 1e6:.2f} | {(r.macs or 0) / 1e6:.1f} | {_fmt(r.ssim, 4)} | "
                      f"{_fmt(r.psnr_db, 2)} | {_fmt(r.fid, 2)} | {_fmt(r.predicted_ms)} | {_fmt(r.measured_ms)} | "
                      f"{'yes' if r.name in front else ''} |")
     lines += ["", result["message"]]
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, decisions, budgets, per, path) -> bool:
+def plot(rows, decisions, budgets, per, path, rank: str = "ssim") -> bool:
     """Quality against latency: every configuration (predicted, small), the measured ones (large), the
     budget lines and the choices (stars)."""
     try:
@@ -548,7 +574,11 @@ def plot(rows, decisions, budgets, per, path) -> bool:
         ax.scatter([], [], color="black", marker=mk, label=s)
     ax.set_xscale("log")
     ax.set_xlabel(f"end-to-end latency, ms per {per} (large: measured, small: predicted; dashed: budgets)")
-    ax.set_ylabel("SSIM vs dense reference")
+    if rank == "fid":
+        ax.set_ylabel("FID (higher up = lower FID = better)")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{-v:g}"))
+    else:
+        ax.set_ylabel("SSIM vs dense reference")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()

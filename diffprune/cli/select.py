@@ -57,7 +57,15 @@ def register(subparsers):
                    help="the dense setting quality is measured against (default auto: ddim or the model's "
                         "deterministic scheduler, 100 steps)")
     p.add_argument("--n", type=int, default=16, help="images per configuration for the quality score (default 16)")
-    p.add_argument("--features", help="ONNX feature network: adds FID vs the dense reference images")
+    p.add_argument("--features", help="ONNX feature network (images in [0, 1] -> vectors), or builtin:digits-features: "
+                                      "adds FID, against the dense reference images or --fid-reference")
+    p.add_argument("--fid-reference", help="real images for FID (folder, .npy/.npz, builtin:digits) or a .npz of "
+                                           "their statistics (mu, sigma)")
+    p.add_argument("--rank", default="ssim", choices=["ssim", "fid"],
+                   help="what the choice maximises: SSIM vs dense (default), or lowest FID (needs --features)")
+    p.add_argument("--quality-from", metavar="SELECT_JSON",
+                   help="reuse the quality scores of an earlier select.json (same model names, schedulers, steps, "
+                        "backends) instead of sampling: measure quality once, plan latency on each machine")
     p.add_argument("--runs", type=int, default=10, help="timed end-to-end runs per measured configuration (default 10)")
     p.add_argument("--probe-runs", type=int, default=5, help="timed runs of each model/backend/batch probe (default 5)")
     p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES), help="pruning method for --sweep")
@@ -88,7 +96,8 @@ def run(args) -> int:
     result = select(args.dense, candidates=args.candidates, sweep=args.sweep or (), budget_ms=args.budget_ms,
                     per=args.per, backend=args.backend, batch=args.batch, steps=args.steps, scheduler=args.scheduler,
                     reference=args.reference, n=args.n, runs=args.runs, probe_runs=args.probe_runs,
-                    features=args.features, method=args.method, data=args.data, finetune_steps=args.finetune_steps,
+                    features=args.features, fid_reference=args.fid_reference, rank=args.rank,
+                    quality_from=args.quality_from, method=args.method, data=args.data, finetune_steps=args.finetune_steps,
                     calibration_images=args.calibration_images, max_timesteps=args.max_timesteps,
                     threads=args.threads, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {args.out}/select.md, select.json, select.png" + (", deploy.json" if result["choice"] else ""))
