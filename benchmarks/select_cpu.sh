@@ -2,7 +2,7 @@
 # quality on the shipped digits model, latency on the digits model itself and on the CIFAR-10 DDPM architecture.
 # Run from a folder holding the CIFAR-10 exports of benchmarks/e2e_backends_cpu.sh (it makes them if absent):
 #   bash /path/to/benchmarks/select_cpu.sh [THREADS]      about 15 minutes on 2 cores
-# Results: benchmarks/results/select_cpu/{digits,cifar10}/ (select.md, select.json, select.png, deploy.json)
+# Results: benchmarks/results/select_cpu/{digits,digits-fid,cifar10-ssim,cifar10-fid}/ (select.md, select.json, select.png, deploy.json)
 set -e
 THREADS=${1:-2}
 RESULTS="$(cd "$(dirname "$0")" && pwd)/results/select_cpu"
@@ -23,10 +23,12 @@ diffprune select select-digits.work/dense-onnx digits-models/macs-0.56 $GRID --b
 [ -d cifar-dense-onnx ] || { diffprune prune arch:ddpm-cifar10-32 cifar-dense --ratio 0 --quiet; diffprune export cifar-dense cifar-dense-onnx --max-batch 16 --opt-batch 8; }
 [ -d cifar-pruned-3.4G-onnx ] || { diffprune prune arch:ddpm-cifar10-32 cifar-pruned-3.4G --method magnitude --ratio 0.3 --quiet; diffprune export cifar-pruned-3.4G cifar-pruned-3.4G-onnx --max-batch 16 --opt-batch 8; }
 ln -sfn cifar-pruned-3.4G-onnx macs-0.56
-diffprune select cifar-dense-onnx macs-0.56 --quality-from select-digits/select.json $GRID --runs 5 \
-  --budget-ms 250,500,1000,2000 --out select-cifar10
+for rank in ssim fid; do
+  diffprune select cifar-dense-onnx macs-0.56 --quality-from select-digits/select.json --rank $rank $GRID --runs 5 \
+    --budget-ms 120,250,500,1000,2000 --out select-cifar10-$rank
+done
 date
-for d in digits digits-fid cifar10; do
+for d in digits digits-fid cifar10-ssim cifar10-fid; do
   mkdir -p "$RESULTS/$d" && cp select-$d/select.md select-$d/select.json select-$d/select.png "$RESULTS/$d"/
   cp select-$d/deploy*.json "$RESULTS/$d"/ 2>/dev/null || true
 done

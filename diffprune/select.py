@@ -276,7 +276,8 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     mark = time.perf_counter()
     timing = {"models_s": mark - started}  # exports, and the sweep's pruning and fine-tuning
     if quality_from:
-        quality, ref_setting = _reuse_quality(quality_from, pairs, schedulers, step_list)
+        quality, ref_setting, earlier = _reuse_quality(quality_from, pairs, schedulers, step_list)
+        n, features, fid_reference = earlier.get("n", n), earlier.get("features"), earlier.get("fid_reference")
     else:
         quality = _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, threads, features,
                            fid_reference, progress, log)
@@ -424,7 +425,7 @@ def _reuse_quality(path, pairs, schedulers, step_list) -> tuple:
                              f"{len(needed)} configurations missing). It holds the models {', '.join(have)}: name the "
                              "candidates alike and keep the schedulers, steps and backends within its grid.")
     ref = earlier.get("reference", {})
-    return {key: scores[key] for key in needed}, (ref.get("scheduler"), ref.get("steps"))
+    return {key: scores[key] for key in needed}, (ref.get("scheduler"), ref.get("steps")), earlier
 
 
 def _probe(artifacts, pairs, batches, schedulers, step_list, metas, probe_runs, threads, log) -> tuple:

@@ -203,3 +203,21 @@ def test_select_end_to_end_on_a_tiny_sweep(tmp_path, tiny_export, capsys):
                  "--runs", "1", "--probe-runs", "1", "--method", "magnitude", "--out", str(tmp_path / "sel2"),
                  "--quiet"]) == 3
     assert "Nothing fits" in capsys.readouterr().out
+
+
+def test_fid_ranking_and_the_batch_axis(tmp_path, tiny_export):
+    from diffprune.select import select
+
+    result = select(str(tiny_export), budget_ms=100000, scheduler="ddim", steps=[2, 4], backend="ort-cpu",
+                    batch=[1, 2], n=8, runs=1, probe_runs=1, features="builtin:digits-features",
+                    fid_reference="builtin:digits", rank="fid", out=tmp_path / "sel", progress=False,
+                    log=lambda *a: None)
+    rows = result["rows"]
+    assert {(r["steps"], r["batch"]) for r in rows} == {(2, 1), (4, 1), (2, 2), (4, 2)}
+    assert all(r["fid"] > 0 and r["quality"] == -r["fid"] for r in rows)  # ranked by lowest FID
+    chosen = next(r for r in rows if r["name"] == result["choice"])
+    assert chosen["fid"] == min(r["fid"] for r in rows) and chosen["measured_ms"] > 0
+    model = result["latency_model"]  # one probe process per batch size
+    assert set(model) == {"dense · ort-cpu · b1", "dense · ort-cpu · b2"}
+    with pytest.raises(DiffPruneError, match="feature network"):
+        select(str(tiny_export), budget_ms=100, rank="fid", out=tmp_path / "x")
