@@ -62,9 +62,10 @@ class PruneReport:
         if self.timesteps_used:
             t = self.timesteps_used
             lines.append(f"importance from {len(t)} timesteps (t = {t[0]}..{t[-1]}), thr {self.thr}")
-        if self.conditioning.get("kind", "none") != "none":
-            lines.append(f"conditioning: {self.conditioning['kind']} ({self.conditioning.get('text_inputs', 'none')} for text); "
-                         "only the UNet is pruned")
+        c = self.conditioning
+        if c.get("kind", "none") != "none":
+            text = f" ({c['text_inputs']})" if c.get("text_width") else ""
+            lines.append(f"conditioning: {c['kind']}{text}; only the UNet is pruned")
         if self.no_gradient_groups:
             lines.append(f"{len(self.no_gradient_groups)} channel groups got no gradient and were ranked by weight magnitude")
         return "\n".join(lines)
