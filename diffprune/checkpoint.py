@@ -25,6 +25,7 @@ def save(model, out, info: dict | None = None, scheduler_config: dict | None = N
     ``extra_files`` maps file names to text written beside it (a fine-tuning log, say)."""
     from safetensors.torch import save_file
 
+    from .conditioning import conditioning
     from .models import DEFAULT_SCHEDULER, count_macs_params, versions
     from .structure import widths
 
@@ -33,6 +34,8 @@ def save(model, out, info: dict | None = None, scheduler_config: dict | None = N
     dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
     record = {
         "format": FORMAT,
+        "model_class": type(model).__name__,
+        "conditioning": conditioning(model).to_dict(),
         **(info or {}),
         "params": params,
         "macs": macs,
@@ -63,12 +66,12 @@ def read_info(folder) -> dict:
 
 
 def load(folder, device="cpu"):
-    """Rebuild a pruned ``UNet2DModel`` from ``folder``; its forward is bit-identical to the saved one."""
+    """Rebuild a pruned ``UNet2DModel`` or ``UNet2DConditionModel`` (the class config.json names) from
+    ``folder``; its forward is bit-identical to the saved one."""
     import torch
-    from diffusers import UNet2DModel
     from safetensors import SafetensorError, safe_open
 
-    from .models import _read_json, check_unet_config
+    from .models import _read_json, check_unet_config, unet_class
     from .structure import apply_widths
 
     folder = Path(folder)
@@ -77,10 +80,17 @@ def load(folder, device="cpu"):
     config = _read_json(folder / "config.json")
     check_unet_config(config, folder / "config.json")
     info = read_info(folder)
+    cls = unet_class(config, folder / "config.json")
+    recorded = info.get("model_class", cls.__name__)
+    if recorded != cls.__name__:
+        raise DiffPruneError(
+            f"config.json in {str(folder)!r} names a {cls.__name__} but pruning.json records a {recorded}: the files "
+            "come from different models; restore the folder as it was written."
+        )
     try:
-        model = UNet2DModel.from_config(config)
+        model = cls.from_config(config)
     except (TypeError, ValueError, KeyError) as e:
-        raise DiffPruneError(f"config.json in {str(folder)!r} does not build a UNet2DModel: {e}.") from None
+        raise DiffPruneError(f"config.json in {str(folder)!r} does not build a {cls.__name__}: {e}.") from None
     apply_widths(model, info["widths"])
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS

@@ -182,7 +182,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from ._io import quiet
     from .checkpoint import read_info, save
     from .data import check_resize, load_images
-    from .models import load_source, versions
+    from .models import load_source, require_unconditional, versions
 
     _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every)
     check_resize(resize)
@@ -197,10 +197,12 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     torch.manual_seed(seed)  # module initialisation, if any, is seeded too
 
     student, scheduler_config, source = load_source(model_or_folder, device="cpu")
+    require_unconditional(student, "fine-tuning")
     student = student.float().train()
     teacher_model = None
     if teacher is not None:
         teacher_model, _, teacher_source = load_source(teacher, device="cpu")
+        require_unconditional(teacher_model, "fine-tuning")
         teacher_model = teacher_model.float().eval().requires_grad_(False).to(accelerator.device)
     cfg = student.config
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)

@@ -1,8 +1,10 @@
-"""Where UNets come from: built-in architectures, diffusers folders, hub ids and pruned folders.
+"""Where UNets come from: built-in architectures, diffusers folders, pipeline folders, hub ids and
+pruned folders.
 
 Built-in architectures (``arch:NAME``) are built from config with seeded random weights: the
-CIFAR-10 DDPM one is the paper's model, the tiny ones keep the test suite fast (as timm registers
-tiny test models).
+CIFAR-10 DDPM one is the paper's model, ``sd15``/``sd21-base``/``sdxl`` are the Stable Diffusion UNets
+at real size (for structure and MACs; nothing is downloaded), the tiny ones keep the test suite fast
+(as timm registers tiny test models). An entry without ``_class_name`` is a ``UNet2DModel``.
 """
 
 import contextlib
@@ -44,6 +46,65 @@ ARCHITECTURES = {
         block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=16,
     ),
+    # "tiny" with a class embedding: 10 classes (the digits), labels added to the time embedding.
+    "tiny-class": dict(
+        sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8, num_class_embeds=10,
+    ),
+    # SD-1.x-like: 4 latent channels, self- and cross-attention with GEGLU feed-forward (SD's
+    # BasicTransformerBlock), conv proj_in/proj_out. attention_head_dim is the head COUNT in SD's
+    # configs (a diffusers naming quirk kept for compatibility): 2 heads of 16 and of 32 channels.
+    "tiny-sd": dict(
+        _class_name="UNet2DConditionModel", sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24, attention_head_dim=2,
+        norm_num_groups=8,
+    ),
+    # SDXL-like (the layout of diffusers' own SDXL test UNet, widened to GroupNorm's 8 groups): text_time
+    # added conditioning (pooled text 32 + 6 time ids x 8), linear proj_in/proj_out, 2 transformer layers.
+    "tiny-sdxl": dict(
+        _class_name="UNet2DConditionModel", sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80, cross_attention_dim=32, norm_num_groups=8,
+    ),
+    # runwayml/stable-diffusion-v1-5 unet/config.json (859.5M params); CLIP ViT-L/14 text, 768 wide.
+    "sd15": dict(
+        _class_name="UNet2DConditionModel", sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
+        downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, center_input_sample=False,
+        mid_block_scale_factor=1,
+    ),
+    # stabilityai/stable-diffusion-2-1-base unet/config.json (865.9M params); OpenCLIP ViT-H text,
+    # 1024 wide; 64-channel heads (5, 10, 20, 20 of them), linear proj_in/proj_out.
+    "sd21-base": dict(
+        _class_name="UNet2DConditionModel", sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+        norm_num_groups=32, norm_eps=1e-5, act_fn="silu", downsample_padding=1, flip_sin_to_cos=True,
+        freq_shift=0, center_input_sample=False, mid_block_scale_factor=1, upcast_attention=False,
+    ),
+    # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (2.57B params): 128x128 latents,
+    # both text encoders' hidden states concatenated (768 + 1280 = 2048), pooled OpenCLIP-G text (1280)
+    # + 6 time ids x 256 = 2816 into add_embedding, 1/2/10 transformer layers per resolution.
+    "sdxl": dict(
+        _class_name="UNet2DConditionModel", sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        addition_embed_type_num_heads=64, projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+        norm_eps=1e-5, act_fn="silu", downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
+        center_input_sample=False, mid_block_scale_factor=1, upcast_attention=False,
+    ),
 }
 
 # The denoising schedule of the paper's DDPM models; used when a source carries no scheduler config.
@@ -54,19 +115,37 @@ DEFAULT_SCHEDULER = {
 }
 
 
+def unet_class(config: dict, where="the config"):
+    """The diffusers class a UNet config names (``_class_name``; UNet2DModel when absent)."""
+    import diffusers
+
+    from .conditioning import MODEL_CLASSES
+
+    cls = config.get("_class_name", "UNet2DModel")
+    if cls not in MODEL_CLASSES:
+        raise DiffPruneError(
+            f"{str(where)!r} describes a {cls!r}, but diffprune prunes {' and '.join(MODEL_CLASSES)} (pixel and "
+            "latent DDPMs, class-conditional UNets, Stable Diffusion and SDXL UNets). Point to one of those "
+            "(for a pipeline, its folder or its unet/ subfolder)."
+        )
+    return getattr(diffusers, cls)
+
+
 def build_unet(arch: str, seed: int = 0):
     """Build a built-in architecture with seeded random weights."""
     import torch
-    from diffusers import UNet2DModel
 
     if arch not in ARCHITECTURES:
         raise DiffPruneError(
             f"Unknown built-in architecture {arch!r}. Known: {', '.join(sorted(ARCHITECTURES))}. "
             "Use arch:NAME with one of these, or give a diffusers folder or hub id instead."
         )
+    config = dict(ARCHITECTURES[arch])
+    cls = unet_class(config, f"arch:{arch}")
+    config.pop("_class_name", None)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return UNet2DModel(**ARCHITECTURES[arch]).eval()
+        return cls(**config).eval()
 
 
 def _read_json(path: Path) -> dict:
@@ -94,12 +173,14 @@ def load_source(src, device="cpu"):
 
     ``src`` may be ``arch:NAME`` (built-in architecture, random weights), a pruned diffprune folder
     (has ``pruning.json``), a diffusers model folder (``config.json`` + weights), a diffusers pipeline
-    folder (``model_index.json`` with a ``unet`` subfolder), a hub id, or a ``UNet2DModel`` instance.
+    folder (``model_index.json``, as ``StableDiffusionPipeline.save_pretrained`` writes it: the UNet
+    from ``unet/``, the noise schedule from ``scheduler/``), a hub id, or a ``UNet2DModel`` /
+    ``UNet2DConditionModel`` instance.
     """
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DConditionModel, UNet2DModel
 
-    if isinstance(src, UNet2DModel):
-        return src, dict(DEFAULT_SCHEDULER), {"source": "in-memory UNet2DModel"}
+    if isinstance(src, (UNet2DModel, UNet2DConditionModel)):
+        return src, dict(DEFAULT_SCHEDULER), {"source": f"in-memory {type(src).__name__}"}
     src = str(src)
     if src.startswith("builtin:"):
         name = src[len("builtin:"):]
@@ -123,8 +204,13 @@ def load_source(src, device="cpu"):
 
             model = load(path, device=device)
             return model, _scheduler_config(path), {"source": str(path.resolve()), "format": "diffprune"}
-        if (path / "model_index.json").is_file() and (path / "unet").is_dir():
-            path = path / "unet"
+        if (path / "model_index.json").is_file():
+            path = pipeline_component(path, "unet")
+            if (path / "pruning.json").is_file():  # a pipeline whose UNet diffprune pruned
+                from .checkpoint import load
+
+                model = load(path, device=device)
+                return model, _scheduler_config(path), {"source": str(path.resolve()), "format": "diffprune"}
         if not (path / "config.json").is_file():
             raise DiffPruneError(
                 f"Folder {src!r} holds no config.json, model_index.json or pruning.json, so it is not "
@@ -133,8 +219,9 @@ def load_source(src, device="cpu"):
             )
         config = _read_json(path / "config.json")
         check_unet_config(config, path / "config.json")
+        cls = unet_class(config, path / "config.json")
         try:
-            model = UNet2DModel.from_pretrained(str(path))
+            model = cls.from_pretrained(str(path))
         except (OSError, ValueError, RuntimeError) as e:
             raise DiffPruneError(
                 f"Could not load the diffusers UNet in {str(path)!r}: {e}. Check that its weights file "
@@ -147,6 +234,24 @@ def load_source(src, device="cpu"):
         f"Model source {src!r} is neither an existing folder nor a hub id (owner/name) nor arch:NAME "
         f"(built-in: {', '.join(sorted(ARCHITECTURES))}). Check the path."
     )
+
+
+def pipeline_component(folder, name: str) -> Path:
+    """The ``name`` subfolder (unet, vae, scheduler, text_encoder, ...) of a diffusers pipeline folder,
+    or a DiffPruneError saying it is missing and what the pipeline lists."""
+    folder = Path(folder)
+    index = _read_json(folder / "model_index.json")
+    part = folder / name
+    if not part.is_dir():
+        listed = sorted(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)) if isinstance(index, dict) else []
+        raise DiffPruneError(
+            f"The pipeline folder {str(folder)!r} has no {name}/ subfolder "
+            f"({'model_index.json lists ' + ', '.join(listed) if listed else 'model_index.json lists no components'}"
+            f"{'; ' + name + ' is listed but its folder is missing' if name in listed else ''}). "
+            f"A pipeline saved with save_pretrained has one folder per component: copy the whole pipeline, "
+            f"or point to a folder that holds the {name}'s config.json."
+        )
+    return part
 
 
 def check_hub_id(repo_id: str) -> None:
@@ -183,13 +288,17 @@ def check_hub_id(repo_id: str) -> None:
 
 
 def _load_hub(repo_id: str, device):
+    """A UNet from the hub: the repository's own config.json, else a pipeline's unet/ (SD, SDXL)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     check_hub_id(repo_id)
     errors = []
     for subfolder in (None, "unet"):
         try:
-            model = UNet2DModel.from_pretrained(repo_id, subfolder=subfolder)
+            config = UNet2DModel.load_config(repo_id, subfolder=subfolder)  # reads config.json, any class
+            model = unet_class(config, f"{repo_id}/{subfolder or ''}config.json").from_pretrained(repo_id, subfolder=subfolder)
+        except DiffPruneError:
+            raise
         except Exception as e:  # hub/network errors come in many types; we report them together
             errors.append(f"{subfolder or '.'}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             continue
@@ -199,30 +308,50 @@ def _load_hub(repo_id: str, device):
             scheduler = dict(DEFAULT_SCHEDULER)
         return model.to(device).eval(), scheduler, {"source": repo_id, "format": "hub"}
     raise DiffPruneError(
-        f"Could not load a UNet2DModel from the hub id {repo_id!r} ({'; '.join(errors)}). Without network "
+        f"Could not load a UNet from the hub id {repo_id!r} ({'; '.join(errors)}). Without network "
         "access, download the model elsewhere and pass its local folder instead."
     )
 
 
 def check_unet_config(config: dict, where) -> None:
-    cls = config.get("_class_name")
-    if cls != "UNet2DModel":
+    """Refuse a config diffprune cannot prune or feed, before any weights are read."""
+    from .conditioning import conditioning
+
+    unet_class(config, where)
+    conditioning(config)
+
+
+def require_unconditional(model, what: str) -> None:
+    """For the stages that feed only (sample, timestep) so far: a clear error for a conditional UNet."""
+    from .conditioning import conditioning
+
+    cond = conditioning(model)
+    if cond.kind != "none":
         raise DiffPruneError(
-            f"{str(where)!r} describes a {cls!r}, but diffprune prunes UNet2DModel (unconditional pixel "
-            "UNets such as google/ddpm-cifar10-32). Point to a UNet2DModel folder."
+            f"{what} takes unconditional UNet2DModels so far; this {cond.model_class} is conditioned on "
+            f"{cond.kind} (prune, save and load handle it; {what} for conditional models is the next step of issue 12)."
         )
 
 
+def sample_size(model) -> tuple:
+    """(H, W) of the model's default input (latents for latent models)."""
+    size = model.config.sample_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 def example_inputs(model, batch: int = 1, device="cpu"):
-    """Inputs for tracing and MAC counting: ``sample`` (B, C, H, W) and ``timestep`` (B,)."""
+    """Inputs for tracing and MAC counting: ``sample`` (B, C, H, W), ``timestep`` (B,) and the
+    model's conditioning at its default shapes (diffprune.conditioning: class 0, empty-prompt
+    text embeddings of 77 tokens, SDXL's added text/time inputs)."""
     import torch
 
-    cfg = model.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
-    h, w = (size, size) if isinstance(size, int) else size
+    from .conditioning import conditioning
+
+    h, w = sample_size(model)
     return {
-        "sample": torch.randn(batch, cfg.in_channels, h, w, device=device),
+        "sample": torch.randn(batch, model.config.in_channels, h, w, device=device),
         "timestep": torch.full((batch,), 10, dtype=torch.long, device=device),
+        **conditioning(model).inputs(batch, (h, w), device=device),
     }
 
 

@@ -1,8 +1,14 @@
-"""Structural pruning of a diffusers UNet2DModel: the public ``prune`` function.
+"""Structural pruning of a diffusers UNet2DModel or UNet2DConditionModel: the public ``prune`` function.
 
 Layers (as in Torch-Pruning): a dependency graph finds the groups of coupled channels; a criterion
 (diffprune.importance) scores each group's channels; this module chooses how many to keep and
 removes the rest, then makes diffusers' cached widths consistent.
+
+Couplings the dependency graph does not know and this module adds: attention heads stay equal in
+width (or go whole, ``prune_heads``); GEGLU's projection (one Linear whose output is chunked into a
+value and a gate half) loses the same positions from both halves; widths fed by the model's inputs
+(cross-attention to_k/to_v read the text embedding, SDXL's add_embedding reads pooled text and time
+ids) are never pruned.
 """
 
 import copy
@@ -33,6 +39,8 @@ class PruneReport:
     timesteps_used: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     calibration: str = ""
+    conditioning: dict = field(default_factory=dict)  # what the UNet was fed (diffprune.conditioning)
+    no_gradient_groups: list = field(default_factory=list)  # groups ranked by magnitude: their gradient was all zero
     resize: str = "bilinear"  # how calibration images of another size were brought to the model's
     seconds: float = 0.0
     importance_seconds: float = 0.0
@@ -54,6 +62,12 @@ class PruneReport:
         if self.timesteps_used:
             t = self.timesteps_used
             lines.append(f"importance from {len(t)} timesteps (t = {t[0]}..{t[-1]}), thr {self.thr}")
+        c = self.conditioning
+        if c.get("kind", "none") != "none":
+            text = f" ({c['text_inputs']})" if c.get("text_width") else ""
+            lines.append(f"conditioning: {c['kind']}{text}; only the UNet is pruned")
+        if self.no_gradient_groups:
+            lines.append(f"{len(self.no_gradient_groups)} channel groups got no gradient and were ranked by weight magnitude")
         return "\n".join(lines)
 
 
@@ -99,8 +113,10 @@ class _Planner:
     def __init__(self, model, criterion, round_to, prune_heads):
         import torch
         import torch_pruning as tp
+        from diffusers.models.activations import GEGLU
         from diffusers.models.attention_processor import Attention
 
+        from .importance.magnitude import MagnitudeImportance
         from .models import example_inputs
 
         self.round_to = round_to
@@ -109,27 +125,50 @@ class _Planner:
         self.names = {m: n for n, m in model.named_modules()}
         self.ignored = [model.conv_out]  # the output channels are the image's; never pruned
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=_device(model)))
-        heads = {}
+        heads, kept_inputs = {}, set()
         for attn in (m for m in model.modules() if isinstance(m, Attention)):
             for linear in (attn.to_q, attn.to_k, attn.to_v):
                 heads[linear] = attn
-        # name of root module -> (importance per channel, channel groups, attention module or None)
+            if attn.is_cross_attention:  # to_k/to_v read encoder_hidden_states: the text encoder's width
+                kept_inputs.update((attn.to_k, attn.to_v))
+        if getattr(model, "add_embedding", None) is not None:  # SDXL: pooled text + time ids, fixed widths
+            kept_inputs.add(model.add_embedding.linear_1)
+        # GEGLU.proj's output is chunked into (value, gate): channel i and i + width/2 are one unit.
+        halved = {m.proj for m in model.modules() if isinstance(m, GEGLU)}
+        fallback = MagnitudeImportance()
+        self.no_signal = []
+        # name of root module -> (importance per channel, channel groups, attention module or None, halves)
         self.plan = {}
         with torch.no_grad():
             for group in graph.get_all_groups(ignored_layers=self.ignored, root_module_types=[torch.nn.Conv2d, torch.nn.Linear]):
                 root = group[0].dep.target.module
-                groups, attn = 1, None
+                groups, attn, halves = 1, None, 1
+                if any(dep.target.module in kept_inputs and graph.is_in_channel_pruning_fn(dep.handler) for dep, _ in group):
+                    continue  # would change a width the model's inputs fix
                 for dep, _ in group:
                     target = dep.target.module
-                    if isinstance(target, torch.nn.GroupNorm) and graph.is_out_channel_pruning_fn(dep.handler):
+                    if not graph.is_out_channel_pruning_fn(dep.handler):
+                        continue
+                    if isinstance(target, torch.nn.GroupNorm):
                         groups = math.lcm(groups, target.num_groups)
-                    if target in heads and graph.is_out_channel_pruning_fn(dep.handler):
+                    if target in heads:
                         attn = heads[target]
                         groups = math.lcm(groups, attn.heads)
+                    if target in halved:
+                        if target is not root:
+                            raise RuntimeError(f"GEGLU projection {self.names[target]} is coupled to {self.names[root]}; "
+                                               "its halves could not be kept aligned")
+                        halves = 2
+                        groups = math.lcm(groups, 2)
                 imp = criterion(group)
                 if imp is None:  # a group with no weights the criterion can score
                     continue
-                self.plan[self.names[root]] = (imp.detach().float().cpu(), groups, self.names.get(attn))
+                if not torch.isfinite(imp).all() or not imp.abs().sum() > 0:
+                    # No gradient reached these weights (e.g. cross-attention fed the zero empty-prompt
+                    # stand-in: constant keys, zero values); rank them by magnitude rather than by index.
+                    self.no_signal.append(self.names[root])
+                    imp = fallback(group)
+                self.plan[self.names[root]] = (imp.detach().float().cpu(), groups, self.names.get(attn), halves)
 
     def apply(self, ratio: float):
         """A pruned deep copy of the dense model at ``ratio``."""
@@ -146,7 +185,7 @@ class _Planner:
             return model
         modules = dict(model.named_modules())
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=_device(model)))
-        for name, (imp, groups, attn_name) in self.plan.items():
+        for name, (imp, groups, attn_name, halves) in self.plan.items():
             root = modules[name]
             width = imp.numel()
             per = width // groups
@@ -161,7 +200,8 @@ class _Planner:
                 idxs = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in drop.tolist()]) if len(drop) else torch.tensor([], dtype=torch.long)
                 attn.heads = keep_heads
             else:
-                keep = keep_count(width, groups, ratio, self.round_to)
+                # round_to applies to the width after GEGLU's chunk: each half a multiple of it.
+                keep = keep_count(width, groups, ratio, self.round_to * halves)
                 if keep >= per:
                     continue
                 # The same positions leave every group, so the groups stay equal in size.
@@ -181,11 +221,17 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear"):
+def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear", class_labels=None):
+    """Clean samples and the conditioning they are denoised under (class labels, empty-prompt text)."""
+    import torch
+
+    from .conditioning import conditioning
     from .data import describe, load_images
+    from .models import sample_size
 
     cfg = model.config
-    size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
+    size = sample_size(model)
+    cond = conditioning(model)
     if isinstance(data, str) and data.startswith("generate:"):
         from .sampling import generate
 
@@ -195,18 +241,26 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
             count = 0
         if count <= 0:
             raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0 (e.g. generate:64).")
-        images = generate(model, scheduler_config, count, seed=seed, progress=progress)
+        inputs = cond.inputs(count, size, class_labels=class_labels, generator=torch.Generator().manual_seed(seed))
+        images = generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs)
     else:
+        if cond.text_width:
+            raise DiffPruneError(
+                f"Data {describe(data)!r}: this {cond.model_class} denoises latents of the pipeline's VAE, and encoding "
+                "images (with their captions) to latents is not supported yet. Use --data generate:N (N samples drawn "
+                "from the model itself with the empty-prompt stand-in), or a method that needs no data (magnitude, random).")
         images = load_images(data, size, cfg.in_channels, limit=n, seed=seed, resize=resize)
+        inputs = cond.inputs(images.shape[0], size, class_labels=class_labels,
+                             generator=torch.Generator().manual_seed(seed))
     return Calibration(images=images, scheduler_config=scheduler_config, micro_batch=micro_batch,
-                       seed=seed, progress=progress, description=describe(data))
+                       seed=seed, progress=progress, description=describe(data), inputs=inputs)
 
 
 def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target_macs: float | None = None,
           data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
-          progress: bool = True, resize: str = "bilinear"):
-    """Prune a diffusers ``UNet2DModel``; return ``(pruned_model, PruneReport)``.
+          progress: bool = True, resize: str = "bilinear", class_labels=None):
+    """Prune a diffusers ``UNet2DModel`` or ``UNet2DConditionModel``; return ``(pruned_model, PruneReport)``.
 
     ``method``: diff-pruning (paper), taylor, magnitude, random or reinit (random structure, fresh
     weights). Give ``ratio`` (fraction of channels removed per layer) or ``target_macs`` (fraction of
@@ -215,13 +269,22 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     micro-batches of ``micro_batch``, brought to the model's size by ``resize`` (bilinear, pad or
     center-crop; see diffprune.data); ``max_timesteps`` caps the timesteps summed. Widths stay multiples of ``round_to`` and GroupNorm groups and
     attention heads stay equal. The input model is not modified.
+
+    Conditional UNets are fed their conditioning (diffprune.conditioning): class-conditional ones
+    ``class_labels`` (ints cycled over the calibration images; default: drawn uniformly with ``seed``),
+    text-conditioned ones the empty-prompt stand-in (zero text embeddings; SDXL's default time ids).
+    Params and MACs are counted with those inputs.
     """
     import torch
 
+    from .conditioning import conditioning
     from .models import DEFAULT_SCHEDULER, count_macs_params
 
     check_options(method, ratio, target_macs, thr, round_to, data, max_timesteps, num_images, micro_batch)
     check_resize(resize)
+    cond = conditioning(unet)
+    if class_labels is not None:
+        class_labels = cond.check_labels(class_labels)
     if ratio is None and target_macs is None:
         target_macs = DEFAULT_TARGET_MACS
     started = time.perf_counter()
@@ -235,7 +298,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if criterion.needs_data:
-            calib = _calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress, resize)
+            calib = _calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress, resize,
+                                 class_labels)
             calib.max_timesteps = max_timesteps
             with torch.enable_grad():
                 log = criterion.prepare(dense, calib)
@@ -264,6 +328,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         macs_after=macs1, layer_widths=layer_widths,
         timesteps_used=list(log.timesteps) if log else [], losses=[round(x, 6) for x in log.losses] if log else [],
         calibration=calib.description if criterion.needs_data else "", resize=resize,
+        conditioning=cond.to_dict(), no_gradient_groups=list(planner.no_signal),
         seconds=time.perf_counter() - started,
         importance_seconds=importance_seconds,
     )

@@ -6,16 +6,19 @@ the torch side of the pipeline only.
 
 
 def generate(model, scheduler_config: dict, n: int, seed: int = 0, steps: int = 50, batch: int = 32,
-             progress: bool = True, noise=None):
+             progress: bool = True, noise=None, inputs=None):
     """``n`` samples in [-1, 1] as a float tensor (N, C, H, W), DDIM (eta 0) with ``steps`` steps.
 
     ``noise`` (N, C, H, W) fixes the starting noise, so two models can be compared from the same noise.
+    ``inputs`` is the conditioning per sample (diffprune.conditioning, batch-first tensors); without
+    it a conditional model gets its default (class 0, empty-prompt text). No classifier-free guidance.
     """
     import torch
     from diffusers import DDIMScheduler
     from tqdm.auto import tqdm
 
     from ._io import quiet
+    from .conditioning import conditioning, inputs_to, slice_inputs
 
     device = next(model.parameters()).device
     cfg = model.config
@@ -26,13 +29,16 @@ def generate(model, scheduler_config: dict, n: int, seed: int = 0, steps: int = 
     if noise is None:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn((n, cfg.in_channels, *size), generator=generator)
+    if inputs is None:
+        inputs = conditioning(model).inputs(n, size)
     out = []
     bar = tqdm(total=steps * ((n + batch - 1) // batch), desc="sampling", disable=quiet(progress), leave=False)
     with torch.no_grad():
         for start in range(0, n, batch):
             x = noise[start:start + batch].to(device)
+            cond = inputs_to(slice_inputs(inputs, start, start + batch), device)
             for t in scheduler.timesteps:
-                eps = model(x, t.to(device).expand(x.shape[0])).sample
+                eps = model(x, t.to(device).expand(x.shape[0]), **cond).sample
                 x = scheduler.step(eps, t, x).prev_sample
                 bar.update()
             out.append(x.clamp(-1, 1).float().cpu())

@@ -29,12 +29,16 @@ def _width_types():
 def sync_attributes(model) -> None:
     """Make every attribute that caches a width agree with the (pruned) weights.
 
-    torch-pruning resizes the weights of Conv2d/Linear/GroupNorm; diffusers blocks also remember
-    widths (ResnetBlock2D in/out channels, Down/Upsample2D channels checked in forward, Attention
-    inner_dim and heads). The attention scale follows the new head width (dim_head ** -0.5), which
-    is what diffusers' default SDPA processor computes from the tensors anyway; setting it keeps
-    every processor in agreement.
+    torch-pruning resizes the weights of Conv2d/Linear/GroupNorm/LayerNorm/Embedding; diffusers blocks
+    also remember widths (ResnetBlock2D in/out channels, Down/Upsample2D channels checked in forward,
+    Attention inner_dim and heads, Transformer2DModel and BasicTransformerBlock widths). The attention
+    scale follows the new head width (dim_head ** -0.5), which is what diffusers' SDPA processor
+    (AttnProcessor2_0) computes from the tensors anyway; setting it keeps the classic processor, which
+    reads ``attn.scale``, in agreement.
     """
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
     Attention = _attention_cls()
     ResnetBlock2D, Downsample2D, Upsample2D = _width_types()
     for module in model.modules():
@@ -56,6 +60,13 @@ def sync_attributes(model) -> None:
             module.sliceable_head_dim = module.heads
             if module.scale_qk:
                 module.scale = (inner // module.heads) ** -0.5
+        elif isinstance(module, Transformer2DModel) and getattr(module, "proj_in", None) is not None:
+            proj_in, proj_out = module.proj_in, module.proj_out
+            module.in_channels = getattr(proj_in, "in_channels", getattr(proj_in, "in_features", None))
+            module.inner_dim = getattr(proj_in, "out_channels", getattr(proj_in, "out_features", None))
+            module.out_channels = getattr(proj_out, "out_channels", getattr(proj_out, "out_features", None))
+        elif isinstance(module, BasicTransformerBlock):
+            module.dim = module.attn1.to_q.in_features
 
 
 def widths(model) -> dict:
@@ -70,6 +81,10 @@ def widths(model) -> dict:
             out[name] = {"in_features": m.in_features, "out_features": m.out_features}
         elif isinstance(m, nn.GroupNorm):
             out[name] = {"num_groups": m.num_groups, "num_channels": m.num_channels}
+        elif isinstance(m, nn.LayerNorm):
+            out[name] = {"normalized_shape": list(m.normalized_shape)}
+        elif isinstance(m, nn.Embedding):
+            out[name] = {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim}
         elif isinstance(m, Attention):
             out[name] = {"heads": m.heads}
     return out
@@ -114,6 +129,15 @@ def apply_widths(model, manifest: dict) -> None:
                     raise ValueError(f"{m.num_channels} channels in {m.num_groups} groups")
                 if m.affine:
                     m.weight, m.bias = empty(m.num_channels, like=m.weight), empty(m.num_channels, like=m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                m.normalized_shape = tuple(int(x) for x in spec["normalized_shape"])
+                if m.weight is not None:
+                    m.weight = empty(*m.normalized_shape, like=m.weight)
+                if m.bias is not None:
+                    m.bias = empty(*m.normalized_shape, like=m.bias)
+            elif isinstance(m, nn.Embedding):
+                m.num_embeddings, m.embedding_dim = int(spec["num_embeddings"]), int(spec["embedding_dim"])
+                m.weight = empty(m.num_embeddings, m.embedding_dim, like=m.weight)
             elif isinstance(m, Attention):
                 m.heads = int(spec["heads"])
             else:

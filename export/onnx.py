@@ -174,7 +174,7 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     """
     import torch
 
-    from diffprune.models import load_source, versions
+    from diffprune.models import load_source, require_unconditional, versions
 
     if dtype not in ("fp32", "fp16"):
         raise DiffPruneError(f"dtype {dtype!r} is not supported; allowed: fp32, fp16.")
@@ -189,6 +189,7 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     check_writable(out_dir, overwrite)
     started = time.perf_counter()
     unet, scheduler_config, source = load_source(model_or_folder, device="cpu")
+    require_unconditional(unet, "ONNX export")
     unet = unet.float().eval()
     cfg = unet.config
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)

@@ -86,9 +86,9 @@ def test_manifest_of_another_architecture_is_refused(saved):
 
 def test_config_of_another_model_class_is_refused(saved):
     config = json.loads((saved / "config.json").read_text())
-    config["_class_name"] = "UNet2DConditionModel"
+    config["_class_name"] = "UNet3DConditionModel"  # a video UNet: not one diffprune prunes
     (saved / "config.json").write_text(json.dumps(config))
-    with pytest.raises(DiffPruneError, match="UNet2DConditionModel"):
+    with pytest.raises(DiffPruneError, match="UNet3DConditionModel"):
         diffprune.load(saved)
 
 

@@ -13,15 +13,19 @@ NEEDS = TOOLCHAIN
 
 def register(subparsers):
     p = subparsers.add_parser(
-        NAME, help="structurally prune a UNet2DModel (whole channels)" + missing_note(*NEEDS),
+        NAME, help="structurally prune a UNet2DModel or UNet2DConditionModel (whole channels)" + missing_note(*NEEDS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
-            Remove whole channels from a UNet2DModel. diff-pruning scores channels by Taylor importance
+            Remove whole channels from a UNet2DModel (pixel, latent or class-conditional) or a
+            UNet2DConditionModel (Stable Diffusion 1.x/2.x, SDXL). diff-pruning scores channels by Taylor importance
             |w * dL/dw| summed over the early timesteps t = 0, 1, ... until the denoising loss falls
             below --thr x its maximum; later, noisy steps carry no structure and are skipped.
             Widths stay multiples of --round-to and GroupNorm groups / attention heads stay equal.
-            SRC: a diffusers folder, a pipeline folder, a hub id (owner/name), a pruned folder, or
-            arch:NAME (built-in architecture with random weights: ddpm-cifar10-32, tiny, tiny-attn).""")
+            Text-conditioned UNets are fed the empty-prompt stand-in (zero text embeddings, 77 tokens);
+            class-conditional ones uniformly drawn labels or --class-labels. Only the UNet is pruned.
+            SRC: a diffusers folder, a pipeline folder (its unet/ and scheduler/), a hub id (owner/name),
+            a pruned folder, or arch:NAME (built-in architecture with random weights: ddpm-cifar10-32,
+            sd15, sd21-base, sdxl, and tiny test ones: tiny, tiny-attn, tiny-class, tiny-sd, tiny-sdxl).""")
         + missing_note(*NEEDS),
         epilog=EPILOG,
     )
@@ -46,6 +50,9 @@ def register(subparsers):
     p.add_argument("--num-images", type=int, default=64, help="calibration images used (default 64)")
     p.add_argument("--micro-batch", type=int, default=16, help="images per backward pass; lower it if memory is short (default 16)")
     p.add_argument("--round-to", type=int, default=8, help="keep widths multiples of this (default 8, for tensor cores; 1 = off)")
+    p.add_argument("--class-labels", type=_labels, default=None, metavar="L[,L...]",
+                   help="class-conditional models: labels cycled over the calibration images, e.g. 0,1,2 "
+                        "(default: drawn uniformly with --seed)")
     p.add_argument("--prune-heads", action="store_true", help="in attention, remove whole heads instead of shrinking every head")
     p.add_argument("--seed", type=int, default=0, help="seed for noise, data subset and random criteria (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -53,6 +60,13 @@ def register(subparsers):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
+
+
+def _labels(text: str) -> list:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 0,3,7)") from None
 
 
 def run(args) -> int:
@@ -72,7 +86,7 @@ def run(args) -> int:
         model, method=args.method, ratio=args.ratio, target_macs=args.target_macs, data=args.data,
         thr=args.thr, round_to=args.round_to, seed=args.seed, scheduler_config=scheduler_config,
         num_images=args.num_images, micro_batch=args.micro_batch, prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize,
-        progress=not args.quiet,
+        progress=not args.quiet, class_labels=args.class_labels,
     )
     info = {"source": source, "pruning": {k: v for k, v in report.to_dict().items() if k != "layer_widths"}}
     save(pruned, args.out, info=info, scheduler_config=scheduler_config, overwrite=args.overwrite)

@@ -17,6 +17,7 @@ class Calibration:
     progress: bool = True
     description: str = ""
     max_timesteps: int | None = None  # a hard cap on the timesteps summed, whatever thr says
+    inputs: dict = field(default_factory=dict)  # conditioning per image (diffprune.conditioning), batch-first
 
 
 @dataclass
@@ -53,10 +54,12 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     from tqdm.auto import tqdm
 
     from .._io import quiet
+    from ..conditioning import inputs_to, slice_inputs
 
     device = next(model.parameters()).device
     alphas_cumprod, prediction, num_steps = _targets(calib.scheduler_config)
     images = calib.images.to(device)
+    cond = inputs_to(calib.inputs, device)
     n = images.shape[0]
     generator = torch.Generator(device="cpu").manual_seed(calib.seed)
     noise = torch.randn(images.shape, generator=generator).to(device)  # one draw, reused at every t
@@ -76,7 +79,8 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
             xt = a.sqrt() * x0 + (1 - a).sqrt() * eps  # q(x_t | x_0), DDPM Eq. 4
             target = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
             timestep = torch.full((x0.shape[0],), t, device=device, dtype=torch.long)
-            pred = model(xt, timestep).sample
+            # The same conditioning at every t: class labels, empty-prompt text (see diffprune.conditioning).
+            pred = model(xt, timestep, **slice_inputs(cond, start, start + calib.micro_batch)).sample
             loss = F.mse_loss(pred.float(), target) * (x0.shape[0] / n)
             loss.backward()
             total += loss.item()
