@@ -71,6 +71,13 @@ ARCHITECTURES = {
         projection_class_embeddings_input_dim=80, cross_attention_dim=32, norm_num_groups=8,
     ),
     # runwayml/stable-diffusion-v1-5 unet/config.json (859.5M params); CLIP ViT-L/14 text, 768 wide.
+    # CompVis/ldm-celebahq-256: the latent DDPM the public Diff-Pruning code prunes (ldm_prune.py), a pixel-style
+    # UNet2DModel over the 64x64x3 latents of a VQ autoencoder (f=4).
+    "ldm-celebahq-256": dict(
+        sample_size=64, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(224, 448, 672, 896),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=32,
+    ),
     "sd15": dict(
         _class_name="UNet2DConditionModel", sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),

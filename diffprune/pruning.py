@@ -12,6 +12,7 @@ ids) are never pruned.
 """
 
 import copy
+import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -367,4 +368,8 @@ def _search_ratio(planner, macs_budget: float):
             hi, best, best_ratio, best_macs = mid, model, mid, macs
         else:
             lo = mid
+        del model
+        # The copies sit in reference cycles (torch-pruning's graph): without a collection each step, the
+        # SD-1.5 UNet's search held 23 GB after a few steps instead of one dense model and two copies.
+        gc.collect()
     return best_ratio, best, best_macs

@@ -57,6 +57,7 @@ def _inputs(model, batch=2, seed=0):
     ("sd15", 859_520_964),  # runwayml/stable-diffusion-v1-5 unet
     ("sd21-base", 865_910_724),  # stabilityai/stable-diffusion-2-1-base unet
     ("sdxl", 2_567_463_684),  # stabilityai/stable-diffusion-xl-base-1.0 unet
+    ("ldm-celebahq-256", 274_056_163),  # CompVis/ldm-celebahq-256 unet: LDM-4 CelebA-HQ, 274M in the LDM paper
 ])
 def test_real_size_builders_have_the_published_parameter_counts(arch, params):
     config = dict(ARCHITECTURES[arch])
