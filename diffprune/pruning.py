@@ -102,8 +102,9 @@ def check_options(method, ratio=None, target_macs=None, thr=0.05, round_to=8, da
     if CRITERIA[method].needs_data and data is None:
         raise DiffPruneError(
             f"Method {method!r} scores channels with gradients of the denoising loss and needs "
-            "calibration images: pass data= (CLI --data) as an image folder, a .npy/.npz file, "
-            "builtin:digits, or generate:N to draw N samples from the model itself. "
+            "calibration images: pass data= (CLI --data) as an image folder (captions in same-stem .txt files), "
+            "a .jsonl of image-caption pairs, a .npy/.npz file, builtin:digits, or generate:N to draw N samples "
+            "from the model itself. "
             "magnitude and random need no data."
         )
 
@@ -284,7 +285,8 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
             if prompts:
                 uncond = cond.inputs(count, size, generator=torch.Generator().manual_seed(seed),
                                      text=text_encoder([""] * count, device=_device(model)))
-                text_inputs += f", {len(prompts)} prompts, images drawn with guidance {GUIDANCE_SCALE}"
+                text_inputs += (f", {len(prompts)} prompt{'s' if len(prompts) > 1 else ''}, images drawn with guidance "
+                                f"{GUIDANCE_SCALE}")
         inputs = cond.inputs(count, size, class_labels=class_labels, generator=generator, text=text)
         images = generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs, uncond=uncond,
                           guidance_scale=GUIDANCE_SCALE if uncond is not None else 1.0, clamp=not latent)
