@@ -267,6 +267,24 @@ class FromSource:
             raise ValueError(f"component {component!r}; allowed: {', '.join(self.COMPONENTS)}")
         self.src, self.component, self.device = src, component, device
 
+    def _pipeline(self):
+        path = Path(self.src)
+        if path.is_dir() and not (path / "model_index.json").is_file() and (path.parent / "model_index.json").is_file():
+            path = path.parent  # the unet/ subfolder of a pipeline (e.g. a pruned one)
+        return path if (path / "model_index.json").is_file() else None
+
+    def available(self) -> bool:
+        """Whether the source has this component (without loading it)."""
+        if not isinstance(self.src, str):
+            return False
+        if self.src.startswith("arch:"):
+            from .latents import VAE_SETUPS
+            from .text import TEXT_SETUPS
+
+            return self.src[len("arch:"):] in (TEXT_SETUPS if self.component == "text_encoder" else VAE_SETUPS)
+        pipeline = self._pipeline()
+        return pipeline is not None and (pipeline / self.component).is_dir()
+
     def load(self):
         src = self.src if isinstance(self.src, str) else None
         if src is None:
@@ -284,10 +302,8 @@ class FromSource:
             from .latents import VAE_SETUPS, build_vae
 
             return build_vae(VAE_SETUPS[arch]).to(self.device) if arch in VAE_SETUPS else None
-        path = Path(src)
-        if path.is_dir() and not (path / "model_index.json").is_file() and (path.parent / "model_index.json").is_file():
-            path = path.parent  # the unet/ subfolder of a pipeline (e.g. a pruned one)
-        if not (path / "model_index.json").is_file():
+        path = self._pipeline()
+        if path is None:
             return None
         if self.component == "text_encoder":
             from .text import load_text_encoder

@@ -242,8 +242,12 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
     cond = conditioning(model)
     latent = cond.text_width is not None  # Stable Diffusion-family UNets denoise VAE latents
     generator = torch.Generator().manual_seed(seed)
+    generating = isinstance(data, str) and data.startswith("generate:")
     if cond.text_width and isinstance(text_encoder, FromSource):
-        text_encoder = text_encoder.load()  # None when the source has no text encoder (a bare UNet)
+        # Captions and prompts need it (a pipeline without text_encoder/ is then an error); generate:N alone
+        # uses it when the source has one, else the zero stand-in. A bare UNet gives None.
+        needed = prompts is not None or not generating
+        text_encoder = text_encoder.load() if needed or text_encoder.available() else None
     if text_encoder is not None and cond.text_width:
         text_encoder.check_fits(cond)
     text_inputs = cond.text_inputs
@@ -265,7 +269,7 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
         text_inputs = f"{what} through {text_encoder.source}"
         return encoded
 
-    if isinstance(data, str) and data.startswith("generate:"):
+    if generating:
         from .sampling import generate
 
         try:

@@ -476,3 +476,21 @@ def test_cli_bad_inputs_are_clear_errors_and_write_nothing(case, tiny_sd, captio
     assert main(["prune", str(folder), str(out), *args, "--ratio", "0.3", "--max-timesteps", "1", "--quiet"]) == 2
     assert expected in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_generate_without_prompts_uses_the_real_empty_prompt_when_there_is_a_text_encoder(tiny_sd, tmp_path,
+                                                                                          few_sampling_steps):
+    from diffprune.models import FromSource
+
+    unet, text, vae = tiny_sd
+    folder = _full_pipeline(tmp_path, unet, text, vae)
+    calib, described = _calibrate(unet, "generate:2", text_encoder=FromSource(str(folder), "text_encoder"))
+    assert described == f"the empty prompt through {folder}"
+    assert calib.inputs["encoder_hidden_states"].abs().sum() > 0  # CLIP's "" is not zeros
+    import shutil
+
+    shutil.rmtree(folder / "text_encoder")  # no text encoder: generate:N alone falls back to the zero stand-in
+    calib, described = _calibrate(unet, "generate:2", text_encoder=FromSource(str(folder), "text_encoder"))
+    assert described == "empty-prompt zeros" and not calib.inputs["encoder_hidden_states"].any()
+    with pytest.raises(DiffPruneError, match="has no text_encoder/ subfolder"):  # prompts need it
+        _calibrate(unet, "generate:2", prompts=["a cat"], text_encoder=FromSource(str(folder), "text_encoder"))
