@@ -22,10 +22,11 @@ def torch_eager_case(src, batch: int, steps: int, device: str = "cpu", name: str
     import torch
     from diffusers import DDIMPipeline, DDIMScheduler
 
-    from .models import load_source
+    from .models import load_source, require_unconditional
     from .runtime.bench import Case
 
     unet, scheduler_config, _ = load_source(src, device=device)
+    require_unconditional(unet, "The PyTorch eager baseline")
     allowed = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     pipe = DDIMPipeline(unet=unet.eval(), scheduler=DDIMScheduler.from_config(allowed))
     pipe.set_progress_bar_config(disable=True)

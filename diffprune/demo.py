@@ -55,7 +55,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     from .export import to_onnx
     from .finetune import finetune
     from .metrics import consistency
-    from .models import load_source
+    from .models import load_source, require_unconditional
     from .pruning import prune
     from .runtime import Sampler, make_scheduler, open_runner
     from .runtime.image import grid, save_png
@@ -70,6 +70,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
 
     def make_dense():
         model, scheduler_config, source = load_source(o.model)
+        require_unconditional(model, "The demo")
         info = read_info(source["source"]) if source.get("format") == "diffprune" else {"source": source}
         info = {k: v for k, v in info.items() if k not in ("widths", "params", "macs", "versions", "dtype", "format")}
         save(model, dense_dir, info=info, scheduler_config=scheduler_config)

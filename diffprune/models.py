@@ -392,7 +392,8 @@ def require_unconditional(model, what: str) -> None:
     if cond.kind != "none":
         raise DiffPruneError(
             f"{what} takes unconditional UNet2DModels so far; this {cond.model_class} is conditioned on "
-            f"{cond.kind} (prune, save and load handle it; {what} for conditional models is the next step of issue 12)."
+            f"{cond.kind}. Prune, save and load handle it already; {what} for conditional models is not implemented yet. "
+            "Use an unconditional UNet2DModel here, or stop after `diffprune prune`."
         )
 
 

@@ -604,7 +604,7 @@ def _as_artifact(src, export_dir: Path, batches, log) -> Path:
 def _sweep_member(dense, fraction, work, method, data, finetune_steps, calibration_images, max_timesteps, batches,
                   progress, log) -> Path:
     from .checkpoint import save
-    from .models import load_source
+    from .models import load_source, require_unconditional
     from .pruning import prune
 
     name = f"macs-{fraction:g}"
@@ -612,6 +612,7 @@ def _sweep_member(dense, fraction, work, method, data, finetune_steps, calibrati
     if not folder.exists():
         started = time.perf_counter()
         model, scheduler_config, _ = load_source(dense)
+        require_unconditional(model, "Selection (--sweep)")
         pruned, report_ = prune(model, method=method, target_macs=fraction, data=data, num_images=calibration_images,
                                 max_timesteps=max_timesteps, scheduler_config=scheduler_config, progress=progress)
         save(pruned, folder, info={"source": {"source": str(dense)}, "pruning": report_.to_dict()},

@@ -221,3 +221,12 @@ def test_fid_ranking_and_the_batch_axis(tmp_path, tiny_export):
     assert set(model) == {"dense · ort-cpu · b1", "dense · ort-cpu · b2"}
     with pytest.raises(DiffPruneError, match="feature network"):
         select(str(tiny_export), budget_ms=100, rank="fid", out=tmp_path / "x")
+
+
+def test_a_conditional_model_is_refused_clearly(tmp_path):
+    from diffprune.select import select
+
+    with pytest.raises(DiffPruneError, match="not implemented yet"):
+        select("arch:tiny-class", sweep=[0.5], budget_ms=100, backend="ort-cpu", out=tmp_path / "sel",
+               progress=False, log=lambda *a: None)
+    assert not (tmp_path / "sel").exists()
