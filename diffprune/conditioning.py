@@ -9,11 +9,12 @@ case with no conditioning at all:
     ... addition_embed_type text_time + added_cond_kwargs: text_embeds (B, P),  SDXL
                                         time_ids (B, 6)
 
-Without captions (this version reads none), the text inputs are the *empty-prompt stand-in*: zeros of
-the text encoder's shape, 77 tokens (CLIP's context length, what the SD pipelines pad every prompt
-to). Zeros are not what CLIP gives for "": with them cross-attention sees constant keys and zero
-values, so its projections get no gradient and Diff-Pruning ranks those channels by weight magnitude
-instead (diffprune.pruning says so in the report). SDXL's ``time_ids`` are the pipeline's defaults for
+Text inputs come from the pipeline's frozen text encoder (diffprune.text) applied to the captions or
+prompts: ``inputs(..., text=encoded)``. Without a text encoder, the *empty-prompt stand-in* is used:
+zeros of the text encoder's shape, 77 tokens (CLIP's context length, what the SD pipelines pad every
+prompt to). Zeros are not what CLIP gives for "": with them cross-attention sees constant keys and
+zero values, so its projections get no gradient and Diff-Pruning ranks those channels by weight
+magnitude instead (diffprune.pruning says so in the report). SDXL's ``time_ids`` are the pipeline's defaults for
 an uncropped image at the latent size times the VAE factor 8:
 (original height, original width, crop top, crop left, target height, target width).
 Class labels are drawn uniformly from ``range(num_class_embeds)`` with the run's seed, or given.
@@ -37,7 +38,7 @@ class Conditioning:
     text_tokens: int = TEXT_TOKENS
     added: str | None = None  # "text_time" for SDXL
     pooled_width: int | None = None  # SDXL text_embeds width (the pooled text embedding)
-    text_inputs: str = "none"  # what stood for the prompts: "none" or "empty-prompt zeros"
+    text_inputs: str = "none"  # what the text inputs were: "none", "empty-prompt zeros", or the text encoder used
 
     @property
     def kind(self) -> str:
@@ -63,10 +64,11 @@ class Conditioning:
             raise DiffPruneError(f"class label{'s' if len(bad) > 1 else ''} {bad[:5]} out of range; {allowed}.")
         return labels
 
-    def inputs(self, batch: int, size: tuple, device="cpu", class_labels=None, generator=None) -> dict:
+    def inputs(self, batch: int, size: tuple, device="cpu", class_labels=None, generator=None, text=None) -> dict:
         """Keyword inputs of the UNet beyond ``sample`` and ``timestep``, for ``batch`` samples of
         latent/pixel ``size`` (H, W). ``class_labels`` (list of ints) cycle over the batch; without
-        them labels are drawn uniformly with ``generator`` (or all 0 when there is none)."""
+        them labels are drawn uniformly with ``generator`` (or all 0 when there is none). ``text``
+        (diffprune.text.Encoded, one row per sample) gives the text inputs; without it, zeros."""
         import torch
 
         out = {}
@@ -80,12 +82,16 @@ class Conditioning:
                 labels = torch.zeros(batch, dtype=torch.long)
             out["class_labels"] = labels.to(device)
         if self.text_width:
-            out["encoder_hidden_states"] = torch.zeros(batch, self.text_tokens, self.text_width, device=device)  # (B, L, D)
+            if text is not None and text.encoder_hidden_states.shape[0] != batch:
+                raise ValueError(f"{text.encoder_hidden_states.shape[0]} text embeddings for {batch} samples")
+            out["encoder_hidden_states"] = (torch.zeros(batch, self.text_tokens, self.text_width, device=device)  # (B, L, D)
+                                            if text is None else text.encoder_hidden_states.to(device))
         if self.added == "text_time":
             h, w = size
             time_ids = torch.tensor([h * VAE_SCALE, w * VAE_SCALE, 0, 0, h * VAE_SCALE, w * VAE_SCALE], dtype=torch.float32)
             out["added_cond_kwargs"] = {
-                "text_embeds": torch.zeros(batch, self.pooled_width, device=device),  # (B, P)
+                "text_embeds": (torch.zeros(batch, self.pooled_width, device=device)  # (B, P)
+                                if text is None else text.text_embeds.to(device)),
                 "time_ids": time_ids.repeat(batch, 1).to(device),  # (B, 6)
             }
         return out
@@ -94,6 +100,13 @@ class Conditioning:
 def slice_inputs(inputs: dict, start: int, stop: int) -> dict:
     """The micro-batch [start, stop) of ``inputs`` (nested dicts of batch-first tensors)."""
     return {k: slice_inputs(v, start, stop) if isinstance(v, dict) else v[start:stop] for k, v in inputs.items()}
+
+
+def concat_inputs(a: dict, b: dict) -> dict:
+    """``a`` and ``b`` (nested dicts of batch-first tensors) stacked along the batch."""
+    import torch
+
+    return {k: concat_inputs(v, b[k]) if isinstance(v, dict) else torch.cat([v, b[k]]) for k, v in a.items()}
 
 
 def inputs_to(inputs: dict, device) -> dict:

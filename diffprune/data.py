@@ -1,10 +1,16 @@
-"""Images for calibration and fine-tuning, scaled to [-1, 1] and to the model's size and channels.
+"""Images for calibration and fine-tuning, scaled to [-1, 1] and to the model's size and channels, with
+the captions and class labels that come with them.
 
-Sources: ``builtin:digits`` (10,000 MNIST digits shipped in the package, MIT licensed), a ``.npy`` or
-``.npz`` array of images, a folder of image files, or ``generate:N`` (handled by the caller, which
-owns the model that draws the samples).
+Sources: ``builtin:digits`` (10,000 MNIST digits shipped in the package, MIT licensed, with their
+labels), a ``.npy`` or ``.npz`` array of images (an .npz may hold ``labels`` beside ``images``), a
+folder of image files (each caption in a same-stem ``.txt`` beside its image: ``cat.png`` +
+``cat.txt``), a ``.jsonl`` file of ``{"image": path, "text": caption}`` lines (paths relative to the
+file; an optional ``"label"``), or ``generate:N`` (handled by the caller, which owns the model that
+draws the samples).
 """
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +40,8 @@ def _as_nhwc(array: np.ndarray, where: str) -> np.ndarray:
     )
 
 
-def _load_array(path: Path) -> np.ndarray:
+def _load_array(path: Path, labels: bool = False):
+    """The images of a .npy/.npz; with ``labels``, ``(images, labels or None)``."""
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -44,8 +51,11 @@ def _load_array(path: Path) -> np.ndarray:
                         f"{str(path)!r} holds arrays {z.files}; diffprune reads the one named 'images' "
                         "(or the only array). Re-save it with np.savez(path, images=...)."
                     )
+                if labels:
+                    return z[key], (z["labels"] if "labels" in z.files else None)
                 return z[key]
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
+        return (array, None) if labels else array
     except (ValueError, OSError, EOFError) as e:
         raise DiffPruneError(
             f"Could not read images from {str(path)!r} ({e}). The file is corrupt or not a numpy "
@@ -53,22 +63,32 @@ def _load_array(path: Path) -> np.ndarray:
         ) from None
 
 
-def _load_folder(folder: Path, limit: int | None) -> np.ndarray:
+def _read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else "L"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise DiffPruneError(f"Could not read the image {str(path)!r}: {e}. Remove or replace it.") from None
+
+
+def _folder_files(folder: Path) -> list:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DiffPruneError(
             f"The folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}). "
             "Point --data at a folder of image files, a .npy/.npz array, or builtin:digits."
         )
-    images = []
-    for path in files[:limit]:
-        try:
-            with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else "L")))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DiffPruneError(f"Could not read the image {str(path)!r}: {e}. Remove or replace it.") from None
+    return files
+
+
+def _load_folder(folder: Path, limit: int | None, files=None) -> np.ndarray:
+    images = [_read_image(path) for path in (files or _folder_files(folder))[:limit]]
+    return _stack(images)
+
+
+def _stack(images: list):
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         # Mixed sizes are resized one by one below; keep them in a list until then.
@@ -112,6 +132,89 @@ def _fit(x, size: tuple, resize: str, where: str):
     return x[..., top:top + H, left:left + W], interpolated
 
 
+def _read_jsonl(path: Path):
+    """Images, captions and labels (None where no line has one) of a JSONL file."""
+    images, captions, labels = [], [], []
+    lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    if not lines:
+        raise DiffPruneError(f"Data {str(path)!r} holds no lines; write one JSON object per line: "
+                             '{"image": "cats/1.png", "text": "a photo of a cat"}.')
+    for number, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DiffPruneError(f"Line {number} of {str(path)!r} is not JSON ({e}).") from None
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str):
+            raise DiffPruneError(f"Line {number} of {str(path)!r} has no \"image\" path; each line is "
+                                 '{"image": "cats/1.png", "text": "a photo of a cat"} (an optional "label").')
+        if "text" in row and not isinstance(row["text"], str):
+            raise DiffPruneError(f"Line {number} of {str(path)!r}: \"text\" is a {type(row['text']).__name__}, "
+                                 "not a string.")
+        image = Path(row["image"]) if Path(row["image"]).is_absolute() else path.parent / row["image"]
+        if not image.is_file():
+            raise DiffPruneError(f"Line {number} of {str(path)!r} names the image {str(image)!r}, which does not "
+                                 "exist (paths are relative to the JSONL file's folder).")
+        images.append(_read_image(image))
+        captions.append(row.get("text"))
+        labels.append(row.get("label"))
+    return (_stack(images), captions if any(c is not None for c in captions) else None,
+            labels if any(x is not None for x in labels) else None)
+
+
+@dataclass
+class CalibrationData:
+    """Images (N, C, H, W) in [-1, 1] as a torch tensor and what came with them, aligned with them."""
+
+    images: "object"
+    captions: list | None = None  # one caption per image (None where an image has none), or None: no captions at all
+    labels: list | None = None  # class labels (ints as stored), or None
+    files: list | None = None  # the image files the captions belong to (folders and JSONL), for messages
+
+
+def load_calibration(spec, size: tuple, channels: int, limit: int | None = None, seed: int = 0,
+                     resize: str = "bilinear", warn=None) -> CalibrationData:
+    """Like :func:`load_images`, with the captions and labels of the chosen images (see the module
+    docstring for where they come from)."""
+    raw, where, captions, labels, files = _read(spec)
+    images, order = _convert(raw, where, size, channels, limit, seed, resize, warn)
+    pick = lambda xs: None if xs is None else [xs[i] for i in order]  # noqa: E731
+    return CalibrationData(images=images, captions=pick(captions), labels=pick(labels), files=pick(files))
+
+
+def _read(spec):
+    """(raw images, where, captions, labels, files) of a data source."""
+    if isinstance(spec, (np.ndarray,)) or hasattr(spec, "numpy"):
+        return np.asarray(spec), "the given array", None, None, None
+    if spec == "builtin:digits":
+        raw, labels = _load_array(ASSETS / "digits.npz", labels=True)
+        return raw, "builtin:digits", None, labels.tolist(), None
+    if isinstance(spec, str) and spec.startswith("builtin:"):
+        raise DiffPruneError(f"Unknown built-in data set {spec!r}; the one shipped is builtin:digits.")
+    path = Path(spec)
+    where = repr(str(path))
+    if path.is_dir():
+        files = _folder_files(path)
+        captions = [p.with_suffix(".txt") for p in files]
+        captions = ([c.read_text(encoding="utf-8").strip() if c.is_file() else None for c in captions]
+                    if any(c.is_file() for c in captions) else None)
+        return _load_folder(path, None, files), where, captions, None, [str(p) for p in files]
+    if path.is_file() and path.suffix in (".npy", ".npz"):
+        raw, labels = _load_array(path, labels=True)
+        return raw, where, None, None if labels is None else labels.tolist(), None
+    if path.is_file() and path.suffix == ".jsonl":
+        raw, captions, labels = _read_jsonl(path)
+        return raw, where, captions, labels, [f"line {i + 1} of {path}" for i in range(len(raw))]
+    if path.is_file():
+        raise DiffPruneError(
+            f"Data {str(path)!r} is a {path.suffix or 'suffix-less'} file; diffprune reads .npy/.npz "
+            "arrays, image folders, .jsonl image-caption lists, builtin:digits or generate:N."
+        )
+    raise DiffPruneError(
+        f"Data {str(path)!r} does not exist. Give an image folder, a .npy/.npz file, a .jsonl of "
+        "image-caption pairs, builtin:digits, or generate:N to draw N calibration samples from the model itself."
+    )
+
+
 def load_images(spec, size: tuple, channels: int, limit: int | None = None, seed: int = 0,
                 resize: str = "bilinear", warn=None):
     """Return a float32 torch tensor (N, channels, H, W) in [-1, 1].
@@ -122,36 +225,17 @@ def load_images(spec, size: tuple, channels: int, limit: int | None = None, seed
     to stderr) gets one line saying so, since a model sees another distribution than the one it
     was trained on when the layout differs.
     """
+    raw, where, *_ = _read(spec)
+    return _convert(raw, where, size, channels, limit, seed, resize, warn)[0]
+
+
+def _convert(raw, where, size, channels, limit, seed, resize, warn):
+    """(images (N, channels, H, W) in [-1, 1], the indices of raw they are)."""
     import sys
 
     import torch
 
     check_resize(resize)
-
-    if isinstance(spec, (np.ndarray,)) or hasattr(spec, "numpy"):
-        raw, where = np.asarray(spec), "the given array"
-    elif spec == "builtin:digits":
-        raw, where = _load_array(ASSETS / "digits.npz"), "builtin:digits"
-    elif isinstance(spec, str) and spec.startswith("builtin:"):
-        raise DiffPruneError(f"Unknown built-in data set {spec!r}; the one shipped is builtin:digits.")
-    else:
-        path = Path(spec)
-        where = repr(str(path))
-        if path.is_dir():
-            raw = _load_folder(path, None)
-        elif path.is_file() and path.suffix in (".npy", ".npz"):
-            raw = _load_array(path)
-        elif path.is_file():
-            raise DiffPruneError(
-                f"Data {str(path)!r} is a {path.suffix or 'suffix-less'} file; diffprune reads .npy/.npz "
-                "arrays, image folders, builtin:digits or generate:N."
-            )
-        else:
-            raise DiffPruneError(
-                f"Data {str(path)!r} does not exist. Give an image folder, a .npy/.npz file, "
-                "builtin:digits, or generate:N to draw N calibration samples from the model itself."
-            )
-
     items = list(raw) if isinstance(raw, list) else None
     count = len(items) if items is not None else len(raw)
     if count == 0:
@@ -186,4 +270,4 @@ def load_images(spec, size: tuple, channels: int, limit: int | None = None, seed
         (warn or (lambda m: print(m, file=sys.stderr)))(
             f"diffprune: warning: {sizes} images resized to {size[0]}x{size[1]} ({resize}); if the model was trained "
             "on images laid out otherwise (e.g. digits padded to 32x32), choose --resize pad or center-crop.")
-    return torch.cat(batch)
+    return torch.cat(batch), order.tolist()

@@ -261,6 +261,69 @@ def pipeline_component(folder, name: str) -> Path:
     return part
 
 
+class FromSource:
+    """A pipeline component of a model source, loaded when first needed (``load()``), since most
+    runs need neither: ``component`` is "text_encoder" (diffprune.text.TextEncoder) or "vae"
+    (AutoencoderKL). ``arch:NAME`` gives the built-in pipeline's (random weights), a pipeline folder
+    its subfolder (an error if missing), a bare or in-memory UNet none (None)."""
+
+    COMPONENTS = ("text_encoder", "vae")
+
+    def __init__(self, src, component: str, device="cpu"):
+        if component not in self.COMPONENTS:
+            raise ValueError(f"component {component!r}; allowed: {', '.join(self.COMPONENTS)}")
+        self.src, self.component, self.device = src, component, device
+
+    def _pipeline(self):
+        path = Path(self.src)
+        if path.is_dir() and not (path / "model_index.json").is_file() and (path.parent / "model_index.json").is_file():
+            path = path.parent  # the unet/ subfolder of a pipeline (e.g. a pruned one)
+        return path if (path / "model_index.json").is_file() else None
+
+    def available(self) -> bool:
+        """Whether the source has this component (without loading it)."""
+        if not isinstance(self.src, str):
+            return False
+        if self.src.startswith("arch:"):
+            from .latents import VAE_SETUPS
+            from .text import TEXT_SETUPS
+
+            return self.src[len("arch:"):] in (TEXT_SETUPS if self.component == "text_encoder" else VAE_SETUPS)
+        pipeline = self._pipeline()
+        return pipeline is not None and (pipeline / self.component).is_dir()
+
+    def load(self):
+        src = self.src if isinstance(self.src, str) else None
+        if src is None:
+            return None
+        if src.startswith("arch:"):
+            arch = src[len("arch:"):]
+            if self.component == "text_encoder":
+                from .text import build_text_encoder
+
+                built = build_text_encoder(arch)
+                if built is not None:
+                    for _, model in built.parts:
+                        model.to(self.device)
+                return built
+            from .latents import VAE_SETUPS, build_vae
+
+            return build_vae(VAE_SETUPS[arch]).to(self.device) if arch in VAE_SETUPS else None
+        path = self._pipeline()
+        if path is None:
+            return None
+        if self.component == "text_encoder":
+            from .text import load_text_encoder
+
+            encoder = load_text_encoder(path)
+            for _, model in encoder.parts:
+                model.to(self.device)
+            return encoder
+        from .latents import load_vae
+
+        return load_vae(path).to(self.device)
+
+
 def check_hub_id(repo_id: str) -> None:
     """Fail in a second, not after minutes of retries, when a source is neither a folder nor reachable.
 

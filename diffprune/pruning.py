@@ -12,6 +12,7 @@ ids) are never pruned.
 """
 
 import copy
+import dataclasses
 import gc
 import math
 import time
@@ -102,8 +103,9 @@ def check_options(method, ratio=None, target_macs=None, thr=0.05, round_to=8, da
     if CRITERIA[method].needs_data and data is None:
         raise DiffPruneError(
             f"Method {method!r} scores channels with gradients of the denoising loss and needs "
-            "calibration images: pass data= (CLI --data) as an image folder, a .npy/.npz file, "
-            "builtin:digits, or generate:N to draw N samples from the model itself. "
+            "calibration images: pass data= (CLI --data) as an image folder (captions in same-stem .txt files), "
+            "a .jsonl of image-caption pairs, a .npy/.npz file, builtin:digits, or generate:N to draw N samples "
+            "from the model itself. "
             "magnitude and random need no data."
         )
 
@@ -222,18 +224,53 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear", class_labels=None):
-    """Clean samples and the conditioning they are denoised under (class labels, empty-prompt text)."""
+GUIDANCE_SCALE = 7.5  # the SD pipelines' default classifier-free guidance, for generate:N with --prompts
+
+
+def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear", class_labels=None,
+                 text_encoder=None, vae=None, prompts=None):
+    """Clean samples (latents for latent models) and the conditioning they are denoised under: class
+    labels (given, else the data's, else drawn), text embeddings of the captions or prompts (the
+    empty-prompt stand-in without a text encoder). Returns (Calibration, what the text inputs were)."""
     import torch
 
     from .conditioning import conditioning
-    from .data import describe, load_images
-    from .models import sample_size
+    from .data import describe, load_calibration
+    from .models import FromSource, sample_size
 
     cfg = model.config
     size = sample_size(model)
     cond = conditioning(model)
-    if isinstance(data, str) and data.startswith("generate:"):
+    latent = cond.text_width is not None  # Stable Diffusion-family UNets denoise VAE latents
+    generator = torch.Generator().manual_seed(seed)
+    generating = isinstance(data, str) and data.startswith("generate:")
+    if cond.text_width and isinstance(text_encoder, FromSource):
+        # Captions and prompts need it (a pipeline without text_encoder/ is then an error); generate:N alone
+        # uses it when the source has one, else the zero stand-in. A bare UNet gives None.
+        needed = prompts is not None or not generating
+        text_encoder = text_encoder.load() if needed or text_encoder.available() else None
+    if text_encoder is not None and cond.text_width:
+        text_encoder.check_fits(cond)
+    text_inputs = cond.text_inputs
+
+    def encode_text(captions, what="captions"):
+        nonlocal text_inputs
+        if text_encoder is None:
+            raise DiffPruneError(
+                "Captions or prompts were given, but no text encoder: a bare UNet folder or an in-memory UNet carries "
+                "none. Give the pipeline folder (with text_encoder/ and tokenizer/), or text_encoder= in Python "
+                "(diffprune.text.build_text_encoder / load_text_encoder).")
+        encoded = text_encoder(captions, device=_device(model))
+        if encoded.truncated:
+            import sys
+
+            print(f"diffprune: warning: {len(encoded.truncated)} of {len(captions)} captions are longer than 77 CLIP "
+                  f"tokens and were truncated (the first: {captions[encoded.truncated[0]][:80]!r}...), as the SD "
+                  "pipelines do.", file=sys.stderr)
+        text_inputs = f"{what} through {text_encoder.source}"
+        return encoded
+
+    if generating:
         from .sampling import generate
 
         try:
@@ -242,25 +279,70 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
             count = 0
         if count <= 0:
             raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0 (e.g. generate:64).")
-        inputs = cond.inputs(count, size, class_labels=class_labels, generator=torch.Generator().manual_seed(seed))
-        images = generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs)
+        text = uncond = None
+        if prompts is not None and not cond.text_width:
+            raise DiffPruneError(f"--prompts were given, but this {cond.model_class} reads no text "
+                                 f"(conditioning: {cond.kind}); leave them out.")
+        if cond.text_width and (prompts is not None or text_encoder is not None):
+            # Without prompts, the real empty prompt: what the pipeline feeds for "" (not zeros).
+            text = (encode_text([prompts[i % len(prompts)] for i in range(count)], "prompts") if prompts
+                    else encode_text([""] * count, "the empty prompt"))
+            if prompts:
+                uncond = cond.inputs(count, size, generator=torch.Generator().manual_seed(seed),
+                                     text=text_encoder([""] * count, device=_device(model)))
+                text_inputs += (f", {len(prompts)} prompt{'s' if len(prompts) > 1 else ''}, images drawn with guidance "
+                                f"{GUIDANCE_SCALE}")
+        inputs = cond.inputs(count, size, class_labels=class_labels, generator=generator, text=text)
+        images = generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs, uncond=uncond,
+                          guidance_scale=GUIDANCE_SCALE if uncond is not None else 1.0, clamp=not latent)
     else:
+        if prompts is not None:
+            raise DiffPruneError("--prompts go with --data generate:N (the prompts the calibration images are drawn "
+                                 "with); image data brings its own captions (same-stem .txt files, or a JSONL's \"text\").")
+        if latent:
+            from .latents import encode, vae_factor
+
+            if isinstance(vae, FromSource):
+                vae = vae.load()
+            if vae is None:
+                raise DiffPruneError(
+                    f"Data {describe(data)!r}: this {cond.model_class} denoises latents of its pipeline's VAE, and no VAE "
+                    "was given to encode the images. Give the pipeline folder (with vae/), vae= in Python "
+                    "(diffprune.latents.build_vae / load_vae), or --data generate:N to draw latents from the model itself.")
+            f = vae_factor(vae)
+            found = load_calibration(data, (size[0] * f, size[1] * f), vae.config.in_channels, limit=n, seed=seed,
+                                     resize=resize)
+        else:
+            found = load_calibration(data, size, cfg.in_channels, limit=n, seed=seed, resize=resize)
+        text = None
         if cond.text_width:
-            raise DiffPruneError(
-                f"Data {describe(data)!r}: this {cond.model_class} denoises latents of the pipeline's VAE, and encoding "
-                "images (with their captions) to latents is not supported yet. Use --data generate:N (N samples drawn "
-                "from the model itself with the empty-prompt stand-in), or a method that needs no data (magnitude, random).")
-        images = load_images(data, size, cfg.in_channels, limit=n, seed=seed, resize=resize)
-        inputs = cond.inputs(images.shape[0], size, class_labels=class_labels,
-                             generator=torch.Generator().manual_seed(seed))
-    return Calibration(images=images, scheduler_config=scheduler_config, micro_batch=micro_batch,
-                       seed=seed, progress=progress, description=describe(data), inputs=inputs)
+            missing = [i for i, c in enumerate(found.captions or [None] * found.images.shape[0]) if c is None]
+            if missing:
+                names = [found.files[i] if found.files else f"image {i}" for i in missing[:3]]
+                raise DiffPruneError(
+                    f"Data {describe(data)!r}: {len(missing)} of {found.images.shape[0]} images have no caption "
+                    f"({', '.join(names)}{', ...' if len(missing) > 3 else ''}). A text-conditioned UNet is pruned with "
+                    "the captions of its images: put each caption in a same-stem .txt beside its image (cat.png + "
+                    "cat.txt), or list {\"image\": ..., \"text\": ...} lines in a .jsonl; or use --data generate:N "
+                    "--prompts FILE.")
+            text = encode_text(found.captions)
+        if class_labels is None and cond.num_classes and found.labels is not None:
+            try:
+                class_labels = cond.check_labels(found.labels)
+            except DiffPruneError as e:
+                raise DiffPruneError(f"Data {describe(data)!r} holds class labels the model cannot take: {e}") from None
+        images = encode(vae, found.images, micro_batch) if latent else found.images
+        inputs = cond.inputs(images.shape[0], size, class_labels=class_labels, generator=generator, text=text)
+    calib = Calibration(images=images, scheduler_config=scheduler_config, micro_batch=micro_batch,
+                        seed=seed, progress=progress, description=describe(data), inputs=inputs)
+    return calib, text_inputs
 
 
 def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target_macs: float | None = None,
           data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
-          progress: bool = True, resize: str = "bilinear", class_labels=None):
+          progress: bool = True, resize: str = "bilinear", class_labels=None, text_encoder=None, vae=None,
+          prompts=None):
     """Prune a diffusers ``UNet2DModel`` or ``UNet2DConditionModel``; return ``(pruned_model, PruneReport)``.
 
     ``method``: diff-pruning (paper), taylor, magnitude, random or reinit (random structure, fresh
@@ -273,8 +355,14 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
 
     Conditional UNets are fed their conditioning (diffprune.conditioning): class-conditional ones
     ``class_labels`` (ints cycled over the calibration images; default: drawn uniformly with ``seed``),
-    text-conditioned ones the empty-prompt stand-in (zero text embeddings; SDXL's default time ids).
-    Params and MACs are counted with those inputs.
+    labels stored with the data (builtin:digits, an .npz's ``labels``, a JSONL's ``"label"``) or drawn
+    uniformly with ``seed``; text-conditioned ones the captions of the data (same-stem .txt files, a
+    JSONL's ``"text"``) through ``text_encoder`` (diffprune.text.TextEncoder, frozen, run once), with
+    images encoded to latents by ``vae`` (diffprune.latents); ``data="generate:N"`` with ``prompts`` (a
+    list of str) draws the calibration latents from the model with those prompts. Without a text
+    encoder, text inputs are the empty-prompt stand-in (zeros; SDXL's default time ids), which gives
+    cross-attention no gradient. ``text_encoder`` and ``vae`` may be ``diffprune.models.FromSource``
+    loaders, loaded only when needed. Params and MACs are counted with the default inputs.
     """
     import torch
 
@@ -286,6 +374,10 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     cond = conditioning(unet)
     if class_labels is not None:
         class_labels = cond.check_labels(class_labels)
+    if prompts is not None:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise DiffPruneError(f"prompts must be a non-empty list of strings; got {prompts[:3]!r}.")
     if ratio is None and target_macs is None:
         target_macs = DEFAULT_TARGET_MACS
     started = time.perf_counter()
@@ -299,8 +391,9 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if criterion.needs_data:
-            calib = _calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress, resize,
-                                 class_labels)
+            calib, text_inputs = _calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress,
+                                              resize, class_labels, text_encoder, vae, prompts)
+            cond = dataclasses.replace(cond, text_inputs=text_inputs)
             calib.max_timesteps = max_timesteps
             with torch.enable_grad():
                 log = criterion.prepare(dense, calib)

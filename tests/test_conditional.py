@@ -189,8 +189,8 @@ def test_cli_class_label_out_of_range_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_images_for_a_latent_text_model_are_refused_with_what_to_use(dense):
-    with pytest.raises(DiffPruneError, match="encoding images .* not supported yet.*generate:N"):
+def test_images_for_a_latent_text_model_without_a_vae_are_refused_with_what_to_use(dense):
+    with pytest.raises(DiffPruneError, match="denoises latents of its pipeline's VAE, and no VAE was given.*generate:N"):
         diffprune.prune(dense["tiny-sd"], method="diff-pruning", ratio=0.3, data="builtin:digits", progress=False)
 
 

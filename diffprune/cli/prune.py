@@ -21,8 +21,11 @@ def register(subparsers):
             |w * dL/dw| summed over the early timesteps t = 0, 1, ... until the denoising loss falls
             below --thr x its maximum; later, noisy steps carry no structure and are skipped.
             Widths stay multiples of --round-to and GroupNorm groups / attention heads stay equal.
-            Text-conditioned UNets are fed the empty-prompt stand-in (zero text embeddings, 77 tokens);
-            class-conditional ones uniformly drawn labels or --class-labels. Only the UNet is pruned.
+            Text-conditioned UNets are fed the captions of the data (same-stem .txt beside each image, or a
+            .jsonl of {"image": path, "text": caption}) through the pipeline's frozen text encoder, the
+            images encoded to latents by its VAE; --data generate:N --prompts FILE draws the latents from the
+            model itself with those prompts. Class-conditional ones get --class-labels, else the data's
+            labels (builtin:digits, an .npz's labels), else uniformly drawn ones. Only the UNet is pruned.
             SRC: a diffusers folder, a pipeline folder (its unet/ and scheduler/), a hub id (owner/name),
             a pruned folder, or arch:NAME (built-in architecture with random weights: ddpm-cifar10-32,
             sd15, sd21-base, sdxl, and tiny test ones: tiny, tiny-attn, tiny-class, tiny-sd, tiny-sdxl).""")
@@ -40,7 +43,11 @@ def register(subparsers):
     p.add_argument("--thr", type=fraction, default=0.05,
                    help="stop summing gradients once loss < thr x max loss (default 0.05; 0 = all timesteps)")
     p.add_argument("--data", default=None,
-                   help="calibration images: folder, .npy/.npz, builtin:digits, or generate:N (needed by diff-pruning and taylor)")
+                   help="calibration images: folder (captions in same-stem .txt files), .jsonl of image-caption pairs, "
+                        ".npy/.npz, builtin:digits, or generate:N (needed by diff-pruning and taylor)")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="text-conditioned models with --data generate:N: one prompt per line, cycled over the N "
+                        "samples (drawn with classifier-free guidance 7.5); default: the empty prompt")
     p.add_argument("--resize", default="bilinear", choices=RESIZE_MODES,
                    help="how images of another size reach the model's: bilinear (default; stretch), pad (black "
                         "borders, e.g. 28x28 digits for a model trained on them padded to 32x32), center-crop "
@@ -73,12 +80,14 @@ def run(args) -> int:
     require(*NEEDS)
     from diffprune._io import check_writable
     from diffprune.checkpoint import save
-    from diffprune.models import load_source
+    from diffprune.models import FromSource, load_source
     from diffprune.pruning import check_options, prune
+    from diffprune.text import read_prompts
 
     # Fail on bad options before minutes of work, not after.
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
                   args.num_images, args.micro_batch)
+    prompts = read_prompts(args.prompts) if args.prompts else None
     check_writable(args.out, args.overwrite)
     device = resolve_device(args.device)
     model, scheduler_config, source = load_source(args.src, device=device)
@@ -86,7 +95,8 @@ def run(args) -> int:
         model, method=args.method, ratio=args.ratio, target_macs=args.target_macs, data=args.data,
         thr=args.thr, round_to=args.round_to, seed=args.seed, scheduler_config=scheduler_config,
         num_images=args.num_images, micro_batch=args.micro_batch, prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize,
-        progress=not args.quiet, class_labels=args.class_labels,
+        progress=not args.quiet, class_labels=args.class_labels, prompts=prompts,
+        text_encoder=FromSource(args.src, "text_encoder", device), vae=FromSource(args.src, "vae", device),
     )
     info = {"source": source, "pruning": {k: v for k, v in report.to_dict().items() if k != "layer_widths"}}
     save(pruned, args.out, info=info, scheduler_config=scheduler_config, overwrite=args.overwrite)

@@ -1,0 +1,75 @@
+"""The VAE of latent UNets: calibration images -> latents, as the pipelines train on them.
+
+Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Models" (CVPR 2022), Sec. 3:
+the UNet denoises z = scaling_factor * E(x), the encoder's latent scaled to about unit variance
+(SD 1.x/2.x: 0.18215, SDXL: 0.13025). For calibration this takes the posterior mean of E(x), not a
+sample: the gradients should measure the data, and SD's posterior standard deviation is tiny.
+
+Built-in VAEs (``VAES``) are ``diffusers.AutoencoderKL`` configs with seeded random weights: SD's at
+real size (83.7M parameters; block widths 128-512, factor 8) and a tiny one for tests (factor 2).
+A pipeline folder's ``vae/`` is used when present; a pipeline without one is an error when images
+must be encoded.
+"""
+
+from .errors import DiffPruneError
+
+_SD_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+    act_fn="silu",
+)
+VAES = {
+    "sd": dict(_SD_VAE, sample_size=512, scaling_factor=0.18215),  # runwayml/stable-diffusion-v1-5 vae/
+    "sdxl": dict(_SD_VAE, sample_size=1024, scaling_factor=0.13025),  # stable-diffusion-xl-base-1.0 vae/
+    # 2 resolutions: factor 2, so tiny-sd's 16x16 latents are 32x32 images.
+    "tiny": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                 norm_num_groups=8, sample_size=32, scaling_factor=0.18215),
+}
+VAE_SETUPS = {"sd15": "sd", "sd21-base": "sd", "sdxl": "sdxl", "tiny-sd": "tiny", "tiny-sdxl": "tiny"}
+
+
+def build_vae(name: str, seed: int = 0):
+    """A built-in AutoencoderKL with seeded random weights, frozen."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    if name not in VAES:
+        raise DiffPruneError(f"Unknown built-in VAE {name!r}. Known: {', '.join(sorted(VAES))}.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(**VAES[name]).eval().requires_grad_(False)
+
+
+def load_vae(folder):
+    """A pipeline folder's vae/ (a clear error when it has none)."""
+    from diffusers import AutoencoderKL
+
+    from .models import pipeline_component
+
+    path = pipeline_component(folder, "vae")
+    try:
+        return AutoencoderKL.from_pretrained(str(path)).eval().requires_grad_(False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise DiffPruneError(f"Could not load the VAE in {str(path)!r}: {e}. Check that its weights file is "
+                             "complete and matches config.json.") from None
+
+
+def vae_factor(vae) -> int:
+    """Pixels per latent along each side: 2 ** (number of resolutions - 1)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def encode(vae, images, micro_batch: int = 16):
+    """Images (N, 3, H, W) in [-1, 1] -> latents (N, C, H / f, W / f) times the VAE's scaling factor."""
+    import torch
+
+    device = next(vae.parameters()).device
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    out = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], micro_batch):
+            x = images[start:start + micro_batch].to(device)
+            mean = vae.encode(x).latent_dist.mean  # (b, C, h, w)
+            out.append(((mean - shift) * vae.config.scaling_factor).float().cpu())
+    return torch.cat(out)
