@@ -7,6 +7,9 @@
    PyTorch eager, PyTorch eager + CUDA graph of the UNet forward, and ONNX Runtime (CPU build there).
 3. Fine-tuning steps/s on CUDA with bf16 autocast.
 4. Export and validate dense and pruned on that machine; ONNX Runtime (CPU) sampling there.
+5. Text-conditioned Diff-Pruning at real size on CUDA: the SD-1.5 UNet with CLIP ViT-L (random weights),
+   calibration latents drawn with 4 prompts (classifier-free guidance), a few timesteps: seconds per
+   timestep, peak GPU memory, params and MACs (77 tokens) before and after --ratio 0.3.
 Timing: warm-up, torch.cuda.synchronize around every timed region, median and p90 of --runs.
 TensorRT is not installed on the lent machines; its tests (tests/test_tensorrt.py) run where it is.
 
@@ -78,6 +81,31 @@ def graphed_forward(unet, shape):
         return static_out.clone()
 
     return forward
+
+
+def conditional_prune(device: str, smoke: bool) -> dict:
+    """Step 5: Diff-Pruning a text-conditioned UNet with real prompts through its text encoder."""
+    from diffprune.text import build_text_encoder
+
+    arch, images, timesteps = ("tiny-sd", 2, 2) if smoke else ("sd15", 4, 10)
+    unet = build_unet(arch).to(device)
+    prompts = ["a photograph of an astronaut riding a horse", "a watercolour of a lighthouse at dawn",
+               "a close-up of a red fox in the snow", "an isometric drawing of a small city"]
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    _, report = diffprune.prune(unet, method="diff-pruning", ratio=0.3, data=f"generate:{images}", prompts=prompts,
+                                text_encoder=build_text_encoder(arch), num_images=images, micro_batch=images,
+                                max_timesteps=timesteps, progress=False)
+    row = {"arch": arch, "device": device, "seconds": time.perf_counter() - started,
+           "timesteps": len(report.timesteps_used),
+           "importance_s_per_timestep": report.importance_seconds / len(report.timesteps_used),
+           "params": [report.params_before, report.params_after], "macs": [report.macs_before, report.macs_after],
+           "no_gradient_groups": len(report.no_gradient_groups),
+           "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+    print("conditional prune", {k: v for k, v in row.items() if k != "params"}, flush=True)
+    del unet
+    return row
 
 
 def main():
@@ -163,6 +191,7 @@ def main():
                 sampler = Sampler(runner, make_scheduler("ddim", runner.scheduler_config))
                 ort_rows[name]["e2e_b1_ms"] = timed(lambda: sampler.generate(1, steps=args.steps), 3, warmup=1, sync=False)
         result["onnxruntime_cpu"] = ort_rows
+    result["conditional_prune"] = conditional_prune(device, args.smoke)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_results.json").write_text(json.dumps(result, indent=1, default=str))

@@ -24,6 +24,9 @@ def test_gpu_script_runs_end_to_end_in_smoke_mode(tmp_path):
     for name in ("dense", "pruned"):
         ort = result["onnxruntime_cpu"][name]
         assert ort["validation_max_abs"] <= 1e-4 and ort["e2e_b1_ms"]["median_ms"] > 0
+    cond = result["conditional_prune"]
+    assert cond["arch"] == "tiny-sd" and cond["timesteps"] == 2 and cond["macs"][1] < cond["macs"][0]
+    assert cond["no_gradient_groups"] == 0  # real prompts through the text encoder reach cross-attention
 
 
 def test_gpu_script_refuses_a_cpu_machine_without_smoke(tmp_path):
