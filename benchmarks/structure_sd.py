@@ -2,7 +2,7 @@
 MACs do not depend on weight values), with BK-SDM's published SD-1.x UNet sizes beside them.
 
     python benchmarks/structure_sd.py                  # sd15 and ldm-celebahq-256; about 10 minutes on 2 cores
-    python benchmarks/structure_sd.py --arch sdxl      # dense only where pruning does not fit in memory
+    python benchmarks/structure_sd.py --arch sdxl --dense-only sdxl   # counted only: pruning copies need > 24 GiB
 
 Magnitude importance (no gradients: the structure does not depend on the criterion, only on the
 widths it keeps). MACs are counted by torch-pruning with the real inputs (latents at the default
@@ -24,19 +24,26 @@ BK_SDM = [("SD-v1.4 UNet (BK-SDM Table 1)", 0.86e9), ("BK-SDM-Base", 0.58e9), ("
 
 
 def measure(arch: str, settings) -> list:
-    from diffprune.models import build_unet
+    from diffprune.models import build_unet, count_macs_params
     from diffprune.pruning import prune
 
     rows = []
     for label, kwargs in settings:
         model = build_unet(arch)
         started = time.perf_counter()
-        _, report = prune(model, method="magnitude", progress=False, **kwargs)
-        rows.append({"arch": arch, "setting": label, "params_before": report.params_before,
-                     "params_after": report.params_after, "macs_before": report.macs_before,
-                     "macs_after": report.macs_after, "seconds": round(time.perf_counter() - started, 1)})
+        if kwargs is None:  # dense only: one forward to count, no pruning copies (SDXL's 2.6B params)
+            macs, params = count_macs_params(model)
+            before = after = {"params": params, "macs": macs}
+        else:
+            _, report = prune(model, method="magnitude", progress=False, **kwargs)
+            before = {"params": report.params_before, "macs": report.macs_before}
+            after = {"params": report.params_after, "macs": report.macs_after}
+            del report
+        rows.append({"arch": arch, "setting": label, "params_before": before["params"],
+                     "params_after": after["params"], "macs_before": before["macs"],
+                     "macs_after": after["macs"], "seconds": round(time.perf_counter() - started, 1)})
         print(rows[-1], flush=True)
-        del model, report
+        del model
         gc.collect()
     return rows
 
@@ -52,7 +59,7 @@ def main():
     previous = json.loads(out.read_text())["rows"] if out.exists() else []
     rows = [r for r in previous if r["arch"] not in archs]  # other architectures' rows from earlier runs stay
     for arch in archs:
-        rows += measure(arch, [("dense", {"ratio": 0.0})] if arch in args.dense_only else settings)
+        rows += measure(arch, [("dense", None)] if arch in args.dense_only else settings)
     lines = ["| UNet | setting | params | MACs | params kept | MACs kept | s |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['arch']} | {r['setting']} | {r['params_before'] / 1e6:.1f}M → {r['params_after'] / 1e6:.1f}M | "

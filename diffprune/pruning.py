@@ -462,7 +462,7 @@ def _search_ratio(planner, macs_budget: float):
         else:
             lo = mid
         del model
-        # The copies sit in reference cycles (torch-pruning's graph): without a collection each step, the
-        # SD-1.5 UNet's search held 23 GB after a few steps instead of one dense model and two copies.
+        # The copies sit in reference cycles (torch-pruning's graph). Without a collection each step the
+        # SD-1.5 UNet's search reached 23 GB and swapped on a 24 GB machine; with it, 19.5 GB at most.
         gc.collect()
     return best_ratio, best, best_macs
