@@ -3,9 +3,19 @@ weights (the saved model is the EMA one), bf16/fp16 autocast on CUDA, optional d
 dense teacher, checkpoints in safetensors + JSON, exact resume, and multi-GPU / multi-node through
 Hugging Face accelerate (``accelerate launch -m diffprune finetune ...``).
 
-Determinism: the batch, noise and timesteps of step k on rank r come from a generator seeded with
-(seed, k, r), so a run resumed from a checkpoint draws exactly what the uninterrupted run drew and
-ends with the same weights; no data-loader state needs saving.
+Conditional UNets are trained on their conditioning (diffprune.conditioning): class-conditional
+ones on the data's class labels; text-conditioned ones (Stable Diffusion-like, latent) on the VAE
+latents of the images (posterior mean times the VAE's scaling factor, Rombach et al. 2022, Sec. 3)
+and the frozen text encoder's embeddings of their captions, each caption replaced by the empty
+prompt with probability ``caption_dropout`` so that classifier-free guidance (Ho & Salimans 2022,
+Sec. 3.2: the unconditional model is the same network fed the empty prompt) still works after
+fine-tuning. The VAE and text encoder are frozen and never saved with the UNet. The teacher is fed
+exactly the student's conditioning, dropped captions included.
+
+Determinism: the batch, noise, timesteps and caption dropout of step k on rank r come from a
+generator seeded with (seed, k, r), so a run resumed from a checkpoint draws exactly what the
+uninterrupted run drew and ends with the same weights: the data position is the step, which the
+checkpoint holds, and no data-loader state needs saving.
 """
 
 import csv
@@ -41,7 +51,11 @@ class FinetuneReport:
         return asdict(self)
 
 
-def _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every):
+def _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
+           caption_dropout=0.0):
+    if not 0 <= caption_dropout <= 1:
+        raise DiffPruneError(f"caption_dropout {caption_dropout} is out of range; allowed 0 <= p <= 1 (0.1 is usual: "
+                             "one caption in ten replaced by the empty prompt, so classifier-free guidance keeps working).")
     if not isinstance(steps, int) or steps < 1:
         raise DiffPruneError(f"steps {steps!r} is invalid; allowed: an integer >= 1.")
     if batch_size < 1 or grad_accum < 1:
@@ -149,6 +163,151 @@ def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler) -> int:
     return int(state["step"])
 
 
+# ---------------------------------------------------------------- conditional data
+
+class _Examples:
+    """The training set and the conditioning that goes with each example.
+
+    ``samples`` (N, C, H, W): pixels for pixel models; for latent (text-conditioned) models the VAE
+    latents when precomputed, else the pixels, encoded batch by batch by the frozen ``vae``.
+    ``labels`` (N,) long: class labels. ``captions``: one per example; with ``precompute`` their
+    embeddings are computed once (``table``, one row per distinct caption, the empty prompt last).
+    """
+
+    def __init__(self, cond, size, samples, labels=None, captions=None, text_encoder=None, vae=None,
+                 precompute=False, device="cpu"):
+        import torch
+
+        self.cond, self.size, self.device = cond, size, device
+        self.vae = vae
+        self.samples = samples
+        if vae is not None and precompute:
+            from .latents import encode
+
+            self.samples, self.vae = encode(vae, samples), None
+        self.samples = self.samples.to(device)
+        self.labels = None if labels is None else torch.tensor(labels, dtype=torch.long, device=device)
+        self.captions, self.text_encoder, self.table = captions, text_encoder, None
+        if captions is not None and precompute:
+            distinct = sorted(set(captions))
+            row = {c: i for i, c in enumerate(distinct)}
+            self.rows = torch.tensor([row[c] for c in captions], dtype=torch.long, device=device)
+            self.table = text_encoder(distinct + [""], device=device)  # the empty prompt is the last row
+            self.table.encoder_hidden_states = self.table.encoder_hidden_states.to(device)
+            if self.table.text_embeds is not None:
+                self.table.text_embeds = self.table.text_embeds.to(device)
+
+    def __len__(self):
+        return self.samples.shape[0]
+
+    def clean(self, idx):
+        """x_0 of the examples ``idx``: (B, C, H, W), latents for latent models."""
+        x0 = self.samples[idx.to(self.samples.device)]
+        if self.vae is not None:
+            from .latents import encode
+
+            x0 = encode(self.vae, x0).to(self.device)
+        return x0
+
+    def conditioning(self, idx, generator, caption_dropout: float) -> dict:
+        """The UNet's keyword inputs for the examples ``idx``; draws the caption dropout from ``generator``
+        (after the batch, noise and timesteps, so unconditional runs draw what they always drew)."""
+        import torch
+
+        from .text import Encoded
+
+        text = None
+        if self.captions is not None:
+            drop = torch.rand(len(idx), generator=generator) < caption_dropout  # (B,) True: the empty prompt
+            if self.table is not None:
+                rows = torch.where(drop.to(self.rows.device), len(self.table.encoder_hidden_states) - 1,
+                                   self.rows[idx.to(self.rows.device)])
+                pooled = self.table.text_embeds
+                text = Encoded(self.table.encoder_hidden_states[rows], None if pooled is None else pooled[rows])
+            else:
+                text = self.text_encoder(["" if d else self.captions[i] for i, d in zip(idx.tolist(), drop.tolist())],
+                                         device=self.device)
+        out = self.cond.inputs(len(idx), self.size, device=self.device, text=text)
+        if self.labels is not None:
+            out["class_labels"] = self.labels[idx.to(self.labels.device)]
+        return out
+
+
+def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropout, precompute, num_images, seed, resize,
+                          device):
+    """Load ``data`` with what a conditional ``student`` needs; a clear error for what is missing."""
+    from .data import describe, load_calibration
+    from .models import FromSource, sample_size
+
+    size = sample_size(student)
+    if isinstance(data, str) and data.startswith("generate:"):
+        raise DiffPruneError(
+            f"Data {data!r}: fine-tuning a conditional model ({cond.kind}) on samples drawn from a model is not "
+            "supported yet. Give images with their conditioning: builtin:digits, an .npz with labels, a folder with "
+            "same-stem .txt captions, or a .jsonl of {\"image\", \"text\", \"label\"} lines.")
+    latent = cond.text_width is not None  # Stable Diffusion-family UNets denoise VAE latents
+    if cond.text_width:
+        if isinstance(text_encoder, FromSource):
+            text_encoder = text_encoder.load()
+        if text_encoder is None:
+            raise DiffPruneError(
+                f"This {cond.model_class} is text-conditioned and no text encoder was given to encode the captions: a "
+                "bare UNet folder carries none. Give a pipeline folder (with text_encoder/ and tokenizer/) as SRC or "
+                "--pipeline, or text_encoder= in Python (diffprune.text.build_text_encoder / load_text_encoder).")
+        text_encoder.check_fits(cond)
+        for _, model in text_encoder.parts:
+            model.to(device).eval().requires_grad_(False)
+    if latent:
+        if isinstance(vae, FromSource):
+            vae = vae.load()
+        if vae is None:
+            raise DiffPruneError(
+                f"Data {describe(data)!r}: this {cond.model_class} denoises latents of its pipeline's VAE, and no VAE "
+                "was given to encode the images. Give a pipeline folder (with vae/) as SRC or --pipeline, or vae= in "
+                "Python (diffprune.latents.build_vae / load_vae).")
+        from .latents import vae_factor
+
+        vae = vae.to(device).eval().requires_grad_(False)
+        f = vae_factor(vae)
+        found = load_calibration(data, (size[0] * f, size[1] * f), vae.config.in_channels, limit=num_images, seed=seed,
+                                 resize=resize)
+    else:
+        found = load_calibration(data, size, student.config.in_channels, limit=num_images, seed=seed, resize=resize)
+    count = found.images.shape[0]
+    if cond.text_width:
+        missing = [i for i, c in enumerate(found.captions or [None] * count) if c is None]
+        if missing:
+            names = [found.files[i] if found.files else f"image {i}" for i in missing[:3]]
+            raise DiffPruneError(
+                f"Data {describe(data)!r}: {len(missing)} of {count} images have no caption "
+                f"({', '.join(names)}{', ...' if len(missing) > 3 else ''}). A text-conditioned UNet is fine-tuned on "
+                "the captions of its images: put each caption in a same-stem .txt beside its image (cat.png + "
+                "cat.txt), or list {\"image\": ..., \"text\": ...} lines in a .jsonl.")
+    labels = None
+    if cond.num_classes:
+        if found.labels is None or any(x is None for x in found.labels):
+            raise DiffPruneError(
+                f"Data {describe(data)!r} has no class label for every image, and this {cond.model_class} is "
+                f"class-conditional (num_class_embeds = {cond.num_classes}). Give labelled data: builtin:digits, an "
+                ".npz with a 'labels' array beside 'images', or a .jsonl with a \"label\" on every line.")
+        try:
+            labels = cond.check_labels([int(x) if hasattr(x, "__index__") else x for x in found.labels])
+        except DiffPruneError as e:
+            raise DiffPruneError(f"Data {describe(data)!r} holds class labels the model cannot take: {e}") from None
+    return _Examples(cond, size, found.images, labels=labels, captions=found.captions if cond.text_width else None,
+                     text_encoder=text_encoder if cond.text_width else None, vae=vae if latent else None,
+                     precompute=precompute, device=device), text_encoder, vae
+
+
+def _check_teacher(cond, teacher_cond):
+    if (cond.kind, cond.num_classes, cond.text_width, cond.pooled_width) != (
+            teacher_cond.kind, teacher_cond.num_classes, teacher_cond.text_width, teacher_cond.pooled_width):
+        raise DiffPruneError(
+            f"The teacher is conditioned on {teacher_cond.kind} (classes {teacher_cond.num_classes}, text width "
+            f"{teacher_cond.text_width}), the student on {cond.kind} (classes {cond.num_classes}, text width "
+            f"{cond.text_width}); distillation feeds both the same inputs. Use the dense model the student was pruned from.")
+
+
 # ---------------------------------------------------------------- training
 
 def _targets(scheduler_config):
@@ -162,7 +321,8 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
              grad_clip: float = 1.0, grad_accum: int = 1, ema_decay: float = 0.9999, mixed_precision: str = "auto",
              teacher=None, kd_weight: float = 0.0, num_images: int | None = None, checkpoint_every: int = 500,
              checkpoint_dir=None, resume: bool = False, log_every: int = 10, seed: int = 0, device: str = "auto",
-             overwrite: bool = False, progress: bool = True, callback=None, resize: str = "bilinear") -> FinetuneReport:
+             overwrite: bool = False, progress: bool = True, callback=None, resize: str = "bilinear",
+             text_encoder=None, vae=None, caption_dropout: float = 0.1, precompute: bool = False) -> FinetuneReport:
     """Fine-tune ``model_or_folder`` on ``data`` for ``steps`` optimizer steps; save the EMA model to ``out``.
 
     ``data``: builtin:digits, an image folder, a .npy/.npz, or generate:N (N samples from the teacher,
@@ -171,6 +331,14 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     OUT.ckpt) every ``checkpoint_every`` steps; ``resume=True`` continues from the latest one.
     ``callback(step, loss)`` is called after every step (raise inside it to stop). Images of another
     size reach the model's by ``resize`` (bilinear, pad or center-crop; see diffprune.data).
+
+    Conditional models: class-conditional ones take the data's labels (builtin:digits, an .npz's
+    ``labels``, a JSONL's ``"label"``); text-conditioned ones the data's captions (same-stem .txt
+    files, a JSONL's ``"text"``) through ``text_encoder`` (diffprune.text.TextEncoder) and images
+    through ``vae`` (AutoencoderKL), both frozen; either may be a ``diffprune.models.FromSource``
+    and defaults to the source's own, else the teacher's (a pipeline folder or arch:NAME).
+    ``caption_dropout``: the fraction of captions replaced by the empty prompt (default 0.1).
+    ``precompute``: encode the latents and text embeddings once before training instead of every batch.
     """
     import torch
     import torch.nn.functional as F
@@ -182,9 +350,11 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from ._io import quiet
     from .checkpoint import read_info, save
     from .data import check_resize, load_images
-    from .models import load_source, require_unconditional, versions
+    from .conditioning import conditioning
+    from .models import FromSource, load_source, versions
 
-    _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every)
+    _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
+           caption_dropout)
     check_resize(resize)
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
@@ -197,16 +367,16 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     torch.manual_seed(seed)  # module initialisation, if any, is seeded too
 
     student, scheduler_config, source = load_source(model_or_folder, device="cpu")
-    require_unconditional(student, "fine-tuning")
+    cond = conditioning(student)
     student = student.float().train()
     teacher_model = None
     if teacher is not None:
         teacher_model, _, teacher_source = load_source(teacher, device="cpu")
-        require_unconditional(teacher_model, "fine-tuning")
+        _check_teacher(cond, conditioning(teacher_model))
         teacher_model = teacher_model.float().eval().requires_grad_(False).to(accelerator.device)
     cfg = student.config
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
-    if isinstance(data, str) and data.startswith("generate:"):
+    if isinstance(data, str) and data.startswith("generate:") and cond.kind == "none":
         from .sampling import generate
 
         count = int(data.split(":", 1)[1]) if data.split(":", 1)[1].isdigit() else 0
@@ -215,9 +385,23 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         images = generate((teacher_model or student).to(accelerator.device).eval(), scheduler_config, count, seed=seed,
                           progress=progress and accelerator.is_main_process)
         student.train()
+        examples = _Examples(cond, size, images, device=accelerator.device)
+    elif cond.kind != "none":
+        # The pipeline's parts come from SRC when it has them (a pipeline folder, arch:NAME), else from the teacher's.
+        def pick(part, given):
+            if given is not None:
+                return given
+            for src in (model_or_folder, teacher):
+                if src is not None and FromSource(src, part).available():
+                    return FromSource(src, part, accelerator.device)
+            return None
+
+        examples, text_encoder, vae = _conditional_examples(
+            data, student, cond, pick("text_encoder", text_encoder), pick("vae", vae), caption_dropout, precompute,
+            num_images, seed, resize, accelerator.device)
     else:
-        images = load_images(data, size, cfg.in_channels, limit=num_images, seed=seed, resize=resize)
-    images = images.to(accelerator.device)
+        examples = _Examples(cond, size, load_images(data, size, cfg.in_channels, limit=num_images, seed=seed, resize=resize),
+                             device=accelerator.device)
     alphas_cumprod, prediction, num_train = _targets(scheduler_config)
     alphas_cumprod = alphas_cumprod.to(accelerator.device)
 
@@ -239,7 +423,11 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     config = {"data": str(data), "resize": resize, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
               "lr_schedule": lr_schedule, "weight_decay": weight_decay, "grad_clip": grad_clip, "grad_accum": grad_accum,
               "ema_decay": ema_decay, "mixed_precision": precision, "kd_weight": kd_weight, "seed": seed,
-              "teacher": str(teacher) if teacher is not None else None, "num_images": int(images.shape[0])}
+              "teacher": str(teacher) if teacher is not None else None, "num_images": len(examples),
+              "conditioning": cond.kind}
+    if cond.text_width:
+        config.update(caption_dropout=caption_dropout, precompute=precompute, text_encoder=text_encoder.source or "given",
+                      vae=f"AutoencoderKL (scaling_factor {vae.config.scaling_factor}), frozen, not saved")
 
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = max(1, batch_size // world)
@@ -251,10 +439,11 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         step_loss = 0.0
         for micro in range(grad_accum):
             g = torch.Generator().manual_seed(_stream(seed, step, rank, micro))
-            idx = torch.randint(0, images.shape[0], (per_rank,), generator=g)
-            x0 = images[idx.to(images.device)]
+            idx = torch.randint(0, len(examples), (per_rank,), generator=g)
+            x0 = examples.clean(idx)  # (B, C, H, W): pixels, or latents for latent models
             noise = torch.randn(x0.shape, generator=g).to(x0.device)
             t = torch.randint(0, num_train, (per_rank,), generator=g).to(x0.device)
+            extra = examples.conditioning(idx, g, caption_dropout)  # the student's and the teacher's alike
             a = alphas_cumprod[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
             target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
@@ -262,11 +451,11 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
             context = accelerator.no_sync(student) if not sync and world > 1 else _nullcontext()
             with context:
                 with accelerator.autocast():
-                    pred = student(xt, t).sample
+                    pred = student(xt, t, **extra).sample
                     loss = F.mse_loss(pred.float(), target)
                     if teacher_model is not None and kd_weight > 0:
                         with torch.no_grad():
-                            teacher_pred = teacher_model(xt, t).sample.float()
+                            teacher_pred = teacher_model(xt, t, **extra).sample.float()
                         loss = loss + kd_weight * F.mse_loss(pred.float(), teacher_pred)
                 accelerator.backward(loss / grad_accum)
             step_loss += loss.item() / grad_accum

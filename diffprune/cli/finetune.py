@@ -29,7 +29,9 @@ def register(subparsers):
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--data", default="builtin:digits", help="folder, .npy/.npz, builtin:digits (default) or generate:N")
+    p.add_argument("--data", default="builtin:digits",
+                   help="folder (captions in same-stem .txt files), .npy/.npz (labels in 'labels'), .jsonl of "
+                        '{"image", "text", "label"} lines, builtin:digits (default, with labels) or generate:N')
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000; the paper: 100K for CIFAR-10)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step (default 64)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
@@ -43,6 +45,13 @@ def register(subparsers):
                    help="auto: bf16 on CUDA where supported, fp16 otherwise, fp32 on CPU")
     p.add_argument("--teacher", help="dense model to distil from (same sources as SRC)")
     p.add_argument("--kd-weight", type=float, default=0.0, help="weight of the teacher-matching loss (default 0)")
+    p.add_argument("--pipeline", help="pipeline folder or arch:NAME whose frozen text_encoder/ + tokenizer/ and vae/ a "
+                                       "text-conditioned model is trained with (default: SRC's, else --teacher's)")
+    p.add_argument("--caption-dropout", type=float, default=0.1,
+                   help="fraction of captions replaced by the empty prompt, so classifier-free guidance keeps working "
+                        "(default 0.1)")
+    p.add_argument("--precompute", action="store_true",
+                   help="encode the VAE latents and text embeddings once before training, not every batch")
     p.add_argument("--resize", default="bilinear", choices=RESIZE_MODES,
                    help="how images of another size reach the model's: bilinear (default; stretch), pad (black "
                         "borders, e.g. 28x28 digits for a model trained on them padded to 32x32), center-crop "
@@ -63,6 +72,7 @@ def register(subparsers):
 def run(args) -> int:
     require(*NEEDS)
     from diffprune.finetune import finetune
+    from diffprune.models import FromSource
 
     report = finetune(
         args.src, args.out, data=args.data, resize=args.resize, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -71,7 +81,9 @@ def run(args) -> int:
         mixed_precision=args.mixed_precision, teacher=args.teacher, kd_weight=args.kd_weight,
         num_images=args.num_images, checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, log_every=args.log_every, seed=args.seed, device=args.device,
-        overwrite=args.overwrite, progress=not args.quiet,
+        overwrite=args.overwrite, progress=not args.quiet, caption_dropout=args.caption_dropout, precompute=args.precompute,
+        text_encoder=FromSource(args.pipeline, "text_encoder") if args.pipeline else None,
+        vae=FromSource(args.pipeline, "vae") if args.pipeline else None,
     )
     from accelerate import PartialState
 

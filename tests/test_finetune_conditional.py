@@ -1,0 +1,224 @@
+"""Fine-tuning conditional UNets with the same trainer: class labels from the data, captions through the
+frozen text encoder with caption dropout, VAE latents, distillation under the student's conditioning,
+exact resume, and clear errors for data without the conditioning a model needs."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import diffprune
+from diffprune import DiffPruneError
+from diffprune.finetune import finetune, latest_checkpoint
+
+FAST = dict(batch_size=4, warmup_steps=1, log_every=1, progress=False)
+DIGITS = "zero one two three four five six seven eight nine".split()
+
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory):
+    """8 digits as PNGs with same-stem captions, and the same as a JSONL with labels."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("captioned")
+    with np.load(Path(__file__).parents[1] / "diffprune/assets/digits.npz") as z:
+        images, labels = z["images"][:8], z["labels"][:8]
+    rows = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        Image.fromarray(image).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a handwritten digit {DIGITS[label]}\n")
+        rows.append({"image": f"{i}.png", "text": f"a handwritten digit {DIGITS[label]}", "label": int(label)})
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def parts():
+    from diffprune.latents import build_vae
+    from diffprune.text import build_text_encoder
+
+    return dict(text_encoder=build_text_encoder("tiny-sd"), vae=build_vae("tiny"), resize="pad")  # 28x28 digits -> 32x32
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    from diffprune.models import build_unet
+
+    out = {}
+    for arch in ("tiny-class", "tiny-sd"):
+        model, report = diffprune.prune(build_unet(arch), method="magnitude", ratio=0.5, progress=False)
+        out[arch] = diffprune.save(model, tmp_path_factory.mktemp(arch) / "pruned", info={"pruning": report.to_dict()})
+    return out
+
+
+class Recorder:
+    """A forward pre-hook keeping each call's conditioning inputs."""
+
+    KEYS = ("class_labels", "encoder_hidden_states")
+
+    def __init__(self, model):
+        self.calls = []
+        model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.calls.append({k: kwargs[k].detach().clone() for k in self.KEYS if kwargs.get(k) is not None})
+
+
+def _config(folder):
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+def test_class_conditional_trains_on_the_datas_labels(pruned, tmp_path):
+    from diffprune.models import load_source
+
+    student = load_source(pruned["tiny-class"])[0]
+    seen = Recorder(student)
+    report = finetune(student, tmp_path / "ft", data="builtin:digits", num_images=64, steps=6, lr=1e-3, ema_decay=0, **FAST)
+    labels = torch.cat([c["class_labels"] for c in seen.calls])  # (6 steps * 4,)
+    digits = np.load(Path(diffprune.__file__).parent / "assets/digits.npz")["labels"]
+    assert labels.shape == (24,) and set(labels.tolist()) <= set(digits.tolist()) and len(set(labels.tolist())) > 3
+    tuned = diffprune.load(tmp_path / "ft")
+    assert _config(tmp_path / "ft") == _config(pruned["tiny-class"])  # architecture unchanged
+    assert tuned.config.num_class_embeds == 10
+    info = json.loads((tmp_path / "ft" / "pruning.json").read_text())
+    assert info["finetune"]["conditioning"] == "class"
+    assert report.losses[-1][1] < report.losses[0][1] * 1.5 and all(np.isfinite([r[1] for r in report.losses]))
+
+
+def test_text_conditioned_trains_on_captions_and_saves_only_the_unet(pruned, parts, captioned, tmp_path):
+    report = finetune(pruned["tiny-sd"], tmp_path / "ft", data=str(captioned), steps=4, ema_decay=0.99, **parts, **FAST)
+    out = tmp_path / "ft"
+    assert sorted(os.listdir(out)) == ["config.json", "diffusion_pytorch_model.safetensors", "finetune.json", "loss.csv",
+                                       "pruning.json", "scheduler_config.json"]  # no text encoder, no VAE
+    assert _config(out) == _config(pruned["tiny-sd"])
+    tuned, before = diffprune.load(out).state_dict(), diffprune.load(pruned["tiny-sd"]).state_dict()
+    assert tuned.keys() == before.keys() and any(not torch.equal(tuned[k], before[k]) for k in tuned)
+    info = json.loads((out / "pruning.json").read_text())["finetune"]
+    assert info["conditioning"] == "text" and info["caption_dropout"] == 0.1
+    assert "tiny-clip-24" in info["text_encoder"]
+    assert np.isfinite(report.final_loss)
+    # The frozen parts stay frozen: no gradient reached them.
+    assert all(p.grad is None and not p.requires_grad for p in parts["vae"].parameters())
+    assert all(p.grad is None and not p.requires_grad for _, m in parts["text_encoder"].parts for p in m.parameters())
+
+
+def test_caption_dropout_replaces_the_expected_fraction_by_the_empty_prompt(pruned, parts, captioned, tmp_path):
+    from diffprune.models import load_source
+
+    encoder = parts["text_encoder"]
+    empty = encoder([""]).encoder_hidden_states[0]
+    captions = encoder([(captioned / f"{i}.txt").read_text().strip() for i in range(8)]).encoder_hidden_states
+
+    def dropped(p, steps, precompute):
+        """Whether each caption the student saw was the empty prompt."""
+        student = load_source(pruned["tiny-sd"])[0]
+        seen = Recorder(student)
+        finetune(student, tmp_path / f"ft{p}-{precompute}", data=str(captioned), steps=steps, caption_dropout=p,
+                 precompute=precompute, ema_decay=0, checkpoint_every=0, **{**parts, **FAST, "batch_size": 8})
+        states = torch.cat([c["encoder_hidden_states"] for c in seen.calls])  # (steps * 8, 77, 24)
+        assert states.shape == (steps * 8, 77, 24)
+        is_empty = [torch.allclose(s, empty, atol=1e-5) for s in states]
+        # Every caption not dropped is the embedding of one of the data's captions.
+        assert all(e or any(torch.allclose(s, c, atol=1e-5) for c in captions) for s, e in zip(states, is_empty))
+        return is_empty
+
+    assert not any(dropped(0.0, 1, True)) and all(dropped(1.0, 1, True))
+    half = dropped(0.5, 2, True)
+    assert 3 <= sum(half) <= 13  # Binomial(16, 0.5): outside [3, 13] with probability < 0.5 %
+    # Seeded: encoding the captions every batch instead of once drops the same ones.
+    assert dropped(0.5, 2, False) == half
+
+
+def test_the_teacher_sees_the_students_conditioning(pruned, parts, captioned, tmp_path):
+    from diffprune.models import build_unet, load_source
+
+    for arch, data in (("tiny-sd", str(captioned)), ("tiny-class", str(captioned / "pairs.jsonl"))):
+        student, teacher = load_source(pruned[arch])[0], build_unet(arch)
+        s, t = Recorder(student), Recorder(teacher)
+        kw = dict(parts) if arch == "tiny-sd" else {}
+        finetune(student, tmp_path / arch, data=data, steps=3, teacher=teacher, kd_weight=1.0, caption_dropout=0.5,
+                 ema_decay=0, **{**kw, **FAST, "batch_size": 2})
+        assert len(s.calls) == len(t.calls) == 3
+        for a, b in zip(s.calls, t.calls):
+            assert a.keys() == b.keys() and a.keys() == ({"encoder_hidden_states"} if arch == "tiny-sd" else {"class_labels"})
+            for key in a:
+                assert torch.equal(a[key], b[key]), (arch, key)
+
+
+def test_resume_of_a_text_conditioned_run_ends_with_the_same_weights(pruned, parts, captioned, tmp_path):
+    common = dict(data=str(captioned), steps=3, checkpoint_every=2, ema_decay=0.99, caption_dropout=0.3,
+                  **{**parts, **FAST, "batch_size": 2})
+    finetune(pruned["tiny-sd"], tmp_path / "straight", **common)
+
+    def crash(step, loss):
+        if step == 3:
+            raise RuntimeError("simulated kill")  # after the checkpoint of step 2, before the model is saved
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        finetune(pruned["tiny-sd"], tmp_path / "crashed", callback=crash, **common)
+    assert not (tmp_path / "crashed").exists()
+    assert latest_checkpoint(tmp_path / "crashed.ckpt").name == "step-00000002"
+    ckpt = os.listdir(latest_checkpoint(tmp_path / "crashed.ckpt"))
+    assert sorted(ckpt) == ["ema.safetensors", "model.safetensors", "optimizer.safetensors", "state.json"]
+    report = finetune(pruned["tiny-sd"], tmp_path / "crashed", resume=True, **common)
+    assert report.resumed_from == 2
+    a, b = diffprune.load(tmp_path / "straight").state_dict(), diffprune.load(tmp_path / "crashed").state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_of_a_class_conditional_run_ends_with_the_same_weights(pruned, tmp_path):
+    common = dict(data="builtin:digits", num_images=32, steps=4, checkpoint_every=2, ema_decay=0.99, **FAST)
+    finetune(pruned["tiny-class"], tmp_path / "straight", **common)
+    with pytest.raises(ZeroDivisionError):
+        finetune(pruned["tiny-class"], tmp_path / "crashed", callback=lambda s, _: 1 / 0 if s == 3 else None, **common)
+    finetune(pruned["tiny-class"], tmp_path / "crashed", resume=True, **common)
+    a, b = diffprune.load(tmp_path / "straight").state_dict(), diffprune.load(tmp_path / "crashed").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _bad_inputs(captioned, tmp_path):
+    folder = tmp_path / "some-captions"
+    shutil.copytree(captioned, folder)
+    (folder / "3.txt").unlink()
+    (folder / "pairs.jsonl").unlink()
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, images=np.zeros((4, 16, 16), np.uint8))
+    out_of_range = tmp_path / "big.npz"
+    np.savez(out_of_range, images=np.zeros((4, 16, 16), np.uint8), labels=np.array([0, 1, 2, 12]))
+    return [
+        ("tiny-sd", dict(data=str(folder)), r"1 of 8 images have no caption \(.*3\.png\).*same-stem \.txt"),
+        ("tiny-sd", dict(data="builtin:digits", num_images=8), r"8 of 8 images have no caption"),
+        ("tiny-sd", dict(data=str(captioned), text_encoder=None), "no text encoder was given"),
+        ("tiny-sd", dict(data=str(captioned), vae=None), "no VAE was given"),
+        ("tiny-sd", dict(data="generate:4"), "not supported yet"),
+        ("tiny-sd", dict(data=str(captioned), caption_dropout=1.5), "caption_dropout 1.5 is out of range"),
+        ("tiny-sd", dict(data=str(captioned), teacher="arch:tiny-class", kd_weight=1.0), "distillation feeds both"),
+        ("tiny-class", dict(data=str(unlabelled)), "has no class label for every image"),
+        ("tiny-class", dict(data=str(out_of_range)), r"class label \[12\] out of range"),
+    ]
+
+
+def test_bad_inputs_are_clear_errors_with_nothing_written(pruned, parts, captioned, tmp_path):
+    for i, (arch, kwargs, message) in enumerate(_bad_inputs(captioned, tmp_path)):
+        kw = {**(parts if arch == "tiny-sd" else {}), **kwargs}
+        out = tmp_path / f"out{i}"
+        with pytest.raises(DiffPruneError, match=message):
+            finetune(pruned[arch], out, steps=2, checkpoint_every=1, **{**FAST, **kw})
+        assert not out.exists() and not out.with_name(out.name + ".ckpt").exists(), message
+
+
+def test_cli_finetunes_a_text_model_from_its_pipeline(tmp_path, captioned):
+    from diffprune.cli import main
+
+    out = tmp_path / "ft"
+    code = main(["finetune", "arch:tiny-sd", str(out), "--data", str(captioned / "pairs.jsonl"), "--steps", "2",
+                 "--batch-size", "2", "--warmup-steps", "1", "--caption-dropout", "0.2", "--precompute", "--resize", "pad",
+                 "--device", "cpu", "--quiet"])
+    assert code == 0
+    info = json.loads((out / "pruning.json").read_text())["finetune"]
+    assert info["caption_dropout"] == 0.2 and info["precompute"] is True
