@@ -258,19 +258,10 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
         for _, model in text_encoder.parts:
             model.to(device).eval().requires_grad_(False)
     if latent:
-        if isinstance(vae, FromSource):
-            vae = vae.load()
-        if vae is None:
-            raise DiffPruneError(
-                f"Data {describe(data)!r}: this {cond.model_class} denoises latents of its pipeline's VAE, and no VAE "
-                "was given to encode the images. Give a pipeline folder (with vae/) as SRC or --pipeline, or vae= in "
-                "Python (diffprune.latents.build_vae / load_vae).")
-        from .latents import vae_factor
+        from .latents import load_latent_images
 
+        vae, found = load_latent_images(data, student, cond, vae, num_images, seed, resize)
         vae = vae.to(device).eval().requires_grad_(False)
-        f = vae_factor(vae)
-        found = load_calibration(data, (size[0] * f, size[1] * f), vae.config.in_channels, limit=num_images, seed=seed,
-                                 resize=resize)
     else:
         found = load_calibration(data, size, student.config.in_channels, limit=num_images, seed=seed, resize=resize)
     count = found.images.shape[0]

@@ -73,3 +73,25 @@ def encode(vae, images, micro_batch: int = 16):
             mean = vae.encode(x).latent_dist.mean  # (b, C, h, w)
             out.append(((mean - shift) * vae.config.scaling_factor).float().cpu())
     return torch.cat(out)
+
+
+def load_latent_images(data, model, cond, vae, limit: int, seed: int, resize: str, alternative: str = ""):
+    """``(vae, found)``: a latent model's VAE (a ``FromSource`` loaded; a clear error when there is none) and
+    ``limit`` images of ``data`` (diffprune.data.load_calibration) at the size the VAE encodes to the UNet's
+    latent size. ``alternative`` names what else the caller accepts instead of a VAE."""
+    from .data import describe, load_calibration
+    from .models import FromSource, sample_size
+
+    if isinstance(vae, FromSource):
+        vae = vae.load()
+    if vae is None:
+        raise DiffPruneError(
+            f"Data {describe(data)!r}: this {cond.model_class} denoises latents of its pipeline's VAE, and no VAE was "
+            "given to encode the images. Give the pipeline folder (with vae/) as SRC or --pipeline, or vae= in Python "
+            f"(diffprune.latents.build_vae / load_vae){alternative}.")
+    f = vae_factor(vae)
+    size = sample_size(model)
+    found = load_calibration(data, (size[0] * f, size[1] * f), vae.config.in_channels, limit=limit, seed=seed,
+                             resize=resize)
+    return vae, found
+

@@ -300,18 +300,10 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
             raise DiffPruneError("--prompts go with --data generate:N (the prompts the calibration images are drawn "
                                  "with); image data brings its own captions (same-stem .txt files, or a JSONL's \"text\").")
         if latent:
-            from .latents import encode, vae_factor
+            from .latents import encode, load_latent_images
 
-            if isinstance(vae, FromSource):
-                vae = vae.load()
-            if vae is None:
-                raise DiffPruneError(
-                    f"Data {describe(data)!r}: this {cond.model_class} denoises latents of its pipeline's VAE, and no VAE "
-                    "was given to encode the images. Give the pipeline folder (with vae/), vae= in Python "
-                    "(diffprune.latents.build_vae / load_vae), or --data generate:N to draw latents from the model itself.")
-            f = vae_factor(vae)
-            found = load_calibration(data, (size[0] * f, size[1] * f), vae.config.in_channels, limit=n, seed=seed,
-                                     resize=resize)
+            vae, found = load_latent_images(data, model, cond, vae, n, seed, resize,
+                                            alternative=", or --data generate:N to draw latents from the model itself")
         else:
             found = load_calibration(data, size, cfg.in_channels, limit=n, seed=seed, resize=resize)
         text = None
