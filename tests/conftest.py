@@ -64,3 +64,31 @@ def broken_exports(tiny_export, tmp_path):
     meta["inputs"][0]["shape"] = ["batch", 1, 32, 32]
     (mismatched / "model.json").write_text(json.dumps(meta))
     return {"corrupt": corrupt, "mismatched": mismatched, "mismatched_meta": meta}
+
+
+@pytest.fixture(scope="session")
+def captioned_digits(tmp_path_factory):
+    """``make(long_last=False)``: a folder of 8 digits as PNGs with same-stem captions ("a handwritten digit
+    seven"), and the same as pairs.jsonl with labels; with ``long_last`` the last caption runs past 77 tokens."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    words = "zero one two three four five six seven eight nine".split()
+
+    def make(long_last: bool = False):
+        folder = tmp_path_factory.mktemp("captioned")
+        with np.load(Path(__file__).parents[1] / "diffprune/assets/digits.npz") as z:
+            images, labels = z["images"][:8], z["labels"][:8]
+        rows = []
+        for i, (image, label) in enumerate(zip(images, labels)):
+            caption = f"a handwritten digit {words[label]}" + (", very neat" * 40 if long_last and i == 7 else "")
+            Image.fromarray(image).save(folder / f"{i}.png")
+            (folder / f"{i}.txt").write_text(caption + "\n")
+            rows.append({"image": f"{i}.png", "text": caption, "label": int(label)})
+        (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return folder
+
+    return make

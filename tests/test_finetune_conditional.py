@@ -16,24 +16,11 @@ from diffprune import DiffPruneError
 from diffprune.finetune import finetune, latest_checkpoint
 
 FAST = dict(batch_size=4, warmup_steps=1, log_every=1, progress=False)
-DIGITS = "zero one two three four five six seven eight nine".split()
 
 
 @pytest.fixture(scope="module")
-def captioned(tmp_path_factory):
-    """8 digits as PNGs with same-stem captions, and the same as a JSONL with labels."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("captioned")
-    with np.load(Path(__file__).parents[1] / "diffprune/assets/digits.npz") as z:
-        images, labels = z["images"][:8], z["labels"][:8]
-    rows = []
-    for i, (image, label) in enumerate(zip(images, labels)):
-        Image.fromarray(image).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(f"a handwritten digit {DIGITS[label]}\n")
-        rows.append({"image": f"{i}.png", "text": f"a handwritten digit {DIGITS[label]}", "label": int(label)})
-    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+def captioned(captioned_digits):
+    return captioned_digits()
 
 
 @pytest.fixture(scope="module")

@@ -181,25 +181,12 @@ def test_built_in_text_encoders_fit_their_unets():
 
 # --- captioned calibration data -----------------------------------------------------------------
 
-DIGITS = "zero one two three four five six seven eight nine".split()
 
 
 @pytest.fixture(scope="module")
-def captioned(tmp_path_factory):
-    """8 digits as PNGs with same-stem captions, and the same as a JSONL; the last caption is long."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("captioned")
-    with np.load(Path(__file__).parents[1] / "diffprune/assets/digits.npz") as z:
-        images, labels = z["images"][:8], z["labels"][:8]
-    rows = []
-    for i, (image, label) in enumerate(zip(images, labels)):
-        caption = f"a handwritten digit {DIGITS[label]}" + (", very neat" * 40 if i == 7 else "")
-        Image.fromarray(image).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text(caption + "\n")
-        rows.append({"image": f"{i}.png", "text": caption, "label": int(label)})
-    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+def captioned(captioned_digits):
+    """The last caption is long: past CLIP's 77 tokens."""
+    return captioned_digits(long_last=True)
 
 
 @pytest.fixture(scope="module")
