@@ -170,6 +170,19 @@ class CalibrationData:
     labels: list | None = None  # class labels (ints as stored), or None
     files: list | None = None  # the image files the captions belong to (folders and JSONL), for messages
 
+    def require_captions(self, spec, purpose: str, alternative: str = "") -> None:
+        """A clear error naming the first images without a caption; ``purpose`` says what the captions are
+        for ("pruned", "fine-tuned"), ``alternative`` what else the caller accepts."""
+        count = self.images.shape[0]
+        missing = [i for i, c in enumerate(self.captions or [None] * count) if c is None]
+        if missing:
+            names = [self.files[i] if self.files else f"image {i}" for i in missing[:3]]
+            raise DiffPruneError(
+                f"Data {describe(spec)!r}: {len(missing)} of {count} images have no caption "
+                f"({', '.join(names)}{', ...' if len(missing) > 3 else ''}). A text-conditioned UNet is {purpose} with "
+                "the captions of its images: put each caption in a same-stem .txt beside its image (cat.png + "
+                "cat.txt), or list {\"image\": ..., \"text\": ...} lines in a .jsonl" + (f"; {alternative}." if alternative else "."))
+
 
 def load_calibration(spec, size: tuple, channels: int, limit: int | None = None, seed: int = 0,
                      resize: str = "bilinear", warn=None) -> CalibrationData:

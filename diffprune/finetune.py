@@ -264,16 +264,8 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
         vae = vae.to(device).eval().requires_grad_(False)
     else:
         found = load_calibration(data, size, student.config.in_channels, limit=num_images, seed=seed, resize=resize)
-    count = found.images.shape[0]
     if cond.text_width:
-        missing = [i for i, c in enumerate(found.captions or [None] * count) if c is None]
-        if missing:
-            names = [found.files[i] if found.files else f"image {i}" for i in missing[:3]]
-            raise DiffPruneError(
-                f"Data {describe(data)!r}: {len(missing)} of {count} images have no caption "
-                f"({', '.join(names)}{', ...' if len(missing) > 3 else ''}). A text-conditioned UNet is fine-tuned on "
-                "the captions of its images: put each caption in a same-stem .txt beside its image (cat.png + "
-                "cat.txt), or list {\"image\": ..., \"text\": ...} lines in a .jsonl.")
+        found.require_captions(data, "fine-tuned")
     labels = None
     if cond.num_classes:
         if found.labels is None or any(x is None for x in found.labels):

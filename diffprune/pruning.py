@@ -308,15 +308,7 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
             found = load_calibration(data, size, cfg.in_channels, limit=n, seed=seed, resize=resize)
         text = None
         if cond.text_width:
-            missing = [i for i, c in enumerate(found.captions or [None] * found.images.shape[0]) if c is None]
-            if missing:
-                names = [found.files[i] if found.files else f"image {i}" for i in missing[:3]]
-                raise DiffPruneError(
-                    f"Data {describe(data)!r}: {len(missing)} of {found.images.shape[0]} images have no caption "
-                    f"({', '.join(names)}{', ...' if len(missing) > 3 else ''}). A text-conditioned UNet is pruned with "
-                    "the captions of its images: put each caption in a same-stem .txt beside its image (cat.png + "
-                    "cat.txt), or list {\"image\": ..., \"text\": ...} lines in a .jsonl; or use --data generate:N "
-                    "--prompts FILE.")
+            found.require_captions(data, "pruned", alternative="or use --data generate:N --prompts FILE")
             text = encode_text(found.captions)
         if class_labels is None and cond.num_classes and found.labels is not None:
             try:
