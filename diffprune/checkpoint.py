@@ -5,6 +5,12 @@
     pruning.json                         widths of every layer + what made the model
     scheduler_config.json                the noise schedule the model was trained with
 
+A UNet of a pipeline (a diffusers pipeline folder, or ``arch:NAME`` with a text encoder or VAE) is saved
+as a pipeline folder instead: the files above in ``unet/``, the pipeline's other components carried over
+(copied; built-in ones written with their seeded weights), ``scheduler/`` and ``model_index.json``, so
+that the result prunes, fine-tunes, exports and samples like the pipeline it came from. Only diffprune
+reads its ``unet/`` (the widths are not diffusers config fields).
+
 ``load`` rebuilds the dense architecture from config.json, resizes it to the widths in
 pruning.json and loads the weights, checking every name and shape first.
 """
@@ -20,9 +26,11 @@ FORMAT = "diffprune.pruned-unet/1"
 
 
 def save(model, out, info: dict | None = None, scheduler_config: dict | None = None, overwrite: bool = False,
-         extra_files: dict | None = None) -> Path:
+         extra_files: dict | None = None, pipeline=None) -> Path:
     """Write ``model`` as a pruned-model folder at ``out`` (atomically). ``info`` joins pruning.json;
-    ``extra_files`` maps file names to text written beside it (a fine-tuning log, say)."""
+    ``extra_files`` maps file names to text written beside it (a fine-tuning log, say). ``pipeline``: the
+    source the UNet came from; when it is a pipeline (see :func:`pipeline_source`) ``out`` becomes a
+    pipeline folder with the UNet in ``unet/`` and the source's other components beside it."""
     from safetensors.torch import save_file
 
     from .conditioning import conditioning
@@ -43,14 +51,91 @@ def save(model, out, info: dict | None = None, scheduler_config: dict | None = N
         "versions": versions(),
         "widths": widths(model),
     }
+    carried = pipeline_source(pipeline)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model.save_config(tmp)
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": "diffprune"})
-        (tmp / "pruning.json").write_text(json.dumps(record, indent=1, default=str))
-        (tmp / "scheduler_config.json").write_text(json.dumps(scheduler_config or DEFAULT_SCHEDULER, indent=1))
+        unet_dir = tmp / "unet" if carried else tmp
+        unet_dir.mkdir(exist_ok=True)
+        model.save_config(unet_dir)
+        save_file(state, str(unet_dir / WEIGHTS), metadata={"format": "pt", "producer": "diffprune"})
+        (unet_dir / "pruning.json").write_text(json.dumps(record, indent=1, default=str))
+        (unet_dir / "scheduler_config.json").write_text(json.dumps(scheduler_config or DEFAULT_SCHEDULER, indent=1))
         for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+            (unet_dir / name).write_text(text)
+        if carried:
+            _carry_components(carried, tmp, model, scheduler_config or DEFAULT_SCHEDULER)
     return Path(out)
+
+
+def pipeline_source(src):
+    """``("folder", Path)`` for a diffusers pipeline folder (or its unet/ subfolder), ``("arch", NAME)``
+    for a built-in architecture whose pipeline has a text encoder or VAE, else None (a bare UNet)."""
+    if not isinstance(src, (str, Path)):
+        return None
+    src = str(src)
+    if src.startswith("arch:"):
+        from .latents import VAE_SETUPS
+        from .text import TEXT_SETUPS
+
+        name = src[len("arch:"):]
+        return ("arch", name) if name in TEXT_SETUPS or name in VAE_SETUPS else None
+    path = Path(src)
+    if (path / "model_index.json").is_file():
+        return ("folder", path)
+    if path.name == "unet" and (path.parent / "model_index.json").is_file():
+        return ("folder", path.parent)
+    return None
+
+
+# What model_index.json names for each component of a built-in pipeline (diffusers' library, class).
+_INDEX_ENTRIES = {
+    "vae": ["diffusers", "AutoencoderKL"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+}
+
+
+def _carry_components(carried, tmp: Path, model, scheduler_config: dict) -> None:
+    """Everything of the source pipeline but its UNet and schedule, into ``tmp`` (see the module doc)."""
+    import shutil
+
+    from .models import _read_json, versions
+
+    kind, where = carried
+    scheduler_dir = tmp / "scheduler"
+    scheduler_dir.mkdir()
+    (scheduler_dir / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=1))
+    if kind == "folder":
+        index = _read_json(where / "model_index.json")
+        for entry in sorted(where.iterdir()):
+            if entry.name in ("unet", "scheduler") or entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, tmp / entry.name)
+            elif entry.name != "model_index.json":
+                shutil.copyfile(entry, tmp / entry.name)
+    else:
+        from .latents import VAE_SETUPS, build_vae
+        from .text import build_text_encoder
+
+        sdxl = "addition_embed_type" in model.config and model.config.addition_embed_type == "text_time"
+        index = {"_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"}
+        encoder = build_text_encoder(where)
+        for i, (tokenizer, text_model) in enumerate(encoder.parts if encoder else []):
+            suffix = f"_{i + 1}" if i else ""
+            text_model.save_pretrained(tmp / f"text_encoder{suffix}")
+            tokenizer.save(tmp / f"tokenizer{suffix}")
+            index[f"text_encoder{suffix}"] = ["transformers", type(text_model).__name__]
+            index[f"tokenizer{suffix}"] = _INDEX_ENTRIES["tokenizer"]
+        if where in VAE_SETUPS:
+            build_vae(VAE_SETUPS[where]).save_pretrained(tmp / "vae")
+            index["vae"] = _INDEX_ENTRIES["vae"]
+    index.update({
+        "_diffusers_version": versions().get("diffusers", "?"),
+        "unet": ["diffusers", type(model).__name__],
+        "scheduler": ["diffusers", scheduler_config.get("_class_name", "DDPMScheduler")],
+        "_diffprune": "unet/ is a pruned diffprune folder (pruning.json); load it with diffprune, not diffusers",
+    })
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
 
 
 def read_info(folder) -> dict:

@@ -331,7 +331,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from tqdm.auto import tqdm
 
     from ._io import quiet
-    from .checkpoint import read_info, save
+    from .checkpoint import pipeline_source, read_info, save
     from .data import check_resize, load_images
     from .conditioning import conditioning
     from .models import FromSource, load_source, versions
@@ -491,8 +491,11 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         writer = csv.writer(text)
         writer.writerow(["step", "loss", "lr"])
         writer.writerows(losses)
+        # A UNet of a pipeline is saved as a pipeline, its other parts from wherever they came from.
+        carried = (model_or_folder, teacher, getattr(text_encoder, "src", None), getattr(vae, "src", None))
         save(final, out, info=info, scheduler_config=scheduler_config, overwrite=overwrite or resume,
-             extra_files={"loss.csv": text.getvalue(), "finetune.json": json.dumps(report.to_dict(), indent=1)})
+             extra_files={"loss.csv": text.getvalue(), "finetune.json": json.dumps(report.to_dict(), indent=1)},
+             pipeline=next((src for src in carried if pipeline_source(src)), None))
     accelerator.wait_for_everyone()
     return report
 

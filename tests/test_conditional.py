@@ -381,17 +381,49 @@ def test_a_recorded_class_that_disagrees_with_config_is_refused(pruned, tmp_path
         diffprune.load(folder)
 
 
-def test_cli_prunes_a_pipeline_folder(dense, tmp_path, capsys):
+def test_cli_prunes_a_pipeline_folder_into_a_pipeline_folder(dense, tmp_path, capsys):
     folder = _pipeline(tmp_path, dense["tiny-sd"])
+    (folder / "vae").mkdir()
+    (folder / "vae" / "config.json").write_text("{}")  # carried over byte for byte, whatever it holds
     out = tmp_path / "pruned"
     assert main(["prune", str(folder), str(out), "--method", "magnitude", "--ratio", "0.3", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "conditioning: text (empty-prompt zeros); only the UNet is pruned" in printed
-    info = json.loads((out / "pruning.json").read_text())
+    assert "a pipeline folder: the pruned UNet in unet/" in printed
+    info = json.loads((out / "unet" / "pruning.json").read_text())
     assert info["source"]["source"] == str((folder / "unet").resolve())
     assert info["pruning"]["conditioning"]["text_width"] == 24
-    assert json.loads((out / "scheduler_config.json").read_text())["beta_schedule"] == "scaled_linear"
-    assert type(diffprune.load(out)).__name__ == "UNet2DConditionModel"
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["beta_schedule"] == "scaled_linear"
+    assert (out / "vae" / "config.json").read_text() == "{}"
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    model, scheduler, source = load_source(str(out))
+    assert type(model).__name__ == "UNet2DConditionModel" and source["format"] == "diffprune"
+    assert scheduler["_class_name"] == "PNDMScheduler"
+    x = _inputs(model)
+    assert torch.equal(_run(model, x), _run(diffprune.load(out / "unet"), x))
+
+
+@pytest.mark.parametrize("arch", TEXT)
+def test_a_pruned_builtin_pipeline_carries_its_text_encoders_tokenizers_and_vae(arch, pruned, tmp_path):
+    from diffprune.models import FromSource
+
+    model, _ = pruned[arch]
+    out = diffprune.save(model, tmp_path / "p", pipeline=f"arch:{arch}")
+    names = {p.name for p in out.iterdir()}
+    two = arch == "tiny-sdxl"
+    assert names == {"unet", "scheduler", "model_index.json", "vae", "text_encoder", "tokenizer"} | (
+        {"text_encoder_2", "tokenizer_2"} if two else set())
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == ("StableDiffusionXLPipeline" if two else "StableDiffusionPipeline")
+    # The carried components are the built-in ones: the same embeddings for the same prompt.
+    ours = FromSource(str(out), "text_encoder").load()(["a photo of a cat"])
+    builtin = FromSource(f"arch:{arch}", "text_encoder").load()(["a photo of a cat"])
+    assert torch.equal(ours.encoder_hidden_states, builtin.encoder_hidden_states)
+    vae = FromSource(str(out), "vae").load()
+    assert torch.equal(vae.decoder.conv_in.weight, FromSource(f"arch:{arch}", "vae").load().decoder.conv_in.weight)
+    # ... and the pipeline folder is a source again: a second pruning step reads it.
+    assert type(load_source(str(out))[0]) is type(model)
 
 
 def test_later_stages_refuse_a_conditional_model_clearly(pruned, tmp_path):

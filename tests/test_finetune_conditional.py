@@ -207,5 +207,8 @@ def test_cli_finetunes_a_text_model_from_its_pipeline(tmp_path, captioned):
                  "--batch-size", "2", "--warmup-steps", "1", "--caption-dropout", "0.2", "--precompute", "--resize", "pad",
                  "--device", "cpu", "--quiet"])
     assert code == 0
-    info = json.loads((out / "pruning.json").read_text())["finetune"]
+    # A pipeline in, a pipeline out: the tuned UNet in unet/, the frozen parts carried over.
+    assert sorted(os.listdir(out)) == ["model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"]
+    info = json.loads((out / "unet" / "pruning.json").read_text())["finetune"]
     assert info["caption_dropout"] == 0.2 and info["precompute"] is True
+    assert (out / "unet" / "loss.csv").is_file()

@@ -25,7 +25,8 @@ def register(subparsers):
             .jsonl of {"image": path, "text": caption}) through the pipeline's frozen text encoder, the
             images encoded to latents by its VAE; --data generate:N --prompts FILE draws the latents from the
             model itself with those prompts. Class-conditional ones get --class-labels, else the data's
-            labels (builtin:digits, an .npz's labels), else uniformly drawn ones. Only the UNet is pruned.
+            labels (builtin:digits, an .npz's labels), else uniformly drawn ones. Only the UNet is pruned;
+            a pipeline SRC gives a pipeline OUT (the pruned UNet in unet/, the other components carried over).
             SRC: a diffusers folder, a pipeline folder (its unet/ and scheduler/), a hub id (owner/name),
             a pruned folder, or arch:NAME (built-in architecture with random weights: ddpm-cifar10-32,
             sd15, sd21-base, sdxl, and tiny test ones: tiny, tiny-attn, tiny-class, tiny-sd, tiny-sdxl).""")
@@ -79,7 +80,7 @@ def _labels(text: str) -> list:
 def run(args) -> int:
     require(*NEEDS)
     from diffprune._io import check_writable
-    from diffprune.checkpoint import save
+    from diffprune.checkpoint import pipeline_source, save
     from diffprune.models import FromSource, load_source
     from diffprune.pruning import check_options, prune
     from diffprune.text import read_prompts
@@ -99,7 +100,10 @@ def run(args) -> int:
         text_encoder=FromSource(args.src, "text_encoder", device), vae=FromSource(args.src, "vae", device),
     )
     info = {"source": source, "pruning": {k: v for k, v in report.to_dict().items() if k != "layer_widths"}}
-    save(pruned, args.out, info=info, scheduler_config=scheduler_config, overwrite=args.overwrite)
+    save(pruned, args.out, info=info, scheduler_config=scheduler_config, overwrite=args.overwrite, pipeline=args.src)
     print(report.table())
-    print(f"saved {args.out} (config.json, diffusion_pytorch_model.safetensors, pruning.json)")
+    if pipeline_source(args.src):
+        print(f"saved {args.out} (a pipeline folder: the pruned UNet in unet/, the other components of {args.src})")
+    else:
+        print(f"saved {args.out} (config.json, diffusion_pytorch_model.safetensors, pruning.json)")
     return 0
