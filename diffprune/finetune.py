@@ -237,6 +237,7 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
                           device):
     """Load ``data`` with what a conditional ``student`` needs; a clear error for what is missing."""
     from .data import describe, load_calibration
+    from .latents import is_latent
     from .models import FromSource, sample_size
 
     size = sample_size(student)
@@ -245,7 +246,7 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
             f"Data {data!r}: fine-tuning a conditional model ({cond.kind}) on samples drawn from a model is not "
             "supported yet. Give images with their conditioning: builtin:digits, an .npz with labels, a folder with "
             "same-stem .txt captions, or a .jsonl of {\"image\", \"text\", \"label\"} lines.")
-    latent = cond.text_width is not None  # Stable Diffusion-family UNets denoise VAE latents
+    latent = is_latent(student, cond, vae)
     if cond.text_width:
         if isinstance(text_encoder, FromSource):
             text_encoder = text_encoder.load()
@@ -410,7 +411,8 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
               "conditioning": cond.kind}
     if cond.text_width:
         config.update(caption_dropout=caption_dropout, precompute=precompute, text_encoder=text_encoder.source or "given",
-                      vae=f"AutoencoderKL (scaling_factor {vae.config.scaling_factor}), frozen, not saved")
+                      vae=f"AutoencoderKL (scaling_factor {vae.config.scaling_factor}), frozen, not saved" if vae is not None
+                      else "none (pixel space)")
 
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = max(1, batch_size // world)

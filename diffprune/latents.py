@@ -95,3 +95,16 @@ def load_latent_images(data, model, cond, vae, limit: int, seed: int, resize: st
                              resize=resize)
     return vae, found
 
+
+
+def is_latent(model, cond, vae) -> bool:
+    """Whether ``model`` denoises latents (its images go through ``vae``) rather than pixels.
+
+    A VAE given (or one its pipeline has) says latent. Without one, a text-conditioned UNet of 1 or 3
+    channels is taken as a pixel model (the digits-text model); any other width (Stable Diffusion's 4) is
+    latent, and the caller's missing-VAE error follows."""
+    from .models import FromSource
+
+    if vae is not None and (not isinstance(vae, FromSource) or vae.available()):
+        return True
+    return cond.text_width is not None and model.config.in_channels not in (1, 3)

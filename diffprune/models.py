@@ -52,6 +52,15 @@ ARCHITECTURES = {
         block_out_channels=(32, 64), down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8, num_class_embeds=10,
     ),
+    # A text-conditioned digits model (Evidence 2 of the conditional-models work; shipped as
+    # builtin:digits-text): "digits" with cross-attention to a tiny frozen CLIP text encoder (32 wide),
+    # at 14x14 and 7x7; 2 heads (attention_head_dim counts heads in UNet2DConditionModel configs).
+    "digits-text": dict(
+        _class_name="UNet2DConditionModel", sample_size=28, in_channels=1, out_channels=1, layers_per_block=1,
+        block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=2, norm_num_groups=8,
+    ),
     # SD-1.x-like: 4 latent channels, self- and cross-attention with GEGLU feed-forward (SD's
     # BasicTransformerBlock), conv proj_in/proj_out. attention_head_dim is the head COUNT in SD's
     # configs (a diffusers naming quirk kept for compatibility): 2 heads of 16 and of 32 channels.
@@ -113,6 +122,10 @@ ARCHITECTURES = {
         center_input_sample=False, mid_block_scale_factor=1, upcast_attention=False,
     ),
 }
+
+# Models shipped in the package (diffprune/assets/NAME, each with a model card): the pixel digits DDPM and
+# the text-conditioned digits pipeline (a pipeline folder: unet/, text_encoder/, tokenizer/, scheduler/).
+BUILTIN_MODELS = ("builtin:digits-ddpm", "builtin:digits-text")
 
 # The denoising schedule of the paper's DDPM models; used when a source carries no scheduler config.
 DEFAULT_SCHEDULER = {
@@ -192,8 +205,8 @@ def load_source(src, device="cpu"):
     if src.startswith("builtin:"):
         name = src[len("builtin:"):]
         path = Path(__file__).parent / "assets" / name
-        if not (path / "pruning.json").is_file():
-            raise DiffPruneError(f"Unknown built-in model {src!r}; the package ships builtin:digits-ddpm.")
+        if not ((path / "pruning.json").is_file() or (path / "unet" / "pruning.json").is_file()):
+            raise DiffPruneError(f"Unknown built-in model {src!r}; the package ships {', '.join(BUILTIN_MODELS)}.")
         src = str(path)
     if src.startswith("arch:"):
         arch = src[len("arch:"):]

@@ -236,12 +236,13 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
 
     from .conditioning import conditioning
     from .data import describe, load_calibration
+    from .latents import is_latent
     from .models import FromSource, sample_size
 
     cfg = model.config
     size = sample_size(model)
     cond = conditioning(model)
-    latent = cond.text_width is not None  # Stable Diffusion-family UNets denoise VAE latents
+    latent = is_latent(model, cond, vae)
     generator = torch.Generator().manual_seed(seed)
     generating = isinstance(data, str) and data.startswith("generate:")
     if cond.text_width and isinstance(text_encoder, FromSource):

@@ -39,6 +39,10 @@ TEXT_ENCODERS = {
                          hidden_act="quick_gelu", projection_dim=24),
     "tiny-clip-16": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                          hidden_act="quick_gelu", projection_dim=16),
+    # The digits-text model's encoder: tiny (2 layers, 32 wide) but real CLIP tokens; 1.6M of its 1.6M
+    # parameters are the 49,408-token embedding.
+    "clip-digits-32": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           hidden_act="quick_gelu", projection_dim=32),
     "tiny-clip-16-proj32": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                                 hidden_act="gelu", projection_dim=32),
 }
@@ -50,6 +54,7 @@ TEXT_SETUPS = {
     "sd15": (("clip-vit-l-14",), "last"),
     "sd21-base": (("openclip-vit-h-14-penultimate",), "last"),
     "sdxl": (("clip-vit-l-14", "openclip-vit-bigg-14"), "penultimate"),
+    "digits-text": (("clip-digits-32",), "last"),
     "tiny-sd": (("tiny-clip-24",), "last"),
     "tiny-sdxl": (("tiny-clip-16", "tiny-clip-16-proj32"), "penultimate"),
 }
