@@ -57,6 +57,116 @@ def train(folder: Path, out: Path = ASSET, **overrides) -> None:
     print(f"trained {settings['steps']} steps in {report.seconds / 60:.1f} min, final loss {report.final_loss:.4f}")
 
 
+def _load(folder):
+    """A pipeline folder's UNet and text encoder (diffprune's loaders)."""
+    from diffprune.models import FromSource, load_source
+
+    unet, scheduler_config, _ = load_source(str(folder))
+    return unet.eval(), scheduler_config, FromSource(str(folder), "text_encoder").load()
+
+
+def sample(folder, prompts_per_digit: int, guidance: float, steps: int, seed: int = 0):
+    """uint8 images (N, 28, 28, 1) for prompts "a handwritten digit <word>" (digit i % 10), with CFG; the same
+    noise for every model (the seed), so models are compared image by image."""
+    import torch
+
+    from diffprune.conditioning import conditioning
+    from diffprune.sampling import generate
+
+    unet, scheduler_config, encoder = _load(folder)
+    labels = [i % 10 for i in range(10 * prompts_per_digit)]
+    prompts = [f"a handwritten digit {WORDS[d]}" for d in labels]
+    cond = conditioning(unet)
+    size = (28, 28)
+    text, empty = encoder(prompts), encoder([""] * len(prompts))
+    inputs = cond.inputs(len(prompts), size, text=text)
+    uncond = cond.inputs(len(prompts), size, text=empty)
+    noise = torch.randn((len(prompts), 1, *size), generator=torch.Generator().manual_seed(seed))
+    x = generate(unet, scheduler_config, len(prompts), steps=steps, batch=100, progress=False, noise=noise,
+                 inputs=inputs, uncond=uncond, guidance_scale=guidance)
+    images = ((x.numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return images, np.array(labels)
+
+
+def judge(images, labels, features) -> dict:
+    """Prompt accuracy (the classifier's argmax equals the prompted digit) and FID against the 1,000
+    held-out real digits in the classifier's 64-d feature space."""
+    from diffprune.metrics import feature_statistics, frechet_distance
+
+    logits = features(images, output=1)
+    with np.load(ROOT / "diffprune" / "assets" / "digits.npz") as z:
+        real = z["images"][9000:][..., None]
+    mu_r, sigma_r = feature_statistics(features(real))
+    mu_g, sigma_g = feature_statistics(features(images))
+    return {"prompt_accuracy": float((logits.argmax(1) == labels).mean()),
+            "fid": float(frechet_distance(mu_g, sigma_g, mu_r, sigma_r)), "n": int(len(images))}
+
+
+def evaluate(folder: Path, work: Path = Path("/tmp/text-digits-eval"), dense: Path = ASSET, target_macs: float = 0.5,
+             finetune_share: float = 0.1, prompts_per_digit: int = 50, guidance: float = 7.5, steps: int = 25, max_timesteps=None) -> dict:
+    """Dense, pruned and pruned + fine-tuned (distilled from dense, 10 % of the training steps), for
+    Diff-Pruning and magnitude, each judged by prompt accuracy and FID with CFG at the pipeline default."""
+    from diffprune.checkpoint import read_info, save
+    from diffprune.finetune import finetune
+    from diffprune.metrics import OnnxFeatures
+    from diffprune.models import count_macs_params
+    from diffprune.pruning import prune
+
+    work.mkdir(parents=True, exist_ok=True)
+    features = OnnxFeatures("builtin:digits-features")
+    data = str(folder / "pairs.jsonl")
+    trained = read_info(dense / "unet")["finetune"]["steps"]
+    ft_steps = max(1, int(round(trained * finetune_share)))
+    rows, started = [], time.perf_counter()
+
+    def row(name, path, extra=None):
+        unet, _, _ = _load(path)
+        macs, params = count_macs_params(unet)
+        images, labels = sample(path, prompts_per_digit, guidance, steps)
+        record = {"model": name, "params": params, "macs": macs, **judge(images, labels, features), **(extra or {})}
+        np.save(work / f"{name.replace(' ', '_').replace('+', 'and')}.npy", images[:20])
+        rows.append(record)
+        print(json.dumps(record), flush=True)
+
+    row("dense", dense)
+    for method in ("diff-pruning", "magnitude"):
+        pruned_dir, tuned_dir = work / f"{method}-pruned", work / f"{method}-finetuned"
+        if not pruned_dir.exists():
+            unet, scheduler_config, encoder = _load(dense)
+            pruned, report = prune(unet, method=method, target_macs=target_macs, data=data, num_images=64, seed=0,
+                                   max_timesteps=max_timesteps, scheduler_config=scheduler_config, progress=False, text_encoder=encoder)
+            save(pruned, pruned_dir, info={"pruning": {k: v for k, v in report.to_dict().items() if k != "layer_widths"}},
+                 scheduler_config=scheduler_config, pipeline=str(dense))
+        row(f"{method}, pruned", pruned_dir)
+        if not tuned_dir.exists():
+            finetune(str(pruned_dir), tuned_dir, data=data, steps=ft_steps, batch_size=TRAIN["batch_size"], lr=TRAIN["lr"] / 2,
+                     warmup_steps=20, ema_decay=0.99, teacher=str(dense), kd_weight=1.0, precompute=True, seed=0,
+                     device="cpu", progress=False, checkpoint_every=0)
+        row(f"{method}, pruned + fine-tuned", tuned_dir, {"finetune_steps": ft_steps})
+    result = {"rows": rows, "settings": {"target_macs": target_macs, "finetune_steps": ft_steps, "trained_steps": trained,
+                                         "prompts_per_digit": prompts_per_digit, "guidance": guidance, "sampler": f"DDIM {steps}",
+                                         "kd_weight": 1.0, "seconds": round(time.perf_counter() - started)}}
+    _write(result)
+    return result
+
+
+def _write(result: dict) -> None:
+    from diffprune.models import versions
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result["versions"] = versions()
+    (RESULTS / "text_digits.json").write_text(json.dumps(result, indent=1))
+    s = result["settings"]
+    lines = [f"Text-conditioned digits (`python benchmarks/text_digits.py evaluate FOLDER`): CFG {s['guidance']}, "
+             f"{s['sampler']}, {10 * s['prompts_per_digit']} images ({s['prompts_per_digit']} per digit prompt), "
+             f"pruned to {s['target_macs']:.0%} of the MACs, fine-tuned {s['finetune_steps']} steps "
+             f"({s['finetune_steps'] / s['trained_steps']:.0%} of the dense model's {s['trained_steps']}) with distillation.",
+             "", "| model | params | MACs | prompt accuracy | FID (digits features) |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['macs'] / 1e6:.0f}M | {r['prompt_accuracy']:.1%} | {r['fid']:.2f} |")
+    (RESULTS / "text_digits.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["prepare", "train", "evaluate"])

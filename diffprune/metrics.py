@@ -117,7 +117,8 @@ class OnnxFeatures:
         self.channels, self.size = inp.shape[1], tuple(inp.shape[2:4])
         self.batch = batch
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray, output: int = 0) -> np.ndarray:
+        """The network's first output (the features); ``output=1`` another one (the digits classifier's logits)."""
         from PIL import Image
 
         out = []
@@ -133,7 +134,7 @@ class OnnxFeatures:
                 if self.channels == 3 and arr.shape[-1] == 1:
                     arr = np.repeat(arr, 3, axis=-1)
                 resized.append(arr.transpose(2, 0, 1))
-            feats = self.session.run(None, {self.input_name: np.stack(resized).astype(np.float32)})[0]
+            feats = self.session.run(None, {self.input_name: np.stack(resized).astype(np.float32)})[output]
             out.append(feats.reshape(len(chunk), -1))
         return np.concatenate(out)
 
