@@ -63,13 +63,13 @@ class Sampler:
         b = x.shape[0]
         for k, t in enumerate(scheduler.timesteps):
             timestep = np.full((b,), float(t), dtype=np.float32)
-            out = self.runner(x, timestep)
+            out = self.runner(scheduler.scale_model_input(x, t), timestep)
             if not np.isfinite(out).all():
                 raise DiffPruneError(
-                    f"The model produced NaN/Inf at step {k + 1} of {steps} (timestep {int(t)}) on backend "
+                    f"The model produced NaN/Inf at step {k + 1} of {steps} (timestep {float(t):g}) on backend "
                     f"{self.runner.backend}. With an fp16 artifact this is overflow: use the fp32 export, or keep "
                     "more ops in fp32. No images were written."
                 )
             noise = np.stack([r.standard_normal(x.shape[1:], dtype=np.float32) for r in rngs]) if scheduler.needs_noise else None
-            x = scheduler.step(out, int(t), x, noise=noise).prev_sample
+            x = scheduler.step(out, t, x, noise=noise).prev_sample
         return x
