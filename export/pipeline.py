@@ -319,27 +319,7 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
     common = dict(opset=opset, exporter=exporter, weights=weights, validate_batches=validate_batches)
     reports, files = {}, {}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        # Text encoders first: small, and they fail fast on a bad tokenizer or encoder folder.
-        if pipe.text is not None:
-            for i, (tokenizer, model) in enumerate(pipe.text.parts):
-                name = "text_encoder" + (f"_{i + 1}" if i else "")
-                pooled = pipe.text.pooled and i == len(pipe.text.parts) - 1
-                result = _export_text(model, tokenizer, pipe.text.layer, pooled, tmp / name, dtype, cfg_batch, **common)
-                reports[name] = result.model_json["validation"]
-                files[name] = result
-                say(_line(name, result))
-                tokenizer_dir = tmp / name.replace("text_encoder", "tokenizer")
-                if pipe.tokenizer_dirs:
-                    shutil.copytree(pipe.tokenizer_dirs[i], tokenizer_dir)
-                else:
-                    tokenizer.save(tokenizer_dir)  # arch: sources use the runtime's built-in CLIP BPE
-        extra = {"component": "unet"}
-        result = export_unet(pipe.unet, tmp / "unet", pipe.scheduler, pipe.source.get("unet", pipe.source), pipe.pruning,
-                             dtype=dtype, batch=cfg_batch, extra=extra, **common)
-        reports["unet"], files["unet"] = result.model_json["validation"], result
-        say(_line("unet", result))
-        unet_sha = result.model_json["source"]["weights_sha256"]
-        pipe.unet = None  # free the largest part before the decoder is traced
+        # The decoder first: small, and an fp16 decoder that overflows fails before minutes of UNet tracing.
         decoder = pipe.vae if pipe.vae is not None else pipe.vq
         latent = None
         if decoder is not None:
@@ -355,6 +335,23 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
             image = {"channels": decoder.config.out_channels, "size": [size[0] * factor, size[1] * factor]}
         else:
             image = {"channels": cfg.out_channels, "size": list(size)}
+        if pipe.text is not None:
+            for i, (tokenizer, model) in enumerate(pipe.text.parts):
+                name = "text_encoder" + (f"_{i + 1}" if i else "")
+                pooled = pipe.text.pooled and i == len(pipe.text.parts) - 1
+                result = _export_text(model, tokenizer, pipe.text.layer, pooled, tmp / name, dtype, cfg_batch, **common)
+                reports[name], files[name] = result.model_json["validation"], result
+                say(_line(name, result))
+                tokenizer_dir = tmp / name.replace("text_encoder", "tokenizer")
+                if pipe.tokenizer_dirs:
+                    shutil.copytree(pipe.tokenizer_dirs[i], tokenizer_dir)
+                else:
+                    tokenizer.save(tokenizer_dir)  # arch: sources use the runtime's built-in CLIP BPE
+        result = export_unet(pipe.unet, tmp / "unet", pipe.scheduler, pipe.source.get("unet", pipe.source), pipe.pruning,
+                             dtype=dtype, batch=cfg_batch, extra={"component": "unet"}, **common)
+        reports["unet"], files["unet"] = result.model_json["validation"], result
+        say(_line("unet", result))
+        unet_sha = result.model_json["source"]["weights_sha256"]
         record = _record(pipe, latent, image, guidance_scale, reports, files, dtype, vae_dtype, unet_sha, started)
         (tmp / PIPELINE_JSON).write_text(json.dumps(record, indent=1, default=str))
     return record
