@@ -111,6 +111,65 @@ def test_sd_components_run_like_torch(sd):
     assert image.shape == (3, 3, 32, 32) and np.abs(image - ref).max() < 1e-3
 
 
+def test_tensorrt_profiles_cover_the_guidance_batch_and_the_text_length(sd, tmp_path):
+    from diffprune.export import build_pipeline, pipeline_profiles
+
+    _, out = sd
+    profiles = pipeline_profiles(out)  # the exported ranges: UNet and text encoder already doubled
+    assert profiles["unet"] == {
+        "sample": ((1, 4, 16, 16), (4, 4, 16, 16), (8, 4, 16, 16)),
+        "timestep": ((1,), (4,), (8,)),
+        "encoder_hidden_states": ((1, 77, 24), (4, 77, 24), (8, 77, 24)),
+    }
+    assert profiles["text_encoder"] == {"input_ids": ((1, 77), (4, 77), (8, 77))}
+    assert profiles["vae_decoder"] == {"latent_sample": ((1, 4, 16, 16), (2, 4, 16, 16), (4, 4, 16, 16))}
+    images = pipeline_profiles(out, batch=(1, 1, 3))  # 3 images: 6 rows through the UNet
+    assert images["unet"]["sample"] == ((1, 4, 16, 16), (2, 4, 16, 16), (6, 4, 16, 16))
+    assert images["vae_decoder"]["latent_sample"][2] == (3, 4, 16, 16)
+    with pytest.raises(DiffPruneError, match="outside the exported range 1..8"):
+        pipeline_profiles(out, batch=(1, 2, 5))  # 10 UNet rows: more than exported
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(DiffPruneError, match="tensorrt is not installed"):
+            build_pipeline(out, tmp_path / "engines")
+        assert not (tmp_path / "engines").exists()
+
+
+def test_cli_prints_the_profiles_without_tensorrt(sd, capsys):
+    from diffprune.cli import main
+
+    _, out = sd
+    assert main(["build", str(out), "--print-profiles", "--batch", "1", "2", "4"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "unet.encoder_hidden_states: min [1, 77, 24] opt [4, 77, 24] max [8, 77, 24]" in printed
+    assert "vae_decoder.latent_sample: min [1, 4, 16, 16] opt [2, 4, 16, 16] max [4, 4, 16, 16]" in printed
+
+
+def test_triton_repository_of_a_pipeline(sd, tmp_path):
+    from test_export import _parse_pbtxt
+
+    from diffprune.export import write_pipeline_repository
+
+    _, out = sd
+    models = write_pipeline_repository(tmp_path / "repo", out, prefix="sd_")
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["sd_text_encoder", "sd_unet", "sd_vae_decoder"]
+    assert set(models) == {"text_encoder", "unet", "vae_decoder"}
+    unet = _parse_pbtxt((tmp_path / "repo" / "sd_unet" / "config.pbtxt").read_text())
+    assert unet["name"] == "sd_unet" and unet["max_batch_size"] == 8  # the doubled guidance batch
+    assert [i["name"] for i in unet["input"]] == ["sample", "timestep", "encoder_hidden_states"]
+    assert unet["input"][2] == {"name": "encoder_hidden_states", "data_type": "TYPE_FP32", "dims": [77, 24]}
+    assert unet["input"][1]["reshape"] == {"shape": []}
+    text = _parse_pbtxt((tmp_path / "repo" / "sd_text_encoder" / "config.pbtxt").read_text())
+    assert text["input"] == [{"name": "input_ids", "data_type": "TYPE_INT64", "dims": [77]}]
+    assert text["output"][0]["dims"] == [77, 24]
+    vae = _parse_pbtxt((tmp_path / "repo" / "sd_vae_decoder" / "config.pbtxt").read_text())
+    assert vae["input"][0]["dims"] == [4, 16, 16] and vae["output"][0]["dims"] == [3, 32, 32]
+    assert (tmp_path / "repo" / "sd_unet" / "1" / "model.onnx.data").is_file()
+    with pytest.raises(DiffPruneError, match="holds no pipeline.json"):
+        write_pipeline_repository(tmp_path / "repo2", out / "unet")
+
+
 def test_sdxl_pipeline(tmp_path):
     from diffprune.models import build_unet
     from diffprune.text import build_text_encoder
@@ -145,6 +204,12 @@ def test_sdxl_pipeline(tmp_path):
                                        added_cond_kwargs={"text_embeds": ref.text_embeds,
                                                           "time_ids": torch.from_numpy(time_ids)}).sample.numpy()
     assert np.abs(eps - want).max() < 1e-4
+    from diffprune.export import pipeline_profiles
+
+    profiles = pipeline_profiles(out)
+    assert profiles["unet"]["text_embeds"] == ((1, 32), (2, 32), (4, 32))
+    assert profiles["unet"]["time_ids"] == ((1, 6), (2, 6), (4, 6))
+    assert profiles["text_encoder_2"] == {"input_ids": ((1, 77), (2, 77), (4, 77))}
 
 
 def test_class_conditional_pipeline(tmp_path):
