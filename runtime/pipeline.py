@@ -165,10 +165,12 @@ class Pipeline:
         tokens = self.tokenizers[encoder](prompts)
         if tokens.truncated:
             tok = self.tokenizers[encoder]
-            cut = sorted({prompts[i] for i in tokens.truncated})
-            note = (f"{len(cut)} prompt(s) longer than {tok.max_length} tokens were truncated, as CLIP (and diffusers) "
+            first = {}  # one row per distinct prompt
+            for i in tokens.truncated:
+                first.setdefault(prompts[i], i)
+            note = (f"{len(first)} prompt(s) longer than {tok.max_length} tokens were truncated, as CLIP (and diffusers) "
                     f"truncate them; what the model reads ends at "
-                    + "; ".join(repr(tok.decode(tokens.ids[i])[-40:]) for i in tokens.truncated[:3]) + ".")
+                    + "; ".join(repr("..." + tok.decode(tokens.ids[i])[-40:]) for i in list(first.values())[:3]) + ".")
             if note not in self.notes:
                 self.notes.append(note)
                 warnings.warn(note, PromptTruncated, stacklevel=3)

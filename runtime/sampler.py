@@ -51,6 +51,11 @@ class Sampler:
 
         ``noise`` (N, C, H, W) replaces the seeded starting noise (to compare models from the same noise).
         """
+        if getattr(self.runner, "conditioning", None):
+            raise DiffPruneError(
+                f"This UNet is conditioned on {', '.join(self.runner.conditioning)}; the noise -> image sampler runs "
+                "unconditional UNets. Sample the pipeline export it belongs to (the folder with pipeline.json), "
+                "which feeds the text encoder's output (diffprune.runtime.Pipeline).")
         lo, hi = self.runner.batch_range
         if n < 1:
             raise DiffPruneError(f"n {n} must be at least 1.")

@@ -208,3 +208,26 @@ def test_broken_component_and_wrong_kind_are_clear_errors(exported, tmp_path):
     with Pipeline(folder, "ort-cpu") as pipe:
         with pytest.raises(DiffPruneError, match="give a prompt"):
             pipe.generate(steps=2)
+
+
+def test_sample_command_on_a_pipeline_export(exported, tmp_path):
+    import zlib
+
+    folder, _ = exported("arch:tiny-sd")
+    out = tmp_path / "cats.png"
+    base = [sys.executable, "-m", "diffprune", "sample", str(folder)]
+    proc = subprocess.run(base + ["--prompt", "a photo of a cat", "--negative-prompt", "blurry", "--guidance", "6",
+                                  "--steps", "3", "--scheduler", "euler", "--n", "2", "--backend", "ort-cpu",
+                                  "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 images, 3 euler steps, guidance 6 on ort-cpu" in proc.stdout and "UNet" in proc.stdout
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and zlib.crc32(data) != 0
+    for extra, message in [(["--prompt", "a cat", "--guidance", "-1"], "Guidance scale -1.0 is not allowed"),
+                           ([], "give a prompt")]:
+        proc = subprocess.run(base + ["--out", str(tmp_path / "x.png"), "--steps", "2", *extra], capture_output=True,
+                              text=True)
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "diffprune", "sample", str(folder / "unet"), "--prompt", "a cat",
+                           "--out", str(tmp_path / "y.png")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "not a pipeline" in proc.stderr
