@@ -99,6 +99,44 @@ class Pipeline:
         return {n: n for n in names}
 
 
+def save_pipeline_folder(arch: str, folder, vae=None) -> Path:
+    """Write the built-in text-to-image architecture ``arch`` (tiny-sd, tiny-sdxl, sd15, ...; random weights) as
+    a diffusers pipeline folder, the layout ``StableDiffusion(XL)Pipeline.save_pretrained`` writes and
+    ``from_pretrained`` reads: unet/, text_encoder[_2]/, tokenizer[_2]/, vae/, scheduler/, model_index.json.
+    For tests and comparisons with diffusers and optimum, which read pipeline folders. ``vae`` replaces the VAE."""
+    import diffusers
+
+    from diffprune.latents import VAE_SETUPS, build_vae
+    from diffprune.models import build_unet
+    from diffprune.text import build_text_encoder
+
+    kind = pipeline_kind(f"arch:{arch}")
+    if not kind.startswith("text-to-image"):
+        raise DiffPruneError(f"arch:{arch} is a {kind} model; save_pipeline_folder writes text-to-image pipelines.")
+    folder = Path(folder)
+    check_writable(folder, False)
+    scheduler = SDXL_SCHEDULER if kind == "text-to-image-xl" else SD_SCHEDULER
+    with atomic_dir(folder) as tmp:
+        build_unet(arch).save_pretrained(tmp / "unet")
+        text = build_text_encoder(arch)
+        index = {"_class_name": "StableDiffusionXLPipeline" if kind == "text-to-image-xl" else "StableDiffusionPipeline",
+                 "_diffusers_version": diffusers.__version__, "unet": ["diffusers", "UNet2DConditionModel"],
+                 "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", scheduler["_class_name"]]}
+        for i, (tokenizer, model) in enumerate(text.parts):
+            suffix = f"_{i + 1}" if i else ""
+            model.save_pretrained(tmp / f"text_encoder{suffix}")
+            tokenizer.save(tmp / f"tokenizer{suffix}")
+            index[f"text_encoder{suffix}"] = ["transformers", type(model).__name__]
+            index[f"tokenizer{suffix}"] = ["transformers", "CLIPTokenizer"]
+        if kind == "text-to-image":  # the SD pipelines' optional parts, absent (as in a pipeline saved without them)
+            index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+        (vae or build_vae(VAE_SETUPS[arch])).save_pretrained(tmp / "vae")
+        cls = getattr(diffusers, scheduler["_class_name"])
+        cls.from_config({k: v for k, v in scheduler.items() if k != "_class_name"}).save_config(tmp / "scheduler")
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
+    return folder
+
+
 def _pipeline_class(folder: Path) -> str:
     from diffprune.models import _read_json
 
