@@ -349,6 +349,11 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
     check_writable(out_dir, overwrite)
     say = progress or (lambda *a: None)
     started = time.perf_counter()
+    kind = pipeline_kind(src)
+    guidance_scale = float(guidance_scale if guidance_scale is not None else GUIDANCE.get(kind, 1.0))
+    if guidance_scale > 1 and kind not in GUIDANCE:
+        raise DiffPruneError(f"guidance_scale {guidance_scale} needs a text-conditioned pipeline; a {kind} one has "
+                             "nothing to guide against. Leave it out (1.0).")
     pipe = load_pipeline(src)
     cfg = pipe.unet.config
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
@@ -390,7 +395,7 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
         reports["unet"], files["unet"] = result.model_json["validation"], result
         say(_line("unet", result))
         unet_sha = result.model_json["source"]["weights_sha256"]
-        record = _record(pipe, latent, image, guidance_scale, reports, files, dtype, vae_dtype, unet_sha, started)
+        record = _record(pipe, latent, image, guidance_scale, reports, files, unet_sha, started)
         (tmp / PIPELINE_JSON).write_text(json.dumps(record, indent=1, default=str))
     return record
 
@@ -461,7 +466,7 @@ def _export_decoder(model, name, out, size, scale, dtype, batch, opset, exporter
                        validate_batches=validate_batches, weights=weights)
 
 
-def _record(pipe, latent, image, guidance_scale, reports, files, dtype, vae_dtype, unet_sha, started) -> dict:
+def _record(pipe, latent, image, guidance_scale, reports, files, unet_sha, started) -> dict:
     from diffprune.models import versions
 
     from .onnx import _onnx_versions
@@ -472,17 +477,13 @@ def _record(pipe, latent, image, guidance_scale, reports, files, dtype, vae_dtyp
                 "widths": [m.config.hidden_size for _, m in pipe.text.parts], "pooled_width": pipe.text.pooled_width,
                 "pad_tokens": [t.pad_token for t, _ in pipe.text.parts]}
     guided = pipe.kind in GUIDANCE
-    scale = guidance_scale if guidance_scale is not None else GUIDANCE.get(pipe.kind, 1.0)
-    if scale > 1 and not guided:
-        raise DiffPruneError(f"guidance_scale {scale} needs a text-conditioned pipeline; a {pipe.kind} one has nothing "
-                             "to guide against. Leave it out (1.0).")
     record = {
         "format": FORMAT,
         "kind": pipe.kind,
         "components": pipe.components,
         "tokenizers": {n: n.replace("text_encoder", "tokenizer") for n in pipe.components if n.startswith("text_encoder")},
         "scheduler": pipe.scheduler,
-        "guidance": {"scale": scale, "negative_prompt": "" if guided else None},
+        "guidance": {"scale": guidance_scale, "negative_prompt": "" if guided else None},
         "latent": latent,
         "image": image,
         "text": text,
