@@ -231,3 +231,27 @@ def test_sample_command_on_a_pipeline_export(exported, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "diffprune", "sample", str(folder / "unet"), "--prompt", "a cat",
                            "--out", str(tmp_path / "y.png")], capture_output=True, text=True)
     assert proc.returncode != 0 and "not a pipeline" in proc.stderr
+
+
+def test_bench_on_pipeline_exports_times_each_component(exported, tmp_path, tiny_export):
+    from diffprune import DiffPruneError
+    from diffprune.benchmark import markdown, run_bench
+
+    folder, _ = exported("arch:tiny-sd")
+    results = run_bench([folder], backend="ort-cpu", steps=2, runs=2, threads=1, scheduler=None, prompt="a cat",
+                        progress=False)
+    assert results["pipeline"] is True and results["scheduler"] == "ddim" and results["prompt"] == "a cat"
+    rows = results["batches"][1]
+    assert list(rows) == [folder.name, "dense (diffusers, PyTorch eager)"]  # the baseline: pipeline.json's source
+    for name, row in rows.items():
+        parts = row["parts_ms"]
+        assert set(parts) == {"text_encoder", "unet", "decoder", "sampler"} and row["guidance"] == 7.5
+        assert all(parts[k] > 0 for k in ("text_encoder", "unet", "decoder"))
+        assert sum(parts.values()) == pytest.approx(row["e2e_ms"]["median"], rel=0.35)  # medians of parts vs of sums
+        assert row["unet_ms"]["median"] == pytest.approx(parts["unet"]) and row["peak_rss_mib"] > 0
+    assert rows["dense (diffusers, PyTorch eager)"]["backend"] == "torch-eager-cpu"
+    assert rows[folder.name]["speedup_vs_eager"] > 0
+    text = markdown(results)
+    assert "Time per component" in text and f"| 1 | {folder.name} | 7.5 |" in text
+    with pytest.raises(DiffPruneError, match="either pipeline exports .* or single-model exports"):
+        run_bench([folder, tiny_export], steps=2, runs=1, progress=False)
