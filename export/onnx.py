@@ -195,11 +195,17 @@ def _save(proto, path: Path, weights: str = "external"):
     """
     import onnx
 
-    large = proto.ByteSize() > TWO_GB - 64 * 1024**2
-    external = weights == "external" or large
+    external = weights == "external" or _over_two_gb(proto)
     onnx.save_model(proto, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
                     location=WEIGHTS_FILE if external else None, size_threshold=1024)
     return external
+
+
+def _over_two_gb(proto) -> bool:
+    """Whether the graph is too large for one protobuf message (SD-1.5's UNet: 3.4 GB in fp32). Sized from
+    the tensors, since protobuf cannot even measure (``ByteSize``) a message over 2 GB."""
+    size = sum(len(t.raw_data) or 4 * max(len(t.float_data), 1) for t in proto.graph.initializer)
+    return size > TWO_GB - 64 * 1024**2
 
 
 def io_specs(proto) -> dict:
