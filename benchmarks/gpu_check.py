@@ -10,12 +10,18 @@
 5. Text-conditioned Diff-Pruning at real size on CUDA: the SD-1.5 UNet with CLIP ViT-L (random weights),
    calibration latents drawn with 4 prompts (classifier-free guidance), a few timesteps: seconds per
    timestep, peak GPU memory, params and MACs (77 tokens) before and after --ratio 0.3.
+6. Stable Diffusion prompt -> image (benchmarks/sd15_cpu.py's measurement on the GPU): the SD-1.5 architecture
+   (random weights) at 512x512 with classifier-free guidance (7.5), dense vs its UNet pruned to half the
+   MACs (magnitude criterion: latency depends on widths only), diffusers' StableDiffusionPipeline in PyTorch
+   eager, fp32 and fp16, each component timed (text encoder, UNet over the steps, VAE decode, the rest);
+   the torch-free runtime too where ONNX Runtime has CUDA (the lent machines have its CPU build: skipped there).
 Timing: warm-up, torch.cuda.synchronize around every timed region, median and p90 of --runs.
 TensorRT is not installed on the lent machines; its tests (tests/test_tensorrt.py) run where it is.
 
     python benchmarks/gpu_check.py --smoke --out /tmp/smoke   # every step on a tiny model, CPU or GPU
 
-``--smoke`` runs the same code on the "tiny-attn" architecture with two steps and a few images, on the
+``--smoke`` runs the same code on the "tiny-attn" architecture (step 6: "tiny-sd", exported and sampled by the
+runtime on ONNX Runtime's CPU provider) with two steps and a few images, on the
 CPU when there is no GPU (CUDA graphs are then skipped), so a mistake in this script shows up in the
 test suite (tests/test_gpu_check.py) instead of in the one call on the lent machine.
 """
@@ -108,6 +114,64 @@ def conditional_prune(device: str, smoke: bool) -> dict:
     return row
 
 
+def sd_pipeline(device: str, smoke: bool, steps: int, runs: int, tmp: Path) -> dict:
+    """Step 6: prompt -> uint8 image with guidance, dense vs pruned (target 0.5 MACs), per component."""
+    import sys
+
+    from diffprune.benchmark import torch_pipeline_case
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sd15_cpu import write_pipeline_folder
+
+    arch = "tiny-sd" if smoke else "sd15"
+    prompt = "a photo of an astronaut riding a horse on mars"
+    started = time.perf_counter()
+    pruned, report = diffprune.prune(build_unet(arch).to(device), method="magnitude", target_macs=0.5, progress=False)
+    unet_dir = diffprune.save(pruned.cpu(), tmp / "unet-pruned")
+    del pruned
+    write_pipeline_folder(unet_dir, tmp / "pruned-pipeline", arch=arch)
+    row = {"arch": arch, "prompt": prompt, "guidance": 7.5, "steps": steps, "batch": 1,
+           "macs": [report.macs_before, report.macs_after], "params": [report.params_before, report.params_after],
+           "prune_s": time.perf_counter() - started, "eager": {}}
+    dtypes = ("fp32", "fp16") if device == "cuda" else ("fp32",)
+    for dtype in dtypes:
+        for name, src in (("dense", f"arch:{arch}"), ("pruned", str(tmp / "pruned-pipeline"))):
+            case = torch_pipeline_case(src, 1, steps, device, prompt, 7.5, dtype=dtype)
+            results = [case.run() for _ in range(1 + runs)][1:]  # the first run warms up (cuDNN autotuning)
+            row["eager"][f"{name}-{dtype}"] = {
+                "e2e_ms": statistics.median(r[0] for r in results) * 1e3,
+                "parts_ms": {k: statistics.median(r[2][k] for r in results) * 1e3 for k in results[0][2]}}
+            if device == "cuda":
+                row["eager"][f"{name}-{dtype}"]["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                torch.cuda.reset_peak_memory_stats()
+            del case
+            print("sd pipeline", name, dtype, round(row["eager"][f"{name}-{dtype}"]["e2e_ms"], 1), flush=True)
+        row.setdefault("speedup_eager", {})[dtype] = (row["eager"][f"dense-{dtype}"]["e2e_ms"]
+                                                      / row["eager"][f"pruned-{dtype}"]["e2e_ms"])
+    # The torch-free runtime: where ONNX Runtime has CUDA, or (--smoke) on its CPU provider, so the path is tested.
+    import onnxruntime
+
+    backend = "ort-cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else ("ort-cpu" if smoke else None)
+    if backend is None:
+        row["runtime"] = "skipped: this ONNX Runtime has no CUDA provider (install onnxruntime-gpu to measure it)"
+        return row
+    from diffprune.export import export_pipeline
+    from diffprune.runtime.bench import pipeline_case
+    from diffprune.runtime.pipeline import Pipeline
+
+    row["runtime"] = {"backend": backend}
+    for name, src in (("dense", f"arch:{arch}"), ("pruned", str(tmp / "pruned-pipeline"))):
+        out = tmp / f"{name}-onnx"
+        export_pipeline(src, out, batch=(1, 1, 1), progress=None)
+        with Pipeline(out, backend) as pipe:
+            case = pipeline_case(name, pipe, prompt, steps, 1, guidance=7.5)
+            results = [case.run() for _ in range(1 + runs)][1:]
+        row["runtime"][name] = {"e2e_ms": statistics.median(r[0] for r in results) * 1e3,
+                                "parts_ms": {k: statistics.median(r[2][k] for r in results) * 1e3 for k in results[0][2]}}
+    row["runtime"]["speedup"] = row["runtime"]["dense"]["e2e_ms"] / row["runtime"]["pruned"]["e2e_ms"]
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -192,6 +256,9 @@ def main():
                 ort_rows[name]["e2e_b1_ms"] = timed(lambda: sampler.generate(1, steps=args.steps), 3, warmup=1, sync=False)
         result["onnxruntime_cpu"] = ort_rows
     result["conditional_prune"] = conditional_prune(device, args.smoke)
+    with tempfile.TemporaryDirectory() as tmp:
+        result["sd_pipeline"] = sd_pipeline(device, args.smoke, 2 if args.smoke else 25, args.runs if args.smoke else 3,
+                                            Path(tmp))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_results.json").write_text(json.dumps(result, indent=1, default=str))

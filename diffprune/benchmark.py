@@ -62,8 +62,128 @@ def torch_eager_case(src, batch: int, steps: int, device: str = "cpu", name: str
     return Case(name, run, {"backend": f"torch-eager-{device}", "torch": torch.__version__})
 
 
-def torch_worker_case(src, batch: int, steps: int, device: str = "cpu", threads: int | None = None, info=None):
-    """``torch_eager_case`` in a process of its own (``python -m diffprune.benchmark --serve-torch``)."""
+DIFFUSERS_SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "dpm-solver++": "DPMSolverMultistepScheduler",
+                        "euler": "EulerDiscreteScheduler"}
+
+
+def diffusers_pipeline(src, scheduler: str | None = None, device: str = "cpu", dtype: str = "fp32"):
+    """``(pipeline, kind, scheduler_config)``: the diffusers pipeline a user would run for the pipeline source
+    ``src`` (arch:sd15, a pipeline folder, ...): StableDiffusionPipeline, StableDiffusionXLPipeline or LDMPipeline
+    over the same torch modules that ``diffprune export`` exports, with the runtime scheduler's diffusers twin."""
+    import tempfile
+
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    from .export import load_pipeline
+    from .runtime.pipeline import scheduler_name
+
+    parts = load_pipeline(src)
+    config = {k: v for k, v in dict(parts.scheduler).items()}
+    name = scheduler or scheduler_name(config)
+    sched = getattr(diffusers, DIFFUSERS_SCHEDULERS[name]).from_config(config)
+
+    def tokenizer(i):
+        if parts.tokenizer_dirs:
+            return CLIPTokenizer.from_pretrained(str(parts.tokenizer_dirs[i]))
+        with tempfile.TemporaryDirectory() as tmp:  # arch: sources use the runtime's CLIP BPE; transformers reads it
+            return CLIPTokenizer.from_pretrained(str(parts.text.parts[i][0].save(tmp)))
+
+    if parts.kind == "text-to-image":
+        pipe = diffusers.StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text.parts[0][1], tokenizer=tokenizer(0),
+                                                 unet=parts.unet, scheduler=sched, safety_checker=None,
+                                                 feature_extractor=None, requires_safety_checker=False)
+    elif parts.kind == "text-to-image-xl":
+        pipe = diffusers.StableDiffusionXLPipeline(vae=parts.vae, text_encoder=parts.text.parts[0][1],
+                                                   text_encoder_2=parts.text.parts[1][1], tokenizer=tokenizer(0),
+                                                   tokenizer_2=tokenizer(1), unet=parts.unet, scheduler=sched)
+    elif parts.kind == "latent":
+        pipe = diffusers.LDMPipeline(vqvae=parts.vq, unet=parts.unet, scheduler=sched)
+    else:
+        raise DiffPruneError(f"The PyTorch eager baseline for a {parts.kind} pipeline is not implemented; pass "
+                             "--torch-baseline none.")
+    pipe.set_progress_bar_config(disable=True)
+    import torch
+
+    return pipe.to(device, torch.float16 if dtype == "fp16" else torch.float32), parts.kind, name
+
+
+def torch_pipeline_case(src, batch: int, steps: int, device: str = "cpu", prompt: str = "", guidance=None,
+                        scheduler: str | None = None, name: str = "dense (diffusers, PyTorch eager)",
+                        dtype: str = "fp32"):
+    """A bench case running the diffusers pipeline of ``src``: prompt -> uint8, as users run it, with each
+    component timed (forward hooks on the text encoders and UNet, a wrapper around the VAE's decode)."""
+    import numpy as np
+    import torch
+
+    from .runtime.bench import Case
+
+    pipe, kind, scheduler = diffusers_pipeline(src, scheduler, device, dtype)
+    spent = {"text_encoder": 0.0, "unet": 0.0, "decoder": 0.0}
+    marks = {}
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def timed_module(module, part):
+        def before(mod, args, *kw):
+            sync()
+            marks[part] = time.perf_counter()
+
+        def after(mod, args, output, *kw):
+            sync()
+            spent[part] += time.perf_counter() - marks[part]
+
+        module.register_forward_pre_hook(before)
+        module.register_forward_hook(after)
+
+    for attr in ("text_encoder", "text_encoder_2"):
+        if getattr(pipe, attr, None) is not None:
+            timed_module(getattr(pipe, attr), "text_encoder")
+    timed_module(pipe.unet, "unet")
+    decoder = pipe.vae if hasattr(pipe, "vae") else pipe.vqvae
+    decode = decoder.decode
+
+    def timed_decode(*args, **kwargs):
+        sync()
+        started = time.perf_counter()
+        out = decode(*args, **kwargs)
+        sync()
+        spent["decoder"] += time.perf_counter() - started
+        return out
+
+    decoder.decode = timed_decode
+    text = kind.startswith("text-to-image")
+    g = guidance if guidance is not None else {"text-to-image": 7.5, "text-to-image-xl": 5.0}.get(kind, 1.0)
+    counter = iter(range(10**9))
+
+    def run(settings=None):
+        for part in spent:
+            spent[part] = 0.0
+        sync()
+        started = time.perf_counter()
+        generator = torch.Generator(device="cpu").manual_seed(next(counter))
+        with torch.no_grad():
+            if text:
+                images = pipe([prompt] * batch, guidance_scale=g, num_inference_steps=steps, generator=generator,
+                              output_type="np").images
+            else:
+                images = pipe(batch_size=batch, num_inference_steps=steps, generator=generator, output_type="np").images
+        (np.asarray(images) * 255).round().astype(np.uint8)
+        total = time.perf_counter() - started
+        parts = {**spent, "sampler": total - sum(spent.values())}
+        return total, spent["unet"], parts
+
+    return Case(name, run, {"backend": f"torch-eager-{device}", "torch": torch.__version__, "kind": kind,
+                            "guidance": g if text else None, "scheduler": scheduler, "dtype": dtype})
+
+
+def torch_worker_case(src, batch: int, steps: int, device: str = "cpu", threads: int | None = None, info=None,
+                      pipeline: bool = False, prompt: str | None = None, guidance: float | None = None,
+                      scheduler: str | None = None):
+    """``torch_eager_case`` (``torch_pipeline_case`` with ``pipeline``) in a process of its own
+    (``python -m diffprune.benchmark --serve-torch``)."""
     import sys
 
     from .runtime.bench import WorkerCase
@@ -72,6 +192,12 @@ def torch_worker_case(src, batch: int, steps: int, device: str = "cpu", threads:
             "--steps", str(steps), "--device", device]
     if threads:
         argv += ["--threads", str(threads)]
+    if pipeline:
+        argv += ["--pipeline", "--prompt", prompt or ""]
+        if guidance is not None:
+            argv += ["--guidance", str(guidance)]
+        if scheduler:
+            argv += ["--scheduler", scheduler]
     return WorkerCase("dense (diffusers, PyTorch eager)", argv, info, env={})  # glibc defaults: see runtime.bench
 
 
@@ -96,9 +222,24 @@ def _torch_missing() -> bool:
     return any(importlib.util.find_spec(m) is None for m in ("torch", "diffusers"))
 
 
-def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, scheduler: str = "ddim",
+def _describe(path) -> dict:
+    """What the report needs of an artifact: its model.json (engine.json's model); for a pipeline export its
+    UNet's, with the pipeline's kind and source."""
+    from .runtime.artifact import describe
+    from .runtime.pipeline import is_pipeline, read_pipeline
+
+    if is_pipeline(path):
+        spec = read_pipeline(path)
+        _, _, meta = describe(Path(path) / spec["components"]["unet"])
+        return {**meta, "pipeline": spec["kind"], "source": spec.get("source", {}), "guidance": spec.get("guidance")}
+    kind, folder, meta = describe(path)
+    return meta if kind != "tensorrt" else {**meta["model"], "batch": meta["profile"]["batch"]}
+
+
+def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, scheduler: str | None = "ddim",
               runs: int = 10, warmup: int = 1, threads: int | None = None, torch_baseline: str | None = "auto",
-              memory: bool = True, progress: bool = True) -> dict:
+              memory: bool = True, progress: bool = True, prompt: str | None = None,
+              guidance: float | None = None) -> dict:
     """Measure every artifact on every backend (and the torch baseline) at every batch size.
 
     ``backend`` is one backend spec or a list of them (``["ort-cpu", "openvino"]``): each artifact is
@@ -108,10 +249,14 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
     baseline included, and is recorded. ``memory`` keeps the first batch size's summary in
     ``results["memory"]``. Speedups are given against the first model on the first backend, against
     the first model on the same backend, and against the PyTorch eager baseline.
+
+    Pipeline exports (pipeline.json) are measured prompt -> uint8 image: ``batch`` images of ``prompt`` with
+    guidance ``guidance`` (default the pipeline's), each run timing the text encoders, the UNet (all its
+    steps), the decoder and the sampler; ``scheduler`` None means the pipeline's own. The baseline is then
+    the diffusers pipeline (StableDiffusionPipeline, ...) of the same source, PyTorch eager.
     """
     from tqdm.auto import tqdm
 
-    from .runtime.artifact import describe
     from .runtime.bench import WORKER_ENV, measure, worker_case
     from .runtime.runners import parse_backend, resolve_backend
 
@@ -122,10 +267,20 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
         raise DiffPruneError("Give at least one backend to measure on (e.g. ort-cpu, or ort-cpu,openvino).")
     backends = [resolve_backend(spec) for spec in backends]
     threads = threads or default_threads()
-    metas = {}
-    for path in artifacts:
-        kind, folder, meta = describe(path)
-        metas[str(path)] = meta if kind == "onnx" else {**meta["model"], "batch": meta["profile"]["batch"]}
+    metas = {str(path): _describe(path) for path in artifacts}
+    pipelines = {bool(m.get("pipeline")) for m in metas.values()}
+    if len(pipelines) > 1:
+        raise DiffPruneError("Give either pipeline exports (pipeline.json) or single-model exports, not both: a "
+                             "pipeline is timed prompt -> image, a model noise -> image, and the two do not compare.")
+    pipeline = pipelines.pop()
+    if not pipeline and (prompt is not None or guidance is not None):
+        raise DiffPruneError("--prompt and --guidance apply to pipeline exports (pipeline.json); these artifacts are "
+                             "single unconditional models.")
+    if pipeline:
+        from .runtime.pipeline import read_pipeline, scheduler_name
+
+        prompt = prompt if prompt is not None else "a photo of an astronaut riding a horse on mars"
+        scheduler = scheduler or scheduler_name(read_pipeline(artifacts[0]).get("scheduler") or {})
     baseline_src = _baseline_source(metas, artifacts[0], torch_baseline)
     baseline_note = None
     if baseline_src and _torch_missing():
@@ -157,12 +312,14 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
                     meta = metas[str(path)]
                     cases.append(worker_case(case_name(path, spec), path, spec, scheduler, steps, batch, threads,
                                              info={"artifact": str(path), "params": meta.get("params"),
-                                                   "macs": meta.get("macs")}))
+                                                   "macs": meta.get("macs")},
+                                             prompt=prompt if pipeline else None, guidance=guidance))
                     bar.update(1)
             if baseline_src:
                 cases.append(torch_worker_case(baseline_src, batch, steps, device, threads if device == "cpu" else None,
                                                info={"params": dense_meta.get("params"), "macs": dense_meta.get("macs"),
-                                                     "threads": threads if device == "cpu" else None}))
+                                                     "threads": threads if device == "cpu" else None},
+                                               pipeline=pipeline, prompt=prompt, guidance=guidance, scheduler=scheduler))
                 bar.update(1)
             bar.close()
             bar = tqdm(total=runs, desc=f"batch {batch}", disable=quiet(progress), leave=False)
@@ -199,6 +356,7 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
     results.update({
         "backend": backends[0] if len(backends) == 1 else ",".join(backends), "backends": backends,
         "steps": steps, "scheduler": scheduler, "runs": runs, "warmup": warmup,
+        "pipeline": pipeline, "prompt": prompt, "guidance": guidance,
         "threads": threads, "artifacts": [str(a) for a in artifacts], "torch_baseline": baseline_src,
         "torch_baseline_note": baseline_note,
         "isolation": "one process per model and backend, runs alternating", "worker_env": WORKER_ENV,
@@ -260,6 +418,21 @@ def markdown(results: dict, command: str = "") -> str:
                          + f" {_x(r.get('speedup_vs_eager'))} |")
     lines += ["", "speedup: the first model's median over this one's; paired: the median over rounds of the same ratio "
               "within one round (its runs are seconds apart, so drift on a shared machine cancels)."]
+    if any(r.get("parts_ms") for rows in results["batches"].values() for r in rows.values()):
+        lines += ["", f"Time per component (medians over the runs, ms; prompt {results.get('prompt')!r}; the UNet over all "
+                  f"{results['steps']} steps, on the doubled batch where guidance is on; sampler: tokenizing, noise, "
+                  "scheduler steps, guidance, uint8):", "",
+                  "| batch | model | guidance | text encoder | UNet | UNet per step | decoder | sampler | e2e |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for batch, rows in results["batches"].items():
+            for name, r in rows.items():
+                parts = r.get("parts_ms") or {}
+                if not parts:
+                    continue
+                g = r.get("guidance")
+                lines.append(f"| {batch} | {name} | {'-' if g is None else f'{g:g}'} | {parts['text_encoder']:.1f} | "
+                             f"{parts['unet']:.1f} | {parts['unet'] / results['steps']:.1f} | {parts['decoder']:.1f} | "
+                             f"{parts['sampler']:.1f} | {r['e2e_ms']['median']:.1f} |")
     if results.get("torch_baseline_note"):
         lines.append(f"PyTorch eager baseline: none ({results['torch_baseline_note']}).")
     by_batch = results.get("memory_by_batch") or ({next(iter(results["batches"])): results["memory"]}
@@ -329,6 +502,10 @@ def _serve_torch(argv=None):
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--pipeline", action="store_true", help="SRC is a pipeline source: prompt -> image")
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--scheduler", default=None)
     a = parser.parse_args(argv)
 
     import torch  # imported before serve() reads the baseline memory, like onnxruntime for the runtime workers
@@ -337,6 +514,8 @@ def _serve_torch(argv=None):
     def make_case():
         if a.threads:
             torch.set_num_threads(a.threads)
+        if a.pipeline:
+            return torch_pipeline_case(a.serve_torch, a.batch, a.steps, a.device, a.prompt, a.guidance, a.scheduler)
         return torch_eager_case(a.serve_torch, a.batch, a.steps, a.device)
 
     serve(make_case)

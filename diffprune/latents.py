@@ -55,6 +55,42 @@ def load_vae(folder):
                              "complete and matches config.json.") from None
 
 
+# VQ autoencoders of latent DDPMs (diffusers' LDMPipeline: vqvae/). The tiny one is for tests: factor 2,
+# 3 latent channels (as CompVis/ldm-celebahq-256's VQ-f4 has), a codebook of 16.
+VQS = {
+    "tiny": dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                 up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                 latent_channels=3, num_vq_embeddings=16, vq_embed_dim=3, norm_num_groups=8, sample_size=32),
+}
+
+
+def build_vq(name: str, seed: int = 0):
+    """A built-in VQModel with seeded random weights, frozen."""
+    import torch
+    from diffusers import VQModel
+
+    if name not in VQS:
+        raise DiffPruneError(f"Unknown built-in VQ autoencoder {name!r}. Known: {', '.join(sorted(VQS))}.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VQModel(**VQS[name]).eval().requires_grad_(False)
+
+
+def load_vq(folder):
+    """A latent-diffusion pipeline folder's vqvae/ (diffusers' LDMPipeline; a clear error when it has none).
+    Its decoder quantises to the nearest codebook entry before decoding, as LDMPipeline's ``vqvae.decode``."""
+    from diffusers import VQModel
+
+    from .models import pipeline_component
+
+    path = pipeline_component(folder, "vqvae")
+    try:
+        return VQModel.from_pretrained(str(path)).eval().requires_grad_(False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise DiffPruneError(f"Could not load the VQ autoencoder in {str(path)!r}: {e}. Check that its weights "
+                             "file is complete and matches config.json.") from None
+
+
 def vae_factor(vae) -> int:
     """Pixels per latent along each side: 2 ** (number of resolutions - 1)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)

@@ -16,7 +16,8 @@ KEEP_FP32 = [
 ]
 
 
-def to_fp16(proto):
+def to_fp16(proto, keep=None):
+    """``proto`` in float16 with float32 I/O; ``keep`` adds op types to :data:`KEEP_FP32`."""
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError:
@@ -31,7 +32,7 @@ def to_fp16(proto):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the converter warns for every value it clamps to fp16 range
-        proto = convert_float_to_float16(proto, keep_io_types=True, op_block_list=KEEP_FP32)
+        proto = convert_float_to_float16(proto, keep_io_types=True, op_block_list=KEEP_FP32 + list(keep or []))
     # The converter appends the input casts at the end of the node list; ONNX wants nodes in order.
     from onnxruntime.transformers.onnx_model import OnnxModel
 

@@ -1,10 +1,15 @@
-"""UNet2DModel -> ONNX, validated against torch before anything is written.
+"""UNets -> ONNX, validated against torch before anything is written.
 
 Graph contract (what the runtime and TensorRT rely on):
     inputs   sample    float32 (B, C, H, W)   the noisy image x_t
              timestep  float32 (B,)           one timestep per sample (guidance and mixed-t batches)
+             [encoder_hidden_states float32 (B, 77, D)]   text-conditioned UNets (Stable Diffusion)
+             [text_embeds float32 (B, P), time_ids float32 (B, 6)]   SDXL's added conditioning
+             [class_labels int64 (B,)]                 class-conditional UNets
     output   out_sample float32 (B, C, H, W)  the model's prediction (epsilon, v or x0)
 B is dynamic; H and W are fixed unless ``dynamic_hw``. fp16 graphs keep float32 I/O and cast inside.
+The pixel UNet2DModel is the case without conditioning; the other components of a pipeline (text
+encoders, VAE/VQ decoders) go through the same writer (:func:`write_graph`) from export/pipeline.py.
 
 Exporter: torch.export-based (``dynamo=True``) by default. On these UNets both exporters are exact
 (max-abs error ~2e-6 vs torch) and equally fast under ONNX Runtime (CIFAR-10 DDPM: 71 vs 73 ms at
@@ -19,10 +24,12 @@ import hashlib
 import io
 import json
 import logging
-import warnings
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from diffprune._io import atomic_dir
 from diffprune.errors import DiffPruneError
@@ -54,18 +61,39 @@ class ExportResult:
         return sum(f.stat().st_size for f in self.files) / 1e6
 
 
+def unet_input_names(cond) -> list:
+    """The UNet graph's inputs for a diffprune.conditioning.Conditioning, in order: the pixel UNet's
+    (sample, timestep), then what the UNet is conditioned on."""
+    names = ["sample", "timestep"]
+    if cond.text_width:
+        names.append("encoder_hidden_states")  # (B, 77, D)
+    if cond.added == "text_time":
+        names += ["text_embeds", "time_ids"]  # (B, P), (B, 6): SDXL's added_cond_kwargs
+    if cond.num_classes:
+        names.append("class_labels")  # (B,) int64
+    return names
+
+
 def _wrapper(unet):
     import torch
 
+    from diffprune.conditioning import conditioning
+
+    extra = unet_input_names(conditioning(unet))[2:]
+
     class UNetForExport(torch.nn.Module):
-        """Plain tensors in and out: (sample, timestep) -> out_sample."""
+        """Plain tensors in and out: (sample, timestep, *conditioning) -> out_sample, the conditioning
+        inputs in the order of :func:`unet_input_names` (none for a pixel UNet)."""
 
         def __init__(self, unet):
             super().__init__()
             self.unet = unet
 
-        def forward(self, sample, timestep):
-            return self.unet(sample, timestep).sample
+        def forward(self, sample, timestep, *cond):
+            kwargs = dict(zip(extra, cond))
+            if "time_ids" in kwargs:  # SDXL takes its pooled text and time ids as one dict
+                kwargs["added_cond_kwargs"] = {k: kwargs.pop(k) for k in ("text_embeds", "time_ids")}
+            return self.unet(sample, timestep, **kwargs).sample
 
     return UNetForExport(unet).eval()
 
@@ -90,26 +118,51 @@ def _check_batches(batch):
     return lo, opt, hi
 
 
-def _export(wrapper, example, opset: int, batch, dynamic_hw: bool, exporter: str):
+def _dynamic_shapes(module, specs: list) -> dict:
+    """torch.export's dynamic_shapes keyed by ``module.forward``'s parameters: one spec per input, the
+    rest gathered for a ``*args`` parameter (the UNet wrapper's conditioning inputs)."""
+    import inspect
+
+    out, rest = {}, list(specs)
+    for name, param in inspect.signature(module.forward).parameters.items():
+        if param.kind == param.VAR_POSITIONAL:
+            if rest:  # torch.export wants no key for an empty *args
+                out[name] = tuple(rest)
+            rest = []
+        elif rest:
+            out[name] = rest.pop(0)
+    return out
+
+
+def _export(wrapper, example: dict, output_names, opset: int, batch, dynamic_hw: bool, exporter: str,
+            spatial=("sample", "out_sample")):
+    """``wrapper(*example.values())`` -> an ONNX proto with the inputs named as ``example``'s keys and
+    outputs ``output_names``. Axis 0 of every input and output is the batch (dynamic); with
+    ``dynamic_hw`` so are axes 2 and 3 of the inputs and outputs named in ``spatial``."""
     import torch
 
-    names = dict(input_names=["sample", "timestep"], output_names=["out_sample"], opset_version=opset)
+    inputs, args = list(example), tuple(example.values())
+    names = dict(input_names=inputs, output_names=list(output_names), opset_version=opset)
     if exporter == "dynamo":
         b = torch.export.Dim("batch", min=1, max=max(batch[2], 2))
-        sample_dims = {0: b}
-        if dynamic_hw:
-            sample_dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
-        program = torch.onnx.export(wrapper, example, dynamo=True, verbose=False, external_data=False,
-                                    dynamic_shapes={"sample": sample_dims, "timestep": {0: b}}, **names)
+        specs = []
+        for name in inputs:
+            dims = {0: b}
+            if dynamic_hw and name in spatial:
+                dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
+            specs.append(dims)
+        program = torch.onnx.export(wrapper, args, dynamo=True, verbose=False, external_data=False,
+                                    dynamic_shapes=_dynamic_shapes(wrapper, specs), **names)
         program.optimize()
         proto = program.model_proto
     elif exporter == "torchscript":
-        axes = {"sample": {0: "batch"}, "timestep": {0: "batch"}, "out_sample": {0: "batch"}}
+        axes = {name: {0: "batch"} for name in [*inputs, *output_names]}
         if dynamic_hw:
-            axes["sample"].update({2: "height", 3: "width"})
-            axes["out_sample"].update({2: "height", 3: "width"})
+            for name in spatial:
+                if name in axes:
+                    axes[name].update({2: "height", 3: "width"})
         buffer = io.BytesIO()
-        torch.onnx.export(wrapper, example, buffer, dynamo=False, dynamic_axes=axes, **names)
+        torch.onnx.export(wrapper, args, buffer, dynamo=False, dynamic_axes=axes, **names)
         import onnx
 
         proto = onnx.load_from_string(buffer.getvalue())
@@ -142,11 +195,17 @@ def _save(proto, path: Path, weights: str = "external"):
     """
     import onnx
 
-    large = proto.ByteSize() > TWO_GB - 64 * 1024**2
-    external = weights == "external" or large
+    external = weights == "external" or _over_two_gb(proto)
     onnx.save_model(proto, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
                     location=WEIGHTS_FILE if external else None, size_threshold=1024)
     return external
+
+
+def _over_two_gb(proto) -> bool:
+    """Whether the graph is too large for one protobuf message (SD-1.5's UNet: 3.4 GB in fp32). Sized from
+    the tensors, since protobuf cannot even measure (``ByteSize``) a message over 2 GB."""
+    size = sum(len(t.raw_data) or 4 * max(len(t.float_data), 1) for t in proto.graph.initializer)
+    return size > TWO_GB - 64 * 1024**2
 
 
 def io_specs(proto) -> dict:
@@ -160,66 +219,146 @@ def io_specs(proto) -> dict:
     return {"inputs": [spec(v) for v in proto.graph.input], "outputs": [spec(v) for v in proto.graph.output]}
 
 
+def check_options(dtype: str, opset: int, batch, weights: str) -> tuple:
+    """Refuse bad export options before anything is loaded; returns (min, opt, max) batch."""
+    if dtype not in ("fp32", "fp16"):
+        raise DiffPruneError(f"dtype {dtype!r} is not supported; allowed: fp32, fp16.")
+    if not 13 <= int(opset) <= 23:
+        raise DiffPruneError(f"opset {opset} is out of range; allowed: 13..23 (default 18).")
+    batch = _check_batches(batch)
+    if weights not in WEIGHTS:
+        raise DiffPruneError(f"weights {weights!r} is unknown; allowed: {', '.join(WEIGHTS)} (external: tensors in "
+                             f"{WEIGHTS_FILE} beside the graph, less memory at load; inline: one file).")
+    return batch
+
+
 def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batch=(1, 8, 64),
             dynamic_hw: bool = False, exporter: str = "dynamo", slim: bool = False, validate_batches=None,
             triton=None, weights: str = "external", overwrite: bool = False) -> ExportResult:
-    """Export a UNet2DModel (or any model folder / hub id ``diffprune`` can load) to ``out_dir``.
+    """Export a UNet (or any model folder / hub id ``diffprune`` can load) to ``out_dir``.
 
     Writes ``model.onnx`` and ``model.json``; validation (onnx.checker, shape inference, ONNX Runtime
     vs torch at several batch sizes and timesteps) runs first, and a failure leaves nothing behind.
+    A conditional UNet's graph also takes its conditioning (:func:`unet_input_names`); a whole
+    text-to-image pipeline (text encoders, UNet, VAE decoder) is :func:`diffprune.export.export_pipeline`.
     ``dtype="fp16"`` stores the graph in float16 with normalisation and softmax kept in float32.
     ``triton`` names a Triton model repository to write beside it. ``weights="external"`` (default)
     stores the tensors in ``model.onnx.data``, which runtimes load without a protobuf copy (less peak memory);
     ``"inline"`` keeps one self-contained ``model.onnx``.
     """
-    import torch
-
-    from diffprune.models import load_source, require_unconditional, versions
-
-    if dtype not in ("fp32", "fp16"):
-        raise DiffPruneError(f"dtype {dtype!r} is not supported; allowed: fp32, fp16.")
-    if not 13 <= int(opset) <= 23:
-        raise DiffPruneError(f"opset {opset} is out of range; allowed: 13..23 (default 18).")
-    lo, opt, hi = _check_batches(batch)
-    if weights not in WEIGHTS:
-        raise DiffPruneError(f"weights {weights!r} is unknown; allowed: {', '.join(WEIGHTS)} (external: tensors in "
-                             f"{WEIGHTS_FILE} beside the graph, less memory at load; inline: one file).")
     from diffprune._io import check_writable
+    from diffprune.models import load_source
 
+    batch = check_options(dtype, opset, batch, weights)
     check_writable(out_dir, overwrite)
     started = time.perf_counter()
     unet, scheduler_config, source = load_source(model_or_folder, device="cpu")
-    require_unconditional(unet, "ONNX export")
+    pruning = None
+    if source.get("format") == "diffprune":
+        pruning = json.loads((Path(source["source"]) / "pruning.json").read_text())
+        pruning.pop("widths", None)
+    result = export_unet(unet, out_dir, scheduler_config, source, pruning, dtype=dtype, opset=opset, batch=batch,
+                         dynamic_hw=dynamic_hw, exporter=exporter, slim=slim, validate_batches=validate_batches,
+                         weights=weights, overwrite=overwrite, started=started)
+    if triton:
+        from .triton import write_repository
+
+        write_repository(triton, result.out_dir, overwrite=overwrite)
+    return result
+
+
+def unet_feeds(cond, size):
+    """``feeds(batch, rng)``: random conditioning inputs of a UNet graph (numpy, by name), for validation:
+    text embeddings of unit scale, SDXL's time ids as the pipelines give them, labels over all classes."""
+    h, w = size
+
+    def feeds(b, rng):
+        out = {}
+        if cond.text_width:
+            out["encoder_hidden_states"] = rng.standard_normal((b, cond.text_tokens, cond.text_width)).astype(np.float32)
+        if cond.added == "text_time":
+            out["text_embeds"] = rng.standard_normal((b, cond.pooled_width)).astype(np.float32)
+            ids = np.array([h * 8, w * 8, 0, 0, h * 8, w * 8], dtype=np.float32)  # (orig, crop, target) at factor 8
+            out["time_ids"] = np.tile(ids, (b, 1))  # (B, 6)
+        if cond.num_classes:
+            out["class_labels"] = rng.integers(0, cond.num_classes, b).astype(np.int64)
+        return out
+
+    return feeds
+
+
+def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=None, dtype: str = "fp32",
+                opset: int = 18, batch=(1, 8, 64), dynamic_hw: bool = False, exporter: str = "dynamo",
+                slim: bool = False, validate_batches=None, weights: str = "external", overwrite: bool = False,
+                started=None, extra: dict | None = None) -> ExportResult:
+    """Export the in-memory ``unet`` (pixel, class-conditional or text-conditioned) to ``out_dir``;
+    ``extra`` joins model.json. :func:`to_onnx` loads a source and calls this."""
+    import torch
+
+    from diffprune.conditioning import conditioning
+    from diffprune.models import count_macs_params
+
+    started = started or time.perf_counter()
+    lo, opt, hi = batch
     unet = unet.float().eval()
     cfg = unet.config
+    cond = conditioning(unet)
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
     wrapper = _wrapper(unet)
-    example = (torch.randn(2, cfg.in_channels, *size), torch.tensor([1.0, 500.0]))
+    feeds = unet_feeds(cond, size)
+    example = {"sample": torch.randn(2, cfg.in_channels, *size), "timestep": torch.tensor([1.0, 500.0]),
+               **{k: torch.from_numpy(v) for k, v in feeds(2, np.random.default_rng(0)).items()}}
     with torch.no_grad(), _quiet_exporter():
-        proto = _export(wrapper, example, opset, (lo, opt, hi), dynamic_hw, exporter)
+        proto = _export(wrapper, example, ["out_sample"], opset, (lo, opt, hi), dynamic_hw, exporter)
+    macs, params = count_macs_params(unet)
+    steps = scheduler_config.get("num_train_timesteps", 1000)
+
+    def check(path, batches):
+        return validate(path, wrapper, dtype, batches, steps, conditioning=feeds if cond.kind != "none" else None)
+
+    meta = {
+        "sample_size": list(size),
+        "in_channels": cfg.in_channels,
+        "dynamic_hw": dynamic_hw,
+        **({"conditioning": cond.to_dict()} if cond.kind != "none" else {}),
+        "scheduler": scheduler_config,
+        "source": {**source, "weights_sha256": weights_sha256(unet)},
+        "params": params,
+        "macs": macs,
+        "pruning": pruning,
+        **(extra or {}),
+    }
+    return write_graph(proto, out_dir, check, meta, dtype=dtype, batch=batch, opset=opset, exporter=exporter,
+                       slim=slim, validate_batches=validate_batches, weights=weights, overwrite=overwrite,
+                       started=started)
+
+
+def write_graph(proto, out_dir, check, meta: dict, dtype: str, batch, opset: int, exporter: str,
+                slim: bool = False, validate_batches=None, weights: str = "external", overwrite: bool = False,
+                started=None, keep_fp32=None) -> ExportResult:
+    """Convert (fp16, slim), save and validate ``proto`` into ``out_dir`` (atomically), with model.json
+    = the common fields + ``meta``. ``check(onnx_path, batches)`` validates against torch and returns the
+    report (it raises on a mismatch, and then nothing is written). ``keep_fp32`` adds ops to keep in
+    float32 in an fp16 graph."""
+    from diffprune.models import versions
+
+    started = started or time.perf_counter()
+    lo, opt, hi = batch
     if dtype == "fp16":
         from .fp16 import to_fp16
 
-        proto = to_fp16(proto)
+        proto = to_fp16(proto, keep=keep_fp32)
     slim_report = None
     if slim:
         from .slim import slim_graph
 
         proto, slim_report = slim_graph(proto)
-
-    pruning = None
-    if source.get("format") == "diffprune":
-        pruning = json.loads((Path(source["source"]) / "pruning.json").read_text())
-        pruning.pop("widths", None)
-    from diffprune.models import count_macs_params
-
-    macs, params = count_macs_params(unet)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         onnx_path = tmp / ONNX_FILE
         external = _save(proto, onnx_path, weights)
         # Several batch sizes, capped at 8 so validation stays seconds on a CPU.
         batches = validate_batches or sorted({lo, min(max(lo, 2), hi), min(opt, 8), hi if hi <= 8 else lo})
-        report = validate(onnx_path, wrapper, dtype, batches, scheduler_config.get("num_train_timesteps", 1000))
+        report = check(onnx_path, batches)
         meta = {
             "format": "diffprune.onnx/1",
             "file": ONNX_FILE,
@@ -228,16 +367,9 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
             "dtype": dtype,
             "io_dtype": "float32",
             "batch": {"min": lo, "opt": opt, "max": hi},
-            "sample_size": list(size),
-            "in_channels": cfg.in_channels,
-            "dynamic_hw": dynamic_hw,
             "opset": opset,
             "exporter": exporter,
-            "scheduler": scheduler_config,
-            "source": {**source, "weights_sha256": weights_sha256(unet)},
-            "params": params,
-            "macs": macs,
-            "pruning": pruning,
+            **meta,
             "validation": report,
             "slim": slim_report,
             "versions": {**versions(), **_onnx_versions()},
@@ -245,10 +377,6 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
         }
         (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=1, default=str))
     out_dir = Path(out_dir)
-    if triton:
-        from .triton import write_repository
-
-        write_repository(triton, out_dir, overwrite=overwrite)
     return ExportResult(out_dir, out_dir / ONNX_FILE, meta, time.perf_counter() - started)
 
 

@@ -5,6 +5,13 @@ half-precision engine), as TensorRT 10.12+ expects; in TensorRT 11 strong typing
 One optimization profile covers the export's batch range. The timing cache is loaded when present
 and saved after the build, so rebuilding (another profile, a pruned sibling) re-times little.
 
+A pipeline export (pipeline.json) builds one engine per component (:func:`build_pipeline`), each with
+one profile whose shapes come from its graph's inputs, as NVIDIA's TensorRT diffusion demo
+(demo/Diffusion) sets them: the text encoders over (B, 77) token ids, the UNet over the doubled batch
+of classifier-free guidance (2B) with (2B, 77, D) text states (the text length is CLIP's fixed 77, so
+min = opt = max), the VAE decoder over B latents. :func:`profile_shapes` and :func:`pipeline_profiles`
+compute them without TensorRT, so they are tested everywhere.
+
 Needs the ``tensorrt`` package and an NVIDIA GPU. Tested where both exist; elsewhere the functions
 raise a DiffPruneError that says what is missing.
 """
@@ -43,6 +50,29 @@ def gpu_identity() -> dict:
         )
     major, minor = torch.cuda.get_device_capability(0)
     return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+
+
+def profile_shapes(meta: dict, batch) -> dict:
+    """{input name: (min, opt, max) shapes} of one optimization profile for the export described by
+    ``meta`` (model.json): axis 0 (the batch) over ``batch`` = (min, opt, max), fixed axes as exported, and
+    the spatial axes of a ``dynamic_hw`` export at its sample size."""
+    lo, opt, hi = batch
+    shapes = {}
+    for spec in meta["inputs"]:
+        dims = []
+        for axis, d in enumerate(spec["shape"]):
+            if axis == 0:
+                dims.append(None)
+            elif isinstance(d, int):
+                dims.append(d)
+            elif axis in (2, 3) and "sample_size" in meta:
+                dims.append(meta["sample_size"][axis - 2])
+            else:
+                raise DiffPruneError(
+                    f"Input {spec['name']!r} has a dynamic axis {axis} ({d!r}) that no profile setting covers; "
+                    "re-export with fixed sizes (without --dynamic-hw).")
+        shapes[spec["name"]] = tuple(tuple(b if x is None else x for x in dims) for b in (lo, opt, hi))
+    return shapes
 
 
 def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization_level: int = 3,
@@ -92,10 +122,10 @@ def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    c, (h, w) = meta["in_channels"], meta["sample_size"]
+    shapes = profile_shapes(meta, (lo, opt, hi))
     profile = builder.create_optimization_profile()
-    profile.set_shape("sample", (lo, c, h, w), (opt, c, h, w), (hi, c, h, w))
-    profile.set_shape("timestep", (lo,), (opt,), (hi,))
+    for name, (smallest, best, largest) in shapes.items():
+        profile.set_shape(name, smallest, best, largest)
     config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache else out_dir.parent / "timing.cache"
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
@@ -115,7 +145,8 @@ def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization
             "gpu": gpu,
             "hardware_compatible": hardware_compatible,
             "version_compatible": version_compatible,
-            "profile": {"batch": {"min": lo, "opt": opt, "max": hi}},
+            "profile": {"batch": {"min": lo, "opt": opt, "max": hi},
+                        "shapes": {n: [list(x) for x in v] for n, v in shapes.items()}},
             "precision": meta["dtype"],
             "optimization_level": optimization_level,
             "workspace_gb": workspace_gb,
@@ -125,4 +156,71 @@ def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization
         }
         (tmp / ENGINE_JSON).write_text(json.dumps(record, indent=1, default=str))
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    return out_dir
+
+
+def _pipeline_meta(pipeline_dir: Path) -> dict:
+    from diffprune.runtime.artifact import read_json
+
+    path = pipeline_dir / "pipeline.json"
+    record = read_json(path)
+    if not isinstance(record, dict) or record.get("format") != "diffprune.pipeline/1" or not isinstance(record.get("components"), dict):
+        raise DiffPruneError(f"{str(path)!r} is not a pipeline description written by `diffprune export` "
+                             "(format diffprune.pipeline/1 with components); re-export the pipeline.")
+    return record
+
+
+def pipeline_profiles(pipeline_dir, batch=None) -> dict:
+    """{component: {input: (min, opt, max) shapes}} for the pipeline export in ``pipeline_dir``. ``batch``
+    (min, opt, max) counts images; the components that run the guidance batch (UNet and text encoders of a
+    text-conditioned pipeline) get it doubled, as exported. Default: each component's exported range."""
+    from .validate import check_batch, verify_export
+
+    pipeline_dir = Path(pipeline_dir)
+    record = _pipeline_meta(pipeline_dir)
+    guided = record.get("kind") in ("text-to-image", "text-to-image-xl")  # [uncond; cond] in one batch
+    out = {}
+    for name, sub in record["components"].items():
+        meta = verify_export(pipeline_dir / sub)
+        if batch is None:
+            b = (meta["batch"]["min"], meta["batch"]["opt"], meta["batch"]["max"])
+        else:
+            lo, opt, hi = batch
+            if not 1 <= lo <= opt <= hi:
+                raise DiffPruneError(f"batch range ({lo}, {opt}, {hi}) is invalid; need 1 <= min <= opt <= max.")
+            doubled = guided and (name == "unet" or name.startswith("text_encoder"))
+            b = (lo, 2 * opt, 2 * hi) if doubled else (lo, opt, hi)
+            for x in (b[0], b[2]):
+                check_batch(meta, x, pipeline_dir / sub)
+        out[name] = profile_shapes(meta, b)
+    return out
+
+
+def build_pipeline(pipeline_dir, out_dir=None, batch=None, overwrite: bool = False, **options) -> Path:
+    """One engine per component of the pipeline export in ``pipeline_dir``, written as ``out_dir``/<component>/
+    (model.plan + engine.json) beside a copy of pipeline.json (+ "engines") and the tokenizer folders, so
+    the folder is a pipeline the runtime runs on TensorRT. ``options`` go to :func:`build_engine`."""
+    import shutil
+
+    pipeline_dir = Path(pipeline_dir)
+    record = _pipeline_meta(pipeline_dir)
+    profiles = pipeline_profiles(pipeline_dir, batch)  # checks every component before TensorRT is needed
+    out_dir = Path(out_dir) if out_dir else pipeline_dir.with_name(pipeline_dir.name + "-trt")
+    from diffprune._io import check_writable
+
+    check_writable(out_dir, overwrite)
+    _import_tensorrt()
+    gpu_identity()
+    cache = options.pop("timing_cache", None) or out_dir.parent / "timing.cache"
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for name, sub in record["components"].items():
+            shapes = profiles[name]
+            first = next(iter(shapes.values()))
+            b = (first[0][0], first[1][0], first[2][0])
+            build_engine(pipeline_dir / sub, tmp / sub, batch=b, timing_cache=cache, **options)
+        for sub in (record.get("tokenizers") or {}).values():
+            shutil.copytree(pipeline_dir / sub, tmp / sub)
+        engines = {name: {"folder": sub, "profile": {k: [list(x) for x in v] for k, v in profiles[name].items()}}
+                   for name, sub in record["components"].items()}
+        (tmp / "pipeline.json").write_text(json.dumps({**record, "engines": engines}, indent=1, default=str))
     return out_dir

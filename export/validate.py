@@ -55,33 +55,55 @@ def structural_checks(path: Path) -> dict:
     return {"checker": "ok", "shape_inference": "ok"}
 
 
-def validate(path, torch_model, dtype: str, batches, num_train_timesteps: int = 1000, seed: int = 0) -> dict:
-    """Check ``path`` against ``torch_model`` ((sample, timestep) -> out); raise DiffPruneError on failure."""
-    import torch
+def validate(path, torch_model, dtype: str, batches, num_train_timesteps: int = 1000, seed: int = 0,
+             conditioning=None) -> dict:
+    """Check a UNet graph at ``path`` against ``torch_model`` ((sample, timestep[, conditioning...]) -> out);
+    raise DiffPruneError on failure. ``conditioning(batch, rng)`` gives the graph's other inputs (numpy,
+    by name, in the graph's order) for a conditional UNet: text embeddings, SDXL's added inputs, labels."""
 
-    path = Path(path)
-    report = structural_checks(path)
-    session = ort_session(path)
-    inp = {i.name: i for i in session.get_inputs()}
-    (_, c, h, w) = inp["sample"].shape
-    rng = np.random.default_rng(seed)
-    cases = []
-    for b in batches:
+    def make_inputs(b, rng, session):
+        (_, c, h, w) = {i.name: i for i in session.get_inputs()}["sample"].shape
         sample = rng.standard_normal((b, c, h, w)).astype(np.float32)
         # Spread timesteps over the schedule, ends included: errors often show at t = 0 or t = T - 1.
         timestep = np.linspace(0, num_train_timesteps - 1, b).round().astype(np.float32) if b > 1 else \
             rng.integers(0, num_train_timesteps, 1).astype(np.float32)
-        got = session.run(["out_sample"], {"sample": sample, "timestep": timestep})[0]
+        return {"sample": sample, "timestep": timestep, **(conditioning(b, rng) if conditioning else {})}
+
+    return validate_graph(path, torch_model, make_inputs, dtype, batches, seed=seed,
+                          describe=lambda feeds: {"timesteps": [int(t) for t in feeds["timestep"][:4]]})
+
+
+def validate_graph(path, torch_model, make_inputs, dtype: str, batches, tolerance: dict | None = None,
+                   seed: int = 0, session=None, describe=None, what: str = "graph") -> dict:
+    """Check the ONNX graph at ``path`` against ``torch_model`` on fresh inputs at each batch size of
+    ``batches``: ``make_inputs(batch, rng, session)`` gives the feeds (numpy, by input name, in the
+    graph's input order), ``torch_model(*tensors)`` the reference (one tensor, or a tuple in the graph's
+    output order). Every output is compared; ``tolerance`` overrides :data:`TOLERANCE` for ``dtype``
+    ({"max_abs": a} or {"max_rel": r}, relative to the output's largest magnitude). A graph that does
+    not hold raises a DiffPruneError naming ``what``."""
+    import torch
+
+    path = Path(path)
+    report = structural_checks(path)
+    session = session or ort_session(path)
+    names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(seed)
+    cases = []
+    for b in batches:
+        feeds = make_inputs(b, rng, session)
+        got = session.run(names, feeds)
         with torch.no_grad():
-            ref = torch_model(torch.from_numpy(sample), torch.from_numpy(timestep)).numpy()
-        finite = bool(np.isfinite(got).all())
-        max_abs = float(np.abs(got.astype(np.float64) - ref).max()) if finite else float("inf")
-        max_rel = max_abs / max(float(np.abs(ref).max()), 1e-12)
-        cases.append({"batch": int(b), "timesteps": [int(t) for t in timestep[:4]], "max_abs": max_abs,
+            ref = torch_model(*(torch.from_numpy(v) for v in feeds.values()))
+        ref = [r.float().numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
+        finite = all(bool(np.isfinite(g).all()) for g in got)
+        errors = [float(np.abs(g.astype(np.float64) - r).max()) if finite else float("inf") for g, r in zip(got, ref)]
+        max_abs = max(errors)
+        max_rel = max(e / max(float(np.abs(r).max()), 1e-12) for e, r in zip(errors, ref))
+        cases.append({"batch": int(b), **(describe(feeds) if describe else {}), "max_abs": max_abs,
                       "max_rel": max_rel, "finite": finite})
     worst_abs = max(c["max_abs"] for c in cases)
     worst_rel = max(c["max_rel"] for c in cases)
-    tol = TOLERANCE[dtype]
+    tol = tolerance or TOLERANCE[dtype]
     passed = all(c["finite"] for c in cases) and (worst_abs <= tol["max_abs"] if "max_abs" in tol else worst_rel <= tol["max_rel"])
     import onnxruntime
 
@@ -92,7 +114,7 @@ def validate(path, torch_model, dtype: str, batches, num_train_timesteps: int = 
         bad = "NaN/Inf in the output (fp16 overflow?)" if not all(c["finite"] for c in cases) else \
             f"max-abs error {worst_abs:.3g}, relative {worst_rel:.3g}"
         raise DiffPruneError(
-            f"The exported {dtype} graph does not match the torch model: {bad}; allowed {tol}. Nothing was "
+            f"The exported {dtype} {what} does not match the torch model: {bad}; allowed {tol}. Nothing was "
             "written. For fp16, try fp32 or report the model; for fp32, try exporter='torchscript'."
         )
     return report

@@ -6,8 +6,9 @@ made unimportable.
 """
 
 from .errors import DiffPruneError
+from .pipeline import Pipeline
 from .runners import BACKENDS, open_runner
 from .sampler import Sampler
 from .schedulers import SCHEDULERS, make_scheduler
 
-__all__ = ["BACKENDS", "DiffPruneError", "SCHEDULERS", "Sampler", "make_scheduler", "open_runner"]
+__all__ = ["BACKENDS", "DiffPruneError", "Pipeline", "SCHEDULERS", "Sampler", "make_scheduler", "open_runner"]

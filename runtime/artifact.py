@@ -77,9 +77,17 @@ def check_fields(meta, fields: dict, path, prefix: str = "") -> None:
         )
 
 
+# A UNet (its first input ``sample``) also describes its sample; text encoders and decoders need not.
+UNET_FIELDS = ("in_channels", "sample_size")
+
+
 def check_spec(meta, path, prefix: str = "") -> None:
     """Check model.json (or engine.json's "model") against what the runners read."""
-    check_fields(meta, SPEC_FIELDS, path, prefix)
+    takes_sample = isinstance(meta, dict) and isinstance(meta.get("inputs"), list) and any(
+        isinstance(i, dict) and i.get("name") == "sample" for i in meta["inputs"])
+    fields = SPEC_FIELDS if takes_sample or not isinstance(meta, dict) or "inputs" not in meta else {
+        k: v for k, v in SPEC_FIELDS.items() if k not in UNET_FIELDS}
+    check_fields(meta, fields, path, prefix)
     check_fields(meta["batch"], BATCH_FIELDS, path, prefix + "batch.")
     if meta["batch"]["min"] > meta["batch"]["max"]:
         raise DiffPruneError(f"{str(path)!r}: {prefix}batch.min {meta['batch']['min']} is above batch.max "

@@ -1,4 +1,5 @@
-"""End-to-end latency: noise -> uint8 images, scheduler and post-processing included.
+"""End-to-end latency: noise -> uint8 images, scheduler and post-processing included; for pipeline
+exports prompt -> uint8 images, with the time of each component (text encoders, UNet, decoder, sampler).
 
 Every model runs in a process of its own, as it would be deployed, and the parent asks them in
 turn for one timed run each (A B A B ...), so machine drift hits all alike. One process holding
@@ -77,12 +78,15 @@ def measure(cases, batch: int, runs: int = 10, warmup: int = 1, progress=None, s
             time.sleep(settle_s)
     e2e = {c.name: [] for c in cases}
     unet = {c.name: [] for c in cases}
+    parts = {c.name: {} for c in cases}  # pipelines: seconds per component, per run
     for k in range(runs):
         for case in cases:
             time.sleep(settle_s)
-            total_s, unet_s = case.run()
+            total_s, unet_s, *more = case.run()
             e2e[case.name].append(total_s)
             unet[case.name].append(unet_s)
+            for part, seconds in (more[0] if more else {}).items():
+                parts[case.name].setdefault(part, []).append(seconds)
         if progress:
             progress(k + 1, runs)
     out = {}
@@ -98,6 +102,8 @@ def measure(cases, batch: int, runs: int = 10, warmup: int = 1, progress=None, s
             "images_per_s": b / s["median"],
             "sampler_share": max(0.0, 1 - u["median"] / s["median"]),
         }
+        if parts[case.name]:
+            out[case.name]["parts_ms"] = {part: statistics.median(v) * 1e3 for part, v in parts[case.name].items()}
     return out
 
 
@@ -119,6 +125,28 @@ def runtime_case(name, runner, scheduler_name: str, steps: int, batch: int, info
 
 
     return Case(name, run, {"backend": runner.backend, **(info or {})})
+
+
+PIPELINE_PARTS = ("text_encoder_s", "unet_s", "decoder_s", "sampler_s")
+
+
+def pipeline_case(name, pipe, prompt: str, steps: int, batch: int, guidance=None, scheduler=None,
+                  negative_prompt=None, info=None) -> Case:
+    """A case running an open :class:`~diffprune.runtime.pipeline.Pipeline`: ``batch`` prompts -> uint8 images,
+    its run returning ``(e2e_s, unet_s, {component: seconds})``."""
+    counter = iter(range(10**9))
+
+    def run(settings=None):
+        settings = settings or {}
+        pipe.generate(prompt, n=batch, negative_prompt=negative_prompt, guidance=guidance,
+                      steps=int(settings.get("steps", steps)), scheduler=settings.get("scheduler", scheduler),
+                      seed=next(counter), batch=batch)
+        t = pipe.last_timing
+        return t["total_s"], t["unet_s"], {k[:-2]: t[k] for k in PIPELINE_PARTS}
+
+    unet = pipe.runners["unet"]
+    return Case(name, run, {"backend": unet.backend, "guidance": pipe.guidance.get("scale") if guidance is None else guidance,
+                            "kind": pipe.kind, **(info or {})})
 
 
 class WorkerCase:
@@ -152,6 +180,8 @@ class WorkerCase:
         self._proc.stdin.write("run" + (" " + json.dumps(settings) if settings else "") + "\n")
         self._proc.stdin.flush()
         reply = self._read()
+        if "parts" in reply:
+            return reply["e2e_s"], reply["unet_s"], reply["parts"]
         return reply["e2e_s"], reply["unet_s"]
 
     def close(self) -> dict | None:
@@ -168,13 +198,20 @@ class WorkerCase:
         return self.memory
 
 
-def worker_case(name, artifact, backend: str, scheduler: str, steps: int, batch: int, threads=None,
-                info=None) -> WorkerCase:
-    """An exported model (ONNX folder or TensorRT engine) sampling in its own process."""
+def worker_case(name, artifact, backend: str, scheduler: str | None, steps: int, batch: int, threads=None,
+                info=None, prompt: str | None = None, guidance: float | None = None) -> WorkerCase:
+    """An exported model (ONNX folder or TensorRT engine) sampling in its own process; a pipeline export
+    (pipeline.json) generating ``batch`` images of ``prompt`` (scheduler None: the pipeline's own)."""
     argv = [sys.executable, "-m", "diffprune.runtime.bench", "--serve", str(artifact), "--backend", backend,
-            "--batch", str(batch), "--steps", str(steps), "--scheduler", scheduler]
+            "--batch", str(batch), "--steps", str(steps)]
+    if scheduler:
+        argv += ["--scheduler", scheduler]
     if threads:
         argv += ["--threads", str(threads)]
+    if prompt is not None:
+        argv += ["--prompt", prompt]
+    if guidance is not None:
+        argv += ["--guidance", str(guidance)]
     return WorkerCase(name, argv, info)
 
 
@@ -237,8 +274,8 @@ def serve(make_case: Callable[[], Case], stdin=None, stdout=None) -> None:
     for line in stdin:
         command, _, settings = line.strip().partition(" ")
         if command == "run":
-            total_s, unet_s = case.run(json.loads(settings)) if settings else case.run()
-            say({"e2e_s": total_s, "unet_s": unet_s})
+            total_s, unet_s, *parts = case.run(json.loads(settings)) if settings else case.run()
+            say({"e2e_s": total_s, "unet_s": unet_s, **({"parts": parts[0]} if parts else {})})
     case.close()
     say({"peak_mib": rss_peak_mib()})
 
@@ -255,7 +292,8 @@ def rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; macOS reports bytes
 
 
-def _runtime_worker(artifact, backend, batch, steps, scheduler, threads):
+def _runtime_worker(artifact, backend, batch, steps, scheduler, threads, prompt=None, guidance=None):
+    from .pipeline import Pipeline, is_pipeline
     from .runners import open_runner, parse_backend, resolve_backend
 
     backend = resolve_backend(backend)
@@ -270,14 +308,21 @@ def _runtime_worker(artifact, backend, batch, steps, scheduler, threads):
 
         import_openvino()
 
+    def make_pipeline_case():
+        pipe = Pipeline(artifact, backend, threads=threads).open()
+        case = pipeline_case(os.path.basename(str(artifact)), pipe, prompt or "a photo of an astronaut riding a horse",
+                             steps, batch, guidance=guidance, scheduler=scheduler,
+                             info={"threads": threads, **getattr(pipe.runners["unet"], "info", {})})
+        return replace(case, close=pipe.close)
+
     def make_case():
         pinned = None if name == "trt" else batch  # TensorRT engines keep their profile
         runner = open_runner(artifact, backend, threads=threads, batch=pinned).open()
-        case = runtime_case(os.path.basename(str(artifact)), runner, scheduler, steps, batch,
+        case = runtime_case(os.path.basename(str(artifact)), runner, scheduler or "ddim", steps, batch,
                             info={"threads": threads, **getattr(runner, "info", {})})
         return replace(case, close=runner.close)
 
-    serve(make_case)
+    serve(make_pipeline_case if is_pipeline(artifact) else make_case)
 
 
 if __name__ == "__main__":
@@ -288,11 +333,13 @@ if __name__ == "__main__":
     parser.add_argument("--backend", default="ort-cpu")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--scheduler", default="ddim")
+    parser.add_argument("--scheduler", default=None, help="default ddim; pipelines: their own")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--prompt", default=None, help="pipelines: the prompt of every image")
+    parser.add_argument("--guidance", type=float, default=None, help="pipelines: guidance scale (default theirs)")
     a = parser.parse_args()
     try:
-        _runtime_worker(a.serve, a.backend, a.batch, a.steps, a.scheduler, a.threads)
+        _runtime_worker(a.serve, a.backend, a.batch, a.steps, a.scheduler, a.threads, a.prompt, a.guidance)
     except DiffPruneError as e:
         print(e, file=sys.stderr)
         sys.exit(2)

@@ -12,6 +12,24 @@ import numpy as np
 from .errors import DiffPruneError
 
 
+def initial_noise(shape, indices, seed: int, sigma: float = 1.0) -> np.ndarray:
+    """(len(indices), *shape) float32 starting noise: image i from ``default_rng([seed, i])``, times ``sigma``
+    (the scheduler's ``init_noise_sigma``). The pixel sampler and the pipelines (runtime/pipeline.py) share it."""
+    return np.stack([np.random.default_rng([seed, int(i)]).standard_normal(tuple(shape), dtype=np.float32)
+                     for i in indices]) * np.float32(sigma)
+
+
+def step_rngs(indices, seed: int, pad: int = 0) -> list:
+    """Per-image generators for the noise a stochastic scheduler adds at each step (``default_rng([seed, i, 1])``),
+    plus ``pad`` throw-away ones for the padding rows of a short batch."""
+    return [np.random.default_rng([seed, int(i), 1]) for i in indices] + [np.random.default_rng(0)] * pad
+
+
+def step_noise(rngs, shape) -> np.ndarray:
+    """(len(rngs), *shape) float32: one draw per image, so an image's noise does not depend on its batch."""
+    return np.stack([r.standard_normal(tuple(shape), dtype=np.float32) for r in rngs])
+
+
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
     return ((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
@@ -25,8 +43,7 @@ class Sampler:
 
     def initial_noise(self, indices, seed: int) -> np.ndarray:
         c, (h, w) = self.runner.in_channels, self.runner.sample_size
-        return np.stack([np.random.default_rng([seed, int(i)]).standard_normal((c, h, w), dtype=np.float32)
-                         for i in indices]) * np.float32(self.scheduler.init_noise_sigma)
+        return initial_noise((c, h, w), indices, seed, self.scheduler.init_noise_sigma)
 
     def generate(self, n: int, seed: int = 0, steps: int = 50, batch: int | None = None, output: str = "uint8",
                  noise: np.ndarray | None = None):
@@ -34,6 +51,11 @@ class Sampler:
 
         ``noise`` (N, C, H, W) replaces the seeded starting noise (to compare models from the same noise).
         """
+        if getattr(self.runner, "conditioning", None):
+            raise DiffPruneError(
+                f"This UNet is conditioned on {', '.join(self.runner.conditioning)}; the noise -> image sampler runs "
+                "unconditional UNets. Sample the pipeline export it belongs to (the folder with pipeline.json), "
+                "which feeds the text encoder's output (diffprune.runtime.Pipeline).")
         lo, hi = self.runner.batch_range
         if n < 1:
             raise DiffPruneError(f"n {n} must be at least 1.")
@@ -41,6 +63,7 @@ class Sampler:
         if not lo <= batch <= hi:
             raise DiffPruneError(f"batch {batch} is outside the artifact's range {lo}..{hi}.")
         started, unet_before = time.perf_counter(), self.runner.seconds
+        self.scheduler.set_timesteps(steps)  # first: Euler's init_noise_sigma depends on the timesteps
         out = []
         for start in range(0, n, batch):
             indices = list(range(start, min(start + batch, n)))
@@ -48,7 +71,7 @@ class Sampler:
             x = noise[indices].astype(np.float32) if noise is not None else self.initial_noise(indices, seed)
             if pad:
                 x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)])
-            rngs = [np.random.default_rng([seed, i, 1]) for i in indices] + [np.random.default_rng(0)] * pad
+            rngs = step_rngs(indices, seed, pad)
             out.append(self._loop(x, steps, rngs)[: len(indices)])
         images = np.concatenate(out)
         total = time.perf_counter() - started
@@ -63,13 +86,13 @@ class Sampler:
         b = x.shape[0]
         for k, t in enumerate(scheduler.timesteps):
             timestep = np.full((b,), float(t), dtype=np.float32)
-            out = self.runner(x, timestep)
+            out = self.runner(scheduler.scale_model_input(x, t), timestep)
             if not np.isfinite(out).all():
                 raise DiffPruneError(
-                    f"The model produced NaN/Inf at step {k + 1} of {steps} (timestep {int(t)}) on backend "
+                    f"The model produced NaN/Inf at step {k + 1} of {steps} (timestep {float(t):g}) on backend "
                     f"{self.runner.backend}. With an fp16 artifact this is overflow: use the fp32 export, or keep "
                     "more ops in fp32. No images were written."
                 )
-            noise = np.stack([r.standard_normal(x.shape[1:], dtype=np.float32) for r in rngs]) if scheduler.needs_noise else None
-            x = scheduler.step(out, int(t), x, noise=noise).prev_sample
+            noise = step_noise(rngs, x.shape[1:]) if scheduler.needs_noise else None
+            x = scheduler.step(out, t, x, noise=noise).prev_sample
         return x

@@ -125,10 +125,15 @@ class ClipTokenizer:
         self.vocab_size = tokenizer.get_vocab_size()
 
     @classmethod
-    def from_folder(cls, folder) -> "ClipTokenizer":
+    def from_folder(cls, folder, embedded: bool = False) -> "ClipTokenizer":
         """A pipeline's ``tokenizer/`` folder, as ``CLIPTokenizer.save_pretrained`` writes it: tokenizer.json,
-        or vocab.json + merges.txt; pad token and length from tokenizer_config.json / special_tokens_map.json."""
+        or vocab.json + merges.txt; pad token and length from tokenizer_config.json / special_tokens_map.json.
+        With ``embedded``, a folder holding only those settings (an export relying on the CLIP vocabulary
+        shipped here) gets the embedded BPE with its pad token and length."""
         folder = Path(folder)
+        if not folder.is_dir():
+            raise DiffPruneError(f"The tokenizer folder {str(folder)!r} is missing. Copy the pipeline's whole "
+                                 "export folder (its tokenizer/ folders included), or re-export it.")
         settings = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins, as in transformers
             path = folder / name
@@ -145,7 +150,10 @@ class ClipTokenizer:
                 raise DiffPruneError(f"Could not read {str(folder / 'tokenizer.json')!r}: {e}. Restore it from the "
                                      "original pipeline.") from None
             return cls(tokenizer=tokenizer, pad_token=pad, max_length=length)
-        if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+        has_vocab = [(folder / name).is_file() for name in ("vocab.json", "merges.txt")]
+        if embedded and not any(has_vocab) and settings:
+            return cls(pad_token=pad, max_length=length)
+        if not all(has_vocab):
             raise DiffPruneError(
                 f"The tokenizer folder {str(folder)!r} holds neither tokenizer.json nor vocab.json + merges.txt, "
                 "which a CLIP tokenizer needs. Copy the pipeline's whole tokenizer/ folder.")

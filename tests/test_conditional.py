@@ -426,9 +426,12 @@ def test_a_pruned_builtin_pipeline_carries_its_text_encoders_tokenizers_and_vae(
     assert type(load_source(str(out))[0]) is type(model)
 
 
-def test_later_stages_refuse_a_conditional_model_clearly(pruned, tmp_path):
-    from export.onnx import to_onnx
+def test_a_pruned_conditional_unet_exports_with_its_conditioning_inputs(pruned, tmp_path):
+    # Whole pipelines (text encoder, VAE decoder) are tests/test_pipeline_export.py's; here the UNet alone.
+    from diffprune.export import to_onnx
 
-    with pytest.raises(DiffPruneError, match="ONNX export takes unconditional UNet2DModels so far.*text"):
-        to_onnx(pruned["tiny-sd"][0], tmp_path / "onnx")
-    assert not (tmp_path / "onnx").exists()
+    result = to_onnx(pruned["tiny-sd"][0], tmp_path / "onnx", batch=(1, 1, 2), exporter="torchscript")
+    meta = result.model_json
+    assert [i["name"] for i in meta["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
+    assert meta["conditioning"]["kind"] == "text" and meta["validation"]["passed"]
+    assert meta["validation"]["max_abs_error"] <= 1e-4

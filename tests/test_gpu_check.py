@@ -27,6 +27,14 @@ def test_gpu_script_runs_end_to_end_in_smoke_mode(tmp_path):
     cond = result["conditional_prune"]
     assert cond["arch"] == "tiny-sd" and cond["timesteps"] == 2 and cond["macs"][1] < cond["macs"][0]
     assert cond["no_gradient_groups"] == 0  # real prompts through the text encoder reach cross-attention
+    sd = result["sd_pipeline"]
+    assert sd["arch"] == "tiny-sd" and sd["macs"][1] < 0.6 * sd["macs"][0]
+    for name in ("dense", "pruned"):
+        eager, runtime = sd["eager"][f"{name}-fp32"], sd["runtime"][name]
+        for row in (eager, runtime):
+            assert row["e2e_ms"] > 0 and set(row["parts_ms"]) == {"text_encoder", "unet", "decoder", "sampler"}
+            assert row["parts_ms"]["unet"] > 0 and row["parts_ms"]["decoder"] > 0
+    assert sd["runtime"]["backend"] in ("ort-cpu", "ort-cuda") and sd["runtime"]["speedup"] > 0
 
 
 def test_gpu_script_refuses_a_cpu_machine_without_smoke(tmp_path):

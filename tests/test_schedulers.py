@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from diffprune import DiffPruneError
 from diffprune.runtime.schedulers import make_scheduler
@@ -111,6 +111,55 @@ def test_dpm_solver_pp_2m_matches_diffusers(extra, steps):
     assert np.abs(ours - ref).max() <= 1e-5
 
 
+EULER_CASES = [
+    dict(),  # linspace spacing: fractional timesteps, sigmas interpolated between training steps
+    dict(timestep_spacing="leading", steps_offset=1),  # SD-1.x's config: init_noise_sigma = sqrt(sigma_max^2 + 1)
+    dict(timestep_spacing="trailing"),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading", steps_offset=1),
+    dict(prediction_type="v_prediction"),
+    dict(prediction_type="sample", final_sigmas_type="sigma_min"),
+    dict(beta_schedule="squaredcos_cap_v2"),
+]
+
+
+@pytest.mark.parametrize("extra", EULER_CASES)
+@pytest.mark.parametrize("steps", [4, 25])
+def test_euler_matches_diffusers(extra, steps):
+    # The loop as StableDiffusionPipeline runs it: noise * init_noise_sigma, scale_model_input, step.
+    config = {**BASE, **extra}
+    x, _ = _inputs(steps)
+    ours = make_scheduler("euler", config)
+    ours.set_timesteps(steps)
+    ref = EulerDiscreteScheduler.from_config(config)
+    ref.set_timesteps(steps)
+    np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+    assert abs(ours.init_noise_sigma - float(ref.init_noise_sigma)) <= 1e-6 * float(ref.init_noise_sigma)
+    a, b = x * np.float32(ours.init_noise_sigma), torch.from_numpy(x) * ref.init_noise_sigma
+    # Relative to the starting latents: with the cosine schedule sigma_max is 2e4, and float32 rounding of
+    # latents that large, cancelled by the first step, leaves absolute differences of ~1e-4 in both.
+    scale = float(b.abs().max()) if ours.init_noise_sigma > 100 else 1.0
+    for t_ours, t_ref in zip(ours.timesteps, ref.timesteps):
+        a_in, b_in = ours.scale_model_input(a, t_ours), ref.scale_model_input(b, t_ref)
+        assert np.abs(a_in - b_in.numpy()).max() <= 1e-5 * scale
+        out_a, out_b = fake_model(a_in, t_ours, config), fake_model(b_in.numpy(), float(t_ref), config)
+        a = ours.step(out_a, t_ours, a).prev_sample
+        b = ref.step(torch.from_numpy(out_b), t_ref, b).prev_sample
+    assert np.abs(a - b.numpy()).max() <= 1e-5 * scale
+
+
+def test_euler_refuses_what_it_does_not_implement():
+    for extra, fragment in [(dict(use_karras_sigmas=True), "use_karras_sigmas"),
+                            (dict(interpolation_type="log_linear"), "interpolation_type 'log_linear'"),
+                            (dict(timestep_type="continuous"), "timestep_type 'continuous'"),
+                            (dict(final_sigmas_type="one"), "final_sigmas_type 'one'")]:
+        with pytest.raises(DiffPruneError, match=fragment):
+            make_scheduler("euler", {**BASE, **extra})
+    s = make_scheduler("euler", BASE)
+    s.set_timesteps(5)
+    with pytest.raises(DiffPruneError, match="not the scheduler's next one"):
+        s.step(np.zeros((1, 3, 8, 8), np.float32), s.timesteps[1], np.zeros((1, 3, 8, 8), np.float32))
+
+
 def test_ddim_steps_to_t_minus_T_over_N_like_diffusers():
     # diffusers' quirk: with "trailing" spacing the timesteps are 999, 949, ..., but each step
     # still goes to t - T // N; we reproduce it rather than "fix" it, so images match diffusers'.
@@ -120,7 +169,7 @@ def test_ddim_steps_to_t_minus_T_over_N_like_diffusers():
 
 
 @pytest.mark.parametrize("name, config, fragment", [
-    ("euler", BASE, "Unknown scheduler 'euler'"),
+    ("pndm", BASE, "Unknown scheduler 'pndm'"),
     ("ddim", {**BASE, "timestep_spacing": "karras"}, "timestep_spacing 'karras'"),
     ("ddim", {**BASE, "prediction_type": "flow"}, "prediction_type 'flow'"),
     ("ddim", {**BASE, "beta_schedule": "sigmoid"}, "beta_schedule 'sigmoid'"),

@@ -57,3 +57,37 @@ def test_profile_outside_export_range_is_refused(tmp_path):
     export = to_onnx("arch:tiny", tmp_path / "onnx", batch=(1, 2, 4))
     with pytest.raises(DiffPruneError, match="outside the exported range"):
         build_engine(export.out_dir, tmp_path / "engine", batch=(1, 2, 16))
+
+
+def test_pipeline_engines_match_onnx_runtime(tmp_path):
+    """One engine per component of a tiny SD pipeline; the UNet engine at the doubled guidance batch."""
+    import onnxruntime as ort
+
+    from diffprune.export import build_pipeline, export_pipeline
+
+    export_pipeline("arch:tiny-sd", tmp_path / "onnx", batch=(1, 1, 2), progress=None)
+    out = build_pipeline(tmp_path / "onnx", tmp_path / "engines", workspace_gb=1)
+    record = json.loads((out / "pipeline.json").read_text())
+    assert set(record["engines"]) == {"text_encoder", "unet", "vae_decoder"}
+    assert (out / "tokenizer" / "vocab.json").is_file()
+    unet = json.loads((out / "unet" / "engine.json").read_text())
+    assert unet["profile"]["shapes"]["encoder_hidden_states"] == [[1, 77, 24], [2, 77, 24], [4, 77, 24]]
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine((out / "unet" / "model.plan").read_bytes())
+    context = engine.create_execution_context()
+    rng = np.random.default_rng(0)
+    feeds = {"sample": rng.standard_normal((4, 4, 16, 16)).astype(np.float32),
+             "timestep": np.array([0, 300, 600, 999], dtype=np.float32),
+             "encoder_hidden_states": rng.standard_normal((4, 77, 24)).astype(np.float32)}
+    tensors = {k: torch.from_numpy(v).cuda() for k, v in feeds.items()}
+    result = torch.empty((4, 4, 16, 16), device="cuda")
+    for name, tensor in tensors.items():
+        context.set_input_shape(name, tuple(tensor.shape))
+        context.set_tensor_address(name, tensor.data_ptr())
+    context.set_tensor_address("out_sample", result.data_ptr())
+    stream = torch.cuda.current_stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    ref = ort.InferenceSession(str(tmp_path / "onnx" / "unet" / "model.onnx"),
+                               providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.abs(result.cpu().numpy() - ref).max() / np.abs(ref).max() < 1e-3

@@ -16,17 +16,21 @@ def register(subparsers):
         NAME, help="end-to-end latency: dense vs pruned on a runtime, plus the PyTorch eager baseline",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
-            Measure noise -> uint8 images (scheduler and post-processing included) for each artifact.
+            Measure noise -> uint8 images (scheduler and post-processing included) for each artifact;
+            for pipeline exports (pipeline.json) prompt -> uint8 images, with the time of each component
+            (text encoder, UNet over the steps, decoder, sampler) and guidance in one doubled batch.
             Each model is served by a process of its own, as deployed, and the timed runs alternate
             A B A B ... so machine drift cancels: warm-up, then --runs timed runs; median, p90, min,
             images/s, the UNet's own time and the sampler's share, and each process's peak memory.
-            The dense model in a diffusers DDIMPipeline (PyTorch eager) is added as the baseline a user
+            The dense model in a diffusers DDIMPipeline (PyTorch eager; for pipelines the diffusers
+            StableDiffusion(XL)/LDM pipeline of the same source) is added as the baseline a user
             would otherwise run. Writes bench.json, bench.md, bench.png.
 
             Speedups are given twice: the ratio of medians, and "paired", the median over rounds of the
             ratio within one round, which cancels drift that hits only some rounds. Compare numbers
             only within one report: shared machines drift by 10 % and more between runs."""),
-        epilog="example:\n  diffprune bench dense-onnx pruned-onnx --backend ort-cpu --batch 1,16 --steps 50 --out bench-cpu",
+        epilog="examples:\n  diffprune bench dense-onnx pruned-onnx --backend ort-cpu --batch 1,16 --steps 50 --out bench-cpu\n"
+               "  diffprune bench sd-onnx sd-pruned-onnx --prompt 'a cat' --guidance 7.5 --steps 4 --out bench-sd",
     )
     p.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
                    help="dense first, then pruned ones; or deploy.json files from `diffprune select`, whose "
@@ -34,7 +38,12 @@ def register(subparsers):
     add_backend_argument(p, default=None, multiple=True)
     p.add_argument("--batch", type=int_list, default=None, help="comma-separated batch sizes (default 1)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50)")
-    p.add_argument("--scheduler", default=None, choices=list(SCHEDULERS), help="default ddim")
+    p.add_argument("--scheduler", default=None, choices=list(SCHEDULERS),
+                   help="default ddim; for pipeline exports the one their scheduler config names")
+    p.add_argument("--prompt", default=None, help="pipeline exports: the prompt of every image "
+                                                  "(default 'a photo of an astronaut riding a horse on mars')")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="pipeline exports: classifier-free guidance scale (default the pipeline's, SD 7.5; <= 1 off)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per model and batch (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every process, the PyTorch baseline too (default: the CPUs this process may use)")
@@ -57,7 +66,8 @@ def run(args) -> int:
     args.artifacts = apply_deploy(args)
     results = run_bench(args.artifacts, backend=args.backend, batches=args.batch, steps=args.steps,
                         scheduler=args.scheduler, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                        torch_baseline=args.torch_baseline, memory=not args.no_memory, progress=not args.quiet)
+                        torch_baseline=args.torch_baseline, memory=not args.no_memory, progress=not args.quiet,
+                        prompt=args.prompt, guidance=args.guidance)
     command = "diffprune " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffprune") else ""
     write_report(results, args.out, command=command, overwrite=args.overwrite)
     print(markdown(results, command))
@@ -84,5 +94,8 @@ def apply_deploy(args) -> list:
     args.backend = args.backend or ["auto"]
     args.batch = args.batch or [1]
     args.steps = args.steps or 50
-    args.scheduler = args.scheduler or "ddim"
+    from diffprune.runtime.pipeline import is_pipeline
+
+    if not any(is_pipeline(a) for a in args.artifacts):  # pipelines default to their own scheduler
+        args.scheduler = args.scheduler or "ddim"
     return [d["artifact"] if d else a for a, d in zip(args.artifacts, deploys)]

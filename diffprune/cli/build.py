@@ -1,4 +1,5 @@
-"""``diffprune build``: a shell over :func:`diffprune.export.build_engine` (TensorRT)."""
+"""``diffprune build``: a shell over :func:`diffprune.export.build_engine` (TensorRT), and
+:func:`diffprune.export.build_pipeline` for a pipeline export (one engine per component)."""
 
 from ._common import missing_note, require
 
@@ -18,6 +19,8 @@ def register(subparsers):
         NAME, help="build a TensorRT engine from an ONNX export" + note,
         description="Build OUT/model.plan + engine.json from an ONNX export folder with the TensorRT Python API "
                     "(strongly typed, one optimization profile over the export's batch range, timing cache reused). "
+                    "A pipeline export (pipeline.json) gets one engine per component in OUT/<component>/, the UNet's "
+                    "and text encoders' profiles over the doubled guidance batch. "
                     "Needs an NVIDIA GPU and the tensorrt package (pip install 'diffprune[gpu]')." + note,
     )
     p.add_argument("onnx_dir", metavar="ONNX_DIR", help="folder written by `diffprune export`")
@@ -27,6 +30,10 @@ def register(subparsers):
     p.add_argument("--timing-cache", help="timing cache file, loaded if present and saved after the build")
     p.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU (slower)")
     p.add_argument("--version-compatible", action="store_true", help="engine loads in newer TensorRT versions")
+    p.add_argument("--batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"),
+                   help="images per call for the profiles (default: the export's range; doubled for guided components)")
+    p.add_argument("--print-profiles", action="store_true",
+                   help="print the optimization profiles (input shapes) and exit; needs no TensorRT")
     p.add_argument("--triton", metavar="REPO", help="also add the engine to a Triton model repository")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.set_defaults(func=run)
@@ -34,12 +41,37 @@ def register(subparsers):
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     require(*NEEDS)
     from diffprune.export import build_engine, write_repository
+    from diffprune.export.tensorrt import build_pipeline, pipeline_profiles, profile_shapes
+    from diffprune.export.validate import verify_export
 
-    out = build_engine(args.onnx_dir, args.out, workspace_gb=args.workspace_gb, optimization_level=args.opt_level,
-                       timing_cache=args.timing_cache, hardware_compatible=args.hardware_compatible,
-                       version_compatible=args.version_compatible, overwrite=args.overwrite)
+    pipeline = (Path(args.onnx_dir) / "pipeline.json").is_file()
+    if args.print_profiles:
+        if pipeline:
+            profiles = pipeline_profiles(args.onnx_dir, args.batch)
+        else:
+            meta = verify_export(args.onnx_dir)
+            b = args.batch or (meta["batch"]["min"], meta["batch"]["opt"], meta["batch"]["max"])
+            profiles = {"model": profile_shapes(meta, b)}
+        for component, shapes in profiles.items():
+            for name, (lo, opt, hi) in shapes.items():
+                print(f"{component}.{name}: min {list(lo)} opt {list(opt)} max {list(hi)}")
+        return 0
+    options = dict(workspace_gb=args.workspace_gb, optimization_level=args.opt_level, timing_cache=args.timing_cache,
+                   hardware_compatible=args.hardware_compatible, version_compatible=args.version_compatible)
+    if pipeline:
+        out = build_pipeline(args.onnx_dir, args.out, batch=args.batch, overwrite=args.overwrite, **options)
+        print(f"built one engine per component in {out}/ (pipeline.json lists them)")
+        if args.triton:
+            from diffprune.export import write_pipeline_repository
+
+            write_pipeline_repository(args.triton, out, overwrite=args.overwrite)
+            print(f"Triton model repository: {args.triton}")
+        return 0
+    out = build_engine(args.onnx_dir, args.out, batch=args.batch, overwrite=args.overwrite, **options)
     print(f"built {out}/model.plan")
     if args.triton:
         write_repository(args.triton, out, overwrite=args.overwrite)

@@ -1,4 +1,5 @@
-"""``diffprune export``: a shell over :func:`diffprune.export.to_onnx`."""
+"""``diffprune export``: a shell over :func:`diffprune.export.export_pipeline` (pipelines) and
+:func:`diffprune.export.to_onnx` (a UNet alone)."""
 
 import argparse
 import textwrap
@@ -11,16 +12,23 @@ NEEDS = TOOLCHAIN + ("onnx",)
 
 def register(subparsers):
     p = subparsers.add_parser(
-        NAME, help="export a UNet to validated ONNX (fp32 or fp16), optionally a Triton repository" + missing_note(*NEEDS),
+        NAME, help="export a pipeline (text encoders, UNet, VAE decoder) or a UNet to validated ONNX (fp32 or fp16)"
+                   + missing_note(*NEEDS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
-            Export SRC (any model `prune` accepts, pruned or dense) to OUT_DIR/model.onnx + model.json.
-            Inputs: sample (B, C, H, W) float32 and timestep (B,) float32; output: out_sample. B is dynamic.
+            A pipeline SRC (a Stable Diffusion / SDXL / LDM / class-conditional pipeline folder, whose unet/ may
+            be pruned, or arch:tiny-sd, arch:sd15, arch:tiny-sdxl, arch:tiny-class, ...) becomes OUT_DIR/pipeline.json
+            + one folder per component (text_encoder[_2]/, unet/, vae_decoder/ or vq_decoder/, tokenizer[_2]/),
+            which `diffprune sample` runs without torch. The UNet's batch range is doubled for classifier-free
+            guidance; the VAE decoder stays float32 under --fp16 (SD's VAE overflows fp16) unless --vae-fp16.
+            A pixel UNet (or --unet-only) becomes OUT_DIR/model.onnx + model.json: inputs sample (B, C, H, W)
+            and timestep (B,) float32 [+ the UNet's conditioning]; output out_sample. B is dynamic.
             Validation is part of export: onnx.checker, shape inference, then ONNX Runtime vs torch at
             several batch sizes and timesteps (fp32 max-abs <= 1e-4; fp16 relative <= 1e-2, no NaN/Inf).
-            If it fails, nothing is written and the command exits non-zero.""")
+            If any component fails, nothing is written and the command exits non-zero.""")
         + missing_note(*NEEDS),
-        epilog="example:\n  diffprune export cifar-pruned cifar-pruned-onnx --fp16 --max-batch 64 --triton triton-repo",
+        epilog="examples:\n  diffprune export cifar-pruned cifar-pruned-onnx --fp16 --max-batch 64 --triton triton-repo\n"
+               "  diffprune export sd15-pruned-pipeline sd15-onnx --fp16 --max-batch 4",
     )
     p.add_argument("src", metavar="SRC", help="model folder, hub id or arch:NAME")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (written atomically)")
@@ -37,16 +45,61 @@ def register(subparsers):
                    help="external (default): tensors in model.onnx.data, which ONNX Runtime loads without a "
                         "protobuf copy (about 40%% less peak memory); inline: one self-contained model.onnx")
     p.add_argument("--triton", metavar="REPO", help="also write a Triton model repository here")
+    p.add_argument("--unet-only", action="store_true", help="export only the UNet (OUT_DIR/model.onnx), even of a pipeline")
+    p.add_argument("--pipeline", action="store_true", help="write the pipeline layout even for a pixel UNet")
+    p.add_argument("--vae-fp16", action="store_true",
+                   help="with --fp16, also the VAE/VQ decoder in float16 (validated; SD's VAE overflows fp16)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="default guidance scale written to pipeline.json (default: SD 7.5, SDXL 5.0, others 1)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.set_defaults(func=run)
     return p
 
 
+def _is_pipeline(args) -> bool:
+    """Pipelines (text, class-conditional, latent with a decoder) get the pipeline layout; a pixel UNet,
+    a hub id and a latent arch without a built-in decoder keep the single-UNet layout."""
+    from pathlib import Path
+
+    from diffprune.export.pipeline import NO_DECODER, pipeline_kind
+
+    if args.unet_only:
+        return False
+    if args.pipeline:
+        return True
+    src = str(args.src)
+    if src.startswith("arch:"):
+        if src[len("arch:"):] in NO_DECODER:
+            return False
+    elif not Path(src).is_dir():
+        return False  # hub ids, files and typos: the UNet path names the problem
+    return pipeline_kind(src) != "pixel"
+
+
 def run(args) -> int:
     require(*NEEDS)
-    from diffprune.export import to_onnx
+    from diffprune.errors import DiffPruneError
+    from diffprune.export import export_pipeline, to_onnx
 
     opt = args.opt_batch if args.opt_batch is not None else max(args.min_batch, min(8, args.max_batch))
+    if _is_pipeline(args):
+        unsupported = [flag for flag, on in (("--dynamic-hw", args.dynamic_hw), ("--slim", args.slim)) if on]
+        if unsupported:
+            raise DiffPruneError(f"{', '.join(unsupported)} apply to a single UNet export; a pipeline's components "
+                                 "have fixed sizes. Drop them, or add --unet-only.")
+        if args.vae_fp16 and not args.fp16:
+            raise DiffPruneError("--vae-fp16 needs --fp16 (it keeps the decoder in float16 too).")
+        record = export_pipeline(args.src, args.out_dir, dtype="fp16" if args.fp16 else "fp32",
+                                 vae_dtype="fp16" if args.vae_fp16 else "fp32", opset=args.opset,
+                                 batch=(args.min_batch, opt, args.max_batch), exporter=args.exporter,
+                                 weights=args.weights, guidance_scale=args.guidance_scale, overwrite=args.overwrite)
+        print(f"pipeline ({record['kind']}): {args.out_dir}/pipeline.json, {record['export_seconds']:.1f} s")
+        if args.triton:
+            from diffprune.export import write_pipeline_repository
+
+            write_pipeline_repository(args.triton, args.out_dir, overwrite=args.overwrite)
+            print(f"Triton model repository: {args.triton}")
+        return 0
     result = to_onnx(args.src, args.out_dir, dtype="fp16" if args.fp16 else "fp32", opset=args.opset,
                      batch=(args.min_batch, opt, args.max_batch), dynamic_hw=args.dynamic_hw,
                      exporter=args.exporter, slim=args.slim, triton=args.triton, weights=args.weights,

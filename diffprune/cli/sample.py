@@ -1,4 +1,5 @@
-"""``diffprune sample``: a shell over the torch-free runtime (:class:`diffprune.runtime.Sampler`)."""
+"""``diffprune sample``: a shell over the torch-free runtime (:class:`diffprune.runtime.Sampler`, and
+:class:`diffprune.runtime.Pipeline` for pipeline exports: prompt -> image)."""
 
 import argparse
 
@@ -14,16 +15,28 @@ def register(subparsers):
     p = subparsers.add_parser(
         NAME, help="generate images with the torch-free runtime and write a PNG grid",
         description="Noise -> images with ONNX Runtime, OpenVINO or TensorRT and a numpy scheduler (no torch). "
-                    "A seed gives the same images on every machine and at every batch size, for one backend.",
-        epilog="example:\n  diffprune sample cifar-pruned-onnx --n 64 --steps 50 --scheduler ddim --seed 0 --out grid.png",
+                    "A seed gives the same images on every machine and at every batch size, for one backend. "
+                    "A pipeline export (pipeline.json: Stable Diffusion, SDXL, LDM) takes a prompt, with "
+                    "classifier-free guidance in one doubled batch.",
+        epilog="examples:\n  diffprune sample cifar-pruned-onnx --n 64 --steps 50 --scheduler ddim --seed 0 --out grid.png\n"
+               "  diffprune sample sd-onnx --prompt \"a photo of a cat\" --negative-prompt blurry --guidance 7.5 "
+               "--steps 25 --scheduler euler --n 4 --out cats.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("artifact", metavar="ARTIFACT",
-                   help="ONNX export folder (model.json), engine folder (engine.json), or a deploy.json from "
-                        "`diffprune select`, whose backend, scheduler, steps and batch become the defaults")
-    p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+                   help="ONNX export folder (model.json), engine folder (engine.json), pipeline export folder "
+                        "(pipeline.json), or a deploy.json from `diffprune select`, whose backend, scheduler, steps "
+                        "and batch become the defaults")
+    p.add_argument("--prompt", default=None, help="pipeline exports: the prompt (text-to-image pipelines need one)")
+    p.add_argument("--negative-prompt", default=None, help="pipeline exports: what to guide away from "
+                                                             "(default: the pipeline's, usually empty)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="pipeline exports: classifier-free guidance scale (default: pipeline.json's, SD 7.5; <= 1 off)")
+    p.add_argument("--class-label", type=int, default=None, help="class-conditional pipeline exports: the class")
+    p.add_argument("--n", type=int, default=None, help="number of images (default 64; pipelines 1)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50, or deploy.json's)")
-    p.add_argument("--scheduler", default=None, choices=list(SCHEDULERS), help="default ddim, or deploy.json's")
+    p.add_argument("--scheduler", default=None, choices=list(SCHEDULERS),
+                   help="default ddim, or deploy.json's; for pipelines the one their scheduler config names")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic, default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=None, help="images per UNet call (default: as many as the artifact allows)")
@@ -42,7 +55,18 @@ def run(args) -> int:
 
     from diffprune.runtime.deploy import deploy_file, read_deploy
 
+    from diffprune.runtime.pipeline import is_pipeline
+
     check_writable(args.out, args.overwrite)
+    if is_pipeline(args.artifact):
+        return run_pipeline(args)
+    if args.prompt is not None or args.negative_prompt is not None or args.guidance is not None or \
+            args.class_label is not None:
+        raise DiffPruneError(
+            f"{args.artifact!r} is a single UNet export (model.json), not a pipeline: --prompt, --negative-prompt, "
+            "--guidance and --class-label need the pipeline's text encoder and decoder. Export the whole pipeline "
+            "(`diffprune export PIPELINE OUT`, which writes pipeline.json) and sample that folder.")
+    args.n = args.n or 64
     deploy = read_deploy(args.artifact) if deploy_file(args.artifact) else {}
     artifact = deploy.get("artifact", args.artifact)
     args.scheduler = args.scheduler or deploy.get("scheduler", "ddim")
@@ -63,4 +87,24 @@ def run(args) -> int:
     print(f"wrote {args.out}: {args.n} images, {args.steps} {args.scheduler} steps on {backend}, "
           f"{t['total_s']:.2f} s ({t['unet_s']:.2f} s in the UNet, sampler share {t['sampler_share']:.1%})"
           + (f"; settings from {deploy['file']}" if deploy else ""))
+    return 0
+
+
+def run_pipeline(args) -> int:
+    """A pipeline export: prompt (or class label, or nothing for LDMs) -> images, components timed."""
+    from diffprune.runtime.image import grid, save_png
+    from diffprune.runtime.pipeline import Pipeline
+
+    with Pipeline(args.artifact, args.backend or "auto", threads=args.threads) as pipe:
+        images = pipe.generate(args.prompt, n=args.n, negative_prompt=args.negative_prompt, guidance=args.guidance,
+                               steps=args.steps or 50, scheduler=args.scheduler, seed=args.seed, batch=args.batch,
+                               class_labels=args.class_label, eta=args.eta)
+        backend = pipe.runners["unet"].backend
+    save_png(args.out, grid(images))
+    t = pipe.last_timing
+    for note in pipe.notes:
+        print(f"note: {note}")
+    print(f"wrote {args.out}: {len(images)} images, {t['steps']} {t['scheduler']} steps, guidance {t['guidance']:g} "
+          f"on {backend}, {t['total_s']:.2f} s (text encoder {t['text_encoder_s']:.2f} s, UNet {t['unet_s']:.2f} s "
+          f"in {t['unet_calls']} calls, decoder {t['decoder_s']:.2f} s, sampler {t['sampler_s']:.2f} s)")
     return 0

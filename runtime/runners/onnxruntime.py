@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+
 from ..cache import cache_dir
 from ..errors import DiffPruneError
 from .base import Runner
@@ -132,13 +134,20 @@ class OnnxRuntimeRunner(Runner):
     def run(self, sample, timestep):
         if self._binding is None:
             return self.session.run(["out_sample"], {"sample": sample, "timestep": timestep})[0]
-        # GPU: bind inputs from host once per call and let ORT allocate the output on the device,
-        # copying it back in one transfer (no intermediate host buffers per op).
+        return self.run_feeds({"sample": sample, "timestep": timestep})["out_sample"]
+
+    def run_feeds(self, feeds: dict) -> dict:
+        names = [o.name for o in self.session.get_outputs()]
+        if self._binding is None:
+            return dict(zip(names, self.session.run(names, feeds)))
+        # GPU: bind inputs from host once per call and let ORT allocate the outputs on the device,
+        # copying them back in one transfer (no intermediate host buffers per op).
         binding = self._binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        binding.bind_cpu_input("sample", sample)
-        binding.bind_cpu_input("timestep", timestep)
-        binding.bind_output("out_sample", "cuda")
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in names:
+            binding.bind_output(name, "cuda")
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return dict(zip(names, binding.copy_outputs_to_cpu()))

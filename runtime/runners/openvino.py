@@ -181,6 +181,11 @@ class OpenVINORunner(Runner):
         result = self.request.infer({"sample": sample, "timestep": timestep}, share_inputs=True)
         return np.array(result[0], copy=True)  # the request's output buffer is reused by the next call
 
+    def run_feeds(self, feeds: dict) -> dict:
+        feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}  # share_inputs needs contiguous buffers
+        result = self.request.infer(feeds, share_inputs=True)
+        return {name: np.array(result[self.compiled.output(name)], copy=True) for name in self.outputs}
+
 
 def _first_line(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(("Exception from", "Check "))]

@@ -62,14 +62,19 @@ class TensorRTRunner(Runner):
             raise DiffPruneError(f"TensorRT could not deserialise {str(self.folder)!r}; rebuild it with `diffprune build`.")
         self.context = self.engine.create_execution_context()
         self.stream = _check(cudart.cudaStreamCreate())
-        c, (h, w) = self.in_channels, self.sample_size
-        hi = self.batch_range[1]
-        self._host_out = np.empty((hi, c, h, w), dtype=np.float32)
-        self._dev = {
-            "sample": _check(cudart.cudaMalloc(hi * c * h * w * 4)),
-            "timestep": _check(cudart.cudaMalloc(hi * 4)),
-            "out_sample": _check(cudart.cudaMalloc(hi * c * h * w * 4)),
-        }
+        # One device buffer per input and output, sized for the profile's largest shapes: set every input to
+        # its maximum, then ask the context for the outputs' shapes (a UNet, a text encoder, a decoder alike).
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        for name in inputs:
+            self.context.set_input_shape(name, tuple(self.engine.get_tensor_profile_shape(name, 0)[2]))
+        self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self._max_shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in names}
+        self._inputs = inputs
+        self._output_names = [n for n in names if n not in inputs]
+        self._host_out = {n: np.empty(self._max_shapes[n], self._dtypes[n]) for n in self._output_names}
+        self._dev = {n: _check(cudart.cudaMalloc(max(1, int(np.prod(self._max_shapes[n])) * self._dtypes[n].itemsize)))
+                     for n in names}
         for name, ptr in self._dev.items():
             self.context.set_tensor_address(name, int(ptr))
         return self
@@ -86,32 +91,34 @@ class TensorRTRunner(Runner):
             cudart.cudaStreamDestroy(self.stream)
         self._graphs, self._dev, self.stream = {}, {}, None
 
-    def _enqueue(self, batch):
-        if self.cuda_graph and batch in self._graphs:
-            _check(self._cudart.cudaGraphLaunch(self._graphs[batch], self.stream))
+    def _enqueue(self, key):
+        if self.cuda_graph and key in self._graphs:
+            _check(self._cudart.cudaGraphLaunch(self._graphs[key], self.stream))
             return
         if not self.context.execute_async_v3(self.stream):
             raise DiffPruneError("TensorRT failed to run the engine (see the TensorRT log above).")
-        if self.cuda_graph and batch not in self._graphs:
+        if self.cuda_graph and key not in self._graphs:
             # The first run at a shape sets TensorRT's internal state; capture the second.
             cudart = self._cudart
             _check(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
             self.context.execute_async_v3(self.stream)
             graph = _check(cudart.cudaStreamEndCapture(self.stream))
-            self._graphs[batch] = _check(cudart.cudaGraphInstantiate(graph, 0))
+            self._graphs[key] = _check(cudart.cudaGraphInstantiate(graph, 0))
             cudart.cudaGraphDestroy(graph)
 
-    def run(self, sample, timestep):
+    def run_feeds(self, feeds: dict) -> dict:
         cudart = self._cudart
-        b = sample.shape[0]
-        self.context.set_input_shape("sample", tuple(sample.shape))
-        self.context.set_input_shape("timestep", (b,))
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        sample = np.ascontiguousarray(sample)
-        _check(cudart.cudaMemcpyAsync(self._dev["sample"], sample.ctypes.data, sample.nbytes, h2d, self.stream))
-        _check(cudart.cudaMemcpyAsync(self._dev["timestep"], timestep.ctypes.data, timestep.nbytes, h2d, self.stream))
-        self._enqueue(b)
-        out = self._host_out[:b]
-        _check(cudart.cudaMemcpyAsync(out.ctypes.data, self._dev["out_sample"], out.nbytes, d2h, self.stream))
+        feeds = {n: np.ascontiguousarray(v, dtype=self._dtypes[n]) for n, v in feeds.items()}  # kept alive to the sync
+        for name in self._inputs:
+            self.context.set_input_shape(name, tuple(feeds[name].shape))
+            _check(cudart.cudaMemcpyAsync(self._dev[name], feeds[name].ctypes.data, feeds[name].nbytes, h2d, self.stream))
+        self._enqueue(tuple(feeds[n].shape for n in self._inputs))
+        outs = {}
+        for name in self._output_names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            out = self._host_out[name].reshape(-1)[: int(np.prod(shape))].reshape(shape)
+            _check(cudart.cudaMemcpyAsync(out.ctypes.data, self._dev[name], out.nbytes, d2h, self.stream))
+            outs[name] = out
         _check(cudart.cudaStreamSynchronize(self.stream))
-        return out.copy()
+        return {n: o.copy() for n, o in outs.items()}

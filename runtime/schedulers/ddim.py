@@ -42,6 +42,9 @@ class DDIMScheduler:
         self.num_inference_steps = steps
         self.timesteps = spaced_timesteps(self.spacing, self.num_train_timesteps, steps, self.steps_offset)
 
+    def scale_model_input(self, sample, timestep):
+        return sample  # the UNet takes x_t as it is
+
     def step(self, model_output, timestep: int, sample, noise=None) -> SchedulerOutput:
         # 1. previous timestep (diffusers' rule: t - T // N)
         prev_t = int(timestep) - self.num_train_timesteps // self.num_inference_steps

@@ -57,6 +57,9 @@ class DDPMScheduler:
             return np.exp(np.float32(0.5) * np.log(variance))
         return variance**0.5
 
+    def scale_model_input(self, sample, timestep):
+        return sample  # the UNet takes x_t as it is
+
     def step(self, model_output, timestep: int, sample, noise=None) -> SchedulerOutput:
         t = int(timestep)
         prev_t = self._prev[t]

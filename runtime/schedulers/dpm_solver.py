@@ -75,6 +75,9 @@ class DPMSolverMultistepScheduler:
             return model_output
         return alpha * sample - sig * model_output  # v_prediction
 
+    def scale_model_input(self, sample, timestep):
+        return sample  # the UNet takes x_t as it is
+
     def step(self, model_output, timestep: int, sample, noise=None) -> SchedulerOutput:
         i = self._index
         n = len(self.timesteps)

@@ -1,0 +1,365 @@
+"""Prompt -> uint8 images for an exported pipeline (pipeline.json), torch-free.
+
+The steps are diffusers' StableDiffusionPipeline / StableDiffusionXLPipeline / LDMPipeline, on the
+runtime's runners and numpy schedulers:
+
+  1. tokenize (runtime/text.py, CLIP BPE on ``tokenizers``); a prompt over the tokenizer's limit (77) is
+     cut there, as diffusers does, with a :class:`PromptTruncated` warning naming the prompts
+  2. text encoder(s) on one doubled batch [negative prompts; prompts] (classifier-free guidance, Ho & Salimans
+     2022, arXiv 2207.12598); SDXL: both encoders' hidden states concatenated, text_embeds pooled from
+     text_encoder_2, time_ids (original size, crop, target size); a missing negative prompt is zeros there
+     when the pipeline says ``force_zeros_for_empty_prompt``, as diffusers does
+  3. starting latents: image i from ``default_rng([seed, i])`` (runtime/sampler.py's convention), times the
+     scheduler's ``init_noise_sigma``; ``noise=`` replaces the draw (it is diffusers' ``latents=`` argument)
+  4. per step: ``scale_model_input``, the UNet on [x; x] with [uncond; cond] conditioning, then
+     eps = eps_u + g (eps_c - eps_u) (Eq. 6 of Ho & Salimans; g <= 1 runs the prompts alone, as diffusers'
+     ``do_classifier_free_guidance = g > 1``), then the scheduler's step
+  5. decode latents / scaling_factor (+ shift_factor) with the VAE (or VQ) decoder; clip to [-1, 1], uint8
+
+Same seed -> same image at any batch size (for one backend): every random draw is per image.
+"""
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DiffPruneError
+from .sampler import initial_noise, step_noise, step_rngs, to_uint8
+
+PIPELINE_FORMAT = "diffprune.pipeline/1"
+KINDS = ("text-to-image", "text-to-image-xl", "class-conditional", "latent", "pixel")
+TEXT_KINDS = ("text-to-image", "text-to-image-xl")
+# The components each kind needs; a decoder is "vae_decoder" or "vq_decoder".
+NEEDS = {"text-to-image": ("text_encoder", "unet", "decoder"),
+         "text-to-image-xl": ("text_encoder", "text_encoder_2", "unet", "decoder"),
+         "class-conditional": ("unet",), "latent": ("unet", "decoder"), "pixel": ("unet",)}
+# diffusers scheduler classes -> the runtime's scheduler of the same maths
+SCHEDULER_CLASSES = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpm-solver++",
+                     "EulerDiscreteScheduler": "euler"}
+
+
+class PromptTruncated(UserWarning):
+    """A prompt was longer than the tokenizer's limit and was cut, as diffusers cuts it."""
+
+
+def is_pipeline(path) -> bool:
+    return (Path(str(path)) / "pipeline.json").is_file()
+
+
+def read_pipeline(folder) -> dict:
+    """pipeline.json, checked: its format and kind known, each component folder present with its model.json."""
+    folder = Path(folder)
+    path = folder / "pipeline.json"
+    if not path.is_file():
+        what = "a single-model export (model.json)" if (folder / "model.json").is_file() else "no pipeline export"
+        raise DiffPruneError(f"{str(folder)!r} holds no pipeline.json; it is {what}. Text-to-image and latent "
+                             "pipelines are exported with `diffprune export arch:tiny-sd OUT` (or a diffusers pipeline "
+                             "folder); a pixel UNet export is sampled without a prompt.")
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DiffPruneError(f"{str(path)!r} is not valid JSON ({e}); re-run `diffprune export`.") from None
+    if not isinstance(spec, dict) or spec.get("format") != PIPELINE_FORMAT:
+        raise DiffPruneError(f"{str(path)!r} has format {spec.get('format') if isinstance(spec, dict) else None!r}; "
+                             f"this runtime reads {PIPELINE_FORMAT!r}. Re-export with this version of diffprune.")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise DiffPruneError(f"{str(path)!r} is a pipeline of kind {kind!r}; this runtime runs {', '.join(KINDS)}. "
+                             "Re-export with this version of diffprune, or upgrade the runtime.")
+    components = spec.get("components")
+    if not isinstance(components, dict):
+        raise DiffPruneError(f"{str(path)!r} lists no components; re-run `diffprune export`.")
+    for need in NEEDS[kind] + (("decoder",) if kind == "class-conditional" and spec.get("latent") else ()):
+        names = ("vae_decoder", "vq_decoder") if need == "decoder" else (need,)
+        if not any(n in components for n in names):
+            raise DiffPruneError(f"{str(path)!r} is a {kind} pipeline without a {' or '.join(names)} component; "
+                                 "re-run `diffprune export`.")
+    for name, sub in components.items():
+        if not (folder / sub / "model.json").is_file() and not (folder / sub / "engine.json").is_file():
+            raise DiffPruneError(f"The {name} component of {str(folder)!r} is missing: {str(folder / sub)!r} holds "
+                                 "no model.json. Copy the whole pipeline folder, or re-run `diffprune export`.")
+    return spec
+
+
+def scheduler_name(config: dict) -> str:
+    """The runtime scheduler for a diffusers scheduler config (its ``_class_name``)."""
+    cls = (config or {}).get("_class_name")
+    if cls in SCHEDULER_CLASSES:
+        return SCHEDULER_CLASSES[cls]
+    raise DiffPruneError(
+        f"The pipeline's scheduler is {cls or 'unnamed'}, which the runtime does not implement; it has "
+        f"{', '.join(f'{v} ({k})' for k, v in SCHEDULER_CLASSES.items())}. Choose one (--scheduler / scheduler=): "
+        "it is built from the same noise schedule (betas, prediction type), as diffusers' from_config does.")
+
+
+def _as_list(value, n: int, what: str) -> list:
+    values = [value] * n if value is None or isinstance(value, str) else list(value)
+    if len(values) != n:
+        raise DiffPruneError(f"{len(values)} {what}s given for {n} images; give one, or one per image.")
+    return values
+
+
+class Pipeline:
+    """An exported pipeline on one backend. ``with Pipeline(folder) as pipe: images = pipe.generate("a cat")``.
+
+    ``backend``/``threads`` as for :func:`open_runner`, for every component alike. After ``generate``,
+    ``last_timing`` holds seconds per component (text encoders, UNet, decoder), the sampler's own part
+    (tokenizing, noise, scheduler steps, guidance, uint8), the total, and the UNet calls.
+    """
+
+    def __init__(self, folder, backend: str = "auto", threads: int | None = None):
+        self.folder = Path(folder)
+        self.spec = read_pipeline(self.folder)
+        self.kind = self.spec["kind"]
+        self.backend, self.threads = backend, threads
+        self.runners, self.tokenizers = {}, {}
+        self.scheduler_config = dict(self.spec.get("scheduler") or {})
+        self.guidance = dict(self.spec.get("guidance") or {})
+        self.latent = self.spec.get("latent")
+        self.decoder = next((n for n in ("vae_decoder", "vq_decoder") if n in self.spec["components"]), None)
+        self.last_timing, self.notes = {}, []
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def open(self):
+        from .runners import open_runner
+        from .text import ClipTokenizer
+
+        try:
+            for name, sub in self.spec["components"].items():
+                self.runners[name] = open_runner(self.folder / sub, self.backend, threads=self.threads).open()
+            for encoder in ("text_encoder", "text_encoder_2"):
+                if encoder in self.runners:
+                    sub = (self.spec.get("tokenizers") or {}).get(encoder, encoder.replace("text_encoder", "tokenizer"))
+                    self.tokenizers[encoder] = ClipTokenizer.from_folder(self.folder / sub, embedded=True)
+        except BaseException:
+            self.close()
+            raise
+        unet = self.runners["unet"]
+        wanted = {"text-to-image": {"encoder_hidden_states"},
+                  "text-to-image-xl": {"encoder_hidden_states", "text_embeds", "time_ids"},
+                  "class-conditional": {"class_labels"}}.get(self.kind, set())
+        if set(unet.conditioning) != wanted:
+            self.close()
+            raise DiffPruneError(
+                f"The UNet in {str(self.folder)!r} takes {', '.join(unet.conditioning) or 'no conditioning'}, but the "
+                f"pipeline is {self.kind}, whose UNet takes {', '.join(sorted(wanted)) or 'none'}. The export is "
+                "inconsistent: re-run `diffprune export`.")
+        return self
+
+    def close(self):
+        for runner in self.runners.values():
+            runner.close()
+        self.runners = {}
+
+    # -- conditioning -----------------------------------------------------------------------------------
+
+    def _tokens(self, encoder: str, prompts: list) -> np.ndarray:
+        tokens = self.tokenizers[encoder](prompts)
+        if tokens.truncated:
+            tok = self.tokenizers[encoder]
+            first = {}  # one row per distinct prompt
+            for i in tokens.truncated:
+                first.setdefault(prompts[i], i)
+            note = (f"{len(first)} prompt(s) longer than {tok.max_length} tokens were truncated, as CLIP (and diffusers) "
+                    f"truncate them; what the model reads ends at "
+                    + "; ".join(repr("..." + tok.decode(tokens.ids[i])[-40:]) for i in list(first.values())[:3]) + ".")
+            if note not in self.notes:
+                self.notes.append(note)
+                warnings.warn(note, PromptTruncated, stacklevel=3)
+        return tokens.ids  # (B, 77) int64
+
+    def _encode(self, encoder: str, prompts: list) -> dict:
+        runner = self.runners[encoder]
+        return _infer_in_chunks(runner, {"input_ids": self._tokens(encoder, prompts)})
+
+    def conditioning(self, prompts: list, negatives: list, cfg: bool) -> dict:
+        """The UNet's conditioning inputs for the (doubled, with ``cfg``) batch, rows [uncond; cond]."""
+        b = len(prompts)
+        if self.kind == "text-to-image":
+            texts = ([n if n is not None else "" for n in negatives] if cfg else []) + prompts
+            return {"encoder_hidden_states": self._encode("text_encoder", texts)["hidden_states"]}  # (2B, 77, D)
+        # SDXL: both encoders; a negative left as None is zeros where the pipeline forces them (diffusers'
+        # force_zeros_for_empty_prompt, default True), else the empty prompt.
+        zeros = cfg and all(n is None for n in negatives) and bool((self.spec.get("xl") or {}).get(
+            "force_zeros_for_empty_prompt", True))
+        texts = prompts if (zeros or not cfg) else [n if n is not None else "" for n in negatives] + prompts
+        first = self._encode("text_encoder", texts)
+        second = self._encode("text_encoder_2", texts)
+        hidden = np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1)  # (B', 77, D1 + D2)
+        pooled = second["text_embeds"]  # (B', P)
+        if zeros:
+            hidden = np.concatenate([np.zeros_like(hidden), hidden])
+            pooled = np.concatenate([np.zeros_like(pooled), pooled])
+        h, w = self.image_size
+        time_ids = (self.spec.get("xl") or {}).get("add_time_ids") or [h, w, 0, 0, h, w]
+        rows = 2 * b if cfg else b
+        return {"encoder_hidden_states": hidden.astype(np.float32, copy=False),
+                "text_embeds": pooled.astype(np.float32, copy=False),
+                "time_ids": np.tile(np.asarray(time_ids, np.float32), (rows, 1))}  # (2B, 6)
+
+    @property
+    def image_size(self) -> tuple:
+        size = (self.spec.get("image") or {}).get("size")
+        if size:
+            return tuple(size)
+        unet = self.runners["unet"]
+        factor = (self.latent or {}).get("vae_factor", 8) if self.decoder else 1
+        return tuple(int(s) * factor for s in unet.sample_size)
+
+    # -- sampling ---------------------------------------------------------------------------------------
+
+    def generate(self, prompt=None, n: int | None = None, negative_prompt=None, guidance: float | None = None,
+                 steps: int = 50, scheduler: str | None = None, seed: int = 0, batch: int | None = None,
+                 noise: np.ndarray | None = None, class_labels=None, eta: float = 0.0, output: str = "uint8"):
+        """Images for ``prompt`` (a string for all ``n`` images, or one per image): uint8 (N, H, W, C), or float32
+        (N, C, H, W) in [-1, 1] with ``output="float"``.
+
+        ``negative_prompt`` (one, or one per image; default the pipeline's), ``guidance`` (default the
+        pipeline's, 7.5 for Stable Diffusion; <= 1 turns guidance off), ``scheduler`` (ddim, ddpm,
+        dpm-solver++, euler; default the pipeline's own class), ``batch`` images per UNet call (doubled with
+        guidance), ``noise`` (N, C, h, w) standard normal starting latents in place of the seeded draw (scaled
+        by init_noise_sigma, as diffusers scales its ``latents=``), ``class_labels`` for class-conditional UNets.
+        """
+        from .schedulers import make_scheduler
+
+        if not self.runners:
+            raise DiffPruneError("The pipeline is not open; use `with Pipeline(folder) as pipe:` (or call open()).")
+        started = time.perf_counter()
+        before = {name: r.seconds for name, r in self.runners.items()}
+        calls_before = self.runners["unet"].calls
+        text = self.kind in TEXT_KINDS
+        # 1. what to generate
+        if text:
+            if prompt is None:
+                raise DiffPruneError(f"This is a {self.kind} pipeline: give a prompt (--prompt \"a photo of a cat\").")
+            prompts = [prompt] * (n or 1) if isinstance(prompt, str) else list(prompt)
+            n = len(prompts)
+            prompts = _as_list(prompts, n, "prompt")
+            if any(not isinstance(p, str) for p in prompts):
+                raise DiffPruneError("Prompts must be strings.")
+        else:
+            if prompt is not None or negative_prompt is not None:
+                raise DiffPruneError(f"This is a {self.kind} pipeline, which takes no prompt (its UNet has no text "
+                                     "conditioning); leave --prompt and --negative-prompt out, or export a "
+                                     "text-to-image pipeline.")
+            n = n or (len(class_labels) if class_labels is not None and not np.isscalar(class_labels) else 1)
+            prompts = [None] * n
+        if n < 1:
+            raise DiffPruneError(f"n {n} must be at least 1.")
+        g = float(self.guidance.get("scale", 7.5 if text else 1.0) if guidance is None else guidance)
+        if not np.isfinite(g) or g < 0:
+            raise DiffPruneError(f"Guidance scale {guidance} is not allowed; give a number >= 0 (7.5 is Stable "
+                                 "Diffusion's default; <= 1 turns classifier-free guidance off).")
+        cfg = g > 1.0
+        if cfg and not text:
+            raise DiffPruneError(f"Guidance scale {g} needs a text-conditioned pipeline; this {self.kind} pipeline "
+                                 "samples without classifier-free guidance: use a scale of 1.")
+        default_negative = self.guidance.get("negative_prompt") or None
+        negatives = _as_list(default_negative if negative_prompt is None else negative_prompt, n, "negative prompt")
+        labels = None
+        if self.kind == "class-conditional":
+            if class_labels is None:
+                raise DiffPruneError("This is a class-conditional pipeline: give class labels (--class-label 3).")
+            labels = np.asarray([int(class_labels)] * n if np.isscalar(class_labels) else list(class_labels), np.int64)
+            classes = self.spec.get("num_classes")
+            if labels.shape != (n,) or (classes and (labels.min() < 0 or labels.max() >= classes)):
+                raise DiffPruneError(f"class_labels {labels.tolist()} must be one per image (n={n}), each in "
+                                     f"0..{(classes or 0) - 1}.")
+        elif class_labels is not None:
+            raise DiffPruneError(f"class_labels apply to class-conditional pipelines; this one is {self.kind}.")
+        # 2. scheduler, batch
+        name = scheduler or scheduler_name(self.scheduler_config)
+        kwargs = {"eta": eta} if name == "ddim" else {}
+        if eta and name != "ddim":
+            raise DiffPruneError(f"eta applies to the ddim scheduler only, not {name}.")
+        sched = make_scheduler(name, self.scheduler_config, **kwargs)
+        sched.set_timesteps(steps)  # first: Euler's init_noise_sigma depends on the timesteps
+        unet = self.runners["unet"]
+        lo, hi = unet.batch_range
+        mult = 2 if cfg else 1
+        most = hi // mult
+        if most < 1:
+            raise DiffPruneError(f"The UNet's batch range {lo}..{hi} cannot hold the doubled batch guidance needs; "
+                                 "re-export with a larger --max-batch.")
+        batch = batch or max(1, min(n, most))
+        if not 1 <= batch <= most:
+            raise DiffPruneError(f"batch {batch} is outside 1..{most}: the UNet takes at most {hi} samples per call"
+                                 + (" and guidance doubles the batch" if cfg else "") + ".")
+        shape = (unet.in_channels, *unet.sample_size)
+        if noise is not None:
+            noise = np.asarray(noise, dtype=np.float32)
+            if noise.shape != (n, *shape):
+                raise DiffPruneError(f"noise has shape {noise.shape}; expected {(n, *shape)} (N, C, h, w).")
+        out = []
+        for start in range(0, n, batch):
+            idx = list(range(start, min(start + batch, n)))
+            pad = max(0, -(-lo // mult) - len(idx))  # a short last batch below the UNet's minimum: pad, then drop
+            rows = idx + [idx[-1]] * pad
+            x = noise[rows] * np.float32(sched.init_noise_sigma) if noise is not None else \
+                initial_noise(shape, rows, seed, sched.init_noise_sigma)
+            cond = self.conditioning([prompts[i] for i in rows], [negatives[i] for i in rows], cfg) if text else {}
+            if labels is not None:
+                cond = {"class_labels": labels[rows]}
+            x = self._denoise(sched, steps, x, cond, g if cfg else None, step_rngs(idx, seed, pad))
+            out.append(self.decode(x)[: len(idx)])
+        images = np.concatenate(out)
+        total = time.perf_counter() - started
+        spent = {name: r.seconds - before[name] for name, r in self.runners.items()}
+        text_s = sum(v for k, v in spent.items() if k.startswith("text_encoder"))
+        decoder_s = spent.get(self.decoder, 0.0) if self.decoder else 0.0
+        self.last_timing = {"total_s": total, "text_encoder_s": text_s, "unet_s": spent["unet"], "decoder_s": decoder_s,
+                            "sampler_s": total - text_s - spent["unet"] - decoder_s,
+                            "unet_calls": unet.calls - calls_before, "guidance": g, "scheduler": name, "steps": steps}
+        return images if output == "float" else to_uint8(images)
+
+    def _denoise(self, sched, steps: int, x: np.ndarray, cond: dict, guidance, rngs) -> np.ndarray:
+        unet = self.runners["unet"]
+        sched.set_timesteps(steps)
+        for k, t in enumerate(sched.timesteps):
+            x_in = sched.scale_model_input(x, t)  # (B, C, h, w)
+            if guidance is not None:
+                x_in = np.concatenate([x_in, x_in])  # (2B, C, h, w): [uncond; cond]
+            eps = unet(x_in, np.full((len(x_in),), float(t), np.float32), **cond)
+            if guidance is not None:
+                eps_u, eps_c = np.split(eps, 2)
+                eps = eps_u + np.float32(guidance) * (eps_c - eps_u)
+            if not np.isfinite(eps).all():
+                raise DiffPruneError(
+                    f"The UNet produced NaN/Inf at step {k + 1} of {steps} (timestep {float(t):g}) on backend "
+                    f"{unet.backend}. With an fp16 export this is overflow: use the fp32 export, or keep more ops "
+                    "in fp32. No images were written.")
+            x = sched.step(eps, t, x, noise=step_noise(rngs, x.shape[1:]) if sched.needs_noise else None).prev_sample
+        return x
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """(B, C, h, w) latents -> (B, 3, H, W) float32 about [-1, 1] (the pixel UNet's sample as it is)."""
+        if self.decoder is None:
+            return latents
+        latent = self.latent or {}
+        z = latents / np.float32(latent.get("scaling_factor") or 1.0)
+        if latent.get("shift_factor") is not None:
+            z = z + np.float32(latent["shift_factor"])
+        return _infer_in_chunks(self.runners[self.decoder], {"latent_sample": z.astype(np.float32)})["sample"]
+
+
+def _infer_in_chunks(runner, feeds: dict) -> dict:
+    """``runner.infer`` over a batch larger than the component takes (chunks of its maximum), or smaller than
+    its minimum (padded with the last row, then dropped)."""
+    lo, hi = runner.batch_range
+    b = len(next(iter(feeds.values())))
+    parts = []
+    for start in range(0, b, hi):
+        chunk = {k: v[start:start + hi] for k, v in feeds.items()}
+        m = len(next(iter(chunk.values())))
+        if m < lo:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], lo - m, axis=0)]) for k, v in chunk.items()}
+        parts.append({k: v[:m] for k, v in runner.infer(chunk).items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
