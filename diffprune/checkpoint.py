@@ -86,12 +86,27 @@ def pipeline_source(src):
     return None
 
 
-# What model_index.json names for each component of a built-in pipeline (diffusers' library, class).
-_INDEX_ENTRIES = {
-    "vae": ["diffusers", "AutoencoderKL"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "tokenizer_2": ["transformers", "CLIPTokenizer"],
-}
+def write_builtin_parts(arch: str, folder: Path, vae=None) -> dict:
+    """The text encoder(s), tokenizer(s) and VAE of the built-in pipeline ``arch`` (seeded weights; ``vae``
+    replaces the VAE) into ``folder``, as save_pretrained lays them out; returns model_index.json's entries."""
+    from .latents import VAE_SETUPS, build_vae
+    from .text import TEXT_SETUPS, build_text_encoder
+
+    xl = arch in TEXT_SETUPS and len(TEXT_SETUPS[arch][0]) == 2
+    index = {"_class_name": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline"}
+    encoder = build_text_encoder(arch)
+    for i, (tokenizer, text_model) in enumerate(encoder.parts if encoder else []):
+        suffix = f"_{i + 1}" if i else ""
+        text_model.save_pretrained(folder / f"text_encoder{suffix}")
+        tokenizer.save(folder / f"tokenizer{suffix}")
+        index[f"text_encoder{suffix}"] = ["transformers", type(text_model).__name__]
+        index[f"tokenizer{suffix}"] = ["transformers", "CLIPTokenizer"]
+    if vae is not None or arch in VAE_SETUPS:
+        (vae or build_vae(VAE_SETUPS[arch])).save_pretrained(folder / "vae")
+        index["vae"] = ["diffusers", "AutoencoderKL"]
+    if not xl:  # the SD pipelines' optional parts, absent (as in a pipeline saved without them)
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+    return index
 
 
 def _carry_components(carried, tmp: Path, model, scheduler_config: dict) -> None:
@@ -114,21 +129,7 @@ def _carry_components(carried, tmp: Path, model, scheduler_config: dict) -> None
             elif entry.name != "model_index.json":
                 shutil.copyfile(entry, tmp / entry.name)
     else:
-        from .latents import VAE_SETUPS, build_vae
-        from .text import build_text_encoder
-
-        sdxl = "addition_embed_type" in model.config and model.config.addition_embed_type == "text_time"
-        index = {"_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"}
-        encoder = build_text_encoder(where)
-        for i, (tokenizer, text_model) in enumerate(encoder.parts if encoder else []):
-            suffix = f"_{i + 1}" if i else ""
-            text_model.save_pretrained(tmp / f"text_encoder{suffix}")
-            tokenizer.save(tmp / f"tokenizer{suffix}")
-            index[f"text_encoder{suffix}"] = ["transformers", type(text_model).__name__]
-            index[f"tokenizer{suffix}"] = _INDEX_ENTRIES["tokenizer"]
-        if where in VAE_SETUPS:
-            build_vae(VAE_SETUPS[where]).save_pretrained(tmp / "vae")
-            index["vae"] = _INDEX_ENTRIES["vae"]
+        index = write_builtin_parts(where, tmp)
     index.update({
         "_diffusers_version": versions().get("diffusers", "?"),
         "unet": ["diffusers", type(model).__name__],

@@ -127,6 +127,18 @@ ARCHITECTURES = {
 # the text-conditioned digits pipeline (a pipeline folder: unet/, text_encoder/, tokenizer/, scheduler/).
 BUILTIN_MODELS = ("builtin:digits-ddpm", "builtin:digits-text")
 
+# Noise schedules of the built-in architectures' pipelines (arch: sources carry no scheduler folder;
+# load_source gives them, so pruning, fine-tuning and export of arch:sd15 all use SD's). SD 1.x/2.x
+# ship PNDM with these betas; DDIM with the same betas and offset is the runtime's equivalent (diffusers'
+# DDIMScheduler.from_config(pipe.scheduler.config)). SDXL ships EulerDiscreteScheduler.
+_SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 prediction_type="epsilon", steps_offset=1, timestep_spacing="leading")
+SD_SCHEDULER = {"_class_name": "DDIMScheduler", **_SD_BETAS, "clip_sample": False, "set_alpha_to_one": False}
+SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", **_SD_BETAS, "interpolation_type": "linear",
+                  "use_karras_sigmas": False}
+ARCH_SCHEDULERS = {"sd15": SD_SCHEDULER, "sd21-base": SD_SCHEDULER, "tiny-sd": SD_SCHEDULER,
+                   "sdxl": SDXL_SCHEDULER, "tiny-sdxl": SDXL_SCHEDULER}
+
 # The denoising schedule of the paper's DDPM models; used when a source carries no scheduler config.
 DEFAULT_SCHEDULER = {
     "_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001,
@@ -210,7 +222,7 @@ def load_source(src, device="cpu"):
         src = str(path)
     if src.startswith("arch:"):
         arch = src[len("arch:"):]
-        return build_unet(arch), dict(DEFAULT_SCHEDULER), {"source": src, "weights": "random (seed 0)"}
+        return build_unet(arch), dict(ARCH_SCHEDULERS.get(arch, DEFAULT_SCHEDULER)), {"source": src, "weights": "random (seed 0)"}
     path = Path(src)
     if path.exists():
         if not path.is_dir():

@@ -43,6 +43,8 @@ import numpy as np
 from diffprune._io import atomic_dir, check_writable
 from diffprune.errors import DiffPruneError
 
+from diffprune.models import SD_SCHEDULER, SDXL_SCHEDULER  # noqa: F401 (re-exported)
+
 from .onnx import _export, _quiet_exporter, check_options, export_unet, weights_sha256, write_graph
 
 FORMAT = "diffprune.pipeline/1"
@@ -53,14 +55,6 @@ PIPELINE_CLASSES = {
     "StableDiffusionPipeline": "text-to-image", "StableDiffusionXLPipeline": "text-to-image-xl",
     "LDMPipeline": "latent", "DDPMPipeline": "pixel", "DDIMPipeline": "pixel",
 }
-# Noise schedules of the built-in architectures' pipelines (arch: sources carry no scheduler folder). SD 1.x/2.x
-# ship PNDM with these betas; DDIM with the same betas and offset is the runtime's equivalent (diffusers'
-# DDIMScheduler.from_config(pipe.scheduler.config)). SDXL ships EulerDiscreteScheduler.
-_SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 prediction_type="epsilon", steps_offset=1, timestep_spacing="leading")
-SD_SCHEDULER = {"_class_name": "DDIMScheduler", **_SD_BETAS, "clip_sample": False, "set_alpha_to_one": False}
-SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", **_SD_BETAS, "interpolation_type": "linear",
-                  "use_karras_sigmas": False}
 # Defaults of the diffusers pipelines' __call__ (guidance_scale): SD 7.5, SDXL 5.0. Class-conditional
 # UNet2DModels have no null class to guide against, so no guidance (scale 1).
 GUIDANCE = {"text-to-image": 7.5, "text-to-image-xl": 5.0}
@@ -106,31 +100,20 @@ def save_pipeline_folder(arch: str, folder, vae=None) -> Path:
     For tests and comparisons with diffusers and optimum, which read pipeline folders. ``vae`` replaces the VAE."""
     import diffusers
 
-    from diffprune.latents import VAE_SETUPS, build_vae
-    from diffprune.models import build_unet
-    from diffprune.text import build_text_encoder
+    from diffprune.checkpoint import write_builtin_parts
+    from diffprune.models import ARCH_SCHEDULERS, build_unet
 
     kind = pipeline_kind(f"arch:{arch}")
     if not kind.startswith("text-to-image"):
         raise DiffPruneError(f"arch:{arch} is a {kind} model; save_pipeline_folder writes text-to-image pipelines.")
     folder = Path(folder)
     check_writable(folder, False)
-    scheduler = SDXL_SCHEDULER if kind == "text-to-image-xl" else SD_SCHEDULER
+    scheduler = ARCH_SCHEDULERS[arch]
     with atomic_dir(folder) as tmp:
         build_unet(arch).save_pretrained(tmp / "unet")
-        text = build_text_encoder(arch)
-        index = {"_class_name": "StableDiffusionXLPipeline" if kind == "text-to-image-xl" else "StableDiffusionPipeline",
-                 "_diffusers_version": diffusers.__version__, "unet": ["diffusers", "UNet2DConditionModel"],
-                 "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", scheduler["_class_name"]]}
-        for i, (tokenizer, model) in enumerate(text.parts):
-            suffix = f"_{i + 1}" if i else ""
-            model.save_pretrained(tmp / f"text_encoder{suffix}")
-            tokenizer.save(tmp / f"tokenizer{suffix}")
-            index[f"text_encoder{suffix}"] = ["transformers", type(model).__name__]
-            index[f"tokenizer{suffix}"] = ["transformers", "CLIPTokenizer"]
-        if kind == "text-to-image":  # the SD pipelines' optional parts, absent (as in a pipeline saved without them)
-            index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
-        (vae or build_vae(VAE_SETUPS[arch])).save_pretrained(tmp / "vae")
+        index = write_builtin_parts(arch, tmp, vae=vae)
+        index.update({"_diffusers_version": diffusers.__version__, "unet": ["diffusers", "UNet2DConditionModel"],
+                      "scheduler": ["diffusers", scheduler["_class_name"]]})
         cls = getattr(diffusers, scheduler["_class_name"])
         cls.from_config({k: v for k, v in scheduler.items() if k != "_class_name"}).save_config(tmp / "scheduler")
         (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
@@ -208,7 +191,7 @@ def load_pipeline(src) -> Pipeline:
     """Load every part of the pipeline ``src`` (arch:NAME, a pipeline folder, or a pixel / class-conditional
     UNet folder), checking that the parts fit one another."""
     from diffprune.conditioning import conditioning
-    from diffprune.models import DEFAULT_SCHEDULER, _read_json, load_source
+    from diffprune.models import _read_json, load_source
 
     kind = pipeline_kind(src)
     src = str(src)
@@ -222,8 +205,7 @@ def load_pipeline(src) -> Pipeline:
 
         arch = src[len("arch:"):]
         text = build_text_encoder(arch)
-        scheduler = {"text-to-image": SD_SCHEDULER, "text-to-image-xl": SDXL_SCHEDULER}.get(kind, DEFAULT_SCHEDULER)
-        parts.update(text=text, scheduler=dict(scheduler), vae=build_vae(VAE_SETUPS[arch]) if arch in VAE_SETUPS else None,
+        parts.update(text=text, vae=build_vae(VAE_SETUPS[arch]) if arch in VAE_SETUPS else None,
                      source={"source": src, "format": "arch", "weights": "random (seed 0)"})
     else:
         folder = Path(src)
