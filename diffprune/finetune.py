@@ -360,6 +360,16 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         teacher_model = teacher_model.float().eval().requires_grad_(False).to(accelerator.device)
     cfg = student.config
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
+    # The pipeline's parts come from SRC when it has them (a pipeline folder, arch:NAME), else from the teacher's.
+    def pick(part, given):
+        if given is not None:
+            return given
+        for src in (model_or_folder, teacher):
+            if src is not None and FromSource(src, part).available():
+                return FromSource(src, part, accelerator.device)
+        return None
+
+    latent_vae = pick("vae", vae) if cond.kind == "none" else None  # an unconditional latent DDPM (LDM): its VQ/VAE
     if isinstance(data, str) and data.startswith("generate:") and cond.kind == "none":
         from .sampling import generate
 
@@ -367,22 +377,13 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         if count <= 0:
             raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0.")
         images = generate((teacher_model or student).to(accelerator.device).eval(), scheduler_config, count, seed=seed,
-                          progress=progress and accelerator.is_main_process)
+                          progress=progress and accelerator.is_main_process, clamp=latent_vae is None)
         student.train()
         examples = _Examples(cond, size, images, device=accelerator.device)
-    elif cond.kind != "none":
-        # The pipeline's parts come from SRC when it has them (a pipeline folder, arch:NAME), else from the teacher's.
-        def pick(part, given):
-            if given is not None:
-                return given
-            for src in (model_or_folder, teacher):
-                if src is not None and FromSource(src, part).available():
-                    return FromSource(src, part, accelerator.device)
-            return None
-
+    elif cond.kind != "none" or latent_vae is not None:
         examples, text_encoder, vae = _conditional_examples(
-            data, student, cond, pick("text_encoder", text_encoder), pick("vae", vae), caption_dropout, precompute,
-            num_images, seed, resize, accelerator.device)
+            data, student, cond, pick("text_encoder", text_encoder), latent_vae or pick("vae", vae), caption_dropout,
+            precompute, num_images, seed, resize, accelerator.device)
     else:
         examples = _Examples(cond, size, load_images(data, size, cfg.in_channels, limit=num_images, seed=seed, resize=resize),
                              device=accelerator.device)
@@ -409,10 +410,13 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
               "ema_decay": ema_decay, "mixed_precision": precision, "kd_weight": kd_weight, "seed": seed,
               "teacher": str(teacher) if teacher is not None else None, "num_images": len(examples),
               "conditioning": cond.kind}
+    latent_note = (f"{type(vae).__name__} (scaling_factor {vae.config.scaling_factor}), frozen, not saved"
+                   if vae is not None and not isinstance(vae, FromSource) else "none (pixel space)")
     if cond.text_width:
         config.update(caption_dropout=caption_dropout, precompute=precompute, text_encoder=text_encoder.source or "given",
-                      vae=f"AutoencoderKL (scaling_factor {vae.config.scaling_factor}), frozen, not saved" if vae is not None
-                      else "none (pixel space)")
+                      vae=latent_note)
+    elif latent_vae is not None:
+        config.update(vae=latent_note)
 
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = max(1, batch_size // world)

@@ -97,7 +97,10 @@ def vae_factor(vae) -> int:
 
 
 def encode(vae, images, micro_batch: int = 16):
-    """Images (N, 3, H, W) in [-1, 1] -> latents (N, C, H / f, W / f) times the VAE's scaling factor."""
+    """Images (N, 3, H, W) in [-1, 1] -> latents (N, C, H / f, W / f) times the VAE's scaling factor.
+
+    An AutoencoderKL gives its posterior mean; a VQModel (LDM) its encoder output before quantisation, what
+    latent diffusion trains on (Rombach et al. 2022, Sec. 3: the quantisation is part of the decoder)."""
     import torch
 
     device = next(vae.parameters()).device
@@ -106,8 +109,9 @@ def encode(vae, images, micro_batch: int = 16):
     with torch.no_grad():
         for start in range(0, images.shape[0], micro_batch):
             x = images[start:start + micro_batch].to(device)
-            mean = vae.encode(x).latent_dist.mean  # (b, C, h, w)
-            out.append(((mean - shift) * vae.config.scaling_factor).float().cpu())
+            encoded = vae.encode(x)
+            z = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents  # (b, C, h, w)
+            out.append(((z - shift) * vae.config.scaling_factor).float().cpu())
     return torch.cat(out)
 
 

@@ -289,7 +289,7 @@ def pipeline_component(folder, name: str) -> Path:
 class FromSource:
     """A pipeline component of a model source, loaded when first needed (``load()``), since most
     runs need neither: ``component`` is "text_encoder" (diffprune.text.TextEncoder) or "vae"
-    (AutoencoderKL). ``arch:NAME`` gives the built-in pipeline's (random weights), a pipeline folder
+    (AutoencoderKL, or an LDM pipeline's VQModel from vqvae/). ``arch:NAME`` gives the built-in pipeline's (random weights), a pipeline folder
     its subfolder (an error if missing), a bare or in-memory UNet none (None)."""
 
     COMPONENTS = ("text_encoder", "vae")
@@ -315,7 +315,11 @@ class FromSource:
 
             return self.src[len("arch:"):] in (TEXT_SETUPS if self.component == "text_encoder" else VAE_SETUPS)
         pipeline = self._pipeline()
-        return pipeline is not None and (pipeline / self.component).is_dir()
+        return pipeline is not None and any((pipeline / name).is_dir() for name in self._folders())
+
+    def _folders(self) -> tuple:
+        # An LDMPipeline's autoencoder is a VQModel in vqvae/; Stable Diffusion's an AutoencoderKL in vae/.
+        return ("vae", "vqvae") if self.component == "vae" else (self.component,)
 
     def load(self):
         src = self.src if isinstance(self.src, str) else None
@@ -344,8 +348,10 @@ class FromSource:
             for _, model in encoder.parts:
                 model.to(self.device)
             return encoder
-        from .latents import load_vae
+        from .latents import load_vae, load_vq
 
+        if self.component == "vae" and not (path / "vae").is_dir() and (path / "vqvae").is_dir():
+            return load_vq(path).to(self.device)
         return load_vae(path).to(self.device)
 
 

@@ -435,3 +435,30 @@ def test_a_pruned_conditional_unet_exports_with_its_conditioning_inputs(pruned, 
     assert [i["name"] for i in meta["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
     assert meta["conditioning"]["kind"] == "text" and meta["validation"]["passed"]
     assert meta["validation"]["max_abs_error"] <= 1e-4
+
+
+def test_an_ldm_pipeline_is_pruned_and_fine_tuned_on_its_vq_latents(tmp_path, monkeypatch):
+    """LDMPipeline (UNet2DModel over a VQModel, as ldm-celebahq-256 and the paper's ldm_prune.py): calibration
+    and training images go through the VQ encoder, and the outputs are LDM pipeline folders again."""
+    from diffusers import DDIMScheduler, LDMPipeline
+
+    import diffprune.latents as latents
+    from diffprune.finetune import finetune
+    from diffprune.latents import build_vq
+
+    folder = tmp_path / "ldm"
+    LDMPipeline(vqvae=build_vq("tiny"), unet=build_unet("tiny-attn"), scheduler=DDIMScheduler()).save_pretrained(folder)
+    shapes, encode = [], latents.encode
+    monkeypatch.setattr(latents, "encode", lambda vae, x, *a: shapes.append((type(vae).__name__, tuple(x.shape))) or encode(vae, x, *a))
+    out = tmp_path / "pruned"
+    assert main(["prune", str(folder), str(out), "--data", "builtin:digits", "--resize", "pad", "--ratio", "0.3",
+                 "--max-timesteps", "2", "--num-images", "4", "--quiet"]) == 0
+    assert shapes == [("VQModel", (4, 3, 32, 32))]  # 16x16 latents of a factor-2 VQ: 32x32 RGB images
+    assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "scheduler", "unet", "vqvae"]
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "LDMPipeline"
+    finetune(str(out), tmp_path / "ft", data="builtin:digits", resize="pad", num_images=4, steps=2, batch_size=2,
+             warmup_steps=1, ema_decay=0, device="cpu", progress=False, checkpoint_every=0)
+    assert shapes[-1] == ("VQModel", (2, 3, 32, 32))  # encoded batch by batch (no --precompute)
+    info = json.loads((tmp_path / "ft" / "unet" / "pruning.json").read_text())["finetune"]
+    assert info["vae"].startswith("VQModel (scaling_factor")
+    assert (tmp_path / "ft" / "vqvae" / "config.json").is_file()
