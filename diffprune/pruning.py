@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
+from . import _distributed
 from .data import check_resize
 from .errors import DiffPruneError
 from .importance import CRITERIA, Calibration
@@ -46,6 +47,7 @@ class PruneReport:
     resize: str = "bilinear"  # how calibration images of another size were brought to the model's
     seconds: float = 0.0
     importance_seconds: float = 0.0
+    processes: int = 1  # processes that shared the calibration images (accelerate launch / torchrun)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +65,8 @@ class PruneReport:
         lines.append(f"method {self.method}, ratio {self.ratio:.3f}, round_to {self.round_to}, {self.seconds:.1f} s")
         if self.timesteps_used:
             t = self.timesteps_used
-            lines.append(f"importance from {len(t)} timesteps (t = {t[0]}..{t[-1]}), thr {self.thr}")
+            shared = f", images shared by {self.processes} processes" if self.processes > 1 else ""
+            lines.append(f"importance from {len(t)} timesteps (t = {t[0]}..{t[-1]}), thr {self.thr}{shared}")
         c = self.conditioning
         if c.get("kind", "none") != "none":
             text = f" ({c['text_inputs']})" if c.get("text_width") else ""
@@ -272,8 +275,6 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
         return encoded
 
     if generating:
-        from .sampling import generate
-
         try:
             count = int(data.split(":", 1)[1])
         except ValueError:
@@ -294,8 +295,7 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
                 text_inputs += (f", {len(prompts)} prompt{'s' if len(prompts) > 1 else ''}, images drawn with guidance "
                                 f"{GUIDANCE_SCALE}")
         inputs = cond.inputs(count, size, class_labels=class_labels, generator=generator, text=text)
-        images = generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs, uncond=uncond,
-                          guidance_scale=GUIDANCE_SCALE if uncond is not None else 1.0, clamp=not latent)
+        images = _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent)
     else:
         if prompts is not None:
             raise DiffPruneError("--prompts go with --data generate:N (the prompts the calibration images are drawn "
@@ -323,6 +323,30 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
     return calib, text_inputs
 
 
+def _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent):
+    """generate:N samples; with several processes each rank draws its share (the same starting noise and
+    conditioning rows one process would give those samples) and every rank receives all of them."""
+    import torch
+
+    from .conditioning import slice_inputs
+    from .sampling import generate
+
+    guidance = GUIDANCE_SCALE if uncond is not None else 1.0
+    rank, world = _distributed.world()
+    if world == 1:
+        return generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs, uncond=uncond,
+                        guidance_scale=guidance, clamp=not latent)
+    if count < world:
+        raise DiffPruneError(f"generate:{count} cannot be shared by {world} processes; draw at least {world} samples.")
+    lo, hi = _distributed.share(count)
+    # generate()'s own draw for all N samples, of which this rank takes its rows.
+    noise = torch.randn((count, model.config.in_channels, *size), generator=torch.Generator().manual_seed(seed))
+    part = generate(model, scheduler_config, hi - lo, seed=seed, progress=progress and rank == 0, noise=noise[lo:hi],
+                    inputs=slice_inputs(inputs, lo, hi), uncond=None if uncond is None else slice_inputs(uncond, lo, hi),
+                    guidance_scale=guidance, clamp=not latent)
+    return _distributed.gather_rows(part, count, _device(model))
+
+
 def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target_macs: float | None = None,
           data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
@@ -348,6 +372,10 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     encoder, text inputs are the empty-prompt stand-in (zeros; SDXL's default time ids), which gives
     cross-attention no gradient. ``text_encoder`` and ``vae`` may be ``diffprune.models.FromSource``
     loaders, loaded only when needed. Params and MACs are counted with the default inputs.
+
+    Inside an initialised torch.distributed group (``accelerate launch``, torchrun) each rank takes a share
+    of the calibration images and the gradients and losses are summed over the ranks
+    (diffprune.importance._gradients.accumulate_gradients): every rank returns the model one process would.
     """
     import torch
 
@@ -409,7 +437,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         calibration=calib.description if criterion.needs_data else "", resize=resize,
         conditioning=cond.to_dict(), no_gradient_groups=list(planner.no_signal),
         seconds=time.perf_counter() - started,
-        importance_seconds=importance_seconds,
+        importance_seconds=importance_seconds, processes=_distributed.world()[1],
     )
     return model.eval(), report
 
