@@ -114,7 +114,8 @@ def _load_optimizer(optimizer, tensors, meta):
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, config: dict, keep: int = 2):
+def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, config: dict, keep: int = 2,
+                    data_state: dict | None = None):
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,6 +131,8 @@ def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, con
             "step": step, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(), "ema": ema_meta,
             # Randomness is derived from (seed, step, rank): the seed and step are the whole RNG state.
             "rng": {"seed": config["seed"], "derived_from": "(seed, step, rank)"}, "config": config,
+            # Streamed data: where the next batch starts (diffprune.stream.Stream.state); None for data in memory.
+            "data": data_state,
         }, indent=1, default=str))
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -233,19 +236,12 @@ class _Examples:
         return out
 
 
-def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropout, precompute, num_images, seed, resize,
-                          device):
-    """Load ``data`` with what a conditional ``student`` needs; a clear error for what is missing."""
-    from .data import describe, load_calibration
-    from .latents import is_latent
-    from .models import FromSource, sample_size
+def _frozen_parts(data, student, cond, text_encoder, vae, device):
+    """(text encoder, VAE) a conditional ``student`` is trained with, loaded, frozen and on ``device``; a clear
+    error for what is missing. The VAE is None for pixel models."""
+    from .latents import is_latent, require_vae
+    from .models import FromSource
 
-    size = sample_size(student)
-    if isinstance(data, str) and data.startswith("generate:"):
-        raise DiffPruneError(
-            f"Data {data!r}: fine-tuning a conditional model ({cond.kind}) on samples drawn from a model is not "
-            "supported yet. Give images with their conditioning: builtin:digits, an .npz with labels, a folder with "
-            "same-stem .txt captions, or a .jsonl of {\"image\", \"text\", \"label\"} lines.")
     latent = is_latent(student, cond, vae)
     if cond.text_width:
         if isinstance(text_encoder, FromSource):
@@ -258,29 +254,92 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
         text_encoder.check_fits(cond)
         for _, model in text_encoder.parts:
             model.to(device).eval().requires_grad_(False)
-    if latent:
-        from .latents import load_latent_images
+    else:
+        text_encoder = None
+    vae = require_vae(data, cond, vae).to(device).eval().requires_grad_(False) if latent else None
+    return text_encoder, vae
 
-        vae, found = load_latent_images(data, student, cond, vae, num_images, seed, resize)
-        vae = vae.to(device).eval().requires_grad_(False)
+
+def _labels(found, data, cond):
+    """The class labels of ``found`` (diffprune.data.CalibrationData), checked; None for other models."""
+    from .data import describe
+
+    if not cond.num_classes:
+        return None
+    if found.labels is None or any(x is None for x in found.labels):
+        raise DiffPruneError(
+            f"Data {describe(data)!r} has no class label for every image, and this {cond.model_class} is "
+            f"class-conditional (num_class_embeds = {cond.num_classes}). Give labelled data: builtin:digits, an "
+            ".npz with a 'labels' array beside 'images', a .jsonl with a \"label\" on every line, or tar shards "
+            "with a NAME.cls beside every image.")
+    try:
+        return cond.check_labels([int(x) if hasattr(x, "__index__") else x for x in found.labels])
+    except DiffPruneError as e:
+        raise DiffPruneError(f"Data {describe(data)!r} holds class labels the model cannot take: {e}") from None
+
+
+def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropout, precompute, num_images, seed, resize,
+                          device):
+    """Load ``data`` with what a conditional ``student`` needs; a clear error for what is missing."""
+    from .data import load_calibration
+    from .latents import pixel_size
+    from .models import sample_size
+
+    size = sample_size(student)
+    if isinstance(data, str) and data.startswith("generate:"):
+        raise DiffPruneError(
+            f"Data {data!r}: fine-tuning a conditional model ({cond.kind}) on samples drawn from a model is not "
+            "supported yet. Give images with their conditioning: builtin:digits, an .npz with labels, a folder with "
+            "same-stem .txt captions, or a .jsonl of {\"image\", \"text\", \"label\"} lines.")
+    text_encoder, vae = _frozen_parts(data, student, cond, text_encoder, vae, device)
+    if vae is not None:
+        found = load_calibration(data, pixel_size(student, vae), vae.config.in_channels, limit=num_images, seed=seed,
+                                 resize=resize)
     else:
         found = load_calibration(data, size, student.config.in_channels, limit=num_images, seed=seed, resize=resize)
     if cond.text_width:
         found.require_captions(data, "fine-tuned")
-    labels = None
-    if cond.num_classes:
-        if found.labels is None or any(x is None for x in found.labels):
-            raise DiffPruneError(
-                f"Data {describe(data)!r} has no class label for every image, and this {cond.model_class} is "
-                f"class-conditional (num_class_embeds = {cond.num_classes}). Give labelled data: builtin:digits, an "
-                ".npz with a 'labels' array beside 'images', or a .jsonl with a \"label\" on every line.")
-        try:
-            labels = cond.check_labels([int(x) if hasattr(x, "__index__") else x for x in found.labels])
-        except DiffPruneError as e:
-            raise DiffPruneError(f"Data {describe(data)!r} holds class labels the model cannot take: {e}") from None
-    return _Examples(cond, size, found.images, labels=labels, captions=found.captions if cond.text_width else None,
-                     text_encoder=text_encoder if cond.text_width else None, vae=vae if latent else None,
+    return _Examples(cond, size, found.images, labels=_labels(found, data, cond),
+                     captions=found.captions if cond.text_width else None, text_encoder=text_encoder, vae=vae,
                      precompute=precompute, device=device), text_encoder, vae
+
+
+class _StreamedExamples:
+    """Batches read from disk as training goes (diffprune.stream), each an :class:`_Examples` with its
+    conditioning. Every rank walks the same global order; each decodes only its own rows of a batch."""
+
+    def __init__(self, data, seed, student, cond, size, resize, text_encoder=None, vae=None, device="cpu"):
+        from .latents import pixel_size
+        from .stream import Stream
+
+        self.stream = Stream(data, seed=seed)
+        self.data, self.seed, self.cond, self.size, self.resize, self.device = data, seed, cond, size, resize, device
+        self.text_encoder, self.vae = text_encoder, vae
+        self.pixels = pixel_size(student, vae) if vae is not None else size
+        self.channels = vae.config.in_channels if vae is not None else student.config.in_channels
+        self._warned = False
+
+    def _warn_once(self, message):
+        import sys
+
+        if not self._warned:  # every batch would say it again
+            self._warned = True
+            print(message, file=sys.stderr)
+
+    def next(self, total: int, first: int, count: int) -> "_Examples":
+        """Take the next ``total`` examples of the stream; decode rows [first, first + count) of them."""
+        from .data import CalibrationData, _convert, describe
+        from .stream import Stream
+
+        batch = Stream.read(self.stream.take(total)[first:first + count])
+        images = _convert(batch.images, describe(self.data), self.pixels, self.channels, None, self.seed, self.resize,
+                          self._warn_once)[0]
+        found = CalibrationData(images=images, captions=batch.captions, labels=batch.labels, files=batch.names)
+        if self.cond.text_width:
+            found.require_captions(self.data, "fine-tuned")
+        return _Examples(self.cond, self.size, images, labels=_labels(found, self.data, self.cond),
+                         captions=found.captions if self.cond.text_width else None, text_encoder=self.text_encoder,
+                         vae=self.vae, device=self.device)
 
 
 def _check_teacher(cond, teacher_cond):
@@ -306,7 +365,8 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
              teacher=None, kd_weight: float = 0.0, num_images: int | None = None, checkpoint_every: int = 500,
              checkpoint_dir=None, resume: bool = False, log_every: int = 10, seed: int = 0, device: str = "auto",
              overwrite: bool = False, progress: bool = True, callback=None, resize: str = "bilinear",
-             text_encoder=None, vae=None, caption_dropout: float = 0.1, precompute: bool = False) -> FinetuneReport:
+             text_encoder=None, vae=None, caption_dropout: float = 0.1, precompute: bool = False,
+             stream: bool = False) -> FinetuneReport:
     """Fine-tune ``model_or_folder`` on ``data`` for ``steps`` optimizer steps; save the EMA model to ``out``.
 
     ``data``: builtin:digits, an image folder, a .npy/.npz, or generate:N (N samples from the teacher,
@@ -323,6 +383,12 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     and defaults to the source's own, else the teacher's (a pipeline folder or arch:NAME).
     ``caption_dropout``: the fraction of captions replaced by the empty prompt (default 0.1).
     ``precompute``: encode the latents and text embeddings once before training instead of every batch.
+
+    ``stream``: read the data from disk batch by batch (diffprune.stream) instead of loading it: an image
+    folder or a JSONL; tar shards (a .tar, a folder of them, a glob) are always streamed. Streamed data is
+    read in seeded epochs (each example once per epoch) rather than drawn with replacement; its position
+    (epoch, shard, offset, seed) is saved in every checkpoint, so a resumed run still ends with the same
+    weights as an uninterrupted one.
     """
     import torch
     import torch.nn.functional as F
@@ -335,7 +401,8 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from .checkpoint import pipeline_source, read_info, save
     from .data import check_resize, load_images
     from .conditioning import conditioning
-    from .models import FromSource, load_source, versions
+    from .models import load_source, versions
+    from .stream import is_shards
 
     _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
            caption_dropout)
@@ -350,6 +417,9 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         check_writable(out, overwrite)
     torch.manual_seed(seed)  # module initialisation, if any, is seeded too
 
+    streaming = bool(stream) or is_shards(data)
+    if streaming:
+        _check_stream(data, precompute, num_images)
     student, scheduler_config, source = load_source(model_or_folder, device="cpu")
     cond = conditioning(student)
     student = student.float().train()
@@ -360,7 +430,13 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         teacher_model = teacher_model.float().eval().requires_grad_(False).to(accelerator.device)
     cfg = student.config
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
-    if isinstance(data, str) and data.startswith("generate:") and cond.kind == "none":
+    streamed = examples = None
+    if streaming:
+        text_encoder, vae = (None, None) if cond.kind == "none" else _frozen_parts(
+            data, student, cond, _pick("text_encoder", text_encoder, model_or_folder, teacher, accelerator.device),
+            _pick("vae", vae, model_or_folder, teacher, accelerator.device), accelerator.device)
+        streamed = _StreamedExamples(data, seed, student, cond, size, resize, text_encoder, vae, accelerator.device)
+    elif isinstance(data, str) and data.startswith("generate:") and cond.kind == "none":
         from .sampling import generate
 
         count = int(data.split(":", 1)[1]) if data.split(":", 1)[1].isdigit() else 0
@@ -371,17 +447,9 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         student.train()
         examples = _Examples(cond, size, images, device=accelerator.device)
     elif cond.kind != "none":
-        # The pipeline's parts come from SRC when it has them (a pipeline folder, arch:NAME), else from the teacher's.
-        def pick(part, given):
-            if given is not None:
-                return given
-            for src in (model_or_folder, teacher):
-                if src is not None and FromSource(src, part).available():
-                    return FromSource(src, part, accelerator.device)
-            return None
-
         examples, text_encoder, vae = _conditional_examples(
-            data, student, cond, pick("text_encoder", text_encoder), pick("vae", vae), caption_dropout, precompute,
+            data, student, cond, _pick("text_encoder", text_encoder, model_or_folder, teacher, accelerator.device),
+            _pick("vae", vae, model_or_folder, teacher, accelerator.device), caption_dropout, precompute,
             num_images, seed, resize, accelerator.device)
     else:
         examples = _Examples(cond, size, load_images(data, size, cfg.in_channels, limit=num_images, seed=seed, resize=resize),
@@ -404,10 +472,12 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
             raise DiffPruneError(f"--resume found no checkpoint in {str(checkpoint_dir)!r}. Start without --resume, "
                                  "or point --checkpoint-dir at the earlier run's checkpoints.")
         start_step = resumed_from = load_checkpoint(path, unwrapped, ema, optimizer, lr_scheduler)
+        _restore_data(path, streamed)
     config = {"data": str(data), "resize": resize, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
               "lr_schedule": lr_schedule, "weight_decay": weight_decay, "grad_clip": grad_clip, "grad_accum": grad_accum,
               "ema_decay": ema_decay, "mixed_precision": precision, "kd_weight": kd_weight, "seed": seed,
-              "teacher": str(teacher) if teacher is not None else None, "num_images": len(examples),
+              "teacher": str(teacher) if teacher is not None else None,
+              "num_images": len(examples) if examples is not None else None, "stream": streaming,
               "conditioning": cond.kind}
     if cond.text_width:
         config.update(caption_dropout=caption_dropout, precompute=precompute, text_encoder=text_encoder.source or "given",
@@ -424,11 +494,17 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         step_loss = 0.0
         for micro in range(grad_accum):
             g = torch.Generator().manual_seed(_stream(seed, step, rank, micro))
-            idx = torch.randint(0, len(examples), (per_rank,), generator=g)
-            x0 = examples.clean(idx)  # (B, C, H, W): pixels, or latents for latent models
+            if streamed is not None:
+                # The stream's next global micro-batch, in order; this rank reads its own rows of it.
+                batch = streamed.next(per_rank * world, rank * per_rank, per_rank)
+                idx = torch.arange(per_rank)
+            else:
+                batch = examples
+                idx = torch.randint(0, len(examples), (per_rank,), generator=g)
+            x0 = batch.clean(idx)  # (B, C, H, W): pixels, or latents for latent models
             noise = torch.randn(x0.shape, generator=g).to(x0.device)
             t = torch.randint(0, num_train, (per_rank,), generator=g).to(x0.device)
-            extra = examples.conditioning(idx, g, caption_dropout)  # the student's and the teacher's alike
+            extra = batch.conditioning(idx, g, caption_dropout)  # the student's and the teacher's alike
             a = alphas_cumprod[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
             target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
@@ -462,7 +538,8 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         if checkpoint_every and done % checkpoint_every == 0 and done < steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save_checkpoint(checkpoint_dir, done, unwrapped, ema, optimizer, lr_scheduler, config)
+                save_checkpoint(checkpoint_dir, done, unwrapped, ema, optimizer, lr_scheduler, config,
+                                data_state=streamed.stream.state() if streamed is not None else None)
         if callback is not None:
             callback(done, step_loss)
     bar.close()
@@ -500,6 +577,42 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
              pipeline=next((src for src in carried if pipeline_source(src)), None))
     accelerator.wait_for_everyone()
     return report
+
+
+def _pick(part, given, src, teacher, device):
+    """A frozen pipeline part: the one given, else SRC's (a pipeline folder, arch:NAME), else the teacher's."""
+    from .models import FromSource
+
+    if given is not None:
+        return given
+    for source in (src, teacher):
+        if source is not None and FromSource(source, part).available():
+            return FromSource(source, part, device)
+    return None
+
+
+def _check_stream(data, precompute, num_images):
+    if isinstance(data, str) and data.startswith("generate:"):
+        raise DiffPruneError(f"Data {data!r} is drawn into memory and cannot be streamed; leave out --stream.")
+    if precompute:
+        raise DiffPruneError("--precompute encodes the whole data set once before training, which streamed data "
+                             f"({data!r}) does not allow: its batches are encoded as they are read. Leave out one of them.")
+    if num_images is not None:
+        raise DiffPruneError(f"--num-images picks a subset of data held in memory; streamed data ({data!r}) is read "
+                             "whole, in seeded epochs. Leave out --num-images, or give a smaller folder or fewer shards.")
+
+
+def _restore_data(path, streamed) -> None:
+    """Put the stream back where the checkpoint ``path`` left it; refuse a checkpoint of the other kind."""
+    saved = json.loads((Path(path) / "state.json").read_text()).get("data")
+    if streamed is None and saved is not None:
+        raise DiffPruneError(f"The checkpoint {str(path)!r} was written by a run that streamed its data; resume it with "
+                             "--stream (stream=True) and the same data, or start afresh.")
+    if streamed is not None:
+        if saved is None:
+            raise DiffPruneError(f"The checkpoint {str(path)!r} was written by a run that held its data in memory; "
+                                 "resume it without --stream, or start afresh.")
+        streamed.stream.restore(saved)
 
 
 def _stream(seed: int, step: int, rank: int, micro: int) -> int:

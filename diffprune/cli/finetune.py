@@ -31,7 +31,8 @@ def register(subparsers):
     p.add_argument("out", metavar="OUT")
     p.add_argument("--data", default="builtin:digits",
                    help="folder (captions in same-stem .txt files), .npy/.npz (labels in 'labels'), .jsonl of "
-                        '{"image", "text", "label"} lines, builtin:digits (default, with labels) or generate:N')
+                        '{"image", "text", "label"} lines, tar shards (streamed, see --stream), builtin:digits '
+                        "(default, with labels) or generate:N")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000; the paper: 100K for CIFAR-10)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step (default 64)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
@@ -50,6 +51,10 @@ def register(subparsers):
     p.add_argument("--caption-dropout", type=float, default=0.1,
                    help="fraction of captions replaced by the empty prompt, so classifier-free guidance keeps working "
                         "(default 0.1)")
+    p.add_argument("--stream", action="store_true",
+                   help="read a folder or .jsonl from disk batch by batch, in seeded epochs, instead of loading it (for "
+                        "data that does not fit in memory); tar shards (a .tar, a folder of *.tar, or a glob such as "
+                        "'shards/*.tar': NAME.png + NAME.txt [+ NAME.cls] members) are always streamed")
     p.add_argument("--precompute", action="store_true",
                    help="encode the VAE latents and text embeddings once before training, not every batch")
     p.add_argument("--resize", default="bilinear", choices=RESIZE_MODES,
@@ -82,6 +87,7 @@ def run(args) -> int:
         num_images=args.num_images, checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, log_every=args.log_every, seed=args.seed, device=args.device,
         overwrite=args.overwrite, progress=not args.quiet, caption_dropout=args.caption_dropout, precompute=args.precompute,
+        stream=args.stream,
         text_encoder=FromSource(args.pipeline, "text_encoder") if args.pipeline else None,
         vae=FromSource(args.pipeline, "vae") if args.pipeline else None,
     )
