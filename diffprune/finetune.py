@@ -18,6 +18,7 @@ uninterrupted run drew and ends with the same weights: the data position is the 
 checkpoint holds, and no data-loader state needs saving.
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -52,7 +53,7 @@ class FinetuneReport:
 
 
 def _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
-           caption_dropout=0.0):
+           caption_dropout=0.0, feature_kd_weight=0.0):
     if not 0 <= caption_dropout <= 1:
         raise DiffPruneError(f"caption_dropout {caption_dropout} is out of range; allowed 0 <= p <= 1 (0.1 is usual: "
                              "one caption in ten replaced by the empty prompt, so classifier-free guidance keeps working).")
@@ -67,6 +68,11 @@ def _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precisio
     if kd_weight > 0 and teacher is None:
         raise DiffPruneError("kd_weight > 0 distils from a teacher, but no teacher was given: pass teacher= "
                              "(CLI --teacher) with the dense model, or set kd_weight to 0.")
+    if feature_kd_weight < 0:
+        raise DiffPruneError(f"feature_kd_weight {feature_kd_weight} must be >= 0 (0 = off; BK-SDM uses 1).")
+    if feature_kd_weight > 0 and teacher is None:
+        raise DiffPruneError("feature_kd_weight > 0 distils the teacher's block outputs, but no teacher was given: pass "
+                             "teacher= (CLI --teacher) with the dense model, or set feature_kd_weight to 0.")
     if mixed_precision not in MIXED_PRECISION:
         raise DiffPruneError(f"mixed_precision {mixed_precision!r} is unknown; allowed: {', '.join(MIXED_PRECISION)}.")
     if lr_schedule not in LR_SCHEDULES:
@@ -115,7 +121,7 @@ def _load_optimizer(optimizer, tensors, meta):
 
 
 def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, config: dict, keep: int = 2,
-                    data_state: dict | None = None):
+                    data_state: dict | None = None, projector=None):
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,6 +130,9 @@ def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, con
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         if ema is not None:
             save_file({f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, str(tmp / "ema.safetensors"))
+        if projector is not None:  # feature distillation's 1x1 maps train too, and the optimizer holds their state
+            save_file({k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()},
+                      str(tmp / "feature_kd.safetensors"))
         tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} if ema is not None else None
@@ -144,7 +153,7 @@ def latest_checkpoint(folder: Path):
     return steps[-1] if steps else None
 
 
-def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler) -> int:
+def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler, projector=None) -> int:
     from safetensors.torch import load_file
 
     try:
@@ -156,6 +165,8 @@ def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler) -> int:
                 p.copy_(shadow[str(i)])
             for key, value in (state["ema"] or {}).items():
                 setattr(ema, key, value)
+        if projector is not None:
+            projector.load_state_dict(load_file(str(path / "feature_kd.safetensors")), strict=True)
         _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
     except (OSError, KeyError, ValueError, RuntimeError) as e:
@@ -366,12 +377,14 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
              checkpoint_dir=None, resume: bool = False, log_every: int = 10, seed: int = 0, device: str = "auto",
              overwrite: bool = False, progress: bool = True, callback=None, resize: str = "bilinear",
              text_encoder=None, vae=None, caption_dropout: float = 0.1, precompute: bool = False,
-             stream: bool = False) -> FinetuneReport:
+             stream: bool = False, feature_kd_weight: float = 0.0) -> FinetuneReport:
     """Fine-tune ``model_or_folder`` on ``data`` for ``steps`` optimizer steps; save the EMA model to ``out``.
 
     ``data``: builtin:digits, an image folder, a .npy/.npz, or generate:N (N samples from the teacher,
     or from the model itself without one). ``teacher`` + ``kd_weight``: the student also matches the
-    teacher's prediction on the same noisy input. Checkpoints go to ``checkpoint_dir`` (default
+    teacher's prediction on the same noisy input; ``feature_kd_weight`` adds BK-SDM's feature term, the
+    error at every down/mid/up block output through learned 1x1 maps where the widths differ
+    (diffprune.feature_kd; the maps are checkpointed but not saved with the model). Checkpoints go to ``checkpoint_dir`` (default
     OUT.ckpt) every ``checkpoint_every`` steps; ``resume=True`` continues from the latest one.
     ``callback(step, loss)`` is called after every step (raise inside it to stop). Images of another
     size reach the model's by ``resize`` (bilinear, pad or center-crop; see diffprune.data).
@@ -405,7 +418,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from .stream import is_shards
 
     _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
-           caption_dropout)
+           caption_dropout, feature_kd_weight)
     check_resize(resize)
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
@@ -457,10 +470,22 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     alphas_cumprod, prediction, num_train = _targets(scheduler_config)
     alphas_cumprod = alphas_cumprod.to(accelerator.device)
 
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
+    projector = taps = None
+    if feature_kd_weight > 0:
+        from . import feature_kd
+
+        projector = feature_kd.projections(student, teacher_model, seed).to(accelerator.device)
+        taps = feature_kd.Tap(student), feature_kd.Tap(teacher_model)
+    trainable = list(student.parameters()) + (list(projector.parameters()) if projector is not None else [])
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
     lr_scheduler = get_scheduler(lr_schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
-    student, optimizer = accelerator.prepare(student, optimizer)
+    if projector is not None and any(True for _ in projector.parameters()):
+        # Prepared like the student, so that several processes average the maps' gradients too.
+        student, projector, optimizer = accelerator.prepare(student, projector, optimizer)
+    else:
+        student, optimizer = accelerator.prepare(student, optimizer)
     unwrapped = accelerator.unwrap_model(student)
+    unwrapped_projector = accelerator.unwrap_model(projector) if projector is not None else None
     ema = EMAModel(unwrapped.parameters(), decay=ema_decay, use_ema_warmup=True, power=3 / 4) if ema_decay > 0 else None
     if ema is not None:
         ema.to(accelerator.device)
@@ -471,14 +496,17 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         if path is None:
             raise DiffPruneError(f"--resume found no checkpoint in {str(checkpoint_dir)!r}. Start without --resume, "
                                  "or point --checkpoint-dir at the earlier run's checkpoints.")
-        start_step = resumed_from = load_checkpoint(path, unwrapped, ema, optimizer, lr_scheduler)
+        start_step = resumed_from = load_checkpoint(path, unwrapped, ema, optimizer, lr_scheduler, unwrapped_projector)
         _restore_data(path, streamed)
     config = {"data": str(data), "resize": resize, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
               "lr_schedule": lr_schedule, "weight_decay": weight_decay, "grad_clip": grad_clip, "grad_accum": grad_accum,
               "ema_decay": ema_decay, "mixed_precision": precision, "kd_weight": kd_weight, "seed": seed,
               "teacher": str(teacher) if teacher is not None else None,
               "num_images": len(examples) if examples is not None else None, "stream": streaming,
-              "conditioning": cond.kind}
+              "conditioning": cond.kind, "feature_kd_weight": feature_kd_weight}
+    if projector is not None:
+        config["feature_kd"] = {"blocks": taps[0].names, "projected": [
+            name for name, m in zip(taps[0].names, unwrapped_projector.maps) if not isinstance(m, torch.nn.Identity)]}
     if cond.text_width:
         config.update(caption_dropout=caption_dropout, precompute=precompute, text_encoder=text_encoder.source or "given",
                       vae=f"AutoencoderKL (scaling_factor {vae.config.scaling_factor}), frozen, not saved" if vae is not None
@@ -490,58 +518,72 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="fine-tune",
                disable=quiet(progress and accelerator.is_main_process))
     started = time.perf_counter()
-    for step in bar:
-        step_loss = 0.0
-        for micro in range(grad_accum):
-            g = torch.Generator().manual_seed(_stream(seed, step, rank, micro))
-            if streamed is not None:
-                # The stream's next global micro-batch, in order; this rank reads its own rows of it.
-                batch = streamed.next(per_rank * world, rank * per_rank, per_rank)
-                idx = torch.arange(per_rank)
-            else:
-                batch = examples
-                idx = torch.randint(0, len(examples), (per_rank,), generator=g)
-            x0 = batch.clean(idx)  # (B, C, H, W): pixels, or latents for latent models
-            noise = torch.randn(x0.shape, generator=g).to(x0.device)
-            t = torch.randint(0, num_train, (per_rank,), generator=g).to(x0.device)
-            extra = batch.conditioning(idx, g, caption_dropout)  # the student's and the teacher's alike
-            a = alphas_cumprod[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
-            target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
-            sync = micro == grad_accum - 1
-            context = accelerator.no_sync(student) if not sync and world > 1 else _nullcontext()
-            with context:
-                with accelerator.autocast():
-                    pred = student(xt, t, **extra).sample
-                    loss = F.mse_loss(pred.float(), target)
-                    if teacher_model is not None and kd_weight > 0:
-                        with torch.no_grad():
-                            teacher_pred = teacher_model(xt, t, **extra).sample.float()
-                        loss = loss + kd_weight * F.mse_loss(pred.float(), teacher_pred)
-                accelerator.backward(loss / grad_accum)
-            step_loss += loss.item() / grad_accum
-        if grad_clip > 0:
-            accelerator.clip_grad_norm_(student.parameters(), grad_clip)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(unwrapped.parameters())
-        if not math.isfinite(step_loss):
-            raise DiffPruneError(f"The loss became {step_loss} at step {step + 1}; lower lr (now {lr}) or use mixed_precision no.")
-        last_loss = step_loss
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            losses.append([done, round(step_loss, 6), lr_scheduler.get_last_lr()[0]])
-        elapsed = time.perf_counter() - started
-        bar.set_postfix(loss=f"{step_loss:.4f}", steps_per_s=f"{(done - start_step) / max(elapsed, 1e-9):.2f}")
-        if checkpoint_every and done % checkpoint_every == 0 and done < steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(checkpoint_dir, done, unwrapped, ema, optimizer, lr_scheduler, config,
-                                data_state=streamed.stream.state() if streamed is not None else None)
-        if callback is not None:
-            callback(done, step_loss)
+    try:
+        for step in bar:
+            step_loss = step_feature = 0.0
+            for micro in range(grad_accum):
+                g = torch.Generator().manual_seed(_stream(seed, step, rank, micro))
+                if streamed is not None:
+                    # The stream's next global micro-batch, in order; this rank reads its own rows of it.
+                    batch = streamed.next(per_rank * world, rank * per_rank, per_rank)
+                    idx = torch.arange(per_rank)
+                else:
+                    batch = examples
+                    idx = torch.randint(0, len(examples), (per_rank,), generator=g)
+                x0 = batch.clean(idx)  # (B, C, H, W): pixels, or latents for latent models
+                noise = torch.randn(x0.shape, generator=g).to(x0.device)
+                t = torch.randint(0, num_train, (per_rank,), generator=g).to(x0.device)
+                extra = batch.conditioning(idx, g, caption_dropout)  # the student's and the teacher's alike
+                a = alphas_cumprod[t].view(-1, 1, 1, 1)
+                xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
+                target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
+                sync = micro == grad_accum - 1
+                with contextlib.ExitStack() as context:
+                    if not sync and world > 1:
+                        for module in (student, projector):
+                            if module is not None:
+                                context.enter_context(accelerator.no_sync(module))
+                    with accelerator.autocast():
+                        pred = student(xt, t, **extra).sample
+                        loss = F.mse_loss(pred.float(), target)
+                        if teacher_model is not None and (kd_weight > 0 or projector is not None):
+                            with torch.no_grad():
+                                teacher_pred = teacher_model(xt, t, **extra).sample.float()
+                            if kd_weight > 0:
+                                loss = loss + kd_weight * F.mse_loss(pred.float(), teacher_pred)
+                            if projector is not None:  # the taps hold this forward's block outputs
+                                feature = feature_kd.loss(projector(taps[0].take()), taps[1].take())
+                                loss = loss + feature_kd_weight * feature
+                                step_feature += feature.item() / grad_accum
+                    accelerator.backward(loss / grad_accum)
+                step_loss += loss.item() / grad_accum
+            if grad_clip > 0:
+                accelerator.clip_grad_norm_(trainable, grad_clip)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(unwrapped.parameters())
+            if not math.isfinite(step_loss):
+                raise DiffPruneError(f"The loss became {step_loss} at step {step + 1}; lower lr (now {lr}) or use mixed_precision no.")
+            last_loss = step_loss
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                losses.append([done, round(step_loss, 6), lr_scheduler.get_last_lr()[0]]
+                              + ([round(step_feature, 6)] if projector is not None else []))
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{step_loss:.4f}", steps_per_s=f"{(done - start_step) / max(elapsed, 1e-9):.2f}")
+            if checkpoint_every and done % checkpoint_every == 0 and done < steps:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(checkpoint_dir, done, unwrapped, ema, optimizer, lr_scheduler, config,
+                                    data_state=streamed.stream.state() if streamed is not None else None,
+                                    projector=unwrapped_projector)
+            if callback is not None:
+                callback(done, step_loss)
+    finally:
+        for tap in taps or ():  # hooks off the student, which may be the caller's own module
+            tap.close()
     bar.close()
     seconds = time.perf_counter() - started
 
@@ -568,7 +610,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         info["finetune"] = {**config, **{k: v for k, v in report.to_dict().items() if k != "losses"}, "versions": versions()}
         text = io.StringIO()
         writer = csv.writer(text)
-        writer.writerow(["step", "loss", "lr"])
+        writer.writerow(["step", "loss", "lr"] + (["feature_kd"] if projector is not None else []))
         writer.writerows(losses)
         # A UNet of a pipeline is saved as a pipeline, its other parts from wherever they came from.
         carried = (model_or_folder, teacher, getattr(text_encoder, "src", None), getattr(vae, "src", None))
@@ -618,11 +660,3 @@ def _restore_data(path, streamed) -> None:
 def _stream(seed: int, step: int, rank: int, micro: int) -> int:
     """A distinct, reproducible generator seed for each (seed, step, rank, micro-batch)."""
     return (((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro) % (2**63)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

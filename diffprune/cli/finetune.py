@@ -46,6 +46,9 @@ def register(subparsers):
                    help="auto: bf16 on CUDA where supported, fp16 otherwise, fp32 on CPU")
     p.add_argument("--teacher", help="dense model to distil from (same sources as SRC)")
     p.add_argument("--kd-weight", type=float, default=0.0, help="weight of the teacher-matching loss (default 0)")
+    p.add_argument("--feature-kd-weight", type=float, default=0.0,
+                   help="weight of feature distillation at every down/mid/up block output (BK-SDM), through learned "
+                        "1x1 maps where the pruned widths differ from the teacher's (default 0 = off; needs --teacher)")
     p.add_argument("--pipeline", help="pipeline folder or arch:NAME whose frozen text_encoder/ + tokenizer/ and vae/ a "
                                        "text-conditioned model is trained with (default: SRC's, else --teacher's)")
     p.add_argument("--caption-dropout", type=float, default=0.1,
@@ -87,7 +90,7 @@ def run(args) -> int:
         num_images=args.num_images, checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, log_every=args.log_every, seed=args.seed, device=args.device,
         overwrite=args.overwrite, progress=not args.quiet, caption_dropout=args.caption_dropout, precompute=args.precompute,
-        stream=args.stream,
+        stream=args.stream, feature_kd_weight=args.feature_kd_weight,
         text_encoder=FromSource(args.pipeline, "text_encoder") if args.pipeline else None,
         vae=FromSource(args.pipeline, "vae") if args.pipeline else None,
     )
