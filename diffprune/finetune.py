@@ -247,9 +247,10 @@ class _Examples:
         return out
 
 
-def _frozen_parts(data, student, cond, text_encoder, vae, device):
+def _frozen_parts(data, student, cond, text_encoder, vae, device, need_vae=True):
     """(text encoder, VAE) a conditional ``student`` is trained with, loaded, frozen and on ``device``; a clear
-    error for what is missing. The VAE is None for pixel models."""
+    error for what is missing. The VAE is None for pixel models, and when ``need_vae`` is False (samples
+    drawn from a model are latents already)."""
     from .latents import is_latent, require_vae
     from .models import FromSource
 
@@ -267,7 +268,7 @@ def _frozen_parts(data, student, cond, text_encoder, vae, device):
             model.to(device).eval().requires_grad_(False)
     else:
         text_encoder = None
-    vae = require_vae(data, cond, vae).to(device).eval().requires_grad_(False) if latent else None
+    vae = require_vae(data, cond, vae).to(device).eval().requires_grad_(False) if latent and need_vae else None
     return text_encoder, vae
 
 
@@ -297,11 +298,6 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
     from .models import sample_size
 
     size = sample_size(student)
-    if isinstance(data, str) and data.startswith("generate:"):
-        raise DiffPruneError(
-            f"Data {data!r}: fine-tuning a conditional model ({cond.kind}) on samples drawn from a model is not "
-            "supported yet. Give images with their conditioning: builtin:digits, an .npz with labels, a folder with "
-            "same-stem .txt captions, or a .jsonl of {\"image\", \"text\", \"label\"} lines.")
     text_encoder, vae = _frozen_parts(data, student, cond, text_encoder, vae, device)
     if vae is not None:
         found = load_calibration(data, pixel_size(student, vae), vae.config.in_channels, limit=num_images, seed=seed,
@@ -313,6 +309,39 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
     return _Examples(cond, size, found.images, labels=_labels(found, data, cond),
                      captions=found.captions if cond.text_width else None, text_encoder=text_encoder, vae=vae,
                      precompute=precompute, device=device), text_encoder, vae
+
+
+def _generated_examples(data, model, student, cond, text_encoder, vae, prompts, scheduler_config, seed, precompute,
+                        progress, device):
+    """``generate:N``: N samples drawn from ``model`` (the teacher, else the student) by pruning's generate path
+    (diffprune.pruning.generate_samples), and the conditioning they were drawn under, which the student is then
+    trained on: every class in turn for class-conditional models; for text models the ``prompts`` (cycled,
+    drawn with classifier-free guidance) as their captions, dropped like any caption."""
+    from .latents import is_latent
+    from .models import sample_size
+    from .pruning import generate_count, generate_samples
+
+    count = generate_count(data)
+    if cond.text_width and not prompts:
+        raise DiffPruneError(
+            f"Data {data!r}: this {cond.model_class} is text-conditioned, and samples drawn without prompts are all "
+            "unconditional, which would train only the empty prompt. Give --prompts FILE (prompts= in Python), one "
+            "prompt per line, cycled over the samples and kept as their captions.")
+    if prompts and not cond.text_width:
+        raise DiffPruneError(f"prompts were given, but this {cond.model_class} reads no text (conditioning: "
+                             f"{cond.kind}); leave them out.")
+    latent = is_latent(student, cond, vae)
+    text_encoder, _ = _frozen_parts(data, student, cond, text_encoder, vae, device, need_vae=False)
+    classes = list(range(cond.num_classes)) if cond.num_classes else None  # cycled: every class alike
+    was_training = model.training
+    samples, inputs, _ = generate_samples(model.to(device).eval(), scheduler_config, count, seed=seed, progress=progress,
+                                          class_labels=classes, text_encoder=text_encoder, prompts=prompts, latent=latent)
+    model.train(was_training)
+    labels = inputs["class_labels"].tolist() if cond.num_classes else None
+    captions = [prompts[i % len(prompts)] for i in range(count)] if cond.text_width else None
+    # The samples are what the UNet denoises (latents for latent models): no VAE between them and it.
+    return _Examples(cond, sample_size(student), samples, labels=labels, captions=captions, text_encoder=text_encoder,
+                     vae=None, precompute=precompute, device=device), text_encoder
 
 
 class _StreamedExamples:
@@ -377,11 +406,13 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
              checkpoint_dir=None, resume: bool = False, log_every: int = 10, seed: int = 0, device: str = "auto",
              overwrite: bool = False, progress: bool = True, callback=None, resize: str = "bilinear",
              text_encoder=None, vae=None, caption_dropout: float = 0.1, precompute: bool = False,
-             stream: bool = False, feature_kd_weight: float = 0.0) -> FinetuneReport:
+             stream: bool = False, feature_kd_weight: float = 0.0, prompts=None) -> FinetuneReport:
     """Fine-tune ``model_or_folder`` on ``data`` for ``steps`` optimizer steps; save the EMA model to ``out``.
 
     ``data``: builtin:digits, an image folder, a .npy/.npz, or generate:N (N samples from the teacher,
-    or from the model itself without one). ``teacher`` + ``kd_weight``: the student also matches the
+    or from the model itself without one, drawn as pruning draws them: every class in turn for
+    class-conditional models, ``prompts`` (a list of str, required for text models) with classifier-free
+    guidance, then kept as the samples' captions). ``teacher`` + ``kd_weight``: the student also matches the
     teacher's prediction on the same noisy input; ``feature_kd_weight`` adds BK-SDM's feature term, the
     error at every down/mid/up block output through learned 1x1 maps where the widths differ
     (diffprune.feature_kd; the maps are checkpointed but not saved with the model). Checkpoints go to ``checkpoint_dir`` (default
@@ -417,6 +448,14 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from .models import load_source, versions
     from .stream import is_shards
 
+    if prompts is not None:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise DiffPruneError(f"prompts must be a non-empty list of strings; got {prompts[:3]!r}.")
+        if not (isinstance(data, str) and data.startswith("generate:")):
+            raise DiffPruneError("prompts (--prompts) go with --data generate:N, the prompts the training samples are "
+                                 "drawn with; image data brings its own captions (same-stem .txt files, a JSONL's "
+                                 "\"text\", tar shards' NAME.txt).")
     _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
            caption_dropout, feature_kd_weight)
     check_resize(resize)
@@ -449,16 +488,13 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
             data, student, cond, _pick("text_encoder", text_encoder, model_or_folder, teacher, accelerator.device),
             _pick("vae", vae, model_or_folder, teacher, accelerator.device), accelerator.device)
         streamed = _StreamedExamples(data, seed, student, cond, size, resize, text_encoder, vae, accelerator.device)
-    elif isinstance(data, str) and data.startswith("generate:") and cond.kind == "none":
-        from .sampling import generate
-
-        count = int(data.split(":", 1)[1]) if data.split(":", 1)[1].isdigit() else 0
-        if count <= 0:
-            raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0.")
-        images = generate((teacher_model or student).to(accelerator.device).eval(), scheduler_config, count, seed=seed,
-                          progress=progress and accelerator.is_main_process)
-        student.train()
-        examples = _Examples(cond, size, images, device=accelerator.device)
+    elif isinstance(data, str) and data.startswith("generate:"):
+        examples, text_encoder = _generated_examples(
+            data, teacher_model or student, student, cond,
+            _pick("text_encoder", text_encoder, model_or_folder, teacher, accelerator.device),
+            _pick("vae", vae, model_or_folder, teacher, accelerator.device), prompts, scheduler_config, seed, precompute,
+            progress and accelerator.is_main_process, accelerator.device)
+        vae = None
     elif cond.kind != "none":
         examples, text_encoder, vae = _conditional_examples(
             data, student, cond, _pick("text_encoder", text_encoder, model_or_folder, teacher, accelerator.device),
@@ -508,9 +544,15 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         config["feature_kd"] = {"blocks": taps[0].names, "projected": [
             name for name, m in zip(taps[0].names, unwrapped_projector.maps) if not isinstance(m, torch.nn.Identity)]}
     if cond.text_width:
+        generated = isinstance(data, str) and data.startswith("generate:")
         config.update(caption_dropout=caption_dropout, precompute=precompute, text_encoder=text_encoder.source or "given",
                       vae=f"AutoencoderKL (scaling_factor {vae.config.scaling_factor}), frozen, not saved" if vae is not None
-                      else "none (pixel space)")
+                      else "none (samples drawn as the UNet's own inputs)" if generated else "none (pixel space)")
+    if prompts is not None:
+        from .pruning import GUIDANCE_SCALE
+
+        config["generate"] = {"from": "teacher" if teacher_model is not None else "the model itself",
+                              "prompts": len(prompts), "guidance_scale": GUIDANCE_SCALE}
 
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = max(1, batch_size // world)

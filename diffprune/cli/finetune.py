@@ -49,6 +49,9 @@ def register(subparsers):
     p.add_argument("--feature-kd-weight", type=float, default=0.0,
                    help="weight of feature distillation at every down/mid/up block output (BK-SDM), through learned "
                         "1x1 maps where the pruned widths differ from the teacher's (default 0 = off; needs --teacher)")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="text-conditioned models with --data generate:N: one prompt per line, cycled over the N samples "
+                        "drawn from the teacher with classifier-free guidance 7.5 and kept as their captions")
     p.add_argument("--pipeline", help="pipeline folder or arch:NAME whose frozen text_encoder/ + tokenizer/ and vae/ a "
                                        "text-conditioned model is trained with (default: SRC's, else --teacher's)")
     p.add_argument("--caption-dropout", type=float, default=0.1,
@@ -81,6 +84,7 @@ def run(args) -> int:
     require(*NEEDS)
     from diffprune.finetune import finetune
     from diffprune.models import FromSource
+    from diffprune.text import read_prompts
 
     report = finetune(
         args.src, args.out, data=args.data, resize=args.resize, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -91,6 +95,7 @@ def run(args) -> int:
         resume=args.resume, log_every=args.log_every, seed=args.seed, device=args.device,
         overwrite=args.overwrite, progress=not args.quiet, caption_dropout=args.caption_dropout, precompute=args.precompute,
         stream=args.stream, feature_kd_weight=args.feature_kd_weight,
+        prompts=read_prompts(args.prompts) if args.prompts else None,
         text_encoder=FromSource(args.pipeline, "text_encoder") if args.pipeline else None,
         vae=FromSource(args.pipeline, "vae") if args.pipeline else None,
     )
