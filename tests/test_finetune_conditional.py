@@ -273,3 +273,38 @@ def test_cli_finetunes_a_text_model_from_its_pipeline(tmp_path, captioned):
     info = json.loads((out / "unet" / "pruning.json").read_text())["finetune"]
     assert info["caption_dropout"] == 0.2 and info["precompute"] is True
     assert (out / "unet" / "loss.csv").is_file()
+
+
+def test_an_sdxl_like_pipeline_fine_tunes_on_both_encoders_and_time_ids(captioned, tmp_path):
+    """arch:tiny-sdxl: two text encoders (hidden states concatenated, the second's pooled output) and SDXL's
+    text_time added conditioning; pruned, fine-tuned with distillation, saved as a pipeline folder that loads."""
+    from diffprune.cli import main
+    from diffprune.models import FromSource, load_source
+
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "arch:tiny-sdxl", str(pruned), "--method", "magnitude", "--ratio", "0.5", "--quiet"]) == 0
+    student = load_source(str(pruned))[0]
+    fed = []
+    student.register_forward_pre_hook(lambda m, args, kwargs: fed.append(kwargs) if args else None, with_kwargs=True)
+    text = FromSource(str(pruned), "text_encoder")
+    report = finetune(student, tmp_path / "ft", data=str(captioned), steps=3, teacher="arch:tiny-sdxl", kd_weight=1.0,
+                      text_encoder=text, vae=FromSource(str(pruned), "vae"), caption_dropout=0.0, ema_decay=0,
+                      resize="pad", **{**FAST, "batch_size": 2})
+    assert len(report.losses) == 3 and all(np.isfinite(r[1]) and r[1] > 0 for r in report.losses)
+    first = fed[0]
+    assert first["encoder_hidden_states"].shape == (2, 77, 32)  # 16 + 16: both encoders' penultimate states
+    assert first["added_cond_kwargs"]["text_embeds"].shape == (2, 32)  # the second encoder's pooled projection
+    assert first["added_cond_kwargs"]["time_ids"].shape == (2, 6)
+    assert first["added_cond_kwargs"]["text_embeds"].abs().sum() > 0  # real captions, not the zero stand-in
+
+    out = tmp_path / "ft"
+    assert sorted(os.listdir(out)) == ["model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
+                                       "tokenizer_2", "unet", "vae"]
+    tuned = load_source(str(out))[0]
+    assert tuned.config.addition_embed_type == "text_time"
+    before = load_source(str(pruned))[0].state_dict()
+    after = tuned.state_dict()
+    assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+    assert any(not torch.equal(after[k], before[k]) for k in after)
+    carried = FromSource(str(out), "text_encoder").load()  # the frozen encoders, carried over unchanged
+    torch.testing.assert_close(carried(["a digit"]).text_embeds, text.load()(["a digit"]).text_embeds)
