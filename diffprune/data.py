@@ -63,14 +63,15 @@ def _load_array(path: Path, labels: bool = False):
         ) from None
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _read_image(path, where: str | None = None) -> np.ndarray:
+    """An image file (a path, or a binary file object read from ``where``, e.g. a tar member) as (H, W[, C])."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else "L"))
+            return np.array(im.convert("RGB" if im.mode not in ("L", "I;16") else "L"))  # writable, for torch
     except (UnidentifiedImageError, OSError) as e:
-        raise DiffPruneError(f"Could not read the image {str(path)!r}: {e}. Remove or replace it.") from None
+        raise DiffPruneError(f"Could not read the image {where or str(path)!r}: {e}. Remove or replace it.") from None
 
 
 def _folder_files(folder: Path) -> list:
@@ -134,7 +135,17 @@ def _fit(x, size: tuple, resize: str, where: str):
 
 def _read_jsonl(path: Path):
     """Images, captions and labels (None where no line has one) of a JSONL file."""
-    images, captions, labels = [], [], []
+    rows = jsonl_rows(path)
+    images = [_read_image(image) for image, _, _ in rows]
+    captions = [text for _, text, _ in rows]
+    labels = [label for _, _, label in rows]
+    return (_stack(images), captions if any(c is not None for c in captions) else None,
+            labels if any(x is not None for x in labels) else None)
+
+
+def jsonl_rows(path: Path) -> list:
+    """(image path, caption or None, label or None) of every line of a JSONL file, checked, images not read."""
+    rows = []
     lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
     if not lines:
         raise DiffPruneError(f"Data {str(path)!r} holds no lines; write one JSON object per line: "
@@ -154,11 +165,8 @@ def _read_jsonl(path: Path):
         if not image.is_file():
             raise DiffPruneError(f"Line {number} of {str(path)!r} names the image {str(image)!r}, which does not "
                                  "exist (paths are relative to the JSONL file's folder).")
-        images.append(_read_image(image))
-        captions.append(row.get("text"))
-        labels.append(row.get("label"))
-    return (_stack(images), captions if any(c is not None for c in captions) else None,
-            labels if any(x is not None for x in labels) else None)
+        rows.append((image, row.get("text"), row.get("label")))
+    return rows
 
 
 @dataclass
@@ -217,6 +225,11 @@ def _read(spec):
     if path.is_file() and path.suffix == ".jsonl":
         raw, captions, labels = _read_jsonl(path)
         return raw, where, captions, labels, [f"line {i + 1} of {path}" for i in range(len(raw))]
+    if path.is_file() and path.suffix == ".tar":
+        raise DiffPruneError(
+            f"Data {str(path)!r} is a tar shard; shards are read only by fine-tuning, which streams them "
+            "(diffprune.stream). For pruning's calibration images give an image folder, a .jsonl, a .npy/.npz, "
+            "builtin:digits or generate:N.")
     if path.is_file():
         raise DiffPruneError(
             f"Data {str(path)!r} is a {path.suffix or 'suffix-less'} file; diffprune reads .npy/.npz "

@@ -18,6 +18,7 @@ uninterrupted run drew and ends with the same weights: the data position is the 
 checkpoint holds, and no data-loader state needs saving.
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -52,7 +53,7 @@ class FinetuneReport:
 
 
 def _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
-           caption_dropout=0.0):
+           caption_dropout=0.0, feature_kd_weight=0.0):
     if not 0 <= caption_dropout <= 1:
         raise DiffPruneError(f"caption_dropout {caption_dropout} is out of range; allowed 0 <= p <= 1 (0.1 is usual: "
                              "one caption in ten replaced by the empty prompt, so classifier-free guidance keeps working).")
@@ -67,6 +68,11 @@ def _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precisio
     if kd_weight > 0 and teacher is None:
         raise DiffPruneError("kd_weight > 0 distils from a teacher, but no teacher was given: pass teacher= "
                              "(CLI --teacher) with the dense model, or set kd_weight to 0.")
+    if feature_kd_weight < 0:
+        raise DiffPruneError(f"feature_kd_weight {feature_kd_weight} must be >= 0 (0 = off; BK-SDM uses 1).")
+    if feature_kd_weight > 0 and teacher is None:
+        raise DiffPruneError("feature_kd_weight > 0 distils the teacher's block outputs, but no teacher was given: pass "
+                             "teacher= (CLI --teacher) with the dense model, or set feature_kd_weight to 0.")
     if mixed_precision not in MIXED_PRECISION:
         raise DiffPruneError(f"mixed_precision {mixed_precision!r} is unknown; allowed: {', '.join(MIXED_PRECISION)}.")
     if lr_schedule not in LR_SCHEDULES:
@@ -114,7 +120,8 @@ def _load_optimizer(optimizer, tensors, meta):
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, config: dict, keep: int = 2):
+def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, config: dict, keep: int = 2,
+                    data_state: dict | None = None, projector=None):
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,6 +130,9 @@ def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, con
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         if ema is not None:
             save_file({f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, str(tmp / "ema.safetensors"))
+        if projector is not None:  # feature distillation's 1x1 maps train too, and the optimizer holds their state
+            save_file({k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()},
+                      str(tmp / "feature_kd.safetensors"))
         tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"} if ema is not None else None
@@ -130,6 +140,8 @@ def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, con
             "step": step, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(), "ema": ema_meta,
             # Randomness is derived from (seed, step, rank): the seed and step are the whole RNG state.
             "rng": {"seed": config["seed"], "derived_from": "(seed, step, rank)"}, "config": config,
+            # Streamed data: where the next batch starts (diffprune.stream.Stream.state); None for data in memory.
+            "data": data_state,
         }, indent=1, default=str))
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -141,7 +153,7 @@ def latest_checkpoint(folder: Path):
     return steps[-1] if steps else None
 
 
-def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler) -> int:
+def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler, projector=None) -> int:
     from safetensors.torch import load_file
 
     try:
@@ -153,6 +165,8 @@ def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler) -> int:
                 p.copy_(shadow[str(i)])
             for key, value in (state["ema"] or {}).items():
                 setattr(ema, key, value)
+        if projector is not None:
+            projector.load_state_dict(load_file(str(path / "feature_kd.safetensors")), strict=True)
         _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
     except (OSError, KeyError, ValueError, RuntimeError) as e:
@@ -233,19 +247,13 @@ class _Examples:
         return out
 
 
-def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropout, precompute, num_images, seed, resize,
-                          device):
-    """Load ``data`` with what a conditional ``student`` needs; a clear error for what is missing."""
-    from .data import describe, load_calibration
-    from .latents import is_latent
-    from .models import FromSource, sample_size
+def _frozen_parts(data, student, cond, text_encoder, vae, device, need_vae=True):
+    """(text encoder, VAE) a conditional ``student`` is trained with, loaded, frozen and on ``device``; a clear
+    error for what is missing. The VAE is None for pixel models, and when ``need_vae`` is False (samples
+    drawn from a model are latents already)."""
+    from .latents import is_latent, require_vae
+    from .models import FromSource
 
-    size = sample_size(student)
-    if isinstance(data, str) and data.startswith("generate:"):
-        raise DiffPruneError(
-            f"Data {data!r}: fine-tuning a conditional model ({cond.kind}) on samples drawn from a model is not "
-            "supported yet. Give images with their conditioning: builtin:digits, an .npz with labels, a folder with "
-            "same-stem .txt captions, or a .jsonl of {\"image\", \"text\", \"label\"} lines.")
     latent = is_latent(student, cond, vae)
     if cond.text_width:
         if isinstance(text_encoder, FromSource):
@@ -258,29 +266,120 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
         text_encoder.check_fits(cond)
         for _, model in text_encoder.parts:
             model.to(device).eval().requires_grad_(False)
-    if latent:
-        from .latents import load_latent_images
+    else:
+        text_encoder = None
+    vae = require_vae(data, cond, vae).to(device).eval().requires_grad_(False) if latent and need_vae else None
+    return text_encoder, vae
 
-        vae, found = load_latent_images(data, student, cond, vae, num_images, seed, resize)
-        vae = vae.to(device).eval().requires_grad_(False)
+
+def _labels(found, data, cond):
+    """The class labels of ``found`` (diffprune.data.CalibrationData), checked; None for other models."""
+    from .data import describe
+
+    if not cond.num_classes:
+        return None
+    if found.labels is None or any(x is None for x in found.labels):
+        raise DiffPruneError(
+            f"Data {describe(data)!r} has no class label for every image, and this {cond.model_class} is "
+            f"class-conditional (num_class_embeds = {cond.num_classes}). Give labelled data: builtin:digits, an "
+            ".npz with a 'labels' array beside 'images', a .jsonl with a \"label\" on every line, or tar shards "
+            "with a NAME.cls beside every image.")
+    try:
+        return cond.check_labels([int(x) if hasattr(x, "__index__") else x for x in found.labels])
+    except DiffPruneError as e:
+        raise DiffPruneError(f"Data {describe(data)!r} holds class labels the model cannot take: {e}") from None
+
+
+def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropout, precompute, num_images, seed, resize,
+                          device):
+    """Load ``data`` with what a conditional ``student`` needs; a clear error for what is missing."""
+    from .data import load_calibration
+    from .latents import pixel_size
+    from .models import sample_size
+
+    size = sample_size(student)
+    text_encoder, vae = _frozen_parts(data, student, cond, text_encoder, vae, device)
+    if vae is not None:
+        found = load_calibration(data, pixel_size(student, vae), vae.config.in_channels, limit=num_images, seed=seed,
+                                 resize=resize)
     else:
         found = load_calibration(data, size, student.config.in_channels, limit=num_images, seed=seed, resize=resize)
     if cond.text_width:
         found.require_captions(data, "fine-tuned")
-    labels = None
-    if cond.num_classes:
-        if found.labels is None or any(x is None for x in found.labels):
-            raise DiffPruneError(
-                f"Data {describe(data)!r} has no class label for every image, and this {cond.model_class} is "
-                f"class-conditional (num_class_embeds = {cond.num_classes}). Give labelled data: builtin:digits, an "
-                ".npz with a 'labels' array beside 'images', or a .jsonl with a \"label\" on every line.")
-        try:
-            labels = cond.check_labels([int(x) if hasattr(x, "__index__") else x for x in found.labels])
-        except DiffPruneError as e:
-            raise DiffPruneError(f"Data {describe(data)!r} holds class labels the model cannot take: {e}") from None
-    return _Examples(cond, size, found.images, labels=labels, captions=found.captions if cond.text_width else None,
-                     text_encoder=text_encoder if cond.text_width else None, vae=vae if latent else None,
+    return _Examples(cond, size, found.images, labels=_labels(found, data, cond),
+                     captions=found.captions if cond.text_width else None, text_encoder=text_encoder, vae=vae,
                      precompute=precompute, device=device), text_encoder, vae
+
+
+def _generated_examples(data, model, student, cond, text_encoder, vae, prompts, scheduler_config, seed, precompute,
+                        progress, device):
+    """``generate:N``: N samples drawn from ``model`` (the teacher, else the student) by pruning's generate path
+    (diffprune.pruning.generate_samples), and the conditioning they were drawn under, which the student is then
+    trained on: every class in turn for class-conditional models; for text models the ``prompts`` (cycled,
+    drawn with classifier-free guidance) as their captions, dropped like any caption."""
+    from .latents import is_latent
+    from .models import sample_size
+    from .pruning import generate_count, generate_samples
+
+    count = generate_count(data)
+    if cond.text_width and not prompts:
+        raise DiffPruneError(
+            f"Data {data!r}: this {cond.model_class} is text-conditioned, and samples drawn without prompts are all "
+            "unconditional, which would train only the empty prompt. Give --prompts FILE (prompts= in Python), one "
+            "prompt per line, cycled over the samples and kept as their captions.")
+    if prompts and not cond.text_width:
+        raise DiffPruneError(f"prompts were given, but this {cond.model_class} reads no text (conditioning: "
+                             f"{cond.kind}); leave them out.")
+    latent = is_latent(student, cond, vae)
+    text_encoder, _ = _frozen_parts(data, student, cond, text_encoder, vae, device, need_vae=False)
+    classes = list(range(cond.num_classes)) if cond.num_classes else None  # cycled: every class alike
+    was_training = model.training
+    samples, inputs, _ = generate_samples(model.to(device).eval(), scheduler_config, count, seed=seed, progress=progress,
+                                          class_labels=classes, text_encoder=text_encoder, prompts=prompts, latent=latent)
+    model.train(was_training)
+    labels = inputs["class_labels"].tolist() if cond.num_classes else None
+    captions = [prompts[i % len(prompts)] for i in range(count)] if cond.text_width else None
+    # The samples are what the UNet denoises (latents for latent models): no VAE between them and it.
+    return _Examples(cond, sample_size(student), samples, labels=labels, captions=captions, text_encoder=text_encoder,
+                     vae=None, precompute=precompute, device=device), text_encoder
+
+
+class _StreamedExamples:
+    """Batches read from disk as training goes (diffprune.stream), each an :class:`_Examples` with its
+    conditioning. Every rank walks the same global order; each decodes only its own rows of a batch."""
+
+    def __init__(self, data, seed, student, cond, size, resize, text_encoder=None, vae=None, device="cpu"):
+        from .latents import pixel_size
+        from .stream import Stream
+
+        self.stream = Stream(data, seed=seed)
+        self.data, self.seed, self.cond, self.size, self.resize, self.device = data, seed, cond, size, resize, device
+        self.text_encoder, self.vae = text_encoder, vae
+        self.pixels = pixel_size(student, vae) if vae is not None else size
+        self.channels = vae.config.in_channels if vae is not None else student.config.in_channels
+        self._warned = False
+
+    def _warn_once(self, message):
+        import sys
+
+        if not self._warned:  # every batch would say it again
+            self._warned = True
+            print(message, file=sys.stderr)
+
+    def next(self, total: int, first: int, count: int) -> "_Examples":
+        """Take the next ``total`` examples of the stream; decode rows [first, first + count) of them."""
+        from .data import CalibrationData, _convert, describe
+        from .stream import Stream
+
+        batch = Stream.read(self.stream.take(total)[first:first + count])
+        images = _convert(batch.images, describe(self.data), self.pixels, self.channels, None, self.seed, self.resize,
+                          self._warn_once)[0]
+        found = CalibrationData(images=images, captions=batch.captions, labels=batch.labels, files=batch.names)
+        if self.cond.text_width:
+            found.require_captions(self.data, "fine-tuned")
+        return _Examples(self.cond, self.size, images, labels=_labels(found, self.data, self.cond),
+                         captions=found.captions if self.cond.text_width else None, text_encoder=self.text_encoder,
+                         vae=self.vae, device=self.device)
 
 
 def _check_teacher(cond, teacher_cond):
@@ -306,12 +405,17 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
              teacher=None, kd_weight: float = 0.0, num_images: int | None = None, checkpoint_every: int = 500,
              checkpoint_dir=None, resume: bool = False, log_every: int = 10, seed: int = 0, device: str = "auto",
              overwrite: bool = False, progress: bool = True, callback=None, resize: str = "bilinear",
-             text_encoder=None, vae=None, caption_dropout: float = 0.1, precompute: bool = False) -> FinetuneReport:
+             text_encoder=None, vae=None, caption_dropout: float = 0.1, precompute: bool = False,
+             stream: bool = False, feature_kd_weight: float = 0.0, prompts=None) -> FinetuneReport:
     """Fine-tune ``model_or_folder`` on ``data`` for ``steps`` optimizer steps; save the EMA model to ``out``.
 
     ``data``: builtin:digits, an image folder, a .npy/.npz, or generate:N (N samples from the teacher,
-    or from the model itself without one). ``teacher`` + ``kd_weight``: the student also matches the
-    teacher's prediction on the same noisy input. Checkpoints go to ``checkpoint_dir`` (default
+    or from the model itself without one, drawn as pruning draws them: every class in turn for
+    class-conditional models, ``prompts`` (a list of str, required for text models) with classifier-free
+    guidance, then kept as the samples' captions). ``teacher`` + ``kd_weight``: the student also matches the
+    teacher's prediction on the same noisy input; ``feature_kd_weight`` adds BK-SDM's feature term, the
+    error at every down/mid/up block output through learned 1x1 maps where the widths differ
+    (diffprune.feature_kd; the maps are checkpointed but not saved with the model). Checkpoints go to ``checkpoint_dir`` (default
     OUT.ckpt) every ``checkpoint_every`` steps; ``resume=True`` continues from the latest one.
     ``callback(step, loss)`` is called after every step (raise inside it to stop). Images of another
     size reach the model's by ``resize`` (bilinear, pad or center-crop; see diffprune.data).
@@ -323,6 +427,12 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     and defaults to the source's own, else the teacher's (a pipeline folder or arch:NAME).
     ``caption_dropout``: the fraction of captions replaced by the empty prompt (default 0.1).
     ``precompute``: encode the latents and text embeddings once before training instead of every batch.
+
+    ``stream``: read the data from disk batch by batch (diffprune.stream) instead of loading it: an image
+    folder or a JSONL; tar shards (a .tar, a folder of them, a glob) are always streamed. Streamed data is
+    read in seeded epochs (each example once per epoch) rather than drawn with replacement; its position
+    (epoch, shard, offset, seed) is saved in every checkpoint, so a resumed run still ends with the same
+    weights as an uninterrupted one.
     """
     import torch
     import torch.nn.functional as F
@@ -336,9 +446,18 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from .data import check_resize, load_images
     from .conditioning import conditioning
     from .models import FromSource, load_source, versions
+    from .stream import is_shards
 
+    if prompts is not None:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise DiffPruneError(f"prompts must be a non-empty list of strings; got {prompts[:3]!r}.")
+        if not (isinstance(data, str) and data.startswith("generate:")):
+            raise DiffPruneError("prompts (--prompts) go with --data generate:N, the prompts the training samples are "
+                                 "drawn with; image data brings its own captions (same-stem .txt files, a JSONL's "
+                                 "\"text\", tar shards' NAME.txt).")
     _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
-           caption_dropout)
+           caption_dropout, feature_kd_weight)
     check_resize(resize)
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
@@ -350,6 +469,9 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         check_writable(out, overwrite)
     torch.manual_seed(seed)  # module initialisation, if any, is seeded too
 
+    streaming = bool(stream) or is_shards(data)
+    if streaming:
+        _check_stream(data, precompute, num_images)
     student, scheduler_config, source = load_source(model_or_folder, device="cpu")
     cond = conditioning(student)
     student = student.float().train()
@@ -360,40 +482,48 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         teacher_model = teacher_model.float().eval().requires_grad_(False).to(accelerator.device)
     cfg = student.config
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
-    # The pipeline's parts come from SRC when it has them (a pipeline folder, arch:NAME), else from the teacher's.
-    def pick(part, given):
-        if given is not None:
-            return given
-        for src in (model_or_folder, teacher):
-            if src is not None and FromSource(src, part).available():
-                return FromSource(src, part, accelerator.device)
-        return None
-
-    latent_vae = pick("vae", vae) if cond.kind == "none" else None  # an unconditional latent DDPM (LDM): its VQ/VAE
-    if isinstance(data, str) and data.startswith("generate:") and cond.kind == "none":
-        from .sampling import generate
-
-        count = int(data.split(":", 1)[1]) if data.split(":", 1)[1].isdigit() else 0
-        if count <= 0:
-            raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0.")
-        images = generate((teacher_model or student).to(accelerator.device).eval(), scheduler_config, count, seed=seed,
-                          progress=progress and accelerator.is_main_process, clamp=latent_vae is None)
-        student.train()
-        examples = _Examples(cond, size, images, device=accelerator.device)
+    streamed = examples = None
+    # An unconditional latent DDPM (an LDM pipeline's UNet over its VQModel) needs its autoencoder too.
+    latent_vae = _pick("vae", vae, model_or_folder, teacher, accelerator.device) if cond.kind == "none" else None
+    if streaming:
+        text_encoder, vae = (None, None) if cond.kind == "none" and latent_vae is None else _frozen_parts(
+            data, student, cond, _pick("text_encoder", text_encoder, model_or_folder, teacher, accelerator.device),
+            _pick("vae", vae, model_or_folder, teacher, accelerator.device), accelerator.device)
+        streamed = _StreamedExamples(data, seed, student, cond, size, resize, text_encoder, vae, accelerator.device)
+    elif isinstance(data, str) and data.startswith("generate:"):
+        examples, text_encoder = _generated_examples(
+            data, teacher_model or student, student, cond,
+            _pick("text_encoder", text_encoder, model_or_folder, teacher, accelerator.device),
+            _pick("vae", vae, model_or_folder, teacher, accelerator.device), prompts, scheduler_config, seed, precompute,
+            progress and accelerator.is_main_process, accelerator.device)
+        vae = None
     elif cond.kind != "none" or latent_vae is not None:
         examples, text_encoder, vae = _conditional_examples(
-            data, student, cond, pick("text_encoder", text_encoder), latent_vae or pick("vae", vae), caption_dropout,
-            precompute, num_images, seed, resize, accelerator.device)
+            data, student, cond, _pick("text_encoder", text_encoder, model_or_folder, teacher, accelerator.device),
+            _pick("vae", vae, model_or_folder, teacher, accelerator.device), caption_dropout, precompute,
+            num_images, seed, resize, accelerator.device)
     else:
         examples = _Examples(cond, size, load_images(data, size, cfg.in_channels, limit=num_images, seed=seed, resize=resize),
                              device=accelerator.device)
     alphas_cumprod, prediction, num_train = _targets(scheduler_config)
     alphas_cumprod = alphas_cumprod.to(accelerator.device)
 
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
+    projector = taps = None
+    if feature_kd_weight > 0:
+        from . import feature_kd
+
+        projector = feature_kd.projections(student, teacher_model, seed).to(accelerator.device)
+        taps = feature_kd.Tap(student), feature_kd.Tap(teacher_model)
+    trainable = list(student.parameters()) + (list(projector.parameters()) if projector is not None else [])
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8)
     lr_scheduler = get_scheduler(lr_schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
-    student, optimizer = accelerator.prepare(student, optimizer)
+    if projector is not None and any(True for _ in projector.parameters()):
+        # Prepared like the student, so that several processes average the maps' gradients too.
+        student, projector, optimizer = accelerator.prepare(student, projector, optimizer)
+    else:
+        student, optimizer = accelerator.prepare(student, optimizer)
     unwrapped = accelerator.unwrap_model(student)
+    unwrapped_projector = accelerator.unwrap_model(projector) if projector is not None else None
     ema = EMAModel(unwrapped.parameters(), decay=ema_decay, use_ema_warmup=True, power=3 / 4) if ema_decay > 0 else None
     if ema is not None:
         ema.to(accelerator.device)
@@ -404,19 +534,30 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         if path is None:
             raise DiffPruneError(f"--resume found no checkpoint in {str(checkpoint_dir)!r}. Start without --resume, "
                                  "or point --checkpoint-dir at the earlier run's checkpoints.")
-        start_step = resumed_from = load_checkpoint(path, unwrapped, ema, optimizer, lr_scheduler)
+        start_step = resumed_from = load_checkpoint(path, unwrapped, ema, optimizer, lr_scheduler, unwrapped_projector)
+        _restore_data(path, streamed)
     config = {"data": str(data), "resize": resize, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
               "lr_schedule": lr_schedule, "weight_decay": weight_decay, "grad_clip": grad_clip, "grad_accum": grad_accum,
               "ema_decay": ema_decay, "mixed_precision": precision, "kd_weight": kd_weight, "seed": seed,
-              "teacher": str(teacher) if teacher is not None else None, "num_images": len(examples),
-              "conditioning": cond.kind}
+              "teacher": str(teacher) if teacher is not None else None,
+              "num_images": len(examples) if examples is not None else None, "stream": streaming,
+              "conditioning": cond.kind, "feature_kd_weight": feature_kd_weight}
+    if projector is not None:
+        config["feature_kd"] = {"blocks": taps[0].names, "projected": [
+            name for name, m in zip(taps[0].names, unwrapped_projector.maps) if not isinstance(m, torch.nn.Identity)]}
     latent_note = (f"{type(vae).__name__} (scaling_factor {vae.config.scaling_factor}), frozen, not saved"
-                   if vae is not None and not isinstance(vae, FromSource) else "none (pixel space)")
+                   if vae is not None and not isinstance(vae, FromSource) else None)
     if cond.text_width:
+        generated = isinstance(data, str) and data.startswith("generate:")
         config.update(caption_dropout=caption_dropout, precompute=precompute, text_encoder=text_encoder.source or "given",
-                      vae=latent_note)
+                      vae=latent_note or ("none (samples drawn as the UNet's own inputs)" if generated else "none (pixel space)"))
     elif latent_vae is not None:
-        config.update(vae=latent_note)
+        config.update(vae=latent_note or "none (samples drawn as the UNet's own inputs)")
+    if prompts is not None:
+        from .pruning import GUIDANCE_SCALE
+
+        config["generate"] = {"from": "teacher" if teacher_model is not None else "the model itself",
+                              "prompts": len(prompts), "guidance_scale": GUIDANCE_SCALE}
 
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = max(1, batch_size // world)
@@ -424,51 +565,72 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="fine-tune",
                disable=quiet(progress and accelerator.is_main_process))
     started = time.perf_counter()
-    for step in bar:
-        step_loss = 0.0
-        for micro in range(grad_accum):
-            g = torch.Generator().manual_seed(_stream(seed, step, rank, micro))
-            idx = torch.randint(0, len(examples), (per_rank,), generator=g)
-            x0 = examples.clean(idx)  # (B, C, H, W): pixels, or latents for latent models
-            noise = torch.randn(x0.shape, generator=g).to(x0.device)
-            t = torch.randint(0, num_train, (per_rank,), generator=g).to(x0.device)
-            extra = examples.conditioning(idx, g, caption_dropout)  # the student's and the teacher's alike
-            a = alphas_cumprod[t].view(-1, 1, 1, 1)
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
-            target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
-            sync = micro == grad_accum - 1
-            context = accelerator.no_sync(student) if not sync and world > 1 else _nullcontext()
-            with context:
-                with accelerator.autocast():
-                    pred = student(xt, t, **extra).sample
-                    loss = F.mse_loss(pred.float(), target)
-                    if teacher_model is not None and kd_weight > 0:
-                        with torch.no_grad():
-                            teacher_pred = teacher_model(xt, t, **extra).sample.float()
-                        loss = loss + kd_weight * F.mse_loss(pred.float(), teacher_pred)
-                accelerator.backward(loss / grad_accum)
-            step_loss += loss.item() / grad_accum
-        if grad_clip > 0:
-            accelerator.clip_grad_norm_(student.parameters(), grad_clip)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(unwrapped.parameters())
-        if not math.isfinite(step_loss):
-            raise DiffPruneError(f"The loss became {step_loss} at step {step + 1}; lower lr (now {lr}) or use mixed_precision no.")
-        last_loss = step_loss
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            losses.append([done, round(step_loss, 6), lr_scheduler.get_last_lr()[0]])
-        elapsed = time.perf_counter() - started
-        bar.set_postfix(loss=f"{step_loss:.4f}", steps_per_s=f"{(done - start_step) / max(elapsed, 1e-9):.2f}")
-        if checkpoint_every and done % checkpoint_every == 0 and done < steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(checkpoint_dir, done, unwrapped, ema, optimizer, lr_scheduler, config)
-        if callback is not None:
-            callback(done, step_loss)
+    try:
+        for step in bar:
+            step_loss = step_feature = 0.0
+            for micro in range(grad_accum):
+                g = torch.Generator().manual_seed(_stream(seed, step, rank, micro))
+                if streamed is not None:
+                    # The stream's next global micro-batch, in order; this rank reads its own rows of it.
+                    batch = streamed.next(per_rank * world, rank * per_rank, per_rank)
+                    idx = torch.arange(per_rank)
+                else:
+                    batch = examples
+                    idx = torch.randint(0, len(examples), (per_rank,), generator=g)
+                x0 = batch.clean(idx)  # (B, C, H, W): pixels, or latents for latent models
+                noise = torch.randn(x0.shape, generator=g).to(x0.device)
+                t = torch.randint(0, num_train, (per_rank,), generator=g).to(x0.device)
+                extra = batch.conditioning(idx, g, caption_dropout)  # the student's and the teacher's alike
+                a = alphas_cumprod[t].view(-1, 1, 1, 1)
+                xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
+                target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
+                sync = micro == grad_accum - 1
+                with contextlib.ExitStack() as context:
+                    if not sync and world > 1:
+                        for module in (student, projector):
+                            if module is not None:
+                                context.enter_context(accelerator.no_sync(module))
+                    with accelerator.autocast():
+                        pred = student(xt, t, **extra).sample
+                        loss = F.mse_loss(pred.float(), target)
+                        if teacher_model is not None and (kd_weight > 0 or projector is not None):
+                            with torch.no_grad():
+                                teacher_pred = teacher_model(xt, t, **extra).sample.float()
+                            if kd_weight > 0:
+                                loss = loss + kd_weight * F.mse_loss(pred.float(), teacher_pred)
+                            if projector is not None:  # the taps hold this forward's block outputs
+                                feature = feature_kd.loss(projector(taps[0].take()), taps[1].take())
+                                loss = loss + feature_kd_weight * feature
+                                step_feature += feature.item() / grad_accum
+                    accelerator.backward(loss / grad_accum)
+                step_loss += loss.item() / grad_accum
+            if grad_clip > 0:
+                accelerator.clip_grad_norm_(trainable, grad_clip)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(unwrapped.parameters())
+            if not math.isfinite(step_loss):
+                raise DiffPruneError(f"The loss became {step_loss} at step {step + 1}; lower lr (now {lr}) or use mixed_precision no.")
+            last_loss = step_loss
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                losses.append([done, round(step_loss, 6), lr_scheduler.get_last_lr()[0]]
+                              + ([round(step_feature, 6)] if projector is not None else []))
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{step_loss:.4f}", steps_per_s=f"{(done - start_step) / max(elapsed, 1e-9):.2f}")
+            if checkpoint_every and done % checkpoint_every == 0 and done < steps:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(checkpoint_dir, done, unwrapped, ema, optimizer, lr_scheduler, config,
+                                    data_state=streamed.stream.state() if streamed is not None else None,
+                                    projector=unwrapped_projector)
+            if callback is not None:
+                callback(done, step_loss)
+    finally:
+        for tap in taps or ():  # hooks off the student, which may be the caller's own module
+            tap.close()
     bar.close()
     seconds = time.perf_counter() - started
 
@@ -495,7 +657,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         info["finetune"] = {**config, **{k: v for k, v in report.to_dict().items() if k != "losses"}, "versions": versions()}
         text = io.StringIO()
         writer = csv.writer(text)
-        writer.writerow(["step", "loss", "lr"])
+        writer.writerow(["step", "loss", "lr"] + (["feature_kd"] if projector is not None else []))
         writer.writerows(losses)
         # A UNet of a pipeline is saved as a pipeline, its other parts from wherever they came from.
         carried = (model_or_folder, teacher, getattr(text_encoder, "src", None), getattr(vae, "src", None))
@@ -506,14 +668,42 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     return report
 
 
+def _pick(part, given, src, teacher, device):
+    """A frozen pipeline part: the one given, else SRC's (a pipeline folder, arch:NAME), else the teacher's."""
+    from .models import FromSource
+
+    if given is not None:
+        return given
+    for source in (src, teacher):
+        if source is not None and FromSource(source, part).available():
+            return FromSource(source, part, device)
+    return None
+
+
+def _check_stream(data, precompute, num_images):
+    if isinstance(data, str) and data.startswith("generate:"):
+        raise DiffPruneError(f"Data {data!r} is drawn into memory and cannot be streamed; leave out --stream.")
+    if precompute:
+        raise DiffPruneError("--precompute encodes the whole data set once before training, which streamed data "
+                             f"({data!r}) does not allow: its batches are encoded as they are read. Leave out one of them.")
+    if num_images is not None:
+        raise DiffPruneError(f"--num-images picks a subset of data held in memory; streamed data ({data!r}) is read "
+                             "whole, in seeded epochs. Leave out --num-images, or give a smaller folder or fewer shards.")
+
+
+def _restore_data(path, streamed) -> None:
+    """Put the stream back where the checkpoint ``path`` left it; refuse a checkpoint of the other kind."""
+    saved = json.loads((Path(path) / "state.json").read_text()).get("data")
+    if streamed is None and saved is not None:
+        raise DiffPruneError(f"The checkpoint {str(path)!r} was written by a run that streamed its data; resume it with "
+                             "--stream (stream=True) and the same data, or start afresh.")
+    if streamed is not None:
+        if saved is None:
+            raise DiffPruneError(f"The checkpoint {str(path)!r} was written by a run that held its data in memory; "
+                                 "resume it without --stream, or start afresh.")
+        streamed.stream.restore(saved)
+
+
 def _stream(seed: int, step: int, rank: int, micro: int) -> int:
     """A distinct, reproducible generator seed for each (seed, step, rank, micro-batch)."""
     return (((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro) % (2**63)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

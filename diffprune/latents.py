@@ -119,8 +119,18 @@ def load_latent_images(data, model, cond, vae, limit: int, seed: int, resize: st
     """``(vae, found)``: a latent model's VAE (a ``FromSource`` loaded; a clear error when there is none) and
     ``limit`` images of ``data`` (diffprune.data.load_calibration) at the size the VAE encodes to the UNet's
     latent size. ``alternative`` names what else the caller accepts instead of a VAE."""
-    from .data import describe, load_calibration
-    from .models import FromSource, sample_size
+    from .data import load_calibration
+
+    vae = require_vae(data, cond, vae, alternative)
+    found = load_calibration(data, pixel_size(model, vae), vae.config.in_channels, limit=limit, seed=seed,
+                             resize=resize)
+    return vae, found
+
+
+def require_vae(data, cond, vae, alternative: str = ""):
+    """The VAE (a ``FromSource`` loaded), or a clear error when a latent model has none."""
+    from .data import describe
+    from .models import FromSource
 
     if isinstance(vae, FromSource):
         vae = vae.load()
@@ -129,11 +139,16 @@ def load_latent_images(data, model, cond, vae, limit: int, seed: int, resize: st
             f"Data {describe(data)!r}: this {cond.model_class} denoises latents of its pipeline's VAE, and no VAE was "
             "given to encode the images. Give the pipeline folder (with vae/) as SRC or --pipeline, or vae= in Python "
             f"(diffprune.latents.build_vae / load_vae){alternative}.")
+    return vae
+
+
+def pixel_size(model, vae) -> tuple:
+    """(H, W) of the images whose latents have ``model``'s sample size."""
+    from .models import sample_size
+
     f = vae_factor(vae)
     size = sample_size(model)
-    found = load_calibration(data, (size[0] * f, size[1] * f), vae.config.in_channels, limit=limit, seed=seed,
-                             resize=resize)
-    return vae, found
+    return size[0] * f, size[1] * f
 
 
 

@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
+from . import _distributed
 from .data import check_resize
 from .errors import DiffPruneError
 from .importance import CRITERIA, Calibration
@@ -46,6 +47,7 @@ class PruneReport:
     resize: str = "bilinear"  # how calibration images of another size were brought to the model's
     seconds: float = 0.0
     importance_seconds: float = 0.0
+    processes: int = 1  # processes that shared the calibration images (accelerate launch / torchrun)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +65,8 @@ class PruneReport:
         lines.append(f"method {self.method}, ratio {self.ratio:.3f}, round_to {self.round_to}, {self.seconds:.1f} s")
         if self.timesteps_used:
             t = self.timesteps_used
-            lines.append(f"importance from {len(t)} timesteps (t = {t[0]}..{t[-1]}), thr {self.thr}")
+            shared = f", images shared by {self.processes} processes" if self.processes > 1 else ""
+            lines.append(f"importance from {len(t)} timesteps (t = {t[0]}..{t[-1]}), thr {self.thr}{shared}")
         c = self.conditioning
         if c.get("kind", "none") != "none":
             text = f" ({c['text_inputs']})" if c.get("text_width") else ""
@@ -243,7 +246,6 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
     size = sample_size(model)
     cond = conditioning(model)
     latent = is_latent(model, cond, vae)
-    generator = torch.Generator().manual_seed(seed)
     generating = isinstance(data, str) and data.startswith("generate:")
     if cond.text_width and isinstance(text_encoder, FromSource):
         # Captions and prompts need it (a pipeline without text_encoder/ is then an error); generate:N alone
@@ -252,50 +254,10 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
         text_encoder = text_encoder.load() if needed or text_encoder.available() else None
     if text_encoder is not None and cond.text_width:
         text_encoder.check_fits(cond)
-    text_inputs = cond.text_inputs
-
-    def encode_text(captions, what="captions"):
-        nonlocal text_inputs
-        if text_encoder is None:
-            raise DiffPruneError(
-                "Captions or prompts were given, but no text encoder: a bare UNet folder or an in-memory UNet carries "
-                "none. Give the pipeline folder (with text_encoder/ and tokenizer/), or text_encoder= in Python "
-                "(diffprune.text.build_text_encoder / load_text_encoder).")
-        encoded = text_encoder(captions, device=_device(model))
-        if encoded.truncated:
-            import sys
-
-            print(f"diffprune: warning: {len(encoded.truncated)} of {len(captions)} captions are longer than 77 CLIP "
-                  f"tokens and were truncated (the first: {captions[encoded.truncated[0]][:80]!r}...), as the SD "
-                  "pipelines do.", file=sys.stderr)
-        text_inputs = f"{what} through {text_encoder.source}"
-        return encoded
 
     if generating:
-        from .sampling import generate
-
-        try:
-            count = int(data.split(":", 1)[1])
-        except ValueError:
-            count = 0
-        if count <= 0:
-            raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0 (e.g. generate:64).")
-        text = uncond = None
-        if prompts is not None and not cond.text_width:
-            raise DiffPruneError(f"--prompts were given, but this {cond.model_class} reads no text "
-                                 f"(conditioning: {cond.kind}); leave them out.")
-        if cond.text_width and (prompts is not None or text_encoder is not None):
-            # Without prompts, the real empty prompt: what the pipeline feeds for "" (not zeros).
-            text = (encode_text([prompts[i % len(prompts)] for i in range(count)], "prompts") if prompts
-                    else encode_text([""] * count, "the empty prompt"))
-            if prompts:
-                uncond = cond.inputs(count, size, generator=torch.Generator().manual_seed(seed),
-                                     text=text_encoder([""] * count, device=_device(model)))
-                text_inputs += (f", {len(prompts)} prompt{'s' if len(prompts) > 1 else ''}, images drawn with guidance "
-                                f"{GUIDANCE_SCALE}")
-        inputs = cond.inputs(count, size, class_labels=class_labels, generator=generator, text=text)
-        images = generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs, uncond=uncond,
-                          guidance_scale=GUIDANCE_SCALE if uncond is not None else 1.0, clamp=not latent)
+        images, inputs, text_inputs = generate_samples(model, scheduler_config, generate_count(data), seed, progress,
+                                                       class_labels, text_encoder, prompts, latent)
     else:
         if prompts is not None:
             raise DiffPruneError("--prompts go with --data generate:N (the prompts the calibration images are drawn "
@@ -307,20 +269,109 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
                                             alternative=", or --data generate:N to draw latents from the model itself")
         else:
             found = load_calibration(data, size, cfg.in_channels, limit=n, seed=seed, resize=resize)
-        text = None
+        text, text_inputs = None, cond.text_inputs
         if cond.text_width:
             found.require_captions(data, "pruned", alternative="or use --data generate:N --prompts FILE")
-            text = encode_text(found.captions)
+            text = _encode_text(text_encoder, found.captions, _device(model))
+            text_inputs = f"captions through {text_encoder.source}"
         if class_labels is None and cond.num_classes and found.labels is not None:
             try:
                 class_labels = cond.check_labels(found.labels)
             except DiffPruneError as e:
                 raise DiffPruneError(f"Data {describe(data)!r} holds class labels the model cannot take: {e}") from None
         images = encode(vae, found.images, micro_batch) if latent else found.images
-        inputs = cond.inputs(images.shape[0], size, class_labels=class_labels, generator=generator, text=text)
+        inputs = cond.inputs(images.shape[0], size, class_labels=class_labels,
+                             generator=torch.Generator().manual_seed(seed), text=text)
     calib = Calibration(images=images, scheduler_config=scheduler_config, micro_batch=micro_batch,
                         seed=seed, progress=progress, description=describe(data), inputs=inputs)
     return calib, text_inputs
+
+
+def _encode_text(text_encoder, captions, device):
+    """Embeddings of ``captions`` (a clear error without a text encoder; a warning for truncated ones)."""
+    if text_encoder is None:
+        raise DiffPruneError(
+            "Captions or prompts were given, but no text encoder: a bare UNet folder or an in-memory UNet carries "
+            "none. Give the pipeline folder (with text_encoder/ and tokenizer/), or text_encoder= in Python "
+            "(diffprune.text.build_text_encoder / load_text_encoder).")
+    encoded = text_encoder(captions, device=device)
+    if encoded.truncated:
+        import sys
+
+        print(f"diffprune: warning: {len(encoded.truncated)} of {len(captions)} captions are longer than 77 CLIP "
+              f"tokens and were truncated (the first: {captions[encoded.truncated[0]][:80]!r}...), as the SD "
+              "pipelines do.", file=sys.stderr)
+    return encoded
+
+
+def generate_count(data: str) -> int:
+    """N of ``generate:N`` (a clear error unless N > 0)."""
+    text = data.split(":", 1)[1]
+    count = int(text) if text.isdigit() else 0
+    if count <= 0:
+        raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0 (e.g. generate:64).")
+    return count
+
+
+def generate_samples(model, scheduler_config, count: int, seed: int = 0, progress: bool = True, class_labels=None,
+                     text_encoder=None, prompts=None, latent: bool = False):
+    """``generate:N``'s data: ``count`` samples drawn from ``model`` (DDIM, diffprune.sampling) under its
+    conditioning, for pruning's calibration and for fine-tuning. Class labels: ``class_labels`` cycled, else
+    drawn uniformly with ``seed``. Text: ``prompts`` cycled through ``text_encoder``, drawn with classifier-free
+    guidance GUIDANCE_SCALE; without prompts the encoder's empty prompt, without an encoder the stand-in.
+    Latents (``latent``) are left unclamped. Several processes share the drawing (_generate_shared).
+
+    Returns ``(samples (N, C, H, W), inputs (the conditioning per sample, batch-first), text_inputs)``, the
+    last a description of what the text inputs were."""
+    import torch
+
+    from .conditioning import conditioning
+    from .models import sample_size
+
+    cond = conditioning(model)
+    size = sample_size(model)
+    text_inputs = cond.text_inputs
+    text = uncond = None
+    if prompts is not None and not cond.text_width:
+        raise DiffPruneError(f"--prompts were given, but this {cond.model_class} reads no text "
+                             f"(conditioning: {cond.kind}); leave them out.")
+    if cond.text_width and (prompts is not None or text_encoder is not None):
+        # Without prompts, the real empty prompt: what the pipeline feeds for "" (not zeros).
+        text = _encode_text(text_encoder, [prompts[i % len(prompts)] for i in range(count)] if prompts else [""] * count,
+                            _device(model))
+        text_inputs = f"{'prompts' if prompts else 'the empty prompt'} through {text_encoder.source}"
+        if prompts:
+            uncond = cond.inputs(count, size, generator=torch.Generator().manual_seed(seed),
+                                 text=text_encoder([""] * count, device=_device(model)))
+            text_inputs += (f", {len(prompts)} prompt{'s' if len(prompts) > 1 else ''}, images drawn with guidance "
+                            f"{GUIDANCE_SCALE}")
+    inputs = cond.inputs(count, size, class_labels=class_labels, generator=torch.Generator().manual_seed(seed),
+                         text=text)
+    return _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent), inputs, text_inputs
+
+
+def _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent):
+    """generate:N samples; with several processes each rank draws its share (the same starting noise and
+    conditioning rows one process would give those samples) and every rank receives all of them."""
+    import torch
+
+    from .conditioning import slice_inputs
+    from .sampling import generate
+
+    guidance = GUIDANCE_SCALE if uncond is not None else 1.0
+    rank, world = _distributed.world()
+    if world == 1:
+        return generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs, uncond=uncond,
+                        guidance_scale=guidance, clamp=not latent)
+    if count < world:
+        raise DiffPruneError(f"generate:{count} cannot be shared by {world} processes; draw at least {world} samples.")
+    lo, hi = _distributed.share(count)
+    # generate()'s own draw for all N samples, of which this rank takes its rows.
+    noise = torch.randn((count, model.config.in_channels, *size), generator=torch.Generator().manual_seed(seed))
+    part = generate(model, scheduler_config, hi - lo, seed=seed, progress=progress and rank == 0, noise=noise[lo:hi],
+                    inputs=slice_inputs(inputs, lo, hi), uncond=None if uncond is None else slice_inputs(uncond, lo, hi),
+                    guidance_scale=guidance, clamp=not latent)
+    return _distributed.gather_rows(part, count, _device(model))
 
 
 def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target_macs: float | None = None,
@@ -348,6 +399,10 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     encoder, text inputs are the empty-prompt stand-in (zeros; SDXL's default time ids), which gives
     cross-attention no gradient. ``text_encoder`` and ``vae`` may be ``diffprune.models.FromSource``
     loaders, loaded only when needed. Params and MACs are counted with the default inputs.
+
+    Inside an initialised torch.distributed group (``accelerate launch``, torchrun) each rank takes a share
+    of the calibration images and the gradients and losses are summed over the ranks
+    (diffprune.importance._gradients.accumulate_gradients): every rank returns the model one process would.
     """
     import torch
 
@@ -409,7 +464,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         calibration=calib.description if criterion.needs_data else "", resize=resize,
         conditioning=cond.to_dict(), no_gradient_groups=list(planner.no_signal),
         seconds=time.perf_counter() - started,
-        importance_seconds=importance_seconds,
+        importance_seconds=importance_seconds, processes=_distributed.world()[1],
     )
     return model.eval(), report
 

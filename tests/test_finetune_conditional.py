@@ -168,6 +168,64 @@ def test_resume_of_a_class_conditional_run_ends_with_the_same_weights(pruned, tm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.fixture
+def few_sampling_steps(monkeypatch):
+    """generate:N draws its samples in 2 DDIM steps, not 50: these tests are about what the student is fed."""
+    import functools
+
+    import diffprune.sampling
+
+    monkeypatch.setattr(diffprune.sampling, "generate", functools.partial(diffprune.sampling.generate, steps=2))
+
+
+def test_generated_class_data_cycles_every_class(pruned, tmp_path, few_sampling_steps):
+    from diffprune.models import load_source
+
+    student = load_source(pruned["tiny-class"])[0]
+    seen = Recorder(student)
+    finetune(student, tmp_path / "ft", data="generate:20", teacher="arch:tiny-class", kd_weight=1.0, steps=6,
+             ema_decay=0, **{**FAST, "batch_size": 8})
+    labels = torch.cat([c["class_labels"] for c in seen.calls if "class_labels" in c]).tolist()
+    assert len(labels) == 48 and set(labels) <= set(range(10)) and len(set(labels)) >= 8  # 20 samples: classes 0..9 twice
+    info = json.loads((tmp_path / "ft" / "pruning.json").read_text())["finetune"]
+    assert info["data"] == "generate:20" and info["num_images"] == 20
+
+
+def test_generated_text_data_is_drawn_with_the_prompts_and_trained_on_them(pruned, parts, tmp_path, few_sampling_steps):
+    from diffprune.models import load_source
+    from diffprune.pruning import generate_samples
+
+    prompts = ["a handwritten digit one", "a handwritten digit seven"]
+    teacher = load_source("arch:tiny-sd")[0]
+    student = load_source(pruned["tiny-sd"])[0]
+    seen = Recorder(student)
+    noisy = []
+    student.register_forward_pre_hook(lambda module, args: noisy.append(args[0].detach().clone()) if args else None)
+    finetune(student, tmp_path / "ft", data="generate:4", teacher=teacher, kd_weight=1.0, prompts=prompts, steps=3,
+             ema_decay=0, caption_dropout=0.3, **{**parts, **FAST})
+    # What the student saw, row by row, is one of the prompts or (dropped) the empty prompt, through the encoder.
+    table = parts["text_encoder"](prompts + [""]).encoder_hidden_states  # (3, 77, D)
+    rows = torch.cat([c["encoder_hidden_states"] for c in seen.calls])  # (3 steps * 4, 77, D)
+    matches = [[torch.allclose(r, t, atol=1e-5) for t in table] for r in rows]
+    assert all(any(m) for m in matches) and any(m[0] for m in matches) and any(m[1] for m in matches)
+    info = json.loads((tmp_path / "ft" / "pruning.json").read_text())["finetune"]
+    assert info["generate"] == {"from": "teacher", "prompts": 2, "guidance_scale": 7.5}
+    # The student was trained on pruning's generate path's samples (same function, seed, prompts): rebuild step 1's
+    # noisy input from them with the trainer's seeded draws and compare.
+    from diffprune.finetune import _stream, _targets
+    from diffprune.models import DEFAULT_SCHEDULER
+
+    samples, _, described = generate_samples(teacher, DEFAULT_SCHEDULER, 4, seed=0, progress=False,
+                                             text_encoder=parts["text_encoder"], prompts=prompts, latent=True)
+    assert samples.shape == (4, 4, 16, 16) and "2 prompts, images drawn with guidance 7.5" in described
+    alphas, _, num_train = _targets(DEFAULT_SCHEDULER)
+    g = torch.Generator().manual_seed(_stream(0, 0, 0, 0))
+    x0 = samples[torch.randint(0, 4, (4,), generator=g)]
+    noise = torch.randn(x0.shape, generator=g)
+    a = alphas[torch.randint(0, num_train, (4,), generator=g)].view(-1, 1, 1, 1)
+    torch.testing.assert_close(noisy[0], a.sqrt() * x0 + (1 - a).sqrt() * noise)
+
+
 def _bad_inputs(captioned, tmp_path):
     folder = tmp_path / "some-captions"
     shutil.copytree(captioned, folder)
@@ -182,7 +240,10 @@ def _bad_inputs(captioned, tmp_path):
         ("tiny-sd", dict(data="builtin:digits", num_images=8), r"8 of 8 images have no caption"),
         ("tiny-sd", dict(data=str(captioned), text_encoder=None), "no text encoder was given"),
         ("tiny-sd", dict(data=str(captioned), vae=None), "no VAE was given"),
-        ("tiny-sd", dict(data="generate:4"), "not supported yet"),
+        ("tiny-sd", dict(data="generate:4"), "would train only the empty prompt.*--prompts"),
+        ("tiny-sd", dict(data=str(captioned), prompts=["a cat"]), "prompts .* go with --data generate:N"),
+        ("tiny-class", dict(data="generate:4", prompts=["a cat"]), "reads no text"),
+        ("tiny-class", dict(data="generate:0"), "write generate:N with N > 0"),
         ("tiny-sd", dict(data=str(captioned), caption_dropout=1.5), "caption_dropout 1.5 is out of range"),
         ("tiny-sd", dict(data=str(captioned), teacher="arch:tiny-class", kd_weight=1.0), "distillation feeds both"),
         ("tiny-class", dict(data=str(unlabelled)), "has no class label for every image"),
@@ -212,3 +273,38 @@ def test_cli_finetunes_a_text_model_from_its_pipeline(tmp_path, captioned):
     info = json.loads((out / "unet" / "pruning.json").read_text())["finetune"]
     assert info["caption_dropout"] == 0.2 and info["precompute"] is True
     assert (out / "unet" / "loss.csv").is_file()
+
+
+def test_an_sdxl_like_pipeline_fine_tunes_on_both_encoders_and_time_ids(captioned, tmp_path):
+    """arch:tiny-sdxl: two text encoders (hidden states concatenated, the second's pooled output) and SDXL's
+    text_time added conditioning; pruned, fine-tuned with distillation, saved as a pipeline folder that loads."""
+    from diffprune.cli import main
+    from diffprune.models import FromSource, load_source
+
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "arch:tiny-sdxl", str(pruned), "--method", "magnitude", "--ratio", "0.5", "--quiet"]) == 0
+    student = load_source(str(pruned))[0]
+    fed = []
+    student.register_forward_pre_hook(lambda m, args, kwargs: fed.append(kwargs) if args else None, with_kwargs=True)
+    text = FromSource(str(pruned), "text_encoder")
+    report = finetune(student, tmp_path / "ft", data=str(captioned), steps=3, teacher="arch:tiny-sdxl", kd_weight=1.0,
+                      text_encoder=text, vae=FromSource(str(pruned), "vae"), caption_dropout=0.0, ema_decay=0,
+                      resize="pad", **{**FAST, "batch_size": 2})
+    assert len(report.losses) == 3 and all(np.isfinite(r[1]) and r[1] > 0 for r in report.losses)
+    first = fed[0]
+    assert first["encoder_hidden_states"].shape == (2, 77, 32)  # 16 + 16: both encoders' penultimate states
+    assert first["added_cond_kwargs"]["text_embeds"].shape == (2, 32)  # the second encoder's pooled projection
+    assert first["added_cond_kwargs"]["time_ids"].shape == (2, 6)
+    assert first["added_cond_kwargs"]["text_embeds"].abs().sum() > 0  # real captions, not the zero stand-in
+
+    out = tmp_path / "ft"
+    assert sorted(os.listdir(out)) == ["model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
+                                       "tokenizer_2", "unet", "vae"]
+    tuned = load_source(str(out))[0]
+    assert tuned.config.addition_embed_type == "text_time"
+    before = load_source(str(pruned))[0].state_dict()
+    after = tuned.state_dict()
+    assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+    assert any(not torch.equal(after[k], before[k]) for k in after)
+    carried = FromSource(str(out), "text_encoder").load()  # the frozen encoders, carried over unchanged
+    torch.testing.assert_close(carried(["a digit"]).text_embeds, text.load()(["a digit"]).text_embeds)

@@ -434,8 +434,9 @@ def test_cli_prunes_a_pipeline_with_captions(tiny_sd, captioned, tmp_path, capsy
     assert main(["prune", str(folder), str(out), "--data", str(captioned / "pairs.jsonl"), "--ratio", "0.5",
                  "--max-timesteps", "2", "--resize", "pad", "--quiet"]) == 0
     assert f"conditioning: text (captions through {folder}); only the UNet is pruned" in capsys.readouterr().out
-    info = json.loads((out / "pruning.json").read_text())["pruning"]
+    info = json.loads((out / "unet" / "pruning.json").read_text())["pruning"]  # a pipeline in, a pipeline out
     assert info["no_gradient_groups"] == [] and info["timesteps_used"] == [0, 1]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in folder.iterdir())
 
 
 @pytest.mark.parametrize("case", ["images without captions", "empty prompts file", "pipeline without vae"])

@@ -31,7 +31,8 @@ def register(subparsers):
     p.add_argument("out", metavar="OUT")
     p.add_argument("--data", default="builtin:digits",
                    help="folder (captions in same-stem .txt files), .npy/.npz (labels in 'labels'), .jsonl of "
-                        '{"image", "text", "label"} lines, builtin:digits (default, with labels) or generate:N')
+                        '{"image", "text", "label"} lines, tar shards (streamed, see --stream), builtin:digits '
+                        "(default, with labels) or generate:N")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000; the paper: 100K for CIFAR-10)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step (default 64)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
@@ -45,11 +46,21 @@ def register(subparsers):
                    help="auto: bf16 on CUDA where supported, fp16 otherwise, fp32 on CPU")
     p.add_argument("--teacher", help="dense model to distil from (same sources as SRC)")
     p.add_argument("--kd-weight", type=float, default=0.0, help="weight of the teacher-matching loss (default 0)")
+    p.add_argument("--feature-kd-weight", type=float, default=0.0,
+                   help="weight of feature distillation at every down/mid/up block output (BK-SDM), through learned "
+                        "1x1 maps where the pruned widths differ from the teacher's (default 0 = off; needs --teacher)")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="text-conditioned models with --data generate:N: one prompt per line, cycled over the N samples "
+                        "drawn from the teacher with classifier-free guidance 7.5 and kept as their captions")
     p.add_argument("--pipeline", help="pipeline folder or arch:NAME whose frozen text_encoder/ + tokenizer/ and vae/ a "
                                        "text-conditioned model is trained with (default: SRC's, else --teacher's)")
     p.add_argument("--caption-dropout", type=float, default=0.1,
                    help="fraction of captions replaced by the empty prompt, so classifier-free guidance keeps working "
                         "(default 0.1)")
+    p.add_argument("--stream", action="store_true",
+                   help="read a folder or .jsonl from disk batch by batch, in seeded epochs, instead of loading it (for "
+                        "data that does not fit in memory); tar shards (a .tar, a folder of *.tar, or a glob such as "
+                        "'shards/*.tar': NAME.png + NAME.txt [+ NAME.cls] members) are always streamed")
     p.add_argument("--precompute", action="store_true",
                    help="encode the VAE latents and text embeddings once before training, not every batch")
     p.add_argument("--resize", default="bilinear", choices=RESIZE_MODES,
@@ -73,6 +84,7 @@ def run(args) -> int:
     require(*NEEDS)
     from diffprune.finetune import finetune
     from diffprune.models import FromSource
+    from diffprune.text import read_prompts
 
     report = finetune(
         args.src, args.out, data=args.data, resize=args.resize, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -82,6 +94,8 @@ def run(args) -> int:
         num_images=args.num_images, checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, log_every=args.log_every, seed=args.seed, device=args.device,
         overwrite=args.overwrite, progress=not args.quiet, caption_dropout=args.caption_dropout, precompute=args.precompute,
+        stream=args.stream, feature_kd_weight=args.feature_kd_weight,
+        prompts=read_prompts(args.prompts) if args.prompts else None,
         text_encoder=FromSource(args.pipeline, "text_encoder") if args.pipeline else None,
         vae=FromSource(args.pipeline, "vae") if args.pipeline else None,
     )

@@ -29,7 +29,11 @@ def register(subparsers):
             a pipeline SRC gives a pipeline OUT (the pruned UNet in unet/, the other components carried over).
             SRC: a diffusers folder, a pipeline folder (its unet/ and scheduler/), a hub id (owner/name),
             a pruned folder, or arch:NAME (built-in architecture with random weights: ddpm-cifar10-32,
-            sd15, sd21-base, sdxl, and tiny test ones: tiny, tiny-attn, tiny-class, tiny-sd, tiny-sdxl).""")
+            sd15, sd21-base, sdxl, and tiny test ones: tiny, tiny-attn, tiny-class, tiny-sd, tiny-sdxl).
+            Several GPUs: accelerate launch --multi_gpu -m diffprune prune ... (or torchrun; on CPUs
+            torchrun --nproc_per_node N -m diffprune prune ... --device cpu): each process takes a share of the
+            calibration images, their gradients and losses are summed, so the kept channels and the timesteps
+            used are those of one process; the first process writes OUT.""")
         + missing_note(*NEEDS),
         epilog=EPILOG,
     )
@@ -77,6 +81,20 @@ def _labels(text: str) -> list:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 0,3,7)") from None
 
 
+def _processes(device: str) -> tuple:
+    """(device, whether this is the first process): under accelerate launch / torchrun (WORLD_SIZE > 1) the
+    process group is started through accelerate, as fine-tuning does, and each process gets its own GPU."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, True
+    require("accelerate")
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")
+    return str(state.device), state.is_main_process
+
+
 def run(args) -> int:
     require(*NEEDS)
     from diffprune._io import check_writable
@@ -89,8 +107,10 @@ def run(args) -> int:
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
                   args.num_images, args.micro_batch)
     prompts = read_prompts(args.prompts) if args.prompts else None
-    check_writable(args.out, args.overwrite)
     device = resolve_device(args.device)
+    device, main = _processes(device)
+    if main:
+        check_writable(args.out, args.overwrite)
     model, scheduler_config, source = load_source(args.src, device=device)
     pruned, report = prune(
         model, method=args.method, ratio=args.ratio, target_macs=args.target_macs, data=args.data,
@@ -99,6 +119,8 @@ def run(args) -> int:
         progress=not args.quiet, class_labels=args.class_labels, prompts=prompts,
         text_encoder=FromSource(args.src, "text_encoder", device), vae=FromSource(args.src, "vae", device),
     )
+    if not main:
+        return 0  # every rank holds the same pruned model; the first one writes and prints it
     info = {"source": source, "pruning": {k: v for k, v in report.to_dict().items() if k != "layer_widths"}}
     save(pruned, args.out, info=info, scheduler_config=scheduler_config, overwrite=args.overwrite, pipeline=args.src)
     print(report.table())

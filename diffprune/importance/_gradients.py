@@ -48,11 +48,20 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     that step's gradient is included. ``thr = 0`` sums every timestep (plain Taylor pruning). The
     loss at each t is the mean over all calibration images, computed in micro-batches so that large
     models fit in memory: each micro-batch's loss is weighted by its share of the images.
+
+    Several processes (an initialised torch.distributed group, e.g. ``accelerate launch``): each rank
+    takes a contiguous share of the images (the same noise rows one process would give them) and the
+    per-rank gradients are summed once at the end. The gradients are what is summed, not Taylor scores:
+    the score |w * sum_r g_r| is not sum_r |w * g_r|, while the gradient of the summed loss is exactly the
+    sum of the ranks' gradients, so every rank then holds the one-process gradient (up to float order).
+    The loss of each t is summed over the ranks before the stop rule reads it, so every rank stops at the
+    same t, the one a single process would stop at.
     """
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
+    from .. import _distributed
     from .._io import quiet
     from ..conditioning import inputs_to, slice_inputs
 
@@ -63,27 +72,34 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     n = images.shape[0]
     generator = torch.Generator(device="cpu").manual_seed(calib.seed)
     noise = torch.randn(images.shape, generator=generator).to(device)  # one draw, reused at every t
+    rank, world = _distributed.world()
+    if n < world:
+        raise DiffPruneError(f"{n} calibration images cannot be shared by {world} processes (each needs at least one); "
+                             f"use --num-images {world} or more, or fewer processes.")
+    lo, hi = _distributed.share(n)  # this rank's images; the whole set in one process
     model.zero_grad(set_to_none=True)
     model.eval()  # dropout off: the gradient should measure the weights, not a random mask
     log = GradientLog()
     max_loss = 0.0
     steps = num_steps if calib.max_timesteps is None else min(num_steps, calib.max_timesteps)
-    bar = tqdm(range(steps), desc="importance: timesteps", disable=quiet(calib.progress), leave=False)
+    bar = tqdm(range(steps), desc="importance: timesteps", disable=quiet(calib.progress and rank == 0), leave=False)
     started = time.perf_counter()
     for t in bar:
         a = alphas_cumprod[t].to(device)
         total = 0.0
-        for start in range(0, n, calib.micro_batch):
-            x0 = images[start:start + calib.micro_batch]
-            eps = noise[start:start + calib.micro_batch]
+        for start in range(lo, hi, calib.micro_batch):
+            end = min(start + calib.micro_batch, hi)
+            x0 = images[start:end]
+            eps = noise[start:end]
             xt = a.sqrt() * x0 + (1 - a).sqrt() * eps  # q(x_t | x_0), DDPM Eq. 4
             target = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
             timestep = torch.full((x0.shape[0],), t, device=device, dtype=torch.long)
             # The same conditioning at every t: class labels, empty-prompt text (see diffprune.conditioning).
-            pred = model(xt, timestep, **slice_inputs(cond, start, start + calib.micro_batch)).sample
+            pred = model(xt, timestep, **slice_inputs(cond, start, end)).sample
             loss = F.mse_loss(pred.float(), target) * (x0.shape[0] / n)
             loss.backward()
             total += loss.item()
+        total = _distributed.sum_scalar(total, device)  # the loss over all images, identical on every rank
         log.timesteps.append(t)
         log.losses.append(total)
         max_loss = max(max_loss, total)
@@ -91,9 +107,14 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
         if total < thr * max_loss:
             log.stopped_by_threshold = True
             break
-        if t + 1 == TREND_AFTER and thr > 0 and steps == num_steps > TREND_AFTER:  # not when the user capped it
+        if t + 1 == TREND_AFTER and thr > 0 and steps == num_steps > TREND_AFTER and rank == 0:  # not when capped
             _warn_if_the_loss_will_not_fall(log.losses, thr * max_loss, steps, time.perf_counter() - started)
     bar.close()
+    if world > 1:
+        # Every rank ran the same timesteps on the same model, so the same parameters hold a gradient.
+        for p in model.parameters():
+            if p.grad is not None:
+                _distributed.sum_(p.grad)
     return log
 
 
