@@ -203,3 +203,32 @@ def test_bad_pipeline_folders_are_clear_errors(fake_sd, tmp_path):
 def test_scheduler_names_follow_the_config_class():
     assert rp.scheduler_name({"_class_name": "EulerDiscreteScheduler"}) == "euler"
     assert rp.scheduler_name({"_class_name": "DPMSolverMultistepScheduler"}) == "dpm-solver++"
+
+
+def test_named_inputs_are_checked_against_model_json(fake_sd):
+    from diffprune.runtime.artifact import describe
+
+    _, where, meta = describe(fake_sd / "unet")
+    unet = FakeRunner(where, meta)
+    x, t = np.zeros((2, 4, 8, 8), np.float32), np.zeros(2, np.float32)
+    ehs = np.zeros((2, 77, 8), np.float32)
+    assert unet(x, t, encoder_hidden_states=ehs).shape == (2, 4, 8, 8)
+    assert unet.conditioning == ["encoder_hidden_states"] and unet.calls == 1
+    with pytest.raises(DiffPruneError, match="takes the inputs sample, timestep, encoder_hidden_states; missing "
+                                             "encoder_hidden_states"):
+        unet(x, t)
+    with pytest.raises(DiffPruneError, match="unknown class_labels"):
+        unet(x, t, encoder_hidden_states=ehs, class_labels=np.zeros(2, np.int64))
+    with pytest.raises(DiffPruneError, match=r"encoder_hidden_states .* has shape \(2, 77, 9\)"):
+        unet(x, t, encoder_hidden_states=np.zeros((2, 77, 9), np.float32))
+    with pytest.raises(DiffPruneError, match="disagree on the batch size"):
+        unet(x, t, encoder_hidden_states=ehs[:1])
+    _, where, meta = describe(fake_sd / "text_encoder")
+    encoder = FakeRunner(where, meta)
+    assert encoder.infer(input_ids=np.zeros((3, 77), np.int64))["hidden_states"].shape == (3, 77, 8)
+    with pytest.raises(DiffPruneError, match="input_ids of the text_encoder .* must be a int64 numpy array, got int32"):
+        encoder.infer(input_ids=np.zeros((3, 77), np.int32))
+    with pytest.raises(DiffPruneError, match="outside this artifact's range 1..8"):
+        encoder.infer(input_ids=np.zeros((9, 77), np.int64))
+    with pytest.raises(DiffPruneError, match="without a sample input, not a UNet"):
+        encoder(x, t)

@@ -186,6 +186,14 @@ def test_ldm_matches_diffusers(exported, ldm_folder, tmp_path):
     ours = to_unit(sample_without_torch(folder, tmp_path, noise, n=2, steps=5))
     assert ours.shape == ref.shape == (2, 32, 32, 3)
     assert np.abs(ours - ref).max() <= TOLERANCE
+    from diffprune import DiffPruneError
+    from diffprune.runtime.pipeline import Pipeline
+
+    with Pipeline(folder, "ort-cpu") as pipe:  # an unconditional pipeline given what only text pipelines take
+        for kwargs, message in [(dict(prompt="a face"), "latent pipeline, which takes no prompt"),
+                                (dict(guidance=7.5), "needs a text-conditioned pipeline")]:
+            with pytest.raises(DiffPruneError, match=message):
+                pipe.generate(steps=2, **kwargs)
 
 
 def test_broken_component_and_wrong_kind_are_clear_errors(exported, tmp_path):
