@@ -91,7 +91,7 @@ def test_sampler_cost_grows_with_steps():
 
 
 @pytest.mark.parametrize("grid, message", [
-    (dict(schedulers=["euler"]), "Unknown scheduler 'euler'"),
+    (dict(schedulers=["pndm"]), "Unknown scheduler 'pndm'"),
     (dict(steps=[10, 0]), "steps 0 in the grid is invalid"),
     (dict(batches=[]), "batch list is empty"),
     (dict(backends=["ort-cuda"]), "CUDAExecutionProvider"),
