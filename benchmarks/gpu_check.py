@@ -116,20 +116,14 @@ def conditional_prune(device: str, smoke: bool) -> dict:
 
 def sd_pipeline(device: str, smoke: bool, steps: int, runs: int, tmp: Path) -> dict:
     """Step 6: prompt -> uint8 image with guidance, dense vs pruned (target 0.5 MACs), per component."""
-    import sys
-
     from diffprune.benchmark import torch_pipeline_case
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from sd15_cpu import write_pipeline_folder
 
     arch = "tiny-sd" if smoke else "sd15"
     prompt = "a photo of an astronaut riding a horse on mars"
     started = time.perf_counter()
     pruned, report = diffprune.prune(build_unet(arch).to(device), method="magnitude", target_macs=0.5, progress=False)
-    unet_dir = diffprune.save(pruned.cpu(), tmp / "unet-pruned")
+    diffprune.save(pruned.cpu(), tmp / "pruned-pipeline", pipeline=f"arch:{arch}")  # the UNet in unet/, arch's other parts
     del pruned
-    write_pipeline_folder(unet_dir, tmp / "pruned-pipeline", arch=arch)
     row = {"arch": arch, "prompt": prompt, "guidance": 7.5, "steps": steps, "batch": 1,
            "macs": [report.macs_before, report.macs_after], "params": [report.params_before, report.params_after],
            "prune_s": time.perf_counter() - started, "eager": {}}

@@ -18,7 +18,6 @@ shared machine: no measurement while another heavy job runs). Results: benchmark
 """
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -38,32 +37,6 @@ def diffprune(*args, exclusive=False):
     run([sys.executable, "-m", "diffprune", *map(str, args)], exclusive=exclusive)
 
 
-def write_pipeline_folder(pruned_unet: Path, out: Path, arch: str = "sd15") -> None:
-    """A StableDiffusionPipeline folder: arch:ARCH's text encoder, tokenizer, VAE and scheduler around the pruned
-    UNet (copied in as unet/), which `diffprune export` turns into a pipeline export (benchmarks/gpu_check.py
-    uses it too, with tiny-sd in its --smoke mode)."""
-    from diffprune.export.pipeline import SD_SCHEDULER
-    from diffprune.latents import VAE_SETUPS, build_vae
-    from diffprune.text import build_text_encoder
-
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tokenizer, text_model), = build_text_encoder(arch).parts
-    text_model.save_pretrained(str(tmp / "text_encoder"))
-    tokenizer.save(tmp / "tokenizer")
-    build_vae(VAE_SETUPS[arch]).save_pretrained(str(tmp / "vae"))
-    (tmp / "scheduler").mkdir()
-    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER, indent=1))
-    shutil.copytree(pruned_unet, tmp / "unet")
-    (tmp / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"],
-        "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}, indent=1))
-    tmp.rename(out)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("work", type=Path, help="folder for the exports (about 6 GB)")
@@ -79,10 +52,8 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "dense-onnx").is_dir():
         diffprune("export", "arch:sd15", work / "dense-onnx", "--max-batch", 1, "--opt-batch", 1)
-    if not (work / "unet-pruned").is_dir():
-        diffprune("prune", "arch:sd15", work / "unet-pruned", "--method", "magnitude", "--target-macs", 0.5, "--quiet")
-    if not (work / "pruned-pipeline").is_dir():
-        write_pipeline_folder(work / "unet-pruned", work / "pruned-pipeline")
+    if not (work / "pruned-pipeline").is_dir():  # a pipeline in, a pipeline out: arch:sd15's parts around the pruned UNet
+        diffprune("prune", "arch:sd15", work / "pruned-pipeline", "--method", "magnitude", "--target-macs", 0.5, "--quiet")
     if not (work / "pruned-onnx").is_dir():
         diffprune("export", work / "pruned-pipeline", work / "pruned-onnx", "--max-batch", 1, "--opt-batch", 1)
     bench = ["bench", work / "dense-onnx", work / "pruned-onnx", "--backend", a.backend, "--batch", 1,
