@@ -92,3 +92,16 @@ def captioned_digits(tmp_path_factory):
         return folder
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pruned_conditional_folders(tmp_path_factory):
+    """tiny-class and tiny-sd pruned to half their channels (magnitude), each saved as a pruned folder."""
+    import diffprune
+    from diffprune.models import build_unet
+
+    out = {}
+    for arch in ("tiny-class", "tiny-sd"):
+        model, report = diffprune.prune(build_unet(arch), method="magnitude", ratio=0.5, progress=False)
+        out[arch] = diffprune.save(model, tmp_path_factory.mktemp(arch) / "pruned", info={"pruning": report.to_dict()})
+    return out

@@ -89,14 +89,8 @@ def test_folder_and_jsonl_stream_like_they_load(captioned_digits):
 
 
 @pytest.fixture(scope="module")
-def pruned(tmp_path_factory):
-    from diffprune.models import build_unet
-
-    out = {}
-    for arch in ("tiny-class", "tiny-sd"):
-        model, report = diffprune.prune(build_unet(arch), method="magnitude", ratio=0.5, progress=False)
-        out[arch] = diffprune.save(model, tmp_path_factory.mktemp(arch) / "pruned", info={"pruning": report.to_dict()})
-    return out
+def pruned(pruned_conditional_folders):
+    return pruned_conditional_folders
 
 
 @pytest.fixture(scope="module")
