@@ -51,7 +51,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dense")
     p.add_argument("pruned")
-    p.add_argument("--recipe", action="append", required=True)
+    p.add_argument("--recipe", action="append", default=[])
+    p.add_argument("--evaluate", action="append", default=[], metavar="LABEL=FOLDER",
+                   help="also score a model fine-tuned elsewhere (e.g. a demo's finetuned/)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -67,7 +69,13 @@ def main():
     rows = [{"recipe": "dense", **digit_confidence(dense)}]
     untuned = sample(args.pruned, args.n, args.sample_steps, args.seed)
     rows.append({"recipe": "pruned, not fine-tuned", "ssim": consistency(untuned, dense)["ssim"], **digit_confidence(untuned)})
-    print(json.dumps(rows, indent=None))
+    print(json.dumps(rows, indent=None), flush=True)
+    for item in args.evaluate:
+        label, folder = item.split("=", 1)
+        images = sample(folder, args.n, args.sample_steps, args.seed)
+        q = consistency(images, dense)
+        rows.append({"recipe": label, "ssim": q["ssim"], "psnr_db": q["psnr_db"], **digit_confidence(images)})
+        print(json.dumps(rows[-1]), flush=True)
     for text in args.recipe:
         r = parse_recipe(text)
         name = "-".join(f"{k}{v}" for k, v in r.items() if k not in ("data",) and DEFAULTS.get(k) != v) or "default"
