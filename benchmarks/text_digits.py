@@ -88,12 +88,12 @@ def sample(folder, prompts_per_digit: int, guidance: float, steps: int, seed: in
     return images, np.array(labels)
 
 
-def judge(images, labels, features) -> dict:
+def judge(images, labels, features, classifier) -> dict:
     """Prompt accuracy (the classifier's argmax equals the prompted digit) and FID against the 1,000
     held-out real digits in the classifier's 64-d feature space."""
     from diffprune.metrics import feature_statistics, frechet_distance
 
-    logits = features(images, output=1)
+    logits = classifier(images)
     with np.load(ROOT / "diffprune" / "assets" / "digits.npz") as z:
         real = z["images"][9000:][..., None]
     mu_r, sigma_r = feature_statistics(features(real))
@@ -114,6 +114,7 @@ def evaluate(folder: Path, work: Path = Path("/tmp/text-digits-eval"), dense: Pa
 
     work.mkdir(parents=True, exist_ok=True)
     features = OnnxFeatures("builtin:digits-features")
+    classifier = OnnxFeatures("builtin:digits-features", output="logits")
     data = str(folder / "pairs.jsonl")
     trained = read_info(dense / "unet")["finetune"]["steps"]
     ft_steps = max(1, int(round(trained * finetune_share)))
@@ -123,7 +124,7 @@ def evaluate(folder: Path, work: Path = Path("/tmp/text-digits-eval"), dense: Pa
         unet, _, _ = _load(path)
         macs, params = count_macs_params(unet)
         images, labels = sample(path, prompts_per_digit, guidance, steps)
-        record = {"model": name, "params": params, "macs": macs, **judge(images, labels, features), **(extra or {})}
+        record = {"model": name, "params": params, "macs": macs, **judge(images, labels, features, classifier), **(extra or {})}
         np.save(work / f"{name.replace(' ', '_').replace('+', 'and')}.npy", images[:20])
         rows.append(record)
         print(json.dumps(record), flush=True)

@@ -98,7 +98,7 @@ class OnnxFeatures:
     a small classifier's penultimate layer gives a far more meaningful FID than Inception does).
     """
 
-    def __init__(self, path, batch: int = 64):
+    def __init__(self, path, batch: int = 64, output: str | None = None):
         from pathlib import Path
 
         from .runtime.runners.onnxruntime import import_onnxruntime
@@ -116,9 +116,12 @@ class OnnxFeatures:
         self.input_name = inp.name
         self.channels, self.size = inp.shape[1], tuple(inp.shape[2:4])
         self.batch = batch
+        names = [o.name for o in self.session.get_outputs()]
+        if output is not None and output not in names:
+            raise DiffPruneError(f"The feature network {str(path)!r} has no output {output!r}; its outputs: {', '.join(names)}.")
+        self.outputs = [output] if output is not None else None  # None: the first output
 
-    def __call__(self, images: np.ndarray, output: int = 0) -> np.ndarray:
-        """The network's first output (the features); ``output=1`` another one (the digits classifier's logits)."""
+    def __call__(self, images: np.ndarray) -> np.ndarray:
         from PIL import Image
 
         out = []
@@ -134,9 +137,24 @@ class OnnxFeatures:
                 if self.channels == 3 and arr.shape[-1] == 1:
                     arr = np.repeat(arr, 3, axis=-1)
                 resized.append(arr.transpose(2, 0, 1))
-            feats = self.session.run(None, {self.input_name: np.stack(resized).astype(np.float32)})[output]
+            feats = self.session.run(self.outputs, {self.input_name: np.stack(resized).astype(np.float32)})[0]
             out.append(feats.reshape(len(chunk), -1))
         return np.concatenate(out)
+
+
+def digit_confidence(images: np.ndarray, threshold: float = 0.9) -> dict:
+    """How recognisable generated digits are, by the shipped classifier (97.5 % held-out accuracy):
+    the share of images whose top class has softmax probability >= ``threshold``, the mean top
+    probability, and how many distinct classes the confident ones cover: the classifier is also sure
+    of some noise images (16 % of uniform noise above 0.9), always of one class, so a collapsed or
+    broken generator shows in the coverage. Real held-out digits: 0.928 / 0.975 / 10 classes."""
+    logits = OnnxFeatures("builtin:digits-features", output="logits")(images).astype(np.float64)  # (N, 10)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top = p.max(1)
+    confident = top >= threshold
+    return {"confident_share": float(confident.mean()), "mean_confidence": float(top.mean()),
+            "classes_covered": int(len(set(p.argmax(1)[confident].tolist()))), "threshold": threshold, "n": int(len(images))}
 
 
 def reference_statistics(reference, features, size=None, channels=None):

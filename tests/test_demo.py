@@ -16,6 +16,10 @@ def test_demo_reduced(tmp_path, capsys):
     assert main(["demo", "--out", str(out), *ARGS]) == 0
     printed = capsys.readouterr().out
     assert "pruned + fine-tuned" in printed and "SSIM vs dense" in printed
+    # One row per model, the headline (largest) batch first, batch 1 beside it, the backend named.
+    header = next(line for line in printed.splitlines() if line.startswith("| model"))
+    assert header.index("batch 2: ms / image") < header.index("batch 1: ms / image")
+    assert "digits classified" in header and "| real digits (held out) |" in printed
     for name in ("dense", "pruned", "finetuned", "dense-onnx", "pruned-onnx", "bench", "grid.png", "report.json", "summary.md"):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
@@ -26,6 +30,12 @@ def test_demo_reduced(tmp_path, capsys):
         assert lat["dense_ms_per_image"] > 0 and lat["pruned_ms_per_image"] > 0
         assert lat["speedup"] > 0 and lat["torch_eager_dense_ms_per_image"] > 0
     assert -1 <= report["pruned"]["ssim_vs_dense"] <= 1 and report["pruned"]["timesteps_used"] == 3
+    assert report["pruned"]["n"] == 4 and report["headline_batch"] == 2
+    assert report["backend_detail"].startswith(report["backend"])
+    # The digits classifier's verdict on both models' samples, beside real held-out digits (pinned).
+    digits = report["digits"]
+    assert digits["real_held_out"]["confident_share"] == 0.928 and digits["real_held_out"]["n"] == 1000
+    assert digits["dense"]["n"] == digits["pruned"]["n"] == 4
     assert report["validation"]["dense"] <= 1e-4 and report["validation"]["pruned"] <= 1e-4
     assert report["memory_mib"]["pruned-onnx"]["peak_mib"] > 0
     grid = np.asarray(Image.open(out / "grid.png"))

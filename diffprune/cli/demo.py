@@ -10,6 +10,9 @@ NEEDS = TOOLCHAIN + ("accelerate", "onnx")  # it prunes, fine-tunes and exports
 
 
 def register(subparsers):
+    from diffprune.demo import DemoOptions
+
+    D = DemoOptions()  # the defaults live in one place
     p = subparsers.add_parser(
         NAME, help="the whole pipeline in one command: prune, fine-tune, export, sample, measure" + missing_note(*NEEDS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -30,13 +33,20 @@ def register(subparsers):
     p.add_argument("--data", default="builtin:digits", help="calibration and fine-tuning data (default builtin:digits)")
     p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES))
     p.add_argument("--target-macs", type=fraction, default=0.5, help="fraction of dense MACs to keep (default 0.5)")
-    p.add_argument("--calibration-images", type=int, default=16, help="images for Diff-Pruning's gradients (default 16)")
+    p.add_argument("--calibration-images", type=int, default=D.calibration_images,
+                   help=f"images for Diff-Pruning's gradients (default {D.calibration_images})")
     p.add_argument("--max-timesteps", type=int, default=None, help="cap on the timesteps Diff-Pruning sums")
-    p.add_argument("--finetune-steps", type=int, default=200, help="fine-tuning steps (default 200)")
-    p.add_argument("--n", type=int, default=16, help="images per model in the grid (default 16)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--round-to", type=int, default=D.round_to, help=f"pruned widths stay multiples of this (default {D.round_to})")
+    p.add_argument("--finetune-steps", type=int, default=D.finetune_steps, help=f"fine-tuning steps (default {D.finetune_steps})")
+    p.add_argument("--finetune-lr", type=float, default=D.finetune_lr, help=f"fine-tuning learning rate (default {D.finetune_lr:g})")
+    p.add_argument("--kd-weight", type=float, default=D.kd_weight,
+                   help=f"weight of the distillation loss (matching the dense model) beside the denoising loss (default {D.kd_weight:g})")
+    p.add_argument("--n", type=int, default=D.n, help=f"images per model for SSIM and the digits classifier (default {D.n})")
+    p.add_argument("--grid", type=int, default=D.grid, help=f"images per model shown in grid.png (default {D.grid})")
+    p.add_argument("--steps", type=int, default=D.steps, help=f"DDIM steps (default {D.steps})")
     p.add_argument("--bench-runs", type=int, default=10, help="timed runs per model (default 10)")
-    p.add_argument("--bench-batch", type=int_list, default=[1, 16], help="batch sizes for the latency table (default 1,16)")
+    p.add_argument("--bench-batch", type=int_list, default=list(D.bench_batches),
+                   help=f"batch sizes for the latency table, the largest the headline (default {','.join(map(str, D.bench_batches))})")
     add_backend_argument(p)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the runtime and the PyTorch baseline")
     p.add_argument("--seed", type=int, default=0)
@@ -51,7 +61,8 @@ def run(args) -> int:
 
     options = DemoOptions(model=args.model, data=args.data, target_macs=args.target_macs, method=args.method,
                           calibration_images=args.calibration_images, max_timesteps=args.max_timesteps,
-                          finetune_steps=args.finetune_steps, n=args.n, steps=args.steps, bench_runs=args.bench_runs,
+                          round_to=args.round_to, finetune_steps=args.finetune_steps,
+                          finetune_lr=args.finetune_lr, kd_weight=args.kd_weight, n=args.n, grid=args.grid, steps=args.steps, bench_runs=args.bench_runs,
                           bench_batches=tuple(args.bench_batch),
                           threads=args.threads, seed=args.seed, backend=args.backend)
     run_demo(args.out, options, progress=not args.quiet)
