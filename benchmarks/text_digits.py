@@ -25,7 +25,7 @@ ASSET = ROOT / "diffprune" / "assets" / "digits-text"
 RESULTS = ROOT / "benchmarks" / "results"
 WORDS = "zero one two three four five six seven eight nine".split()
 TEMPLATES = ("a handwritten digit {word}", "the number {digit}", "a handwritten {word}", "the digit {word}")
-TRAIN = dict(steps=3000, batch_size=32, lr=5e-4, warmup_steps=200, ema_decay=0.999, caption_dropout=0.1)
+TRAIN = dict(steps=2000, batch_size=32, lr=5e-4, warmup_steps=200, ema_decay=0.999, caption_dropout=0.1)
 
 
 def caption(label: int, k: int) -> str:
@@ -47,12 +47,12 @@ def prepare(folder: Path, count: int = 9000) -> Path:
     return folder / "pairs.jsonl"
 
 
-def train(folder: Path, out: Path = ASSET, **overrides) -> None:
+def train(folder: Path, out: Path = ASSET, resume: bool = False, **overrides) -> None:
     from diffprune.finetune import finetune
 
     settings = {**TRAIN, **overrides}
     report = finetune("arch:digits-text", out, data=str(folder / "pairs.jsonl"), precompute=True, seed=0,
-                      device="cpu", overwrite=True, checkpoint_every=500, checkpoint_dir="/tmp/digits-text.ckpt",
+                      device="cpu", overwrite=True, checkpoint_every=250, checkpoint_dir="/work/bench/digits-text.ckpt", resume=resume,
                       **settings)
     print(f"trained {settings['steps']} steps in {report.seconds / 60:.1f} min, final loss {report.final_loss:.4f}")
 
@@ -173,11 +173,12 @@ def main(argv=None) -> int:
     parser.add_argument("stage", choices=["prepare", "train", "evaluate"])
     parser.add_argument("folder", type=Path, help="the captioned digits folder (written by prepare)")
     parser.add_argument("--steps", type=int, default=TRAIN["steps"])
+    parser.add_argument("--resume", action="store_true", help="train: continue from the latest checkpoint")
     args = parser.parse_args(argv)
     if args.stage == "prepare":
         print(prepare(args.folder))
     elif args.stage == "train":
-        train(args.folder, steps=args.steps)
+        train(args.folder, steps=args.steps, resume=args.resume)
     else:
         evaluate(args.folder)
     return 0
