@@ -47,12 +47,13 @@ def prepare(folder: Path, count: int = 9000) -> Path:
     return folder / "pairs.jsonl"
 
 
-def train(folder: Path, out: Path = ASSET, resume: bool = False, **overrides) -> None:
+def train(folder: Path, out: Path = ASSET, resume: bool = False, checkpoint_dir: Path = Path("/tmp/digits-text.ckpt"),
+          **overrides) -> None:
     from diffprune.finetune import finetune
 
     settings = {**TRAIN, **overrides}
     report = finetune("arch:digits-text", out, data=str(folder / "pairs.jsonl"), precompute=True, seed=0,
-                      device="cpu", overwrite=True, checkpoint_every=250, checkpoint_dir="/work/bench/digits-text.ckpt", resume=resume,
+                      device="cpu", overwrite=True, checkpoint_every=250, checkpoint_dir=checkpoint_dir, resume=resume,
                       **settings)
     print(f"trained {settings['steps']} steps in {report.seconds / 60:.1f} min, final loss {report.final_loss:.4f}")
 
@@ -174,11 +175,13 @@ def main(argv=None) -> int:
     parser.add_argument("folder", type=Path, help="the captioned digits folder (written by prepare)")
     parser.add_argument("--steps", type=int, default=TRAIN["steps"])
     parser.add_argument("--resume", action="store_true", help="train: continue from the latest checkpoint")
+    parser.add_argument("--checkpoint-dir", type=Path, default=Path("/tmp/digits-text.ckpt"),
+                        help="train: where checkpoints go (every 250 steps; default /tmp/digits-text.ckpt)")
     args = parser.parse_args(argv)
     if args.stage == "prepare":
         print(prepare(args.folder))
     elif args.stage == "train":
-        train(args.folder, steps=args.steps, resume=args.resume)
+        train(args.folder, steps=args.steps, resume=args.resume, checkpoint_dir=args.checkpoint_dir)
     else:
         evaluate(args.folder)
     return 0
