@@ -462,3 +462,19 @@ def test_an_ldm_pipeline_is_pruned_and_fine_tuned_on_its_vq_latents(tmp_path, mo
     info = json.loads((tmp_path / "ft" / "unet" / "pruning.json").read_text())["finetune"]
     assert info["vae"].startswith("VQModel (scaling_factor")
     assert (tmp_path / "ft" / "vqvae" / "config.json").is_file()
+
+
+def test_a_pixel_text_model_takes_captioned_images_without_a_vae(captioned_digits):
+    """arch:digits-text (1 channel, cross-attention to a tiny CLIP): captions through the text encoder, images as
+    pixels; a 4-channel text UNet without a VAE stays an error (test above)."""
+    from diffprune.latents import is_latent
+    from diffprune.text import build_text_encoder
+
+    model = build_unet("digits-text")
+    assert not is_latent(model, conditioning(model), None)
+    pruned, report = diffprune.prune(model, method="diff-pruning", ratio=0.3, data=str(captioned_digits() / "pairs.jsonl"),
+                                     text_encoder=build_text_encoder("digits-text"), max_timesteps=2, num_images=4,
+                                     progress=False)
+    assert report.to_dict()["no_gradient_groups"] == [] and report.macs_after < report.macs_before
+    x = _inputs(pruned)
+    assert _run(pruned, x).shape == (2, 1, 28, 28)
