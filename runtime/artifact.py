@@ -8,13 +8,14 @@ from .errors import DiffPruneError
 OPENVINO_FORMAT = "diffprune.openvino/1"  # what export/openvino_int8.py writes
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, remedy: str = "re-create the artifact") -> dict:
+    """A JSON file diffprune wrote; a clear error, ending with ``remedy``, when it is missing or not JSON."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DiffPruneError(f"{str(path)!r} is missing; give a folder written by `diffprune export` or `diffprune build`.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DiffPruneError(f"{str(path)!r} is not valid JSON ({e}); re-create the artifact.") from None
+        raise DiffPruneError(f"{str(path)!r} is not valid JSON ({e}); {remedy}.") from None
 
 
 def describe(path) -> tuple:

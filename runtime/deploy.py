@@ -5,9 +5,9 @@ The artifact path is stored relative to the file's folder, so the select report 
 can move together; an absolute path is kept as it is.
 """
 
-import json
 from pathlib import Path
 
+from .artifact import read_json
 from .errors import DiffPruneError
 
 DEPLOY_FORMAT = "diffprune.deploy/1"
@@ -31,10 +31,7 @@ def read_deploy(path) -> dict:
     if file is None:
         raise DiffPruneError(f"{str(path)!r} is not a deploy.json (or a folder holding one); `diffprune select` "
                              "writes one beside its report.")
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DiffPruneError(f"{str(file)!r} is not valid JSON ({e}); re-run `diffprune select`.") from None
+    config = read_json(file, "re-run `diffprune select`")
     if not isinstance(config, dict) or config.get("format") != DEPLOY_FORMAT:
         raise DiffPruneError(f"{str(file)!r} is not a deployment configuration (its format is "
                              f"{config.get('format') if isinstance(config, dict) else None!r}, expected "

@@ -19,13 +19,13 @@ runtime's runners and numpy schedulers:
 Same seed -> same image at any batch size (for one backend): every random draw is per image.
 """
 
-import json
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .artifact import read_json
 from .errors import DiffPruneError
 from .sampler import initial_noise, step_noise, step_rngs, to_uint8
 
@@ -58,10 +58,7 @@ def read_pipeline(folder) -> dict:
         raise DiffPruneError(f"{str(folder)!r} holds no pipeline.json; it is {what}. Text-to-image and latent "
                              "pipelines are exported with `diffprune export arch:tiny-sd OUT` (or a diffusers pipeline "
                              "folder); a pixel UNet export is sampled without a prompt.")
-    try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DiffPruneError(f"{str(path)!r} is not valid JSON ({e}); re-run `diffprune export`.") from None
+    spec = read_json(path, "re-run `diffprune export`")
     if not isinstance(spec, dict) or spec.get("format") != PIPELINE_FORMAT:
         raise DiffPruneError(f"{str(path)!r} has format {spec.get('format') if isinstance(spec, dict) else None!r}; "
                              f"this runtime reads {PIPELINE_FORMAT!r}. Re-export with this version of diffprune.")
