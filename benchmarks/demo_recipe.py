@@ -78,7 +78,7 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     for text in args.recipe:
         r = parse_recipe(text)
-        name = "-".join(f"{k}{v}" for k, v in r.items() if k not in ("data",) and DEFAULTS.get(k) != v) or "default"
+        name = "-".join(f"{k}{v}" for k, v in r.items() if DEFAULTS.get(k) != v) or "default"
         folder = out / name.replace("/", "_")
         started = time.perf_counter()
         if not folder.exists():

@@ -18,6 +18,20 @@ def quiet(progress: bool):
     return None if progress else True
 
 
+def quiet_library_bars() -> None:
+    """transformers' and huggingface_hub's own progress bars ("Loading weights", "Writing model shards") follow the
+    same rule as ours: none when stderr is not a terminal."""
+    import sys
+
+    if sys.stderr.isatty():
+        return
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def check_writable(out, overwrite: bool) -> Path:
     """Refuse to replace an existing artifact unless ``overwrite`` is set."""
     out = Path(out)

@@ -18,7 +18,7 @@ pruning.json and loads the weights, checking every name and shape first.
 import json
 from pathlib import Path
 
-from ._io import atomic_dir
+from ._io import atomic_dir, quiet_library_bars
 from .errors import DiffPruneError
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -94,6 +94,7 @@ def write_builtin_parts(arch: str, folder: Path, vae=None) -> dict:
 
     xl = arch in TEXT_SETUPS and len(TEXT_SETUPS[arch][0]) == 2
     index = {"_class_name": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline"}
+    quiet_library_bars()
     encoder = build_text_encoder(arch)
     for i, (tokenizer, text_model) in enumerate(encoder.parts if encoder else []):
         suffix = f"_{i + 1}" if i else ""

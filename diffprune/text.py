@@ -40,9 +40,12 @@ TEXT_ENCODERS = {
     "tiny-clip-16": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                          hidden_act="quick_gelu", projection_dim=16),
     # The digits-text model's encoder: tiny (2 layers, 32 wide) but real CLIP tokens; 1.6M of its 1.6M
-    # parameters are the 49,408-token embedding.
+    # parameters are the 49,408-token embedding. Random and frozen, so its initialisation is its meaning: at
+    # CLIP's scale (factor 1) near-uniform attention averages each padding position over ~70 alike tokens,
+    # the prompts for two digits differ there by 4 % of the states' norm, and a UNet trained 2,000 steps on it
+    # followed the prompt in 13 % of samples (chance: 10 %); at factor 10 they differ by 37 % at every position.
     "clip-digits-32": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           hidden_act="quick_gelu", projection_dim=32),
+                           hidden_act="quick_gelu", projection_dim=32, initializer_factor=10.0),
     "tiny-clip-16-proj32": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                                 hidden_act="gelu", projection_dim=32),
 }
@@ -158,8 +161,11 @@ def load_text_encoder(folder) -> TextEncoder:
     """A pipeline folder's text_encoder/ + tokenizer/ (SDXL: also text_encoder_2/ + tokenizer_2/)."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    from ._io import quiet_library_bars
     from .models import _read_json, pipeline_component
     from .runtime.text import ClipTokenizer
+
+    quiet_library_bars()
 
     folder = Path(folder)
     parts = []

@@ -44,7 +44,7 @@ def register(subparsers):
     p.add_argument("--n", type=int, default=D.n, help=f"images per model for SSIM and the digits classifier (default {D.n})")
     p.add_argument("--grid", type=int, default=D.grid, help=f"images per model shown in grid.png (default {D.grid})")
     p.add_argument("--steps", type=int, default=D.steps, help=f"DDIM steps (default {D.steps})")
-    p.add_argument("--bench-runs", type=int, default=10, help="timed runs per model (default 10)")
+    p.add_argument("--bench-runs", type=int, default=D.bench_runs, help=f"timed runs per model (default {D.bench_runs})")
     p.add_argument("--bench-batch", type=int_list, default=list(D.bench_batches),
                    help=f"batch sizes for the latency table, the largest the headline (default {','.join(map(str, D.bench_batches))})")
     add_backend_argument(p)
