@@ -200,6 +200,14 @@ def _scheduler_config(folder: Path) -> dict:
     return dict(DEFAULT_SCHEDULER)
 
 
+def builtin_path(src: str) -> Path:
+    """The folder of a model shipped in the package (``builtin:NAME``)."""
+    path = Path(__file__).parent / "assets" / src[len("builtin:"):]
+    if not ((path / "pruning.json").is_file() or (path / "unet" / "pruning.json").is_file()):
+        raise DiffPruneError(f"Unknown built-in model {src!r}; the package ships {', '.join(BUILTIN_MODELS)}.")
+    return path
+
+
 def load_source(src, device="cpu"):
     """Resolve ``src`` to ``(unet, scheduler_config, source_info)``.
 
@@ -215,11 +223,7 @@ def load_source(src, device="cpu"):
         return src, dict(DEFAULT_SCHEDULER), {"source": f"in-memory {type(src).__name__}"}
     src = str(src)
     if src.startswith("builtin:"):
-        name = src[len("builtin:"):]
-        path = Path(__file__).parent / "assets" / name
-        if not ((path / "pruning.json").is_file() or (path / "unet" / "pruning.json").is_file()):
-            raise DiffPruneError(f"Unknown built-in model {src!r}; the package ships {', '.join(BUILTIN_MODELS)}.")
-        src = str(path)
+        src = str(builtin_path(src))
     if src.startswith("arch:"):
         arch = src[len("arch:"):]
         return build_unet(arch), dict(ARCH_SCHEDULERS.get(arch, DEFAULT_SCHEDULER)), {"source": src, "weights": "random (seed 0)"}
@@ -297,6 +301,8 @@ class FromSource:
     def __init__(self, src, component: str, device="cpu"):
         if component not in self.COMPONENTS:
             raise ValueError(f"component {component!r}; allowed: {', '.join(self.COMPONENTS)}")
+        if isinstance(src, str) and src.startswith("builtin:"):
+            src = str(builtin_path(src))
         self.src, self.component, self.device = src, component, device
 
     def _pipeline(self):
