@@ -482,3 +482,18 @@ def test_generate_without_prompts_uses_the_real_empty_prompt_when_there_is_a_tex
     assert described == "empty-prompt zeros" and not calib.inputs["encoder_hidden_states"].any()
     with pytest.raises(DiffPruneError, match="has no text_encoder/ subfolder"):  # prompts need it
         _calibrate(unet, "generate:2", prompts=["a cat"], text_encoder=FromSource(str(folder), "text_encoder"))
+
+
+def test_library_progress_bars_follow_the_terminal_rule(monkeypatch):
+    """transformers' own bars ("Loading weights") stay out of logs, as ours do, when stderr is not a terminal."""
+    import io
+    import sys
+
+    from transformers.utils import logging
+
+    from diffprune._io import quiet_library_bars
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file, not a terminal
+    logging.enable_progress_bar()
+    quiet_library_bars()
+    assert not logging.is_progress_bar_enabled()
