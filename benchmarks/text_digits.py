@@ -74,7 +74,10 @@ def write_card(asset: Path = ASSET) -> Path:
 
     info = read_info(asset / "unet")
     record = cfg = info["finetune"]
-    versions = record.get("versions", info.get("versions", {}))
+    versions = dict(record.get("versions", info.get("versions", {})))
+    encoder_config = asset / "text_encoder" / "config.json"
+    if encoder_config.is_file():
+        versions.setdefault("transformers", json.loads(encoder_config.read_text()).get("transformers_version", "?"))
     quality = "Not measured yet: run `python benchmarks/text_digits.py evaluate FOLDER`."
     results = RESULTS / "text_digits.json"
     if results.is_file():
@@ -87,8 +90,8 @@ def write_card(asset: Path = ASSET) -> Path:
                    f"real digits {dense['fid']:.2f} (`benchmarks/results/text_digits.md`, where the pruned models stand beside it).")
         sweep = json.loads(results.read_text()).get("guidance_sweep", [])
         if sweep:
-            quality += ("\n\nUse guidance about 1.5, not Stable Diffusion's 7.5 (`diffprune export builtin:digits-text OUT "
-                        "--guidance-scale 1.5`): prompt accuracy by scale, " + ", ".join(
+            quality += ("\n\nUse guidance about 1.5, not Stable Diffusion's 7.5 (`guidance_scale=1.5` in "
+                        "`diffprune.sampling.generate`): prompt accuracy by scale, " + ", ".join(
                             f"{r['guidance']:g}: {r['prompt_accuracy']:.0%}" for r in sweep) + ". The unconditional branch "
                         "learned from 10 % of the captions only, and in pixel space a strong push away from it leaves "
                         "the digit manifold.")
@@ -134,7 +137,9 @@ the FID reference. It is the real model of the text-conditioned pruning evidence
 A diffusers-style pipeline folder: `model_index.json`, `unet/` (diffprune's safe format: `config.json`,
 `diffusion_pytorch_model.safetensors`, `pruning.json`, `finetune.json`, `loss.csv`), `text_encoder/`
 (safetensors + config), `tokenizer/`, `scheduler/`. Use it as the source `builtin:digits-text` in every command
-(`diffprune prune builtin:digits-text ...`, `diffprune export builtin:digits-text ...`).
+(`diffprune prune builtin:digits-text ...`, `diffprune finetune ... --teacher builtin:digits-text`). Its UNet
+exports alone (`diffprune export builtin:digits-text OUT`); the pipeline exporter does not take a pixel-space
+text-to-image pipeline (no VAE) yet.
 """
     (asset / "MODEL_CARD.md").write_text(text)
     return asset / "MODEL_CARD.md"

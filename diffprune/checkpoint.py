@@ -78,6 +78,10 @@ def pipeline_source(src):
 
         name = src[len("arch:"):]
         return ("arch", name) if name in TEXT_SETUPS or name in VAE_SETUPS else None
+    if src.startswith("builtin:"):  # a shipped model; builtin:digits-text is a pipeline folder
+        from .models import builtin_path
+
+        src = str(builtin_path(src))
     path = Path(src)
     if (path / "model_index.json").is_file():
         return ("folder", path)

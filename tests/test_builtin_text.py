@@ -62,3 +62,15 @@ def test_the_right_prompt_predicts_the_noise_better_than_a_wrong_one(shipped):
             err_right = ((unet(xt, steps, encoder_hidden_states=right).sample - noise) ** 2).mean()
             err_wrong = ((unet(xt, steps, encoder_hidden_states=wrong).sample - noise) ** 2).mean()
         assert err_right < 0.97 * err_wrong, (t, err_right.item(), err_wrong.item())
+
+
+def test_pruning_the_builtin_pipeline_gives_a_pipeline(tmp_path):
+    """builtin:digits-text in, a pipeline folder out: the pruned unet/ beside the carried-over text encoder."""
+    from diffprune.cli import main
+
+    out = tmp_path / "pruned"
+    assert main(["prune", "builtin:digits-text", str(out), "--method", "magnitude", "--ratio", "0.3", "--quiet"]) == 0
+    assert (out / "model_index.json").is_file() and (out / "unet" / "pruning.json").is_file()
+    assert (out / "text_encoder" / "config.json").is_file() and (out / "tokenizer").is_dir()
+    unet, _, _ = load_source(str(out))
+    assert unet.config.cross_attention_dim == 32
