@@ -284,9 +284,13 @@ def _write(result: dict) -> None:
              f"pruned to {s['target_macs']:.0%} of the MACs, fine-tuned {s['finetune_steps']} steps "
              f"({s['finetune_steps'] / s['trained_steps']:.0%} of the dense model's {s['trained_steps']}) with distillation from "
              f"the dense model (weight {s['kd_weight']:g}, lr {s['lr']:g}). {s['seconds'] / 60:.0f} minutes on the 2-core CPU.",
-             "", "| model | params | MACs | prompt accuracy | FID (digits features) |", "|---|---|---|---|---|"]
+             "", "| model | params | MACs | fine-tuning steps | prompt accuracy | FID (digits features) |",
+             "|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['macs'] / 1e6:.0f}M | {r['prompt_accuracy']:.1%} | {r['fid']:.2f} |")
+        steps = r.get("finetune_steps")
+        tuned = f"{steps} ({steps / s['trained_steps']:.0%})" if steps else "-"
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['macs'] / 1e6:.0f}M | {tuned} | "
+                     f"{r['prompt_accuracy']:.1%} | {r['fid']:.2f} |")
     lines += ["", f"Guidance scale for the dense model ({result['guidance_sweep'][0]['n']} images per scale, same noise):", "",
               "| guidance | prompt accuracy | FID |", "|---|---|---|"]
     lines += [f"| {r['guidance']:g} | {r['prompt_accuracy']:.1%} | {r['fid']:.2f} |" for r in result["guidance_sweep"]]
