@@ -38,8 +38,8 @@ def parse_recipe(text: str) -> dict:
 def sample(folder, n: int, steps: int, seed: int) -> np.ndarray:
     import torch
 
-    from diffprune.models import load_source
-    from diffprune.sampling import generate
+    from diffprune.sources.loader import load_source
+    from diffprune.data.generate import generate
 
     model, scheduler_config, _ = load_source(str(folder))
     torch.manual_seed(seed)
@@ -60,8 +60,8 @@ def main():
     p.add_argument("--out", default="/tmp/demo_recipe")
     args = p.parse_args()
 
-    from diffprune.finetune import finetune
-    from diffprune.metrics import consistency, digit_confidence
+    from diffprune.training.finetune import finetune
+    from diffprune.evaluation.metrics import consistency, digit_confidence
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 import diffprune
 from diffprune.export import to_onnx
-from diffprune.models import build_unet, versions
+from diffprune.sources.unet import build_unet, versions
 
 
 def latencies(paths: dict, batch: int, runs: int, threads: int) -> dict:

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 import diffprune
-from diffprune.finetune import finetune
-from diffprune.metrics import consistency
-from diffprune.models import load_source, versions
+from diffprune.training.finetune import finetune
+from diffprune.evaluation.metrics import consistency
+from diffprune.sources.loader import load_source
+from diffprune.sources.unet import versions
 from diffprune.runtime.image import grid, save_png
 from diffprune.runtime.sampler import to_uint8
-from diffprune.sampling import generate
+from diffprune.data.generate import generate
 
 METHODS = ["diff-pruning", "taylor", "magnitude", "random", "reinit"]
 REFERENCE = Path(diffprune.__file__).parent / "assets" / "digits-ddpm"

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 import diffprune
-from diffprune.models import DEFAULT_SCHEDULER, build_unet, versions
+from diffprune.sources.architectures import DEFAULT_SCHEDULER
+from diffprune.sources.unet import build_unet, versions
 
 
 def timed(fn, runs, warmup=2, sync=True):
@@ -91,7 +92,7 @@ def graphed_forward(unet, shape):
 
 def conditional_prune(device: str, smoke: bool) -> dict:
     """Step 5: Diff-Pruning a text-conditioned UNet with real prompts through its text encoder."""
-    from diffprune.text import build_text_encoder
+    from diffprune.sources.text import build_text_encoder
 
     arch, images, timesteps = ("tiny-sd", 2, 2) if smoke else ("sd15", 4, 10)
     unet = build_unet(arch).to(device)
@@ -116,7 +117,7 @@ def conditional_prune(device: str, smoke: bool) -> dict:
 
 def sd_pipeline(device: str, smoke: bool, steps: int, runs: int, tmp: Path) -> dict:
     """Step 6: prompt -> uint8 image with guidance, dense vs pruned (target 0.5 MACs), per component."""
-    from diffprune.benchmark import torch_pipeline_case
+    from diffprune.evaluation.benchmark import torch_pipeline_case
 
     arch = "tiny-sd" if smoke else "sd15"
     prompt = "a photo of an astronaut riding a horse on mars"
@@ -227,7 +228,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         # Fine-tuning steps/s of the pruned model (bf16 autocast on the GPU).
-        from diffprune.finetune import finetune
+        from diffprune.training.finetune import finetune
 
         folder = diffprune.save(pruned.cpu(), Path(tmp) / "pruned")
         ft = finetune(folder, Path(tmp) / "ft", data="builtin:digits", steps=ft_steps, batch_size=ft_batch,

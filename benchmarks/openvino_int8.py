@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     import diffprune
     from diffprune import DiffPruneError
-    from diffprune.benchmark import installed_versions
+    from diffprune.evaluation.benchmark import installed_versions
     from diffprune.export import to_onnx
     from diffprune.export.openvino_int8 import quantize_int8
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     argv = sys.argv[1:] if argv is None else argv
     work = Path(argv[0]) if argv else Path(tempfile.mkdtemp(prefix="diffprune-int8-"))

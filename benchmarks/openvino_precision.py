@@ -20,9 +20,9 @@ BACKENDS = ("ort-cpu", "openvino@f32", "openvino")
 
 
 def main(argv=None) -> int:
-    from diffprune.benchmark import installed_versions
+    from diffprune.evaluation.benchmark import installed_versions
     from diffprune.export import to_onnx
-    from diffprune.metrics import consistency
+    from diffprune.evaluation.metrics import consistency
     from diffprune.runtime import Sampler, make_scheduler, open_runner
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

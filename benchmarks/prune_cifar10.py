@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import diffprune
-from diffprune.models import build_unet, versions
+from diffprune.sources.unet import build_unet, versions
 
 PAPER = {"dense": (35.7e6, 6.1e9), "pruned": (19.8e6, 3.4e9)}
 METHODS = ["diff-pruning", "taylor", "magnitude", "random", "reinit"]

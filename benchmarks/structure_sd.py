@@ -24,8 +24,8 @@ BK_SDM = [("SD-v1.4 UNet (BK-SDM Table 1)", 0.86e9), ("BK-SDM-Base", 0.58e9), ("
 
 
 def measure(arch: str, settings) -> list:
-    from diffprune.models import build_unet, count_macs_params
-    from diffprune.pruning import prune
+    from diffprune.sources.unet import build_unet, count_macs_params
+    from diffprune.pruning.pruner import prune
 
     rows = []
     for label, kwargs in settings:

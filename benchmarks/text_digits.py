@@ -57,7 +57,7 @@ def prepare(folder: Path, count: int = 9000) -> Path:
 
 def train(folder: Path, out: Path = ASSET, resume: bool = False, checkpoint_dir: Path = Path("/tmp/digits-text.ckpt"),
           **overrides) -> None:
-    from diffprune.finetune import finetune
+    from diffprune.training.finetune import finetune
 
     settings = {**TRAIN, **overrides}
     report = finetune("arch:digits-text", out, data=str(folder / "pairs.jsonl"), precompute=True, seed=0,
@@ -70,7 +70,7 @@ def train(folder: Path, out: Path = ASSET, resume: bool = False, checkpoint_dir:
 def write_card(asset: Path = ASSET) -> Path:
     """The shipped model's MODEL_CARD.md, from its own records (finetune.json) and, once ``evaluate`` has run,
     the dense row of benchmarks/results/text_digits.json."""
-    from diffprune.checkpoint import read_info
+    from diffprune.sources.checkpoint import read_info
 
     info = read_info(asset / "unet")
     record = cfg = info["finetune"]
@@ -91,7 +91,7 @@ def write_card(asset: Path = ASSET) -> Path:
         sweep = json.loads(results.read_text()).get("guidance_sweep", [])
         if sweep:
             quality += ("\n\nUse guidance about 1.5, not Stable Diffusion's 7.5 (`guidance_scale=1.5` in "
-                        "`diffprune.sampling.generate`): prompt accuracy by scale, " + ", ".join(
+                        "`diffprune.data.generate.generate`): prompt accuracy by scale, " + ", ".join(
                             f"{r['guidance']:g}: {r['prompt_accuracy']:.0%}" for r in sweep) + ". The unconditional branch "
                         "learned from 10 % of the captions only, and in pixel space a strong push away from it leaves "
                         "the digit manifold.")
@@ -116,7 +116,7 @@ the FID reference. It is the real model of the text-conditioned pruning evidence
     python benchmarks/text_digits.py prepare /tmp/digits-captioned
     python benchmarks/text_digits.py train /tmp/digits-captioned
 
-- trainer: diffprune's own (`diffprune.finetune`), AdamW, {cfg.get('lr_schedule', 'constant_with_warmup')} LR
+- trainer: diffprune's own (`diffprune.training.finetune`), AdamW, {cfg.get('lr_schedule', 'constant_with_warmup')} LR
   {cfg.get('lr', TRAIN['lr'])} (warm-up {cfg.get('warmup_steps', TRAIN['warmup_steps'])} steps), EMA decay
   {cfg.get('ema_decay', TRAIN['ema_decay'])} (these are the EMA weights), caption dropout
   {cfg.get('caption_dropout', TRAIN['caption_dropout'])} (so classifier-free guidance works), text embeddings
@@ -147,7 +147,7 @@ text-to-image pipeline (no VAE) yet.
 
 def _load(folder):
     """A pipeline folder's UNet and text encoder (diffprune's loaders)."""
-    from diffprune.models import FromSource, load_source
+    from diffprune.sources.loader import FromSource, load_source
 
     unet, scheduler_config, _ = load_source(str(folder))
     return unet.eval(), scheduler_config, FromSource(str(folder), "text_encoder").load()
@@ -158,8 +158,8 @@ def sample(folder, prompts_per_digit: int, guidance: float, steps: int, seed: in
     noise for every model (the seed), so models are compared image by image."""
     import torch
 
-    from diffprune.conditioning import conditioning
-    from diffprune.sampling import generate
+    from diffprune.sources.conditioning import conditioning
+    from diffprune.data.generate import generate
 
     unet, scheduler_config, encoder = _load(folder)
     labels = [i % 10 for i in range(10 * prompts_per_digit)]
@@ -179,7 +179,7 @@ def sample(folder, prompts_per_digit: int, guidance: float, steps: int, seed: in
 def judge(images, labels, features, classifier) -> dict:
     """Prompt accuracy (the classifier's argmax equals the prompted digit) and FID against the 1,000
     held-out real digits in the classifier's 64-d feature space."""
-    from diffprune.metrics import feature_statistics, frechet_distance
+    from diffprune.evaluation.metrics import feature_statistics, frechet_distance
 
     logits = classifier(images)
     with np.load(ROOT / "diffprune" / "assets" / "digits.npz") as z:
@@ -194,11 +194,11 @@ def evaluate(folder: Path, work: Path = Path("/tmp/text-digits-eval"), dense: Pa
              finetune_share: float = 0.1, prompts_per_digit: int = 50, guidance: float = GUIDANCE, steps: int = 25, max_timesteps=None) -> dict:
     """Dense, pruned and pruned + fine-tuned (distilled from dense, 10 % of the training steps), for
     Diff-Pruning and magnitude, each judged by prompt accuracy and FID with CFG at the pipeline default."""
-    from diffprune.checkpoint import read_info, save
-    from diffprune.finetune import finetune
-    from diffprune.metrics import OnnxFeatures
-    from diffprune.models import count_macs_params
-    from diffprune.pruning import prune
+    from diffprune.sources.checkpoint import read_info, save
+    from diffprune.training.finetune import finetune
+    from diffprune.evaluation.metrics import OnnxFeatures
+    from diffprune.sources.unet import count_macs_params
+    from diffprune.pruning.pruner import prune
 
     work.mkdir(parents=True, exist_ok=True)
     features = OnnxFeatures("builtin:digits-features")
@@ -247,10 +247,10 @@ def extend(folder: Path, share: float, method: str = "diff-pruning", work: Path 
            dense: Path = ASSET) -> dict:
     """One more row after ``evaluate``: ``method``'s pruned model fine-tuned for ``share`` of the training steps
     (same recipe), to show how far the 10 % budget is from closing the gap."""
-    from diffprune.checkpoint import read_info
-    from diffprune.finetune import finetune
-    from diffprune.metrics import OnnxFeatures
-    from diffprune.models import count_macs_params
+    from diffprune.sources.checkpoint import read_info
+    from diffprune.training.finetune import finetune
+    from diffprune.evaluation.metrics import OnnxFeatures
+    from diffprune.sources.unet import count_macs_params
 
     result = json.loads((RESULTS / "text_digits.json").read_text())
     s = result["settings"]
@@ -273,7 +273,7 @@ def extend(folder: Path, share: float, method: str = "diff-pruning", work: Path 
 
 
 def _write(result: dict) -> None:
-    from diffprune.models import versions
+    from diffprune.sources.unet import versions
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     result["versions"] = versions()

@@ -49,7 +49,7 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    from diffprune.data import ASSETS
+    from diffprune.data.images import ASSETS
 
     with np.load(ASSETS / "digits.npz", allow_pickle=False) as z:
         images = torch.from_numpy(z["images"]).float().div(255).unsqueeze(1)  # (10000, 1, 28, 28)

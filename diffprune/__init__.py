@@ -11,11 +11,13 @@ from .errors import DiffPruneError
 _LAZY = {
     "prune": ("diffprune.pruning", "prune"),
     "PruneReport": ("diffprune.pruning", "PruneReport"),
-    "load": ("diffprune.checkpoint", "load"),
-    "save": ("diffprune.checkpoint", "save"),
-    "load_unet": ("diffprune.models", "load_unet"),
-    "build_unet": ("diffprune.models", "build_unet"),
-    "count_macs_params": ("diffprune.models", "count_macs_params"),
+    "load": ("diffprune.sources", "load"),
+    "save": ("diffprune.sources", "save"),
+    "resolve": ("diffprune.sources", "resolve"),
+    "load_source": ("diffprune.sources", "load_source"),
+    "build_unet": ("diffprune.sources", "build_unet"),
+    "count_macs_params": ("diffprune.sources", "count_macs_params"),
+    "finetune": ("diffprune.training.finetune", "finetune"),
 }
 
 __all__ = ["DiffPruneError", "__version__", *_LAZY]

@@ -53,13 +53,14 @@ def _stage(name, path: Path, log, make):
 
 
 def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress: bool = True, log=print) -> dict:
-    from .benchmark import run_bench
-    from .checkpoint import read_info, save
+    from .evaluation.benchmark import run_bench
+    from .sources.checkpoint import read_info, save
     from .export import to_onnx
-    from .finetune import finetune
-    from .metrics import consistency
-    from .models import load_source, require_unconditional
-    from .pruning import prune
+    from .training.finetune import finetune
+    from .evaluation.metrics import consistency
+    from .sources.loader import load_source
+    from .sources.unet import require_unconditional
+    from .pruning.pruner import prune
     from .runtime import Sampler, make_scheduler, open_runner
     from .runtime.image import grid, save_png
     from .runtime.runners import resolve_backend
@@ -130,7 +131,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         stages["bench"] = "reused"
         log(f"[bench] reusing {bench_dir}")
     else:
-        from .benchmark import write_report
+        from .evaluation.benchmark import write_report
 
         started = time.perf_counter()
         bench = run_bench([exports["dense"], exports["pruned"]], backend=backend, batches=list(o.bench_batches), steps=o.steps,
@@ -183,8 +184,8 @@ def _digit_judgement(images: dict, data: str) -> dict | None:
     (the last 1,000 of builtin:digits, which it did not train on), when the demo runs on digits."""
     if data != "builtin:digits" or images["dense"].shape[-1] != 1:
         return None
-    from .data import ASSETS
-    from .metrics import digit_confidence
+    from .data.images import ASSETS
+    from .evaluation.metrics import digit_confidence
 
     with np.load(ASSETS / "digits.npz", allow_pickle=False) as z:
         real = z["images"][9000:, :, :, None]  # (1000, 28, 28, 1) uint8

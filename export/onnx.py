@@ -62,7 +62,7 @@ class ExportResult:
 
 
 def unet_input_names(cond) -> list:
-    """The UNet graph's inputs for a diffprune.conditioning.Conditioning, in order: the pixel UNet's
+    """The UNet graph's inputs for a diffprune.sources.conditioning.Conditioning, in order: the pixel UNet's
     (sample, timestep), then what the UNet is conditioned on."""
     names = ["sample", "timestep"]
     if cond.text_width:
@@ -77,7 +77,7 @@ def unet_input_names(cond) -> list:
 def _wrapper(unet):
     import torch
 
-    from diffprune.conditioning import conditioning
+    from diffprune.sources.conditioning import conditioning
 
     extra = unet_input_names(conditioning(unet))[2:]
 
@@ -247,7 +247,7 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     ``"inline"`` keeps one self-contained ``model.onnx``.
     """
     from diffprune._io import check_writable
-    from diffprune.models import load_source
+    from diffprune.sources.loader import load_source
 
     batch = check_options(dtype, opset, batch, weights)
     check_writable(out_dir, overwrite)
@@ -295,8 +295,8 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
     ``extra`` joins model.json. :func:`to_onnx` loads a source and calls this."""
     import torch
 
-    from diffprune.conditioning import conditioning
-    from diffprune.models import count_macs_params
+    from diffprune.sources.conditioning import conditioning
+    from diffprune.sources.unet import count_macs_params
 
     started = started or time.perf_counter()
     lo, opt, hi = batch
@@ -340,7 +340,7 @@ def write_graph(proto, out_dir, check, meta: dict, dtype: str, batch, opset: int
     = the common fields + ``meta``. ``check(onnx_path, batches)`` validates against torch and returns the
     report (it raises on a mismatch, and then nothing is written). ``keep_fp32`` adds ops to keep in
     float32 in an fp16 graph."""
-    from diffprune.models import versions
+    from diffprune.sources.unet import versions
 
     started = started or time.perf_counter()
     lo, opt, hi = batch

@@ -74,7 +74,7 @@ def quantize_int8(export_dir, out_dir, n: int = 16, steps: int = 50, subset_size
     and OpenVINO's default precision (bf16 on CPUs with bf16 units), the model it would replace.
     Returns the quantization record (also in out_dir/model.json).
     """
-    from diffprune.metrics import consistency
+    from diffprune.evaluation.metrics import consistency
     from diffprune.runtime import Sampler, make_scheduler, open_runner
     from diffprune.runtime.artifact import describe
 

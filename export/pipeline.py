@@ -43,18 +43,14 @@ import numpy as np
 from diffprune._io import atomic_dir, check_writable
 from diffprune.errors import DiffPruneError
 
-from diffprune.models import SD_SCHEDULER, SDXL_SCHEDULER  # noqa: F401 (re-exported)
+from diffprune.sources.architectures import SD_SCHEDULER, SDXL_SCHEDULER  # noqa: F401 (re-exported)
+from diffprune.sources.resolve import Source, pipeline_class, pipeline_kind, resolve
 
 from .onnx import _export, _quiet_exporter, check_options, export_unet, weights_sha256, write_graph
 
 FORMAT = "diffprune.pipeline/1"
 PIPELINE_JSON = "pipeline.json"
 KINDS = ("text-to-image", "text-to-image-xl", "class-conditional", "latent", "pixel")
-# model_index.json's _class_name -> what it is; other pipelines (img2img, upscalers, Kandinsky, Flux...) are refused.
-PIPELINE_CLASSES = {
-    "StableDiffusionPipeline": "text-to-image", "StableDiffusionXLPipeline": "text-to-image-xl",
-    "LDMPipeline": "latent", "DDPMPipeline": "pixel", "DDIMPipeline": "pixel",
-}
 # Defaults of the diffusers pipelines' __call__ (guidance_scale): SD 7.5, SDXL 5.0. Class-conditional
 # UNet2DModels have no null class to guide against, so no guidance (scale 1).
 GUIDANCE = {"text-to-image": 7.5, "text-to-image-xl": 5.0}
@@ -63,8 +59,6 @@ GUIDANCE = {"text-to-image": 7.5, "text-to-image-xl": 5.0}
 # in [-1, 1] that become 8-bit levels of 2/255 = 7.8e-3: 1e-3 is an eighth of one.
 TOLERANCE_FP32 = {"text_encoder": {"max_rel": 1e-5}, "vae_decoder": {"max_abs": 1e-3}, "vq_decoder": {"max_abs": 1e-3}}
 SPATIAL = ("latent_sample", "sample")
-# Built-in latent UNets whose autoencoder is not built in: their pipeline cannot be exported from arch:.
-NO_DECODER = {"ldm-celebahq-256": "its VQ-f4 autoencoder"}
 
 
 @dataclass
@@ -76,7 +70,7 @@ class Pipeline:
     scheduler: dict
     source: dict
     pruning: dict | None = None
-    text: object = None  # diffprune.text.TextEncoder
+    text: object = None  # diffprune.sources.text.TextEncoder
     tokenizer_dirs: list = field(default_factory=list)  # a folder source's tokenizer/ (+ tokenizer_2/)
     vae: object = None  # AutoencoderKL
     vq: object = None  # VQModel
@@ -100,8 +94,9 @@ def save_pipeline_folder(arch: str, folder, vae=None) -> Path:
     For tests and comparisons with diffusers and optimum, which read pipeline folders. ``vae`` replaces the VAE."""
     import diffusers
 
-    from diffprune.checkpoint import write_builtin_parts
-    from diffprune.models import ARCH_SCHEDULERS, build_unet
+    from diffprune.sources.checkpoint import write_builtin_parts
+    from diffprune.sources.architectures import ARCH_SCHEDULERS
+    from diffprune.sources.unet import build_unet
 
     kind = pipeline_kind(f"arch:{arch}")
     if not kind.startswith("text-to-image"):
@@ -120,65 +115,6 @@ def save_pipeline_folder(arch: str, folder, vae=None) -> Path:
     return folder
 
 
-def _pipeline_class(folder: Path) -> str:
-    from diffprune.models import _read_json
-
-    index = _read_json(folder / "model_index.json")
-    cls = index.get("_class_name") if isinstance(index, dict) else None
-    if cls not in PIPELINE_CLASSES:
-        raise DiffPruneError(
-            f"The pipeline folder {str(folder)!r} is a {cls!r} (model_index.json's _class_name); diffprune exports "
-            f"{', '.join(PIPELINE_CLASSES)} pipelines (kinds: {', '.join(KINDS)}). Give one of those, or export its "
-            "UNet alone with --unet-only (unet_only=True).")
-    return cls
-
-
-def pipeline_kind(src) -> str:
-    """The kind of pipeline ``src`` is (one of KINDS), from configs only (no weights are read)."""
-    from diffprune.conditioning import conditioning
-    from diffprune.models import ARCHITECTURES, _read_json, pipeline_component
-    from diffprune.text import TEXT_SETUPS
-
-    src = str(src)
-    if src.startswith("arch:"):
-        arch = src[len("arch:"):]
-        if arch not in ARCHITECTURES:
-            from diffprune.models import build_unet
-
-            build_unet(arch)  # raises the error that lists the known architectures
-        cond = conditioning(ARCHITECTURES[arch])
-        if arch in TEXT_SETUPS:
-            return "text-to-image-xl" if TEXT_SETUPS[arch][1] == "penultimate" else "text-to-image"
-        if cond.text_width:
-            raise DiffPruneError(f"arch:{arch} is text-conditioned, but no text encoder is built in for it.")
-        if arch in NO_DECODER:
-            raise DiffPruneError(
-                f"arch:{arch} is a latent UNet, but {NO_DECODER[arch]} is not built in, so its pipeline cannot be "
-                "exported from arch:. Give the LDM pipeline folder (unet/ + vqvae/ + scheduler/), or export the UNet "
-                "alone with --unet-only (unet_only=True).")
-        return "class-conditional" if cond.num_classes else "pixel"
-    path = Path(src)
-    if (path / "model_index.json").is_file():
-        kind = PIPELINE_CLASSES[_pipeline_class(path)]
-        if kind == "pixel":
-            unet = pipeline_component(path, "unet")
-            if conditioning(_read_json(unet / "config.json")).num_classes:
-                return "class-conditional"
-        return kind
-    if path.is_dir() and ((path / "config.json").is_file() or (path / "pruning.json").is_file()):
-        cond = conditioning(_read_json(path / "config.json"))
-        if cond.text_width:
-            raise DiffPruneError(
-                f"{src!r} is a text-conditioned UNet on its own; a text-to-image pipeline also needs its text "
-                "encoder(s), tokenizer(s) and VAE. Give the pipeline folder (model_index.json, with the pruned "
-                "UNet in unet/), or export just the UNet with --unet-only (unet_only=True).")
-        return "class-conditional" if cond.num_classes else "pixel"
-    from diffprune.models import load_source
-
-    load_source(src)  # raises the source error (missing folder, not a model, ...)
-    raise DiffPruneError(f"{src!r} is not a pipeline; give a pipeline folder (model_index.json) or arch:NAME.")
-
-
 def _read_pruning(source: dict):
     if source.get("format") != "diffprune":
         return None
@@ -187,49 +123,53 @@ def _read_pruning(source: dict):
     return pruning
 
 
-def load_pipeline(src) -> Pipeline:
+def load_pipeline(src, kind: str | None = None) -> Pipeline:
     """Load every part of the pipeline ``src`` (arch:NAME, a pipeline folder, or a pixel / class-conditional
-    UNet folder), checking that the parts fit one another."""
-    from diffprune.conditioning import conditioning
-    from diffprune.models import _read_json, load_source
+    UNet folder; a resolved :class:`~diffprune.sources.resolve.Source` too), checking that the parts fit one
+    another. ``kind``: its pipeline kind, when the caller has decided it already."""
+    from diffprune.sources.conditioning import conditioning
+    from diffprune.sources.folders import _read_json
+    from diffprune.sources.loader import load_source
 
-    kind = pipeline_kind(src)
-    src = str(src)
+    source = src if isinstance(src, Source) else resolve(src)
+    kind = kind or pipeline_kind(source)
+    src = str(source.given)
     unet, scheduler, unet_source = load_source(src)
     cond = conditioning(unet)
     parts = dict(kind=kind, unet=unet, scheduler=scheduler, pruning=_read_pruning(unet_source),
                  num_classes=cond.num_classes)
-    if src.startswith("arch:"):
-        from diffprune.latents import VAE_SETUPS, build_vae
-        from diffprune.text import build_text_encoder
+    if source.kind == "arch":
+        from diffprune.sources.architectures import VAE_SETUPS
+        from diffprune.sources.vae import build_vae
+        from diffprune.sources.text import build_text_encoder
 
-        arch = src[len("arch:"):]
+        arch = source.arch
         text = build_text_encoder(arch)
         parts.update(text=text, vae=build_vae(VAE_SETUPS[arch]) if arch in VAE_SETUPS else None,
                      source={"source": src, "format": "arch", "weights": "random (seed 0)"})
     else:
-        folder = Path(src)
-        parts["source"] = {"source": str(folder.resolve()), "format": "pipeline" if (folder / "model_index.json").is_file()
+        folder = source.pipeline_dir if source.whole_pipeline else Path(src)
+        parts["source"] = {"source": str(folder.resolve()), "format": "pipeline" if source.whole_pipeline
                            else unet_source.get("format"), "unet": unet_source}
-        if (folder / "model_index.json").is_file():
-            parts["source"]["pipeline_class"] = _pipeline_class(folder)
+        if source.whole_pipeline:
+            parts["source"]["pipeline_class"] = pipeline_class(source)
             if (folder / "scheduler" / "scheduler_config.json").is_file():  # the pipeline's, not a pruned unet/'s own
                 parts["scheduler"] = _read_json(folder / "scheduler" / "scheduler_config.json")
             if kind.startswith("text-to-image"):
-                from diffprune.latents import load_vae
-                from diffprune.models import pipeline_component
-                from diffprune.text import load_text_encoder
+                from diffprune.sources.vae import load_vae
+                from diffprune.sources.folders import pipeline_component
+                from diffprune.sources.text import load_text_encoder
 
                 parts["text"] = load_text_encoder(folder)
                 parts["tokenizer_dirs"] = [pipeline_component(folder, n) for n in
                                            (["tokenizer", "tokenizer_2"] if len(parts["text"].parts) == 2 else ["tokenizer"])]
                 parts["vae"] = load_vae(folder)
             elif kind == "latent":
-                from diffprune.latents import load_vq
+                from diffprune.sources.vae import load_vq
 
                 parts["vq"] = load_vq(folder)
             elif (folder / "vae").is_dir():
-                from diffprune.latents import load_vae
+                from diffprune.sources.vae import load_vae
 
                 parts["vae"] = load_vae(folder)
     pipe = Pipeline(**parts)
@@ -331,12 +271,13 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
     check_writable(out_dir, overwrite)
     say = progress or (lambda *a: None)
     started = time.perf_counter()
-    kind = pipeline_kind(src)
+    source = resolve(src)
+    kind = pipeline_kind(source)
     guidance_scale = float(guidance_scale if guidance_scale is not None else GUIDANCE.get(kind, 1.0))
     if guidance_scale > 1 and kind not in GUIDANCE:
         raise DiffPruneError(f"guidance_scale {guidance_scale} needs a text-conditioned pipeline; a {kind} one has "
                              "nothing to guide against. Leave it out (1.0).")
-    pipe = load_pipeline(src)
+    pipe = load_pipeline(source, kind)
     cfg = pipe.unet.config
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
     guided = pipe.kind in GUIDANCE
@@ -449,7 +390,7 @@ def _export_decoder(model, name, out, size, scale, dtype, batch, opset, exporter
 
 
 def _record(pipe, latent, image, guidance_scale, reports, files, unet_sha, started) -> dict:
-    from diffprune.models import versions
+    from diffprune.sources.unet import versions
 
     from .onnx import _onnx_versions
 

@@ -18,14 +18,14 @@ def private_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny():
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     return build_unet("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_attn():
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     return build_unet("tiny-attn")
 
@@ -98,7 +98,7 @@ def captioned_digits(tmp_path_factory):
 def pruned_conditional_folders(tmp_path_factory):
     """tiny-class and tiny-sd pruned to half their channels (magnitude), each saved as a pruned folder."""
     import diffprune
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     out = {}
     for arch in ("tiny-class", "tiny-sd"):

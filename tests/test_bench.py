@@ -9,14 +9,14 @@ import pytest
 
 import diffprune
 from diffprune import DiffPruneError
-from diffprune.benchmark import markdown, run_bench, write_report
+from diffprune.evaluation.benchmark import markdown, run_bench, write_report
 from diffprune.runtime.bench import WORKER_ENV, Case, WorkerCase, measure, serve
 
 
 @pytest.fixture(scope="module")
 def pruned_export(tmp_path_factory):
     from diffprune.export import to_onnx
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     model, _ = diffprune.prune(build_unet("tiny"), method="magnitude", ratio=0.5, progress=False)
     out = tmp_path_factory.mktemp("bench") / "pruned-onnx"
@@ -154,7 +154,7 @@ def test_bench_over_two_backends_gives_every_speedup_and_the_same_threads_to_all
 
 
 def test_threads_default_to_the_cpus_this_process_may_use(tiny_export):
-    from diffprune.benchmark import default_threads
+    from diffprune.evaluation.benchmark import default_threads
 
     results = run_bench([tiny_export], batches=[1], steps=1, runs=1, torch_baseline="none", progress=False,
                         memory=False)
@@ -163,7 +163,7 @@ def test_threads_default_to_the_cpus_this_process_may_use(tiny_export):
 
 
 def test_bench_without_torch_skips_the_baseline_it_would_pick_and_refuses_one_asked_for(tiny_export, monkeypatch):
-    import diffprune.benchmark as benchmark
+    import diffprune.evaluation.benchmark as benchmark
 
     monkeypatch.setattr(benchmark, "_torch_missing", lambda: True)
     with pytest.raises(DiffPruneError, match="needs torch and diffusers.*--torch-baseline none"):

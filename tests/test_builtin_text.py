@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import diffprune
-from diffprune.models import FromSource, load_source
-from diffprune.text import build_text_encoder
+from diffprune.sources.loader import FromSource, load_source
+from diffprune.sources.text import build_text_encoder
 
 WORDS = "zero one two three four five six seven eight nine".split()
 ASSETS = Path(diffprune.__file__).parent / "assets"

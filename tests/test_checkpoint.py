@@ -7,13 +7,13 @@ import torch
 import diffprune
 from diffprune import DiffPruneError
 from diffprune._io import atomic_dir
-from diffprune.checkpoint import WEIGHTS
-from diffprune.models import load_source
+from diffprune.sources.checkpoint import WEIGHTS
+from diffprune.sources.loader import load_source
 
 
 @pytest.fixture(scope="module")
 def pruned_attn():
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     return diffprune.prune(build_unet("tiny-attn"), method="magnitude", ratio=0.4, progress=False)
 

@@ -129,7 +129,7 @@ def test_every_command_module_is_a_name_a_register_and_a_run(capsys):
 
 def test_criterion_names_match_the_registry():
     from diffprune.cli._common import CRITERIA_NAMES
-    from diffprune.importance import CRITERIA
+    from diffprune.pruning.importance import CRITERIA
 
     assert CRITERIA_NAMES == tuple(CRITERIA)
 

@@ -14,8 +14,11 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 import diffprune
 from diffprune import DiffPruneError
 from diffprune.cli import main
-from diffprune.conditioning import TEXT_TOKENS, conditioning
-from diffprune.models import ARCHITECTURES, build_unet, example_inputs, load_source, pipeline_component, unet_class
+from diffprune.sources.conditioning import TEXT_TOKENS, conditioning
+from diffprune.sources.architectures import ARCHITECTURES
+from diffprune.sources.unet import build_unet, example_inputs, unet_class
+from diffprune.sources.loader import load_source
+from diffprune.sources.folders import pipeline_component
 
 CONDITIONAL = ["tiny-class", "tiny-sd", "tiny-sdxl"]
 TEXT = ["tiny-sd", "tiny-sdxl"]
@@ -125,9 +128,9 @@ def few_sampling_steps(monkeypatch):
     the UNet is fed, not about the samples' quality."""
     import functools
 
-    import diffprune.sampling
+    import diffprune.data.generate
 
-    monkeypatch.setattr(diffprune.sampling, "generate", functools.partial(diffprune.sampling.generate, steps=2))
+    monkeypatch.setattr(diffprune.data.generate, "generate", functools.partial(diffprune.data.generate.generate, steps=2))
 
 
 def _record_calls(model):
@@ -333,7 +336,7 @@ def test_macs_are_counted_with_the_77_token_text_input(dense):
 
     import torch_pruning as tp
 
-    from diffprune.models import count_macs_params
+    from diffprune.sources.unet import count_macs_params
 
     model = dense["tiny-sd"]
     macs, _ = count_macs_params(model)
@@ -406,7 +409,7 @@ def test_cli_prunes_a_pipeline_folder_into_a_pipeline_folder(dense, tmp_path, ca
 
 @pytest.mark.parametrize("arch", TEXT)
 def test_a_pruned_builtin_pipeline_carries_its_text_encoders_tokenizers_and_vae(arch, pruned, tmp_path):
-    from diffprune.models import FromSource
+    from diffprune.sources.loader import FromSource
 
     model, _ = pruned[arch]
     out = diffprune.save(model, tmp_path / "p", pipeline=f"arch:{arch}")
@@ -442,9 +445,9 @@ def test_an_ldm_pipeline_is_pruned_and_fine_tuned_on_its_vq_latents(tmp_path, mo
     and training images go through the VQ encoder, and the outputs are LDM pipeline folders again."""
     from diffusers import DDIMScheduler, LDMPipeline
 
-    import diffprune.latents as latents
-    from diffprune.finetune import finetune
-    from diffprune.latents import build_vq
+    import diffprune.sources.vae as latents
+    from diffprune.training.finetune import finetune
+    from diffprune.sources.vae import build_vq
 
     folder = tmp_path / "ldm"
     LDMPipeline(vqvae=build_vq("tiny"), unet=build_unet("tiny-attn"), scheduler=DDIMScheduler()).save_pretrained(folder)
@@ -467,8 +470,8 @@ def test_an_ldm_pipeline_is_pruned_and_fine_tuned_on_its_vq_latents(tmp_path, mo
 def test_a_pixel_text_model_takes_captioned_images_without_a_vae(captioned_digits):
     """arch:digits-text (1 channel, cross-attention to a tiny CLIP): captions through the text encoder, images as
     pixels; a 4-channel text UNet without a VAE stays an error (test above)."""
-    from diffprune.latents import is_latent
-    from diffprune.text import build_text_encoder
+    from diffprune.data.latents import is_latent
+    from diffprune.sources.text import build_text_encoder
 
     model = build_unet("digits-text")
     assert not is_latent(model, conditioning(model), None)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from diffprune import DiffPruneError
-from diffprune.data import load_images
+from diffprune.data.images import load_images
 
 
 def test_builtin_digits_are_scaled_and_resized():

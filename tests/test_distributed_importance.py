@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 import diffprune
-from diffprune._distributed import share
-from diffprune.importance import Calibration
-from diffprune.importance._gradients import accumulate_gradients
-from diffprune.models import DEFAULT_SCHEDULER
+from diffprune.pruning._distributed import share
+from diffprune.pruning.importance import Calibration
+from diffprune.pruning.importance._gradients import accumulate_gradients
+from diffprune.sources.architectures import DEFAULT_SCHEDULER
 
 from test_importance import Identity, _expected
 
@@ -43,9 +43,9 @@ SCRIPT = """
 import json, sys, types
 import torch, torch.distributed as dist
 import torch.nn as nn
-from diffprune.importance import Calibration
-from diffprune.importance._gradients import accumulate_gradients
-from diffprune.models import DEFAULT_SCHEDULER
+from diffprune.pruning.importance import Calibration
+from diffprune.pruning.importance._gradients import accumulate_gradients
+from diffprune.sources.architectures import DEFAULT_SCHEDULER
 
 class Identity(nn.Module):
     def __init__(self):
@@ -89,7 +89,7 @@ def test_two_processes_stop_at_the_timestep_of_one(tmp_path):
 
 
 def test_prune_on_two_processes_keeps_the_channels_of_one(tmp_path):
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     options = dict(method="diff-pruning", ratio=0.5, data="builtin:digits", num_images=6, micro_batch=2,
                    max_timesteps=3, seed=0)

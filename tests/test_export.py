@@ -16,7 +16,7 @@ from diffprune.export.validate import validate
 
 @pytest.fixture(scope="module")
 def pruned_folder(tmp_path_factory):
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     model, report = diffprune.prune(build_unet("tiny-attn"), method="magnitude", ratio=0.4, progress=False)
     return diffprune.save(model, tmp_path_factory.mktemp("p") / "pruned", info={"pruning": report.to_dict()})

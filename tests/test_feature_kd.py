@@ -9,22 +9,22 @@ import torch
 
 import diffprune
 from diffprune import DiffPruneError
-from diffprune.finetune import finetune, latest_checkpoint
+from diffprune.training.finetune import finetune, latest_checkpoint
 
 FAST = dict(data="builtin:digits", batch_size=4, num_images=32, warmup_steps=1, log_every=1, progress=False)
 
 
 @pytest.fixture(scope="module")
 def pruned_tiny(tmp_path_factory):
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     model, report = diffprune.prune(build_unet("tiny"), method="magnitude", ratio=0.5, progress=False)
     return diffprune.save(model, tmp_path_factory.mktemp("p") / "pruned", info={"pruning": report.to_dict()})
 
 
 def test_maps_go_from_the_students_widths_to_the_teachers(pruned_tiny):
-    from diffprune import feature_kd
-    from diffprune.models import build_unet
+    from diffprune.training import feature_kd
+    from diffprune.sources.unet import build_unet
 
     student, dense = diffprune.load(pruned_tiny), build_unet("tiny")
     assert feature_kd.widths(student) == [16, 32, 32, 32, 16] and feature_kd.widths(dense) == [32, 64, 64, 64, 32]
@@ -37,7 +37,7 @@ def test_maps_go_from_the_students_widths_to_the_teachers(pruned_tiny):
 
 
 def test_feature_loss_is_positive_and_falls(pruned_tiny, tmp_path):
-    from diffprune.models import load_source
+    from diffprune.sources.loader import load_source
 
     student = load_source(pruned_tiny)[0]
     report = finetune(student, tmp_path / "fkd", steps=8, lr=1e-3, ema_decay=0, teacher="arch:tiny",

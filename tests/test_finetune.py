@@ -10,14 +10,14 @@ import torch
 
 import diffprune
 from diffprune import DiffPruneError
-from diffprune.finetune import finetune, latest_checkpoint
+from diffprune.training.finetune import finetune, latest_checkpoint
 
 FAST = dict(data="builtin:digits", batch_size=4, num_images=32, warmup_steps=2, log_every=1, progress=False)
 
 
 @pytest.fixture(scope="module")
 def pruned_tiny(tmp_path_factory):
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     model, report = diffprune.prune(build_unet("tiny"), method="magnitude", ratio=0.5, progress=False)
     return diffprune.save(model, tmp_path_factory.mktemp("p") / "pruned", info={"pruning": report.to_dict()})

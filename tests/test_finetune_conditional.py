@@ -13,7 +13,7 @@ import torch
 
 import diffprune
 from diffprune import DiffPruneError
-from diffprune.finetune import finetune, latest_checkpoint
+from diffprune.training.finetune import finetune, latest_checkpoint
 
 FAST = dict(batch_size=4, warmup_steps=1, log_every=1, progress=False)
 
@@ -25,8 +25,8 @@ def captioned(captioned_digits):
 
 @pytest.fixture(scope="module")
 def parts():
-    from diffprune.latents import build_vae
-    from diffprune.text import build_text_encoder
+    from diffprune.sources.vae import build_vae
+    from diffprune.sources.text import build_text_encoder
 
     return dict(text_encoder=build_text_encoder("tiny-sd"), vae=build_vae("tiny"), resize="pad")  # 28x28 digits -> 32x32
 
@@ -54,7 +54,7 @@ def _config(folder):
 
 
 def test_class_conditional_trains_on_the_datas_labels(pruned, tmp_path):
-    from diffprune.models import load_source
+    from diffprune.sources.loader import load_source
 
     student = load_source(pruned["tiny-class"])[0]
     seen = Recorder(student)
@@ -88,7 +88,7 @@ def test_text_conditioned_trains_on_captions_and_saves_only_the_unet(pruned, par
 
 
 def test_caption_dropout_replaces_the_expected_fraction_by_the_empty_prompt(pruned, parts, captioned, tmp_path):
-    from diffprune.models import load_source
+    from diffprune.sources.loader import load_source
 
     encoder = parts["text_encoder"]
     empty = encoder([""]).encoder_hidden_states[0]
@@ -115,7 +115,8 @@ def test_caption_dropout_replaces_the_expected_fraction_by_the_empty_prompt(prun
 
 
 def test_the_teacher_sees_the_students_conditioning(pruned, parts, captioned, tmp_path):
-    from diffprune.models import build_unet, load_source
+    from diffprune.sources.unet import build_unet
+    from diffprune.sources.loader import load_source
 
     for arch, data in (("tiny-sd", str(captioned)), ("tiny-class", str(captioned / "pairs.jsonl"))):
         student, teacher = load_source(pruned[arch])[0], build_unet(arch)
@@ -167,13 +168,13 @@ def few_sampling_steps(monkeypatch):
     """generate:N draws its samples in 2 DDIM steps, not 50: these tests are about what the student is fed."""
     import functools
 
-    import diffprune.sampling
+    import diffprune.data.generate
 
-    monkeypatch.setattr(diffprune.sampling, "generate", functools.partial(diffprune.sampling.generate, steps=2))
+    monkeypatch.setattr(diffprune.data.generate, "generate", functools.partial(diffprune.data.generate.generate, steps=2))
 
 
 def test_generated_class_data_cycles_every_class(pruned, tmp_path, few_sampling_steps):
-    from diffprune.models import load_source
+    from diffprune.sources.loader import load_source
 
     student = load_source(pruned["tiny-class"])[0]
     seen = Recorder(student)
@@ -186,8 +187,8 @@ def test_generated_class_data_cycles_every_class(pruned, tmp_path, few_sampling_
 
 
 def test_generated_text_data_is_drawn_with_the_prompts_and_trained_on_them(pruned, parts, tmp_path, few_sampling_steps):
-    from diffprune.models import load_source
-    from diffprune.pruning import generate_samples
+    from diffprune.sources.loader import load_source
+    from diffprune.pruning.pruner import generate_samples
 
     prompts = ["a handwritten digit one", "a handwritten digit seven"]
     teacher = load_source("arch:tiny-sd")[0]
@@ -206,8 +207,8 @@ def test_generated_text_data_is_drawn_with_the_prompts_and_trained_on_them(prune
     assert info["generate"] == {"from": "teacher", "prompts": 2, "guidance_scale": 7.5}
     # The student was trained on pruning's generate path's samples (same function, seed, prompts): rebuild step 1's
     # noisy input from them with the trainer's seeded draws and compare.
-    from diffprune.finetune import _stream, _targets
-    from diffprune.models import DEFAULT_SCHEDULER
+    from diffprune.training.finetune import _stream, _targets
+    from diffprune.sources.architectures import DEFAULT_SCHEDULER
 
     samples, _, described = generate_samples(teacher, DEFAULT_SCHEDULER, 4, seed=0, progress=False,
                                              text_encoder=parts["text_encoder"], prompts=prompts, latent=True)
@@ -273,7 +274,7 @@ def test_an_sdxl_like_pipeline_fine_tunes_on_both_encoders_and_time_ids(captione
     """arch:tiny-sdxl: two text encoders (hidden states concatenated, the second's pooled output) and SDXL's
     text_time added conditioning; pruned, fine-tuned with distillation, saved as a pipeline folder that loads."""
     from diffprune.cli import main
-    from diffprune.models import FromSource, load_source
+    from diffprune.sources.loader import FromSource, load_source
 
     pruned = tmp_path / "pruned"
     assert main(["prune", "arch:tiny-sdxl", str(pruned), "--method", "magnitude", "--ratio", "0.5", "--quiet"]) == 0

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from diffprune.importance import Calibration
-from diffprune.importance._gradients import accumulate_gradients
-from diffprune.models import DEFAULT_SCHEDULER
+from diffprune.pruning.importance import Calibration
+from diffprune.pruning.importance._gradients import accumulate_gradients
+from diffprune.sources.architectures import DEFAULT_SCHEDULER
 
 
 class Identity(nn.Module):
@@ -90,7 +90,7 @@ def test_gradient_does_not_depend_on_micro_batch(tiny):
 def test_taylor_score_is_weight_times_gradient():
     import torch_pruning as tp
 
-    from diffprune.importance._gradients import taylor_scorer
+    from diffprune.pruning.importance._gradients import taylor_scorer
 
     conv = nn.Sequential(nn.Conv2d(2, 4, 1), nn.Conv2d(4, 3, 1))
     x = torch.randn(3, 2, 5, 5)
@@ -110,7 +110,7 @@ def test_a_loss_that_will_not_fall_is_said_early(tiny, capsys):
     # Random weights: the loss stays flat, so the stop rule would never fire; the user hears it after
     # 20 timesteps, with what to do, not after an hour.
     import diffprune
-    from diffprune.models import DEFAULT_SCHEDULER
+    from diffprune.sources.architectures import DEFAULT_SCHEDULER
 
     short = {**DEFAULT_SCHEDULER, "num_train_timesteps": 60}  # a short schedule keeps the test quick
     diffprune.prune(tiny, method="diff-pruning", ratio=0.3, data="builtin:digits", num_images=2,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from diffprune import DiffPruneError
-from diffprune.metrics import consistency, frechet_distance, psnr, ssim
+from diffprune.evaluation.metrics import consistency, frechet_distance, psnr, ssim
 
 
 def test_frechet_distance_of_known_gaussians():
@@ -56,8 +56,8 @@ def _projection_net(path, channels=1, size=8, dims=6):
 
 
 def test_fid_with_an_onnx_feature_network(tmp_path):
-    from diffprune.data import load_images
-    from diffprune.metrics import OnnxFeatures, feature_statistics, fid
+    from diffprune.data.images import load_images
+    from diffprune.evaluation.metrics import OnnxFeatures, feature_statistics, fid
 
     features = OnnxFeatures(_projection_net(tmp_path / "f.onnx"))
     digits = ((load_images("builtin:digits", (8, 8), 1, limit=200).numpy() + 1) * 127.5).round().astype(np.uint8)
@@ -78,8 +78,8 @@ def test_fid_without_features_says_how_to_get_them(tmp_path):
 
 
 def test_digit_confidence_tells_digits_from_noise():
-    from diffprune.data import ASSETS
-    from diffprune.metrics import OnnxFeatures, digit_confidence
+    from diffprune.data.images import ASSETS
+    from diffprune.evaluation.metrics import OnnxFeatures, digit_confidence
 
     with np.load(ASSETS / "digits.npz") as z:
         real = z["images"][9000:, :, :, None]  # the classifier's held-out 1,000

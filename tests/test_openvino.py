@@ -46,7 +46,7 @@ def test_default_precision_keeps_a_trained_models_images(tmp_path):
     # images stay those of float32. (A random-weight model is no test of this: its sampling is
     # chaotic, and bf16 rounding sends it elsewhere.)
     from diffprune.export import to_onnx
-    from diffprune.metrics import consistency
+    from diffprune.evaluation.metrics import consistency
 
     export = tmp_path / "digits"
     to_onnx("builtin:digits-ddpm", export, batch=(1, 8, 8), exporter="torchscript")

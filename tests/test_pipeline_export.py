@@ -59,10 +59,10 @@ def test_sd_pipeline_json_describes_every_component(sd):
 
 def test_sd_components_run_like_torch(sd):
     """tokenizer -> text encoder -> UNet (doubled batch) -> VAE decoder on ONNX Runtime = the torch parts."""
-    from diffprune.latents import build_vae
-    from diffprune.models import build_unet
+    from diffprune.sources.vae import build_vae
+    from diffprune.sources.unet import build_unet
     from diffprune.runtime.text import ClipTokenizer
-    from diffprune.text import build_text_encoder
+    from diffprune.sources.text import build_text_encoder
 
     _, out = sd
     text = build_text_encoder("tiny-sd")
@@ -149,8 +149,8 @@ def test_triton_repository_of_a_pipeline(sd, tmp_path):
 
 
 def test_sdxl_pipeline(tmp_path):
-    from diffprune.models import build_unet
-    from diffprune.text import build_text_encoder
+    from diffprune.sources.unet import build_unet
+    from diffprune.sources.text import build_text_encoder
 
     out = tmp_path / "xl"
     record = export_pipeline("arch:tiny-sdxl", out, **SMALL)
@@ -191,7 +191,7 @@ def test_sdxl_pipeline(tmp_path):
 
 
 def test_class_conditional_pipeline(tmp_path):
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     out = tmp_path / "cls"
     record = export_pipeline("arch:tiny-class", out, **SMALL)
@@ -217,8 +217,8 @@ def ldm_folder(tmp_path):
     """A diffusers LDMPipeline folder: UNet2DModel over a VQModel's 3-channel latents, DDIM."""
     from diffusers import DDIMScheduler, LDMPipeline
 
-    from diffprune.latents import build_vq
-    from diffprune.models import build_unet
+    from diffprune.sources.vae import build_vq
+    from diffprune.sources.unet import build_unet
 
     folder = tmp_path / "ldm"
     LDMPipeline(vqvae=build_vq("tiny"), unet=build_unet("tiny-attn"), scheduler=DDIMScheduler()).save_pretrained(folder)
@@ -226,7 +226,7 @@ def ldm_folder(tmp_path):
 
 
 def test_ldm_pipeline(ldm_folder, tmp_path):
-    from diffprune.latents import load_vq
+    from diffprune.sources.vae import load_vq
 
     out = tmp_path / "ldm-onnx"
     record = export_pipeline(ldm_folder, out, **SMALL)
@@ -246,7 +246,7 @@ def test_ldm_pipeline(ldm_folder, tmp_path):
 
 def test_pruned_unet_in_a_pipeline_folder(tmp_path):
     folder = _sd_folder(tmp_path)
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     pruned, report = diffprune.prune(build_unet("tiny-sd"), method="magnitude", ratio=0.4, progress=False)
     shutil.rmtree(folder / "unet")
@@ -271,7 +271,7 @@ def test_pruned_unet_in_a_pipeline_folder(tmp_path):
 
 def _overflowing_vae():
     """The tiny VAE with its decoder's first conv scaled up: fine in float32, past fp16's 65504 at once."""
-    from diffprune.latents import build_vae
+    from diffprune.sources.vae import build_vae
 
     vae = build_vae("tiny")
     with torch.no_grad():
@@ -305,7 +305,7 @@ def test_fp16_keeps_the_vae_decoder_in_fp32_and_refuses_an_fp16_one_that_overflo
     ("foreign unet", r"takes no text; its unet/ does not belong to it"),
 ])
 def test_broken_pipelines_are_clear_errors_and_write_nothing(case, fragment, tmp_path):
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     folder = _sd_folder(tmp_path)
     src = folder

@@ -243,7 +243,7 @@ def test_sample_command_on_a_pipeline_export(exported, tmp_path):
 
 def test_bench_on_pipeline_exports_times_each_component(exported, tmp_path, tiny_export):
     from diffprune import DiffPruneError
-    from diffprune.benchmark import markdown, run_bench
+    from diffprune.evaluation.benchmark import markdown, run_bench
 
     folder, _ = exported("arch:tiny-sd")
     results = run_bench([folder], backend="ort-cpu", steps=2, runs=2, threads=1, scheduler=None, prompt="a cat",

@@ -7,7 +7,7 @@ from diffusers.models.attention_processor import Attention
 
 import diffprune
 from diffprune import DiffPruneError
-from diffprune.structure import keep_count
+from diffprune.sources.structure import keep_count
 
 
 def _forward(model, x, t):

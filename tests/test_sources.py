@@ -3,7 +3,7 @@
 import pytest
 
 from diffprune import DiffPruneError
-from diffprune.models import load_source
+from diffprune.sources.loader import load_source
 
 
 def test_a_mistyped_path_is_not_retried_on_the_hub(monkeypatch, tmp_path):
@@ -44,7 +44,7 @@ def test_a_name_the_hub_does_not_know_says_check_the_path(monkeypatch, tmp_path)
 def test_offline_asks_nothing(monkeypatch):
     import huggingface_hub
 
-    from diffprune.models import check_hub_id
+    from diffprune.sources.loader import check_hub_id
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: pytest.fail("the hub was asked while offline"))

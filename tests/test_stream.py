@@ -12,8 +12,8 @@ import torch
 
 import diffprune
 from diffprune import DiffPruneError
-from diffprune.finetune import finetune, latest_checkpoint
-from diffprune.stream import Stream, is_shards
+from diffprune.training.finetune import finetune, latest_checkpoint
+from diffprune.data.stream import Stream, is_shards
 
 FAST = dict(batch_size=2, warmup_steps=1, log_every=1, progress=False)
 WORDS = "zero one two three four five six seven eight nine".split()
@@ -95,8 +95,8 @@ def pruned(pruned_conditional_folders):
 
 @pytest.fixture(scope="module")
 def parts():
-    from diffprune.latents import build_vae
-    from diffprune.text import build_text_encoder
+    from diffprune.sources.vae import build_vae
+    from diffprune.sources.text import build_text_encoder
 
     return dict(text_encoder=build_text_encoder("tiny-sd"), vae=build_vae("tiny"), resize="pad")
 
@@ -122,7 +122,7 @@ def test_resume_of_a_streamed_run_ends_with_the_same_weights(pruned, parts, shar
 
 
 def test_class_model_sees_the_labels_in_stream_order(pruned, shards, tmp_path):
-    from diffprune.models import load_source
+    from diffprune.sources.loader import load_source
 
     from test_finetune_conditional import Recorder
 
@@ -136,7 +136,7 @@ def test_class_model_sees_the_labels_in_stream_order(pruned, shards, tmp_path):
 
 
 def test_a_folder_streams_for_an_unconditional_model(captioned_digits, tmp_path):
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     model, _ = diffprune.prune(build_unet("tiny"), method="magnitude", ratio=0.5, progress=False)
     report = finetune(model, tmp_path / "ft", data=str(captioned_digits()), stream=True, steps=2, ema_decay=0, **FAST)

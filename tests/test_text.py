@@ -148,7 +148,7 @@ def test_real_size_text_encoders_have_the_published_parameter_counts(name, proje
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from diffprune.text import TEXT_ENCODERS
+    from diffprune.sources.architectures import TEXT_ENCODERS
 
     with torch.device("meta"):
         model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(
@@ -160,7 +160,7 @@ def test_real_size_vae_has_sds_parameter_count():
     import torch
     from diffusers import AutoencoderKL
 
-    from diffprune.latents import VAES
+    from diffprune.sources.architectures import VAES
 
     with torch.device("meta"):
         vae = AutoencoderKL(**VAES["sd"])
@@ -168,9 +168,9 @@ def test_real_size_vae_has_sds_parameter_count():
 
 
 def test_built_in_text_encoders_fit_their_unets():
-    from diffprune.conditioning import conditioning
-    from diffprune.models import ARCHITECTURES
-    from diffprune.text import TEXT_ENCODERS, TEXT_SETUPS
+    from diffprune.sources.conditioning import conditioning
+    from diffprune.sources.architectures import ARCHITECTURES
+    from diffprune.sources.architectures import TEXT_ENCODERS, TEXT_SETUPS
 
     for arch, (names, layer) in TEXT_SETUPS.items():
         cond = conditioning(ARCHITECTURES[arch])
@@ -191,16 +191,16 @@ def captioned(captioned_digits):
 
 @pytest.fixture(scope="module")
 def tiny_sd():
-    from diffprune.latents import build_vae
-    from diffprune.models import build_unet
-    from diffprune.text import build_text_encoder
+    from diffprune.sources.vae import build_vae
+    from diffprune.sources.unet import build_unet
+    from diffprune.sources.text import build_text_encoder
 
     return build_unet("tiny-sd"), build_text_encoder("tiny-sd"), build_vae("tiny")
 
 
 def _calibrate(model, data, **kw):
-    from diffprune.models import DEFAULT_SCHEDULER
-    from diffprune.pruning import _calibration
+    from diffprune.sources.architectures import DEFAULT_SCHEDULER
+    from diffprune.pruning.pruner import _calibration
 
     args = dict(n=64, micro_batch=4, seed=0, progress=False, resize="pad")
     args.update(kw)
@@ -211,7 +211,7 @@ def _calibrate(model, data, **kw):
 def test_images_become_vae_latents_and_captions_text_embeddings(tiny_sd, captioned, capsys):
     import torch
 
-    from diffprune.data import load_calibration
+    from diffprune.data.images import load_calibration
 
     unet, text, vae = tiny_sd
     calib, described = _calibrate(unet, str(captioned), text_encoder=text, vae=vae)
@@ -260,7 +260,7 @@ def test_a_latent_model_without_a_vae_or_text_encoder_is_refused(tiny_sd, captio
 
 
 def test_a_text_encoder_of_another_width_is_refused(tiny_sd, captioned):
-    from diffprune.text import build_text_encoder
+    from diffprune.sources.text import build_text_encoder
 
     with pytest.raises(DiffPruneError, match="gives 32-wide hidden states and 32-wide pooled text, but the UNet "
                                              "reads 24-wide encoder_hidden_states"):
@@ -277,7 +277,7 @@ def test_a_text_encoder_of_another_width_is_refused(tiny_sd, captioned):
 def test_a_bad_jsonl_is_a_clear_error(captioned, tmp_path, lines, message):
     import shutil
 
-    from diffprune.data import load_calibration
+    from diffprune.data.images import load_calibration
 
     shutil.copy(captioned / "0.png", tmp_path / "0.png")
     (tmp_path / "bad.jsonl").write_text("\n".join(lines))
@@ -288,8 +288,8 @@ def test_a_bad_jsonl_is_a_clear_error(captioned, tmp_path, lines, message):
 def test_class_labels_come_from_the_data():
     import torch
 
-    from diffprune.data import load_calibration
-    from diffprune.models import build_unet
+    from diffprune.data.images import load_calibration
+    from diffprune.sources.unet import build_unet
 
     model = build_unet("tiny-class")
     calib, _ = _calibrate(model, "builtin:digits", n=12, resize="center-crop")
@@ -301,7 +301,7 @@ def test_class_labels_come_from_the_data():
 
 
 def test_a_class_label_out_of_range_in_the_data_is_refused(tmp_path):
-    from diffprune.models import build_unet
+    from diffprune.sources.unet import build_unet
 
     np.savez(tmp_path / "d.npz", images=np.zeros((3, 16, 16), np.uint8), labels=np.array([1, 12, 3]))
     with pytest.raises(DiffPruneError, match=r"Data .*d\.npz.* holds class labels the model cannot take.*\[12\] out of "
@@ -349,7 +349,8 @@ def test_sdxl_gets_both_encoders_and_the_pooled_text(captioned):
     import torch
 
     import diffprune
-    from diffprune.models import FromSource, build_unet
+    from diffprune.sources.loader import FromSource
+    from diffprune.sources.unet import build_unet
 
     model = build_unet("tiny-sdxl")
     calls = _record_calls(model)
@@ -360,7 +361,7 @@ def test_sdxl_gets_both_encoders_and_the_pooled_text(captioned):
     assert report.no_gradient_groups == []
     (fed,) = [c for c in calls if c["grad"] and c["timestep"].max() < 1]
     captions = [(captioned / f"{i}.txt").read_text().strip() for i in range(8)]
-    from diffprune.data import load_calibration
+    from diffprune.data.images import load_calibration
 
     chosen = [captions[int(Path(f).stem)] for f in load_calibration(str(captioned), (32, 32), 3, limit=4, resize="pad").files]
     expected = text(chosen)
@@ -375,9 +376,9 @@ def test_sdxl_gets_both_encoders_and_the_pooled_text(captioned):
 def few_sampling_steps(monkeypatch):
     import functools
 
-    import diffprune.sampling
+    import diffprune.data.generate
 
-    monkeypatch.setattr(diffprune.sampling, "generate", functools.partial(diffprune.sampling.generate, steps=2))
+    monkeypatch.setattr(diffprune.data.generate, "generate", functools.partial(diffprune.data.generate.generate, steps=2))
 
 
 def test_generate_with_prompts_draws_with_guidance_and_prunes_with_those_prompts(tiny_sd, few_sampling_steps):
@@ -468,7 +469,7 @@ def test_cli_bad_inputs_are_clear_errors_and_write_nothing(case, tiny_sd, captio
 
 def test_generate_without_prompts_uses_the_real_empty_prompt_when_there_is_a_text_encoder(tiny_sd, tmp_path,
                                                                                           few_sampling_steps):
-    from diffprune.models import FromSource
+    from diffprune.sources.loader import FromSource
 
     unet, text, vae = tiny_sd
     folder = _full_pipeline(tmp_path, unet, text, vae)

@@ -19,7 +19,7 @@ examples:
   diffprune prune google/ddpm-cifar10-32 pruned --data generate:64
 """
 
-# The names in diffprune.importance.CRITERIA, repeated here because importing that package imports
+# The names in diffprune.pruning.importance.CRITERIA, repeated here because importing that package imports
 # torch; tests/test_cli.py checks the two are equal.
 CRITERIA_NAMES = ("diff-pruning", "taylor", "magnitude", "random", "reinit")
 

@@ -1,4 +1,4 @@
-"""``diffprune bench``: a shell over :func:`diffprune.benchmark.run_bench` and ``write_report``."""
+"""``diffprune bench``: a shell over :func:`diffprune.evaluation.benchmark.run_bench` and ``write_report``."""
 
 import argparse
 import sys
@@ -60,7 +60,7 @@ def register(subparsers):
 
 def run(args) -> int:
     from diffprune._io import check_writable
-    from diffprune.benchmark import markdown, run_bench, write_report
+    from diffprune.evaluation.benchmark import markdown, run_bench, write_report
 
     check_writable(args.out, args.overwrite)
     args.artifacts = apply_deploy(args)

@@ -41,14 +41,15 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from pathlib import Path
 
     require(*NEEDS)
     from diffprune.export import build_engine, write_repository
     from diffprune.export.tensorrt import build_pipeline, pipeline_profiles, profile_shapes
     from diffprune.export.validate import verify_export
 
-    pipeline = (Path(args.onnx_dir) / "pipeline.json").is_file()
+    from diffprune.runtime.pipeline import is_pipeline
+
+    pipeline = is_pipeline(args.onnx_dir)
     if args.print_profiles:
         if pipeline:
             profiles = pipeline_profiles(args.onnx_dir, args.batch)

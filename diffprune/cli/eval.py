@@ -1,4 +1,4 @@
-"""``diffprune eval``: a shell over :mod:`diffprune.metrics` and the torch-free runtime.
+"""``diffprune eval``: a shell over :mod:`diffprune.evaluation.metrics` and the torch-free runtime.
 
 ONNX exports and engines are evaluated without torch; a model folder is exported first, and FID
 against reference images loads them, both of which need the toolchain.
@@ -60,7 +60,7 @@ def _is_statistics(reference) -> bool:
 
 
 def run(args) -> int:
-    from diffprune.metrics import INCEPTION_HELP
+    from diffprune.evaluation.metrics import INCEPTION_HELP
 
     if args.reference and not args.features:
         raise DiffPruneError(f"FID against {args.reference!r} needs a feature network. {INCEPTION_HELP}")
@@ -74,10 +74,10 @@ def run(args) -> int:
 
     import numpy as np
 
-    from diffprune.metrics import OnnxFeatures, consistency, feature_statistics, fid
+    from diffprune.evaluation.metrics import OnnxFeatures, consistency, feature_statistics, fid
     from diffprune.runtime import Sampler, make_scheduler, open_runner
     from diffprune.runtime.runners import resolve_backend
-    from diffprune.select import _as_artifact
+    from diffprune.selection.select import _as_artifact
 
     backend = resolve_backend(args.backend)  # recorded as what ran, not as "auto"
 

@@ -57,23 +57,13 @@ def register(subparsers):
 
 
 def _is_pipeline(args) -> bool:
-    """Pipelines (text, class-conditional, latent with a decoder) get the pipeline layout; a pixel UNet,
-    a hub id and a latent arch without a built-in decoder keep the single-UNet layout."""
-    from pathlib import Path
-
-    from diffprune.export.pipeline import NO_DECODER, pipeline_kind
+    """The pipeline layout unless --unet-only; --pipeline forces it; else the source decides
+    (diffprune.sources.resolve.exports_as_pipeline)."""
+    from diffprune.sources.resolve import exports_as_pipeline
 
     if args.unet_only:
         return False
-    if args.pipeline:
-        return True
-    src = str(args.src)
-    if src.startswith("arch:"):
-        if src[len("arch:"):] in NO_DECODER:
-            return False
-    elif not Path(src).is_dir():
-        return False  # hub ids, files and typos: the UNet path names the problem
-    return pipeline_kind(src) != "pixel"
+    return bool(args.pipeline) or exports_as_pipeline(str(args.src))
 
 
 def run(args) -> int:

@@ -1,9 +1,9 @@
-"""``diffprune finetune``: a shell over :func:`diffprune.finetune.finetune`."""
+"""``diffprune finetune``: a shell over :func:`diffprune.training.finetune.finetune`."""
 
 import argparse
 import textwrap
 
-from diffprune.data import RESIZE_MODES
+from diffprune.data.images import RESIZE_MODES
 
 from ._common import TOOLCHAIN, missing_note, require
 
@@ -82,9 +82,9 @@ def register(subparsers):
 
 def run(args) -> int:
     require(*NEEDS)
-    from diffprune.finetune import finetune
-    from diffprune.models import FromSource
-    from diffprune.text import read_prompts
+    from diffprune.training.finetune import finetune
+    from diffprune.sources.loader import FromSource
+    from diffprune.sources.text import read_prompts
 
     report = finetune(
         args.src, args.out, data=args.data, resize=args.resize, steps=args.steps, batch_size=args.batch_size, lr=args.lr,

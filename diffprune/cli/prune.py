@@ -1,9 +1,9 @@
-"""``diffprune prune``: a shell over :func:`diffprune.pruning.prune` and :func:`diffprune.checkpoint.save`."""
+"""``diffprune prune``: a shell over :func:`diffprune.pruning.pruner.prune` and :func:`diffprune.sources.checkpoint.save`."""
 
 import argparse
 import textwrap
 
-from diffprune.data import RESIZE_MODES
+from diffprune.data.images import RESIZE_MODES
 
 from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, fraction, missing_note, require, resolve_device
 
@@ -98,10 +98,11 @@ def _processes(device: str) -> tuple:
 def run(args) -> int:
     require(*NEEDS)
     from diffprune._io import check_writable
-    from diffprune.checkpoint import pipeline_source, save
-    from diffprune.models import FromSource, load_source
-    from diffprune.pruning import check_options, prune
-    from diffprune.text import read_prompts
+    from diffprune.sources.resolve import pipeline_source
+    from diffprune.sources.checkpoint import save
+    from diffprune.sources.loader import FromSource, load_source
+    from diffprune.pruning.pruner import check_options, prune
+    from diffprune.sources.text import read_prompts
 
     # Fail on bad options before minutes of work, not after.
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,

@@ -1,4 +1,4 @@
-"""``diffprune select``: a shell over :func:`diffprune.select.select`.
+"""``diffprune select``: a shell over :func:`diffprune.selection.select.select`.
 
 ONNX exports and engines are measured without torch; --sweep prunes, and a model folder is
 exported first, both of which need the toolchain.
@@ -82,7 +82,7 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from diffprune.select import check_grid
+    from diffprune.selection.select import check_grid
 
     check_grid(args.scheduler, args.steps, args.backend, args.batch, args.budget_ms, args.per, args.n, args.runs)
     if args.sweep:
@@ -91,7 +91,7 @@ def run(args) -> int:
     for src in (args.dense, *args.candidates):
         if not is_artifact(src):
             require(*EXPORT_NEEDS, why=f"Exporting {src!r} to ONNX (it is not an export or engine folder)")
-    from diffprune.select import select
+    from diffprune.selection.select import select
 
     result = select(args.dense, candidates=args.candidates, sweep=args.sweep or (), budget_ms=args.budget_ms,
                     per=args.per, backend=args.backend, batch=args.batch, steps=args.steps, scheduler=args.scheduler,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DiffPruneError
+from ..errors import DiffPruneError
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray):
@@ -86,7 +86,7 @@ def consistency(pruned: np.ndarray, dense: np.ndarray) -> dict:
 
 # Feature networks shipped with the package. digits-features: a classifier trained on the embedded
 # MNIST subset (97.5 % held-out accuracy; benchmarks/train_digits_classifier.py), its 64-d penultimate layer.
-BUILTIN_FEATURES = {"builtin:digits-features": str(Path(__file__).parent / "assets" / "digits-classifier" / "model.onnx")}
+BUILTIN_FEATURES = {"builtin:digits-features": str(Path(__file__).resolve().parents[1] / "assets" / "digits-classifier" / "model.onnx")}
 
 
 class OnnxFeatures:
@@ -101,7 +101,7 @@ class OnnxFeatures:
     def __init__(self, path, batch: int = 64, output: str | None = None):
         from pathlib import Path
 
-        from .runtime.runners.onnxruntime import import_onnxruntime
+        from ..runtime.runners.onnxruntime import import_onnxruntime
 
         path = Path(BUILTIN_FEATURES.get(str(path), path))
         if not path.is_file():
@@ -167,7 +167,7 @@ def reference_statistics(reference, features, size=None, channels=None):
         with np.load(path, allow_pickle=False) as z:
             if "mu" in z.files and "sigma" in z.files:
                 return z["mu"], z["sigma"]
-    from .data import load_images
+    from ..data.images import load_images
 
     tensor = load_images(reference, size, channels)  # (N, C, H, W) in [-1, 1]
     images = ((tensor.numpy().clip(-1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)

@@ -3,7 +3,7 @@ weights (the saved model is the EMA one), bf16/fp16 autocast on CUDA, optional d
 dense teacher, checkpoints in safetensors + JSON, exact resume, and multi-GPU / multi-node through
 Hugging Face accelerate (``accelerate launch -m diffprune finetune ...``).
 
-Conditional UNets are trained on their conditioning (diffprune.conditioning): class-conditional
+Conditional UNets are trained on their conditioning (diffprune.sources.conditioning): class-conditional
 ones on the data's class labels; text-conditioned ones (Stable Diffusion-like, latent) on the VAE
 latents of the images (posterior mean times the VAE's scaling factor, Rombach et al. 2022, Sec. 3)
 and the frozen text encoder's embeddings of their captions, each caption replaced by the empty
@@ -28,8 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._io import atomic_dir, check_writable
-from .errors import DiffPruneError
+from .._io import atomic_dir, check_writable
+from ..errors import DiffPruneError
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")
@@ -140,7 +140,7 @@ def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, con
             "step": step, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(), "ema": ema_meta,
             # Randomness is derived from (seed, step, rank): the seed and step are the whole RNG state.
             "rng": {"seed": config["seed"], "derived_from": "(seed, step, rank)"}, "config": config,
-            # Streamed data: where the next batch starts (diffprune.stream.Stream.state); None for data in memory.
+            # Streamed data: where the next batch starts (diffprune.data.stream.Stream.state); None for data in memory.
             "data": data_state,
         }, indent=1, default=str))
     for old in sorted(folder.glob("step-*"))[:-keep]:
@@ -196,7 +196,7 @@ class _Examples:
         self.vae = vae
         self.samples = samples
         if vae is not None and precompute:
-            from .latents import encode
+            from ..sources.vae import encode
 
             self.samples, self.vae = encode(vae, samples), None
         self.samples = self.samples.to(device)
@@ -218,7 +218,7 @@ class _Examples:
         """x_0 of the examples ``idx``: (B, C, H, W), latents for latent models."""
         x0 = self.samples[idx.to(self.samples.device)]
         if self.vae is not None:
-            from .latents import encode
+            from ..sources.vae import encode
 
             x0 = encode(self.vae, x0).to(self.device)
         return x0
@@ -228,7 +228,7 @@ class _Examples:
         (after the batch, noise and timesteps, so unconditional runs draw what they always drew)."""
         import torch
 
-        from .text import Encoded
+        from ..sources.text import Encoded
 
         text = None
         if self.captions is not None:
@@ -251,8 +251,8 @@ def _frozen_parts(data, student, cond, text_encoder, vae, device, need_vae=True)
     """(text encoder, VAE) a conditional ``student`` is trained with, loaded, frozen and on ``device``; a clear
     error for what is missing. The VAE is None for pixel models, and when ``need_vae`` is False (samples
     drawn from a model are latents already)."""
-    from .latents import is_latent, require_vae
-    from .models import FromSource
+    from ..data.latents import is_latent, require_vae
+    from ..sources.loader import FromSource
 
     latent = is_latent(student, cond, vae)
     if cond.text_width:
@@ -262,7 +262,7 @@ def _frozen_parts(data, student, cond, text_encoder, vae, device, need_vae=True)
             raise DiffPruneError(
                 f"This {cond.model_class} is text-conditioned and no text encoder was given to encode the captions: a "
                 "bare UNet folder carries none. Give a pipeline folder (with text_encoder/ and tokenizer/) as SRC or "
-                "--pipeline, or text_encoder= in Python (diffprune.text.build_text_encoder / load_text_encoder).")
+                "--pipeline, or text_encoder= in Python (diffprune.sources.text.build_text_encoder / load_text_encoder).")
         text_encoder.check_fits(cond)
         for _, model in text_encoder.parts:
             model.to(device).eval().requires_grad_(False)
@@ -273,8 +273,8 @@ def _frozen_parts(data, student, cond, text_encoder, vae, device, need_vae=True)
 
 
 def _labels(found, data, cond):
-    """The class labels of ``found`` (diffprune.data.CalibrationData), checked; None for other models."""
-    from .data import describe
+    """The class labels of ``found`` (diffprune.data.images.CalibrationData), checked; None for other models."""
+    from ..data.images import describe
 
     if not cond.num_classes:
         return None
@@ -293,9 +293,9 @@ def _labels(found, data, cond):
 def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropout, precompute, num_images, seed, resize,
                           device):
     """Load ``data`` with what a conditional ``student`` needs; a clear error for what is missing."""
-    from .data import load_calibration
-    from .latents import pixel_size
-    from .models import sample_size
+    from ..data.images import load_calibration
+    from ..data.latents import pixel_size
+    from ..sources.unet import sample_size
 
     size = sample_size(student)
     text_encoder, vae = _frozen_parts(data, student, cond, text_encoder, vae, device)
@@ -314,12 +314,12 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
 def _generated_examples(data, model, student, cond, text_encoder, vae, prompts, scheduler_config, seed, precompute,
                         progress, device):
     """``generate:N``: N samples drawn from ``model`` (the teacher, else the student) by pruning's generate path
-    (diffprune.pruning.generate_samples), and the conditioning they were drawn under, which the student is then
+    (diffprune.pruning.pruner.generate_samples), and the conditioning they were drawn under, which the student is then
     trained on: every class in turn for class-conditional models; for text models the ``prompts`` (cycled,
     drawn with classifier-free guidance) as their captions, dropped like any caption."""
-    from .latents import is_latent
-    from .models import sample_size
-    from .pruning import generate_count, generate_samples
+    from ..data.latents import is_latent
+    from ..sources.unet import sample_size
+    from ..pruning.pruner import generate_count, generate_samples
 
     count = generate_count(data)
     if cond.text_width and not prompts:
@@ -345,12 +345,12 @@ def _generated_examples(data, model, student, cond, text_encoder, vae, prompts, 
 
 
 class _StreamedExamples:
-    """Batches read from disk as training goes (diffprune.stream), each an :class:`_Examples` with its
+    """Batches read from disk as training goes (diffprune.data.stream), each an :class:`_Examples` with its
     conditioning. Every rank walks the same global order; each decodes only its own rows of a batch."""
 
     def __init__(self, data, seed, student, cond, size, resize, text_encoder=None, vae=None, device="cpu"):
-        from .latents import pixel_size
-        from .stream import Stream
+        from ..data.latents import pixel_size
+        from ..data.stream import Stream
 
         self.stream = Stream(data, seed=seed)
         self.data, self.seed, self.cond, self.size, self.resize, self.device = data, seed, cond, size, resize, device
@@ -368,8 +368,8 @@ class _StreamedExamples:
 
     def next(self, total: int, first: int, count: int) -> "_Examples":
         """Take the next ``total`` examples of the stream; decode rows [first, first + count) of them."""
-        from .data import CalibrationData, _convert, describe
-        from .stream import Stream
+        from ..data.images import CalibrationData, _convert, describe
+        from ..data.stream import Stream
 
         batch = Stream.read(self.stream.take(total)[first:first + count])
         images = _convert(batch.images, describe(self.data), self.pixels, self.channels, None, self.seed, self.resize,
@@ -394,7 +394,7 @@ def _check_teacher(cond, teacher_cond):
 # ---------------------------------------------------------------- training
 
 def _targets(scheduler_config):
-    from .importance._gradients import _targets as targets
+    from ..pruning.importance._gradients import _targets as targets
 
     return targets(scheduler_config)
 
@@ -415,20 +415,20 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     guidance, then kept as the samples' captions). ``teacher`` + ``kd_weight``: the student also matches the
     teacher's prediction on the same noisy input; ``feature_kd_weight`` adds BK-SDM's feature term, the
     error at every down/mid/up block output through learned 1x1 maps where the widths differ
-    (diffprune.feature_kd; the maps are checkpointed but not saved with the model). Checkpoints go to ``checkpoint_dir`` (default
+    (diffprune.training.feature_kd; the maps are checkpointed but not saved with the model). Checkpoints go to ``checkpoint_dir`` (default
     OUT.ckpt) every ``checkpoint_every`` steps; ``resume=True`` continues from the latest one.
     ``callback(step, loss)`` is called after every step (raise inside it to stop). Images of another
-    size reach the model's by ``resize`` (bilinear, pad or center-crop; see diffprune.data).
+    size reach the model's by ``resize`` (bilinear, pad or center-crop; see diffprune.data.images).
 
     Conditional models: class-conditional ones take the data's labels (builtin:digits, an .npz's
     ``labels``, a JSONL's ``"label"``); text-conditioned ones the data's captions (same-stem .txt
-    files, a JSONL's ``"text"``) through ``text_encoder`` (diffprune.text.TextEncoder) and images
-    through ``vae`` (AutoencoderKL), both frozen; either may be a ``diffprune.models.FromSource``
+    files, a JSONL's ``"text"``) through ``text_encoder`` (diffprune.sources.text.TextEncoder) and images
+    through ``vae`` (AutoencoderKL), both frozen; either may be a ``diffprune.sources.loader.FromSource``
     and defaults to the source's own, else the teacher's (a pipeline folder or arch:NAME).
     ``caption_dropout``: the fraction of captions replaced by the empty prompt (default 0.1).
     ``precompute``: encode the latents and text embeddings once before training instead of every batch.
 
-    ``stream``: read the data from disk batch by batch (diffprune.stream) instead of loading it: an image
+    ``stream``: read the data from disk batch by batch (diffprune.data.stream) instead of loading it: an image
     folder or a JSONL; tar shards (a .tar, a folder of them, a glob) are always streamed. Streamed data is
     read in seeded epochs (each example once per epoch) rather than drawn with replacement; its position
     (epoch, shard, offset, seed) is saved in every checkpoint, so a resumed run still ends with the same
@@ -441,12 +441,14 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from ._io import quiet
-    from .checkpoint import pipeline_source, read_info, save
-    from .data import check_resize, load_images
-    from .conditioning import conditioning
-    from .models import FromSource, load_source, versions
-    from .stream import is_shards
+    from .._io import quiet
+    from ..sources.resolve import pipeline_source
+    from ..sources.checkpoint import read_info, save
+    from ..data.images import check_resize, load_images
+    from ..sources.conditioning import conditioning
+    from ..sources.loader import FromSource, load_source
+    from ..sources.unet import versions
+    from ..data.stream import is_shards
 
     if prompts is not None:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -554,7 +556,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     elif latent_vae is not None:
         config.update(vae=latent_note or "none (samples drawn as the UNet's own inputs)")
     if prompts is not None:
-        from .pruning import GUIDANCE_SCALE
+        from ..pruning.pruner import GUIDANCE_SCALE
 
         config["generate"] = {"from": "teacher" if teacher_model is not None else "the model itself",
                               "prompts": len(prompts), "guidance_scale": GUIDANCE_SCALE}
@@ -670,7 +672,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
 
 def _pick(part, given, src, teacher, device):
     """A frozen pipeline part: the one given, else SRC's (a pipeline folder, arch:NAME), else the teacher's."""
-    from .models import FromSource
+    from ..sources.loader import FromSource
 
     if given is not None:
         return given

@@ -12,8 +12,8 @@ import statistics
 import time
 from pathlib import Path
 
-from ._io import atomic_dir, quiet
-from .errors import DiffPruneError
+from .._io import atomic_dir, quiet
+from ..errors import DiffPruneError
 
 
 def torch_eager_case(src, batch: int, steps: int, device: str = "cpu", name: str = "dense (diffusers, PyTorch eager)"):
@@ -22,8 +22,9 @@ def torch_eager_case(src, batch: int, steps: int, device: str = "cpu", name: str
     import torch
     from diffusers import DDIMPipeline, DDIMScheduler
 
-    from .models import load_source, require_unconditional
-    from .runtime.bench import Case
+    from ..sources.loader import load_source
+    from ..sources.unet import require_unconditional
+    from ..runtime.bench import Case
 
     unet, scheduler_config, _ = load_source(src, device=device)
     require_unconditional(unet, "The PyTorch eager baseline")
@@ -75,8 +76,8 @@ def diffusers_pipeline(src, scheduler: str | None = None, device: str = "cpu", d
     import diffusers
     from transformers import CLIPTokenizer
 
-    from .export import load_pipeline
-    from .runtime.pipeline import scheduler_name
+    from ..export import load_pipeline
+    from ..runtime.pipeline import scheduler_name
 
     parts = load_pipeline(src)
     config = {k: v for k, v in dict(parts.scheduler).items()}
@@ -116,7 +117,7 @@ def torch_pipeline_case(src, batch: int, steps: int, device: str = "cpu", prompt
     import numpy as np
     import torch
 
-    from .runtime.bench import Case
+    from ..runtime.bench import Case
 
     pipe, kind, scheduler = diffusers_pipeline(src, scheduler, device, dtype)
     spent = {"text_encoder": 0.0, "unet": 0.0, "decoder": 0.0}
@@ -183,12 +184,12 @@ def torch_worker_case(src, batch: int, steps: int, device: str = "cpu", threads:
                       pipeline: bool = False, prompt: str | None = None, guidance: float | None = None,
                       scheduler: str | None = None):
     """``torch_eager_case`` (``torch_pipeline_case`` with ``pipeline``) in a process of its own
-    (``python -m diffprune.benchmark --serve-torch``)."""
+    (``python -m diffprune.evaluation.benchmark --serve-torch``)."""
     import sys
 
-    from .runtime.bench import WorkerCase
+    from ..runtime.bench import WorkerCase
 
-    argv = [sys.executable, "-m", "diffprune.benchmark", "--serve-torch", str(src), "--batch", str(batch),
+    argv = [sys.executable, "-m", "diffprune.evaluation.benchmark", "--serve-torch", str(src), "--batch", str(batch),
             "--steps", str(steps), "--device", device]
     if threads:
         argv += ["--threads", str(threads)]
@@ -225,8 +226,8 @@ def _torch_missing() -> bool:
 def _describe(path) -> dict:
     """What the report needs of an artifact: its model.json (engine.json's model); for a pipeline export its
     UNet's, with the pipeline's kind and source."""
-    from .runtime.artifact import describe
-    from .runtime.pipeline import is_pipeline, read_pipeline
+    from ..runtime.artifact import describe
+    from ..runtime.pipeline import is_pipeline, read_pipeline
 
     if is_pipeline(path):
         spec = read_pipeline(path)
@@ -257,8 +258,8 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
     """
     from tqdm.auto import tqdm
 
-    from .runtime.bench import WORKER_ENV, measure, worker_case
-    from .runtime.runners import parse_backend, resolve_backend
+    from ..runtime.bench import WORKER_ENV, measure, worker_case
+    from ..runtime.runners import parse_backend, resolve_backend
 
     if len(artifacts) < 1:
         raise DiffPruneError("Give at least one artifact to measure (dense first, then pruned ones).")
@@ -277,7 +278,7 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
         raise DiffPruneError("--prompt and --guidance apply to pipeline exports (pipeline.json); these artifacts are "
                              "single unconditional models.")
     if pipeline:
-        from .runtime.pipeline import read_pipeline, scheduler_name
+        from ..runtime.pipeline import read_pipeline, scheduler_name
 
         prompt = prompt if prompt is not None else "a photo of an astronaut riding a horse on mars"
         scheduler = scheduler or scheduler_name(read_pipeline(artifacts[0]).get("scheduler") or {})
@@ -370,7 +371,7 @@ def installed_versions() -> dict:
     """Versions of diffprune and of the inference and torch packages that are installed (torch-free)."""
     from importlib import metadata
 
-    from . import __version__
+    from .. import __version__
 
     found = {"diffprune": __version__}
     for dist in ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch", "diffusers"):
@@ -494,7 +495,7 @@ def write_report(results: dict, out, command: str = "", overwrite: bool = False)
 def _serve_torch(argv=None):
     import argparse
 
-    from .runtime.bench import serve
+    from ..runtime.bench import serve
 
     parser = argparse.ArgumentParser(description="internal: serve timed PyTorch eager runs to `diffprune bench`")
     parser.add_argument("--serve-torch", required=True, metavar="SRC")

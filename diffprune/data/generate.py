@@ -12,7 +12,7 @@ def generate(model, scheduler_config: dict, n: int, seed: int = 0, steps: int = 
     with ``clamp`` (pixel models), as drawn without it (latents, which are not bounded).
 
     ``noise`` (N, C, H, W) fixes the starting noise, so two models can be compared from the same noise.
-    ``inputs`` is the conditioning per sample (diffprune.conditioning, batch-first tensors); without
+    ``inputs`` is the conditioning per sample (diffprune.sources.conditioning, batch-first tensors); without
     it a conditional model gets its default (class 0, empty-prompt text). With ``uncond`` (the same
     for the empty prompt) and ``guidance_scale`` > 1, classifier-free guidance (Ho & Salimans 2022,
     Eq. 6): eps = eps_uncond + scale * (eps_cond - eps_uncond).
@@ -21,8 +21,8 @@ def generate(model, scheduler_config: dict, n: int, seed: int = 0, steps: int = 
     from diffusers import DDIMScheduler
     from tqdm.auto import tqdm
 
-    from ._io import quiet
-    from .conditioning import concat_inputs, conditioning, inputs_to, slice_inputs
+    from .._io import quiet
+    from ..sources.conditioning import concat_inputs, conditioning, inputs_to, slice_inputs
 
     device = next(model.parameters()).device
     cfg = model.config

@@ -9,7 +9,7 @@ import math
 
 import torch.nn as nn
 
-from .errors import DiffPruneError
+from ..errors import DiffPruneError
 
 
 def _attention_cls():

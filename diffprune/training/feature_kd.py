@@ -52,7 +52,7 @@ def widths(unet) -> list:
     """The channel count of each stage's output, from one forward at the model's default inputs."""
     import torch
 
-    from .models import example_inputs
+    from ..sources.unet import example_inputs
 
     tap = Tap(unet)
     try:
@@ -70,7 +70,7 @@ def projections(student, teacher, seed: int = 0):
     import torch
     import torch.nn as nn
 
-    from .errors import DiffPruneError
+    from ..errors import DiffPruneError
 
     s, t = widths(student), widths(teacher)
     if len(s) != len(t):

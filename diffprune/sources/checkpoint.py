@@ -18,8 +18,9 @@ pruning.json and loads the weights, checking every name and shape first.
 import json
 from pathlib import Path
 
-from ._io import atomic_dir, quiet_library_bars
-from .errors import DiffPruneError
+from .._io import atomic_dir, quiet_library_bars
+from ..errors import DiffPruneError
+from .resolve import pipeline_source
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 FORMAT = "diffprune.pruned-unet/1"
@@ -34,7 +35,8 @@ def save(model, out, info: dict | None = None, scheduler_config: dict | None = N
     from safetensors.torch import save_file
 
     from .conditioning import conditioning
-    from .models import DEFAULT_SCHEDULER, count_macs_params, versions
+    from .architectures import DEFAULT_SCHEDULER
+    from .unet import count_macs_params, versions
     from .structure import widths
 
     macs, params = count_macs_params(model)
@@ -66,35 +68,13 @@ def save(model, out, info: dict | None = None, scheduler_config: dict | None = N
     return Path(out)
 
 
-def pipeline_source(src):
-    """``("folder", Path)`` for a diffusers pipeline folder (or its unet/ subfolder), ``("arch", NAME)``
-    for a built-in architecture whose pipeline has a text encoder or VAE, else None (a bare UNet)."""
-    if not isinstance(src, (str, Path)):
-        return None
-    src = str(src)
-    if src.startswith("arch:"):
-        from .latents import VAE_SETUPS
-        from .text import TEXT_SETUPS
-
-        name = src[len("arch:"):]
-        return ("arch", name) if name in TEXT_SETUPS or name in VAE_SETUPS else None
-    if src.startswith("builtin:"):  # a shipped model; builtin:digits-text is a pipeline folder
-        from .models import builtin_path
-
-        src = str(builtin_path(src))
-    path = Path(src)
-    if (path / "model_index.json").is_file():
-        return ("folder", path)
-    if path.name == "unet" and (path.parent / "model_index.json").is_file():
-        return ("folder", path.parent)
-    return None
-
-
 def write_builtin_parts(arch: str, folder: Path, vae=None) -> dict:
     """The text encoder(s), tokenizer(s) and VAE of the built-in pipeline ``arch`` (seeded weights; ``vae``
     replaces the VAE) into ``folder``, as save_pretrained lays them out; returns model_index.json's entries."""
-    from .latents import VAE_SETUPS, build_vae
-    from .text import TEXT_SETUPS, build_text_encoder
+    from .architectures import VAE_SETUPS
+    from .vae import build_vae
+    from .architectures import TEXT_SETUPS
+    from .text import build_text_encoder
 
     xl = arch in TEXT_SETUPS and len(TEXT_SETUPS[arch][0]) == 2
     index = {"_class_name": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline"}
@@ -118,7 +98,8 @@ def _carry_components(carried, tmp: Path, model, scheduler_config: dict) -> None
     """Everything of the source pipeline but its UNet and schedule, into ``tmp`` (see the module doc)."""
     import shutil
 
-    from .models import _read_json, versions
+    from .folders import _read_json
+    from .unet import versions
 
     kind, where = carried
     scheduler_dir = tmp / "scheduler"
@@ -145,7 +126,7 @@ def _carry_components(carried, tmp: Path, model, scheduler_config: dict) -> None
 
 
 def read_info(folder) -> dict:
-    from .models import _read_json
+    from .folders import _read_json
 
     info = _read_json(Path(folder) / "pruning.json")
     if not isinstance(info, dict) or not isinstance(info.get("widths"), dict):
@@ -162,7 +143,8 @@ def load(folder, device="cpu"):
     import torch
     from safetensors import SafetensorError, safe_open
 
-    from .models import _read_json, check_unet_config, unet_class
+    from .folders import _read_json
+    from .unet import check_unet_config, unet_class
     from .structure import apply_widths
 
     folder = Path(folder)

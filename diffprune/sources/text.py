@@ -10,7 +10,7 @@ What each Stable Diffusion pipeline feeds its UNet (diffusers' ``encode_prompt``
                                                                 (768 + 1280 = 2048); text_embeds = bigG's
                                                                 projected pooled output (1280)
 
-Built-in encoders (``TEXT_ENCODERS``) are ``transformers.CLIPTextModel`` configs with seeded random
+Built-in encoders (``TEXT_ENCODERS`` in architectures.py) are ``transformers.CLIPTextModel`` configs with seeded random
 weights: the real sizes (parameter counts pinned in tests/test_text.py: 123.1M, 340.4M, 694.7M) for
 structure, and tiny ones for tests. Tokenization is CLIP's, torch-free (diffprune.runtime.text).
 A pipeline folder's ``text_encoder/`` (+ ``text_encoder_2/``) and ``tokenizer/`` (+ ``tokenizer_2/``)
@@ -20,47 +20,8 @@ are used when present.
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DiffPruneError
-
-# transformers.CLIPTextConfig keywords. vocab 49,408 and 77 positions are CLIP's for every entry.
-TEXT_ENCODERS = {
-    # openai/clip-vit-large-patch14's text tower (runwayml/stable-diffusion-v1-5 text_encoder/)
-    "clip-vit-l-14": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                          hidden_act="quick_gelu", projection_dim=768),
-    # OpenCLIP ViT-H/14 text (width 1024, 16 heads, MLP 4096, 24 layers) cut to 23, as in
-    # stabilityai/stable-diffusion-2-1-base text_encoder/ (diffusers' converter drops resblocks.23)
-    "openclip-vit-h-14-penultimate": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                                          num_attention_heads=16, hidden_act="gelu", projection_dim=1024),
-    # OpenCLIP ViT-bigG/14 text with its projection (stable-diffusion-xl-base-1.0 text_encoder_2/)
-    "openclip-vit-bigg-14": dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                                 num_attention_heads=20, hidden_act="gelu", projection_dim=1280),
-    # Tiny test encoders: 2 layers, 2 heads; widths that fit tiny-sd (24) and tiny-sdxl (16 + 16, pooled 32).
-    "tiny-clip-24": dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                         hidden_act="quick_gelu", projection_dim=24),
-    "tiny-clip-16": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         hidden_act="quick_gelu", projection_dim=16),
-    # The digits-text model's encoder: tiny (2 layers, 32 wide) but real CLIP tokens; 1.6M of its 1.6M
-    # parameters are the 49,408-token embedding. Random and frozen, so its initialisation is its meaning: at
-    # CLIP's scale (factor 1) near-uniform attention averages each padding position over ~70 alike tokens,
-    # the prompts for two digits differ there by 4 % of the states' norm, and a UNet trained 2,000 steps on it
-    # followed the prompt in 13 % of samples (chance: 10 %); at factor 10 they differ by 37 % at every position.
-    "clip-digits-32": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           hidden_act="quick_gelu", projection_dim=32, initializer_factor=10.0),
-    "tiny-clip-16-proj32": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                hidden_act="gelu", projection_dim=32),
-}
-
-# Built-in UNet architecture -> its pipeline's text encoders and the hidden layer each gives.
-# ("last": last_hidden_state; "penultimate": hidden_states[-2], SDXL's choice.) The last encoder of an
-# SDXL setup also gives the pooled text_embeds, so it is a CLIPTextModelWithProjection.
-TEXT_SETUPS = {
-    "sd15": (("clip-vit-l-14",), "last"),
-    "sd21-base": (("openclip-vit-h-14-penultimate",), "last"),
-    "sdxl": (("clip-vit-l-14", "openclip-vit-bigg-14"), "penultimate"),
-    "digits-text": (("clip-digits-32",), "last"),
-    "tiny-sd": (("tiny-clip-24",), "last"),
-    "tiny-sdxl": (("tiny-clip-16", "tiny-clip-16-proj32"), "penultimate"),
-}
+from ..errors import DiffPruneError
+from .architectures import TEXT_ENCODERS, TEXT_SETUPS
 
 
 def build_text_model(name: str, seed: int = 0, with_projection: bool = False):
@@ -145,7 +106,7 @@ class TextEncoder:
 
 def build_text_encoder(arch: str, seed: int = 0) -> "TextEncoder | None":
     """The text encoder of a built-in architecture's pipeline (seeded random weights), or None."""
-    from .runtime.text import ClipTokenizer
+    from ..runtime.text import ClipTokenizer
 
     if arch not in TEXT_SETUPS:
         return None
@@ -161,9 +122,9 @@ def load_text_encoder(folder) -> TextEncoder:
     """A pipeline folder's text_encoder/ + tokenizer/ (SDXL: also text_encoder_2/ + tokenizer_2/)."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from ._io import quiet_library_bars
-    from .models import _read_json, pipeline_component
-    from .runtime.text import ClipTokenizer
+    from .._io import quiet_library_bars
+    from .folders import _read_json, pipeline_component
+    from ..runtime.text import ClipTokenizer
 
     quiet_library_bars()
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DiffPruneError
+from ..errors import DiffPruneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # How images of another size reach the model's: bilinear (stretch to the size), pad (black borders,
 # no interpolation: e.g. 28x28 digits for a 32x32 model trained on padded digits), center-crop (scale
 # the shorter side to the size, then crop the middle: the usual diffusion training transform).
 RESIZE_MODES = ("bilinear", "pad", "center-crop")
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def _as_nhwc(array: np.ndarray, where: str) -> np.ndarray:
@@ -228,7 +228,7 @@ def _read(spec):
     if path.is_file() and path.suffix == ".tar":
         raise DiffPruneError(
             f"Data {str(path)!r} is a tar shard; shards are read only by fine-tuning, which streams them "
-            "(diffprune.stream). For pruning's calibration images give an image folder, a .jsonl, a .npy/.npz, "
+            "(diffprune.data.stream). For pruning's calibration images give an image folder, a .jsonl, a .npy/.npz, "
             "builtin:digits or generate:N.")
     if path.is_file():
         raise DiffPruneError(

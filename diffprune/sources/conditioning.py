@@ -9,12 +9,12 @@ case with no conditioning at all:
     ... addition_embed_type text_time + added_cond_kwargs: text_embeds (B, P),  SDXL
                                         time_ids (B, 6)
 
-Text inputs come from the pipeline's frozen text encoder (diffprune.text) applied to the captions or
+Text inputs come from the pipeline's frozen text encoder (diffprune.sources.text) applied to the captions or
 prompts: ``inputs(..., text=encoded)``. Without a text encoder, the *empty-prompt stand-in* is used:
 zeros of the text encoder's shape, 77 tokens (CLIP's context length, what the SD pipelines pad every
 prompt to). Zeros are not what CLIP gives for "": with them cross-attention sees constant keys and
 zero values, so its projections get no gradient and Diff-Pruning ranks those channels by weight
-magnitude instead (diffprune.pruning says so in the report). SDXL's ``time_ids`` are the pipeline's defaults for
+magnitude instead (diffprune.pruning.pruner says so in the report). SDXL's ``time_ids`` are the pipeline's defaults for
 an uncropped image at the latent size times the VAE factor 8:
 (original height, original width, crop top, crop left, target height, target width).
 Class labels are drawn uniformly from ``range(num_class_embeds)`` with the run's seed, or given.
@@ -22,7 +22,7 @@ Class labels are drawn uniformly from ``range(num_class_embeds)`` with the run's
 
 from dataclasses import asdict, dataclass
 
-from .errors import DiffPruneError
+from ..errors import DiffPruneError
 
 TEXT_TOKENS = 77  # CLIP's context length; SD pipelines pad every prompt to it
 VAE_SCALE = 8  # latent -> pixel factor of the SD/SDXL VAEs (2 ** (len(vae block_out_channels) - 1))
@@ -68,7 +68,7 @@ class Conditioning:
         """Keyword inputs of the UNet beyond ``sample`` and ``timestep``, for ``batch`` samples of
         latent/pixel ``size`` (H, W). ``class_labels`` (list of ints) cycle over the batch; without
         them labels are drawn uniformly with ``generator`` (or all 0 when there is none). ``text``
-        (diffprune.text.Encoded, one row per sample) gives the text inputs; without it, zeros."""
+        (diffprune.sources.text.Encoded, one row per sample) gives the text inputs; without it, zeros."""
         import torch
 
         out = {}

@@ -1,7 +1,7 @@
 """Structural pruning of a diffusers UNet2DModel or UNet2DConditionModel: the public ``prune`` function.
 
 Layers (as in Torch-Pruning): a dependency graph finds the groups of coupled channels; a criterion
-(diffprune.importance) scores each group's channels; this module chooses how many to keep and
+(diffprune.pruning.importance) scores each group's channels; this module chooses how many to keep and
 removes the rest, then makes diffusers' cached widths consistent.
 
 Couplings the dependency graph does not know and this module adds: attention heads stay equal in
@@ -19,8 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from . import _distributed
-from .data import check_resize
-from .errors import DiffPruneError
+from ..data.images import check_resize
+from ..errors import DiffPruneError
 from .importance import CRITERIA, Calibration
 
 DEFAULT_TARGET_MACS = 0.5  # the paper's headline: about half the MACs
@@ -42,7 +42,7 @@ class PruneReport:
     timesteps_used: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     calibration: str = ""
-    conditioning: dict = field(default_factory=dict)  # what the UNet was fed (diffprune.conditioning)
+    conditioning: dict = field(default_factory=dict)  # what the UNet was fed (diffprune.sources.conditioning)
     no_gradient_groups: list = field(default_factory=list)  # groups ranked by magnitude: their gradient was all zero
     resize: str = "bilinear"  # how calibration images of another size were brought to the model's
     seconds: float = 0.0
@@ -123,7 +123,7 @@ class _Planner:
         from diffusers.models.attention_processor import Attention
 
         from .importance.magnitude import MagnitudeImportance
-        from .models import example_inputs
+        from ..sources.unet import example_inputs
 
         self.round_to = round_to
         self.prune_heads = prune_heads
@@ -181,8 +181,8 @@ class _Planner:
         import torch
         import torch_pruning as tp
 
-        from .models import example_inputs
-        from .structure import keep_count, sync_attributes
+        from ..sources.unet import example_inputs
+        from ..sources.structure import keep_count, sync_attributes
 
         model = copy.deepcopy(self.dense)
         for p in model.parameters():
@@ -237,10 +237,11 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
     empty-prompt stand-in without a text encoder). Returns (Calibration, what the text inputs were)."""
     import torch
 
-    from .conditioning import conditioning
-    from .data import describe, load_calibration
-    from .latents import is_latent
-    from .models import FromSource, sample_size
+    from ..sources.conditioning import conditioning
+    from ..data.images import describe, load_calibration
+    from ..data.latents import is_latent
+    from ..sources.loader import FromSource
+    from ..sources.unet import sample_size
 
     cfg = model.config
     size = sample_size(model)
@@ -263,7 +264,8 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
             raise DiffPruneError("--prompts go with --data generate:N (the prompts the calibration images are drawn "
                                  "with); image data brings its own captions (same-stem .txt files, or a JSONL's \"text\").")
         if latent:
-            from .latents import encode, load_latent_images
+            from ..sources.vae import encode
+            from ..data.latents import load_latent_images
 
             vae, found = load_latent_images(data, model, cond, vae, n, seed, resize,
                                             alternative=", or --data generate:N to draw latents from the model itself")
@@ -293,7 +295,7 @@ def _encode_text(text_encoder, captions, device):
         raise DiffPruneError(
             "Captions or prompts were given, but no text encoder: a bare UNet folder or an in-memory UNet carries "
             "none. Give the pipeline folder (with text_encoder/ and tokenizer/), or text_encoder= in Python "
-            "(diffprune.text.build_text_encoder / load_text_encoder).")
+            "(diffprune.sources.text.build_text_encoder / load_text_encoder).")
     encoded = text_encoder(captions, device=device)
     if encoded.truncated:
         import sys
@@ -315,7 +317,7 @@ def generate_count(data: str) -> int:
 
 def generate_samples(model, scheduler_config, count: int, seed: int = 0, progress: bool = True, class_labels=None,
                      text_encoder=None, prompts=None, latent: bool = False):
-    """``generate:N``'s data: ``count`` samples drawn from ``model`` (DDIM, diffprune.sampling) under its
+    """``generate:N``'s data: ``count`` samples drawn from ``model`` (DDIM, diffprune.data.generate) under its
     conditioning, for pruning's calibration and for fine-tuning. Class labels: ``class_labels`` cycled, else
     drawn uniformly with ``seed``. Text: ``prompts`` cycled through ``text_encoder``, drawn with classifier-free
     guidance GUIDANCE_SCALE; without prompts the encoder's empty prompt, without an encoder the stand-in.
@@ -325,8 +327,8 @@ def generate_samples(model, scheduler_config, count: int, seed: int = 0, progres
     last a description of what the text inputs were."""
     import torch
 
-    from .conditioning import conditioning
-    from .models import sample_size
+    from ..sources.conditioning import conditioning
+    from ..sources.unet import sample_size
 
     cond = conditioning(model)
     size = sample_size(model)
@@ -355,8 +357,8 @@ def _generate_shared(model, scheduler_config, count, size, seed, progress, input
     conditioning rows one process would give those samples) and every rank receives all of them."""
     import torch
 
-    from .conditioning import slice_inputs
-    from .sampling import generate
+    from ..sources.conditioning import slice_inputs
+    from ..data.generate import generate
 
     guidance = GUIDANCE_SCALE if uncond is not None else 1.0
     rank, world = _distributed.world()
@@ -386,28 +388,29 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     dense MACs to keep; default 0.5, the ratio is searched). ``data`` feeds the gradient criteria:
     ``builtin:digits``, a folder, a .npy/.npz, or ``generate:N``; ``num_images`` of it are used, in
     micro-batches of ``micro_batch``, brought to the model's size by ``resize`` (bilinear, pad or
-    center-crop; see diffprune.data); ``max_timesteps`` caps the timesteps summed. Widths stay multiples of ``round_to`` and GroupNorm groups and
+    center-crop; see diffprune.data.images); ``max_timesteps`` caps the timesteps summed. Widths stay multiples of ``round_to`` and GroupNorm groups and
     attention heads stay equal. The input model is not modified.
 
-    Conditional UNets are fed their conditioning (diffprune.conditioning): class-conditional ones
+    Conditional UNets are fed their conditioning (diffprune.sources.conditioning): class-conditional ones
     ``class_labels`` (ints cycled over the calibration images; default: drawn uniformly with ``seed``),
     labels stored with the data (builtin:digits, an .npz's ``labels``, a JSONL's ``"label"``) or drawn
     uniformly with ``seed``; text-conditioned ones the captions of the data (same-stem .txt files, a
-    JSONL's ``"text"``) through ``text_encoder`` (diffprune.text.TextEncoder, frozen, run once), with
-    images encoded to latents by ``vae`` (diffprune.latents); ``data="generate:N"`` with ``prompts`` (a
+    JSONL's ``"text"``) through ``text_encoder`` (diffprune.sources.text.TextEncoder, frozen, run once), with
+    images encoded to latents by ``vae`` (diffprune.sources.vae); ``data="generate:N"`` with ``prompts`` (a
     list of str) draws the calibration latents from the model with those prompts. Without a text
     encoder, text inputs are the empty-prompt stand-in (zeros; SDXL's default time ids), which gives
-    cross-attention no gradient. ``text_encoder`` and ``vae`` may be ``diffprune.models.FromSource``
+    cross-attention no gradient. ``text_encoder`` and ``vae`` may be ``diffprune.sources.loader.FromSource``
     loaders, loaded only when needed. Params and MACs are counted with the default inputs.
 
     Inside an initialised torch.distributed group (``accelerate launch``, torchrun) each rank takes a share
     of the calibration images and the gradients and losses are summed over the ranks
-    (diffprune.importance._gradients.accumulate_gradients): every rank returns the model one process would.
+    (diffprune.pruning.importance._gradients.accumulate_gradients): every rank returns the model one process would.
     """
     import torch
 
-    from .conditioning import conditioning
-    from .models import DEFAULT_SCHEDULER, count_macs_params
+    from ..sources.conditioning import conditioning
+    from ..sources.architectures import DEFAULT_SCHEDULER
+    from ..sources.unet import count_macs_params
 
     check_options(method, ratio, target_macs, thr, round_to, data, max_timesteps, num_images, micro_batch)
     check_resize(resize)
@@ -482,7 +485,7 @@ def _out_width(m):
 def _search_ratio(planner, macs_budget: float):
     """Smallest ratio whose pruned model has at most ``macs_budget`` MACs (bisection; MACs fall
     stepwise as the ratio grows, because widths move in whole channel steps)."""
-    from .models import count_macs_params
+    from ..sources.unet import count_macs_params
 
     lo, hi = 0.0, 0.95
     best = planner.apply(hi)

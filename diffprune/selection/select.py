@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DiffPruneError
+from ..errors import DiffPruneError
 
 DETERMINISTIC = {"DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpm-solver++"}
 
@@ -131,7 +131,7 @@ def chosen_names(decisions: dict) -> set:
 
 def parse_reference(text: str, scheduler_config: dict) -> tuple:
     """``"auto"`` -> the model's deterministic scheduler (else ddim) at 100 steps; ``"ddim:100"`` as given."""
-    from .runtime.schedulers import SCHEDULERS
+    from ..runtime.schedulers import SCHEDULERS
 
     if text == "auto":
         return DETERMINISTIC.get(scheduler_config.get("_class_name"), "ddim"), 100
@@ -145,8 +145,8 @@ def parse_reference(text: str, scheduler_config: dict) -> tuple:
 def check_grid(schedulers, steps, backends, batches, budgets, per="image", n=16, runs=10) -> list:
     """Refuse a bad grid before anything is exported or measured; returns the backends resolved and
     checked to be runnable here (auto -> openvino where installed, else ort-cpu)."""
-    from .runtime.runners import check_available
-    from .runtime.schedulers import SCHEDULERS
+    from ..runtime.runners import check_available
+    from ..runtime.schedulers import SCHEDULERS
 
     for name, values in (("scheduler", schedulers), ("steps", steps), ("backend", backends), ("batch", batches),
                          ("budget", budgets)):
@@ -200,7 +200,7 @@ class LatencyModel:
 
 def sampler_costs(schedulers, steps, scheduler_config, in_channels, sample_size, batch) -> dict:
     """scheduler -> (fixed ms, ms per step) of the sampler alone, fitted at the grid's fewest and most steps."""
-    from .runtime.bench import sampler_seconds
+    from ..runtime.bench import sampler_seconds
 
     lo, hi = min(steps), max(steps)
     hi = hi if hi > lo else lo + 10
@@ -230,7 +230,7 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     ``quality_from``: an earlier select.json whose quality scores are reused instead of sampling (matched by
     model name, backend, scheduler and steps): quality measured once, latency planned on each target machine.
     """
-    from ._io import atomic_dir, check_writable
+    from .._io import atomic_dir, check_writable
 
     as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
     budgets, schedulers, step_list, batches = as_list(budget_ms), as_list(scheduler), as_list(steps), as_list(batch)
@@ -258,7 +258,7 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
         artifacts[f"macs-{f:g}"] = _sweep_member(dense, f, work, method, data, finetune_steps, calibration_images,
                                                  max_timesteps, export_batches, progress, log)
 
-    from .runtime.artifact import describe
+    from ..runtime.artifact import describe
 
     kinds = {name: describe(path)[0] for name, path in artifacts.items()}
     # An engine's engine.json holds the model's spec under "model"; an export's model.json is the spec.
@@ -355,7 +355,7 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
 
 def _check_settings(schedulers, step_counts, scheduler_config):
     """Every scheduler accepts every step count with this model's schedule (before any sampling)."""
-    from .runtime.schedulers import make_scheduler
+    from ..runtime.schedulers import make_scheduler
 
     for s in schedulers:
         for k in sorted(set(step_counts)):
@@ -371,9 +371,9 @@ def _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, threads, f
     (FID: against ``fid_reference`` where given)."""
     from tqdm import tqdm
 
-    from ._io import quiet
-    from .metrics import consistency, feature_statistics, frechet_distance
-    from .runtime import Sampler, make_scheduler, open_runner
+    from .._io import quiet
+    from ..evaluation.metrics import consistency, feature_statistics, frechet_distance
+    from ..runtime import Sampler, make_scheduler, open_runner
 
     def images(runner, s, k):  # at the largest batch the export takes: a seed's image does not depend on it
         return Sampler(runner, make_scheduler(s, runner.scheduler_config)).generate(n, seed=0, steps=k)
@@ -383,9 +383,9 @@ def _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, threads, f
         reference = images(runner, *ref_setting)
     feats = ref_stats = None
     if features:
-        from .metrics import OnnxFeatures
+        from ..evaluation.metrics import OnnxFeatures
 
-        from .metrics import reference_statistics
+        from ..evaluation.metrics import reference_statistics
 
         feats = OnnxFeatures(features)
         ref_stats = (reference_statistics(fid_reference, feats, reference.shape[1:3], reference.shape[3])
@@ -410,7 +410,7 @@ def _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, threads, f
 
 def _reuse_quality(path, pairs, schedulers, step_list) -> tuple:
     """Quality scores and reference setting from an earlier select.json, for every configuration needed."""
-    from .runtime.artifact import read_json
+    from ..runtime.artifact import read_json
 
     earlier = read_json(Path(path))
     if not isinstance(earlier, dict) or not isinstance(earlier.get("rows"), list):
@@ -431,7 +431,7 @@ def _reuse_quality(path, pairs, schedulers, step_list) -> tuple:
 def _probe(artifacts, pairs, batches, schedulers, step_list, metas, probe_runs, threads, log) -> tuple:
     """One process per (model, backend, batch), timed at a probe setting -> latency models, and the processes
     (kept open for the end-to-end verification)."""
-    from .runtime.bench import SettingCase, measure, worker_case
+    from ..runtime.bench import SettingCase, measure, worker_case
 
     probe = (schedulers[0], min(10, max(step_list)))
     processes, cases = {}, []
@@ -462,7 +462,7 @@ def _probe(artifacts, pairs, batches, schedulers, step_list, metas, probe_runs, 
 
 def _verify(rows, processes, runs, per, progress):
     """Measure ``rows`` end to end in their model's process, alternating; sets measured_ms and latency_ms."""
-    from .runtime.bench import SettingCase, measure
+    from ..runtime.bench import SettingCase, measure
 
     cases = [SettingCase(r.name, processes[(r.model, r.backend, r.batch)], {"scheduler": r.scheduler, "steps": r.steps},
                          r.batch) for r in rows]
@@ -473,7 +473,7 @@ def _verify(rows, processes, runs, per, progress):
 
 
 def deploy_record(row: Row, budget_ms: float, per: str, out: Path) -> dict:
-    from .runtime.deploy import DEPLOY_FORMAT
+    from ..runtime.deploy import DEPLOY_FORMAT
 
     return {
         "format": DEPLOY_FORMAT,
@@ -495,7 +495,7 @@ def _portable(artifact: Path, out: Path) -> str:
 
 
 def _versions() -> dict:
-    from .benchmark import installed_versions
+    from ..evaluation.benchmark import installed_versions
 
     return installed_versions()
 
@@ -594,7 +594,7 @@ def _as_artifact(src, export_dir: Path, batches, log) -> Path:
     if path.is_dir() and ((path / "model.json").is_file() or (path / "engine.json").is_file()):
         return path
     if not export_dir.exists():
-        from .export import to_onnx
+        from ..export import to_onnx
 
         log(f"exporting {src} -> {export_dir}")
         to_onnx(src, export_dir, batch=batches)
@@ -603,9 +603,10 @@ def _as_artifact(src, export_dir: Path, batches, log) -> Path:
 
 def _sweep_member(dense, fraction, work, method, data, finetune_steps, calibration_images, max_timesteps, batches,
                   progress, log) -> Path:
-    from .checkpoint import save
-    from .models import load_source, require_unconditional
-    from .pruning import prune
+    from ..sources.checkpoint import save
+    from ..sources.loader import load_source
+    from ..sources.unet import require_unconditional
+    from ..pruning.pruner import prune
 
     name = f"macs-{fraction:g}"
     folder = work / name
@@ -622,7 +623,7 @@ def _sweep_member(dense, fraction, work, method, data, finetune_steps, calibrati
     if finetune_steps:
         model_dir = work / f"{name}-ft{finetune_steps}"
         if not model_dir.exists():
-            from .finetune import finetune
+            from ..training.finetune import finetune
 
             finetune(folder, model_dir, data=data, steps=finetune_steps, batch_size=32,
                      warmup_steps=min(50, max(1, finetune_steps // 5)), ema_decay=0.995, teacher=str(dense),

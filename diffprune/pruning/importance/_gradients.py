@@ -3,7 +3,7 @@
 import time
 from dataclasses import dataclass, field
 
-from ..errors import DiffPruneError
+from ...errors import DiffPruneError
 
 
 @dataclass
@@ -17,7 +17,7 @@ class Calibration:
     progress: bool = True
     description: str = ""
     max_timesteps: int | None = None  # a hard cap on the timesteps summed, whatever thr says
-    inputs: dict = field(default_factory=dict)  # conditioning per image (diffprune.conditioning), batch-first
+    inputs: dict = field(default_factory=dict)  # conditioning per image (diffprune.sources.conditioning), batch-first
 
 
 @dataclass
@@ -62,8 +62,8 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     from tqdm.auto import tqdm
 
     from .. import _distributed
-    from .._io import quiet
-    from ..conditioning import inputs_to, slice_inputs
+    from ..._io import quiet
+    from ...sources.conditioning import inputs_to, slice_inputs
 
     device = next(model.parameters()).device
     alphas_cumprod, prediction, num_steps = _targets(calib.scheduler_config)
@@ -94,7 +94,7 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
             xt = a.sqrt() * x0 + (1 - a).sqrt() * eps  # q(x_t | x_0), DDPM Eq. 4
             target = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
             timestep = torch.full((x0.shape[0],), t, device=device, dtype=torch.long)
-            # The same conditioning at every t: class labels, empty-prompt text (see diffprune.conditioning).
+            # The same conditioning at every t: class labels, empty-prompt text (see diffprune.sources.conditioning).
             pred = model(xt, timestep, **slice_inputs(cond, start, end)).sample
             loss = F.mse_loss(pred.float(), target) * (x0.shape[0] / n)
             loss.backward()

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_SUFFIXES, _folder_files, _read_image, jsonl_rows
-from .errors import DiffPruneError
+from .images import IMAGE_SUFFIXES, _folder_files, _read_image, jsonl_rows
+from ..errors import DiffPruneError
 
 TEXT_EXTENSIONS = ("txt", "caption")  # webdataset's caption members
 LABEL_EXTENSION = "cls"  # webdataset's class-label member: the integer as text

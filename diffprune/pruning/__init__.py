@@ -1,0 +1,6 @@
+"""Structural pruning: importance criteria (importance/, one file each), the pruner that chooses and removes
+channels under their couplings (pruner.py), and the processes that share the importance work (_distributed.py)."""
+
+from .pruner import PruneReport, prune
+
+__all__ = ["PruneReport", "prune"]
