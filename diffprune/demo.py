@@ -60,7 +60,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     from .evaluation.metrics import consistency
     from .sources.loader import load_source
     from .sources.unet import require_unconditional
-    from .pruning.pruner import prune
+    from .pruning.recipe import prune_source
     from .runtime import Sampler, make_scheduler, open_runner
     from .runtime.image import grid, save_png
     from .runtime.runners import resolve_backend
@@ -84,16 +84,14 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     pruned_dir = out / "pruned"
 
     def make_pruned():
-        model, scheduler_config, _ = load_source(str(dense_dir))
-        pruned, report = prune(model, method=o.method, target_macs=o.target_macs, data=o.data,
-                               num_images=o.calibration_images, max_timesteps=o.max_timesteps,
-                               round_to=o.round_to, scheduler_config=scheduler_config, seed=o.seed, progress=progress)
-        t = report.timesteps_used
+        pruned = prune_source(str(dense_dir), method=o.method, target_macs=o.target_macs, data=o.data,
+                              num_images=o.calibration_images, max_timesteps=o.max_timesteps, round_to=o.round_to,
+                              seed=o.seed, progress=progress)
+        t = pruned.report.timesteps_used
         if t:
             log(f"[prune] Diff-Pruning summed gradients over {len(t)} timesteps (t = {t[0]}..{t[-1]}) until the loss "
-                f"fell below {report.thr} x its maximum")
-        save(pruned, pruned_dir, info={"source": {"source": str(dense_dir)}, "pruning": report.to_dict()},
-             scheduler_config=scheduler_config)
+                f"fell below {pruned.report.thr} x its maximum")
+        pruned.save(pruned_dir)
 
     stages["prune"] = _stage("prune", pruned_dir, log, make_pruned)
 

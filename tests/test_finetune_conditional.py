@@ -188,7 +188,7 @@ def test_generated_class_data_cycles_every_class(pruned, tmp_path, few_sampling_
 
 def test_generated_text_data_is_drawn_with_the_prompts_and_trained_on_them(pruned, parts, tmp_path, few_sampling_steps):
     from diffprune.sources.loader import load_source
-    from diffprune.pruning.pruner import generate_samples
+    from diffprune.pruning.calibration import generate_samples
 
     prompts = ["a handwritten digit one", "a handwritten digit seven"]
     teacher = load_source("arch:tiny-sd")[0]

@@ -200,11 +200,11 @@ def tiny_sd():
 
 def _calibrate(model, data, **kw):
     from diffprune.sources.architectures import DEFAULT_SCHEDULER
-    from diffprune.pruning.pruner import _calibration
+    from diffprune.pruning.calibration import build_calibration
 
     args = dict(n=64, micro_batch=4, seed=0, progress=False, resize="pad")
     args.update(kw)
-    return _calibration(data, model, dict(DEFAULT_SCHEDULER), args.pop("n"), args.pop("micro_batch"), args.pop("seed"),
+    return build_calibration(data, model, dict(DEFAULT_SCHEDULER), args.pop("n"), args.pop("micro_batch"), args.pop("seed"),
                         args.pop("progress"), **args)
 
 

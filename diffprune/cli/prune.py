@@ -98,10 +98,9 @@ def _processes(device: str) -> tuple:
 def run(args) -> int:
     require(*NEEDS)
     from diffprune._io import check_writable
+    from diffprune.pruning.pruner import check_options
+    from diffprune.pruning.recipe import prune_source
     from diffprune.sources.resolve import pipeline_source
-    from diffprune.sources.checkpoint import save
-    from diffprune.sources.loader import FromSource, load_source
-    from diffprune.pruning.pruner import check_options, prune
     from diffprune.sources.text import read_prompts
 
     # Fail on bad options before minutes of work, not after.
@@ -112,19 +111,16 @@ def run(args) -> int:
     device, main = _processes(device)
     if main:
         check_writable(args.out, args.overwrite)
-    model, scheduler_config, source = load_source(args.src, device=device)
-    pruned, report = prune(
-        model, method=args.method, ratio=args.ratio, target_macs=args.target_macs, data=args.data,
-        thr=args.thr, round_to=args.round_to, seed=args.seed, scheduler_config=scheduler_config,
-        num_images=args.num_images, micro_batch=args.micro_batch, prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize,
-        progress=not args.quiet, class_labels=args.class_labels, prompts=prompts,
-        text_encoder=FromSource(args.src, "text_encoder", device), vae=FromSource(args.src, "vae", device),
+    pruned = prune_source(
+        args.src, device=device, method=args.method, ratio=args.ratio, target_macs=args.target_macs, data=args.data,
+        thr=args.thr, round_to=args.round_to, seed=args.seed, num_images=args.num_images, micro_batch=args.micro_batch,
+        prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize, progress=not args.quiet,
+        class_labels=args.class_labels, prompts=prompts,
     )
     if not main:
         return 0  # every rank holds the same pruned model; the first one writes and prints it
-    info = {"source": source, "pruning": {k: v for k, v in report.to_dict().items() if k != "layer_widths"}}
-    save(pruned, args.out, info=info, scheduler_config=scheduler_config, overwrite=args.overwrite, pipeline=args.src)
-    print(report.table())
+    pruned.save(args.out, overwrite=args.overwrite)
+    print(pruned.report.table())
     if pipeline_source(args.src):
         print(f"saved {args.out} (a pipeline folder: the pruned UNet in unet/, the other components of {args.src})")
     else:

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from . import _distributed
 from ..data.images import check_resize
 from ..errors import DiffPruneError
-from .importance import CRITERIA, Calibration
+from .calibration import build_calibration, device_of
+from .importance import CRITERIA
 
 DEFAULT_TARGET_MACS = 0.5  # the paper's headline: about half the MACs
 
@@ -130,7 +131,7 @@ class _Planner:
         self.dense = model
         self.names = {m: n for n, m in model.named_modules()}
         self.ignored = [model.conv_out]  # the output channels are the image's; never pruned
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=_device(model)))
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=device_of(model)))
         heads, kept_inputs = {}, set()
         for attn in (m for m in model.modules() if isinstance(m, Attention)):
             for linear in (attn.to_q, attn.to_k, attn.to_v):
@@ -190,7 +191,7 @@ class _Planner:
         if ratio <= 0:
             return model
         modules = dict(model.named_modules())
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=_device(model)))
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=device_of(model)))
         for name, (imp, groups, attn_name, halves) in self.plan.items():
             root = modules[name]
             width = imp.numel()
@@ -219,161 +220,8 @@ class _Planner:
             graph.get_pruning_group(root, handler, sorted(idxs.tolist())).prune()
         sync_attributes(model)
         with torch.no_grad():
-            model(**example_inputs(model, device=_device(model)))  # fails loudly here, not later, if inconsistent
+            model(**example_inputs(model, device=device_of(model)))  # fails loudly here, not later, if inconsistent
         return model
-
-
-def _device(model):
-    return next(model.parameters()).device
-
-
-GUIDANCE_SCALE = 7.5  # the SD pipelines' default classifier-free guidance, for generate:N with --prompts
-
-
-def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear", class_labels=None,
-                 text_encoder=None, vae=None, prompts=None):
-    """Clean samples (latents for latent models) and the conditioning they are denoised under: class
-    labels (given, else the data's, else drawn), text embeddings of the captions or prompts (the
-    empty-prompt stand-in without a text encoder). Returns (Calibration, what the text inputs were)."""
-    import torch
-
-    from ..sources.conditioning import conditioning
-    from ..data.images import describe, load_calibration
-    from ..data.latents import is_latent
-    from ..sources.loader import FromSource
-    from ..sources.unet import sample_size
-
-    cfg = model.config
-    size = sample_size(model)
-    cond = conditioning(model)
-    latent = is_latent(model, cond, vae)
-    generating = isinstance(data, str) and data.startswith("generate:")
-    if cond.text_width and isinstance(text_encoder, FromSource):
-        # Captions and prompts need it (a pipeline without text_encoder/ is then an error); generate:N alone
-        # uses it when the source has one, else the zero stand-in. A bare UNet gives None.
-        needed = prompts is not None or not generating
-        text_encoder = text_encoder.load() if needed or text_encoder.available() else None
-    if text_encoder is not None and cond.text_width:
-        text_encoder.check_fits(cond)
-
-    if generating:
-        images, inputs, text_inputs = generate_samples(model, scheduler_config, generate_count(data), seed, progress,
-                                                       class_labels, text_encoder, prompts, latent)
-    else:
-        if prompts is not None:
-            raise DiffPruneError("--prompts go with --data generate:N (the prompts the calibration images are drawn "
-                                 "with); image data brings its own captions (same-stem .txt files, or a JSONL's \"text\").")
-        if latent:
-            from ..sources.vae import encode
-            from ..data.latents import load_latent_images
-
-            vae, found = load_latent_images(data, model, cond, vae, n, seed, resize,
-                                            alternative=", or --data generate:N to draw latents from the model itself")
-        else:
-            found = load_calibration(data, size, cfg.in_channels, limit=n, seed=seed, resize=resize)
-        text, text_inputs = None, cond.text_inputs
-        if cond.text_width:
-            found.require_captions(data, "pruned", alternative="or use --data generate:N --prompts FILE")
-            text = _encode_text(text_encoder, found.captions, _device(model))
-            text_inputs = f"captions through {text_encoder.source}"
-        if class_labels is None and cond.num_classes and found.labels is not None:
-            try:
-                class_labels = cond.check_labels(found.labels)
-            except DiffPruneError as e:
-                raise DiffPruneError(f"Data {describe(data)!r} holds class labels the model cannot take: {e}") from None
-        images = encode(vae, found.images, micro_batch) if latent else found.images
-        inputs = cond.inputs(images.shape[0], size, class_labels=class_labels,
-                             generator=torch.Generator().manual_seed(seed), text=text)
-    calib = Calibration(images=images, scheduler_config=scheduler_config, micro_batch=micro_batch,
-                        seed=seed, progress=progress, description=describe(data), inputs=inputs)
-    return calib, text_inputs
-
-
-def _encode_text(text_encoder, captions, device):
-    """Embeddings of ``captions`` (a clear error without a text encoder; a warning for truncated ones)."""
-    if text_encoder is None:
-        raise DiffPruneError(
-            "Captions or prompts were given, but no text encoder: a bare UNet folder or an in-memory UNet carries "
-            "none. Give the pipeline folder (with text_encoder/ and tokenizer/), or text_encoder= in Python "
-            "(diffprune.sources.text.build_text_encoder / load_text_encoder).")
-    encoded = text_encoder(captions, device=device)
-    if encoded.truncated:
-        import sys
-
-        print(f"diffprune: warning: {len(encoded.truncated)} of {len(captions)} captions are longer than 77 CLIP "
-              f"tokens and were truncated (the first: {captions[encoded.truncated[0]][:80]!r}...), as the SD "
-              "pipelines do.", file=sys.stderr)
-    return encoded
-
-
-def generate_count(data: str) -> int:
-    """N of ``generate:N`` (a clear error unless N > 0)."""
-    text = data.split(":", 1)[1]
-    count = int(text) if text.isdigit() else 0
-    if count <= 0:
-        raise DiffPruneError(f"Data {data!r} is invalid; write generate:N with N > 0 (e.g. generate:64).")
-    return count
-
-
-def generate_samples(model, scheduler_config, count: int, seed: int = 0, progress: bool = True, class_labels=None,
-                     text_encoder=None, prompts=None, latent: bool = False):
-    """``generate:N``'s data: ``count`` samples drawn from ``model`` (DDIM, diffprune.data.generate) under its
-    conditioning, for pruning's calibration and for fine-tuning. Class labels: ``class_labels`` cycled, else
-    drawn uniformly with ``seed``. Text: ``prompts`` cycled through ``text_encoder``, drawn with classifier-free
-    guidance GUIDANCE_SCALE; without prompts the encoder's empty prompt, without an encoder the stand-in.
-    Latents (``latent``) are left unclamped. Several processes share the drawing (_generate_shared).
-
-    Returns ``(samples (N, C, H, W), inputs (the conditioning per sample, batch-first), text_inputs)``, the
-    last a description of what the text inputs were."""
-    import torch
-
-    from ..sources.conditioning import conditioning
-    from ..sources.unet import sample_size
-
-    cond = conditioning(model)
-    size = sample_size(model)
-    text_inputs = cond.text_inputs
-    text = uncond = None
-    if prompts is not None and not cond.text_width:
-        raise DiffPruneError(f"--prompts were given, but this {cond.model_class} reads no text "
-                             f"(conditioning: {cond.kind}); leave them out.")
-    if cond.text_width and (prompts is not None or text_encoder is not None):
-        # Without prompts, the real empty prompt: what the pipeline feeds for "" (not zeros).
-        text = _encode_text(text_encoder, [prompts[i % len(prompts)] for i in range(count)] if prompts else [""] * count,
-                            _device(model))
-        text_inputs = f"{'prompts' if prompts else 'the empty prompt'} through {text_encoder.source}"
-        if prompts:
-            uncond = cond.inputs(count, size, generator=torch.Generator().manual_seed(seed),
-                                 text=text_encoder([""] * count, device=_device(model)))
-            text_inputs += (f", {len(prompts)} prompt{'s' if len(prompts) > 1 else ''}, images drawn with guidance "
-                            f"{GUIDANCE_SCALE}")
-    inputs = cond.inputs(count, size, class_labels=class_labels, generator=torch.Generator().manual_seed(seed),
-                         text=text)
-    return _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent), inputs, text_inputs
-
-
-def _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent):
-    """generate:N samples; with several processes each rank draws its share (the same starting noise and
-    conditioning rows one process would give those samples) and every rank receives all of them."""
-    import torch
-
-    from ..sources.conditioning import slice_inputs
-    from ..data.generate import generate
-
-    guidance = GUIDANCE_SCALE if uncond is not None else 1.0
-    rank, world = _distributed.world()
-    if world == 1:
-        return generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs, uncond=uncond,
-                        guidance_scale=guidance, clamp=not latent)
-    if count < world:
-        raise DiffPruneError(f"generate:{count} cannot be shared by {world} processes; draw at least {world} samples.")
-    lo, hi = _distributed.share(count)
-    # generate()'s own draw for all N samples, of which this rank takes its rows.
-    noise = torch.randn((count, model.config.in_channels, *size), generator=torch.Generator().manual_seed(seed))
-    part = generate(model, scheduler_config, hi - lo, seed=seed, progress=progress and rank == 0, noise=noise[lo:hi],
-                    inputs=slice_inputs(inputs, lo, hi), uncond=None if uncond is None else slice_inputs(uncond, lo, hi),
-                    guidance_scale=guidance, clamp=not latent)
-    return _distributed.gather_rows(part, count, _device(model))
 
 
 def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target_macs: float | None = None,
@@ -434,7 +282,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if criterion.needs_data:
-            calib, text_inputs = _calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress,
+            calib, text_inputs = build_calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress,
                                               resize, class_labels, text_encoder, vae, prompts)
             cond = dataclasses.replace(cond, text_inputs=text_inputs)
             calib.max_timesteps = max_timesteps

@@ -603,21 +603,18 @@ def _as_artifact(src, export_dir: Path, batches, log) -> Path:
 
 def _sweep_member(dense, fraction, work, method, data, finetune_steps, calibration_images, max_timesteps, batches,
                   progress, log) -> Path:
-    from ..sources.checkpoint import save
-    from ..sources.loader import load_source
+    from ..pruning.recipe import prune_source
     from ..sources.unet import require_unconditional
-    from ..pruning.pruner import prune
 
     name = f"macs-{fraction:g}"
     folder = work / name
     if not folder.exists():
         started = time.perf_counter()
-        model, scheduler_config, _ = load_source(dense)
-        require_unconditional(model, "Selection (--sweep)")
-        pruned, report_ = prune(model, method=method, target_macs=fraction, data=data, num_images=calibration_images,
-                                max_timesteps=max_timesteps, scheduler_config=scheduler_config, progress=progress)
-        save(pruned, folder, info={"source": {"source": str(dense)}, "pruning": report_.to_dict()},
-             scheduler_config=scheduler_config)
+        pruned = prune_source(dense, method=method, target_macs=fraction, data=data, num_images=calibration_images,
+                              max_timesteps=max_timesteps, progress=progress,
+                              check=lambda model: require_unconditional(model, "Selection (--sweep)"))
+        pruned.save(folder)
+        report_ = pruned.report
         log(f"pruned {name}: {report_.macs_after / report_.macs_before:.1%} of dense MACs in {time.perf_counter() - started:.0f} s")
     model_dir = folder
     if finetune_steps:

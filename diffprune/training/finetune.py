@@ -314,12 +314,12 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
 def _generated_examples(data, model, student, cond, text_encoder, vae, prompts, scheduler_config, seed, precompute,
                         progress, device):
     """``generate:N``: N samples drawn from ``model`` (the teacher, else the student) by pruning's generate path
-    (diffprune.pruning.pruner.generate_samples), and the conditioning they were drawn under, which the student is then
+    (diffprune.pruning.calibration.generate_samples), and the conditioning they were drawn under, which the student is then
     trained on: every class in turn for class-conditional models; for text models the ``prompts`` (cycled,
     drawn with classifier-free guidance) as their captions, dropped like any caption."""
     from ..data.latents import is_latent
     from ..sources.unet import sample_size
-    from ..pruning.pruner import generate_count, generate_samples
+    from ..pruning.calibration import generate_count, generate_samples
 
     count = generate_count(data)
     if cond.text_width and not prompts:
@@ -556,7 +556,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     elif latent_vae is not None:
         config.update(vae=latent_note or "none (samples drawn as the UNet's own inputs)")
     if prompts is not None:
-        from ..pruning.pruner import GUIDANCE_SCALE
+        from ..pruning.calibration import GUIDANCE_SCALE
 
         config["generate"] = {"from": "teacher" if teacher_model is not None else "the model itself",
                               "prompts": len(prompts), "guidance_scale": GUIDANCE_SCALE}
