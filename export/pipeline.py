@@ -42,14 +42,12 @@ import numpy as np
 
 from diffprune._io import atomic_dir, check_writable
 from diffprune.errors import DiffPruneError
+from diffprune.runtime.formats import KINDS, PIPELINE_FORMAT, PIPELINE_JSON, PRUNING_JSON, read_pruning_json
 
 from diffprune.models import SD_SCHEDULER, SDXL_SCHEDULER  # noqa: F401 (re-exported)
 
 from .onnx import _export, _quiet_exporter, check_options, export_unet, weights_sha256, write_graph
 
-FORMAT = "diffprune.pipeline/1"
-PIPELINE_JSON = "pipeline.json"
-KINDS = ("text-to-image", "text-to-image-xl", "class-conditional", "latent", "pixel")
 # model_index.json's _class_name -> what it is; other pipelines (img2img, upscalers, Kandinsky, Flux...) are refused.
 PIPELINE_CLASSES = {
     "StableDiffusionPipeline": "text-to-image", "StableDiffusionXLPipeline": "text-to-image-xl",
@@ -165,7 +163,7 @@ def pipeline_kind(src) -> str:
             if conditioning(_read_json(unet / "config.json")).num_classes:
                 return "class-conditional"
         return kind
-    if path.is_dir() and ((path / "config.json").is_file() or (path / "pruning.json").is_file()):
+    if path.is_dir() and ((path / "config.json").is_file() or (path / PRUNING_JSON).is_file()):
         cond = conditioning(_read_json(path / "config.json"))
         if cond.text_width:
             raise DiffPruneError(
@@ -182,7 +180,7 @@ def pipeline_kind(src) -> str:
 def _read_pruning(source: dict):
     if source.get("format") != "diffprune":
         return None
-    pruning = json.loads((Path(source["source"]) / "pruning.json").read_text())
+    pruning = read_pruning_json(source["source"])
     pruning.pop("widths", None)
     return pruning
 
@@ -460,7 +458,7 @@ def _record(pipe, latent, image, guidance_scale, reports, files, unet_sha, start
                 "pad_tokens": [t.pad_token for t, _ in pipe.text.parts]}
     guided = pipe.kind in GUIDANCE
     record = {
-        "format": FORMAT,
+        "format": PIPELINE_FORMAT,
         "kind": pipe.kind,
         "components": pipe.components,
         "tokenizers": {n: n.replace("text_encoder", "tokenizer") for n in pipe.components if n.startswith("text_encoder")},

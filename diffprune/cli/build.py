@@ -41,14 +41,14 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from pathlib import Path
+    from diffprune.runtime.formats import is_pipeline
 
     require(*NEEDS)
     from diffprune.export import build_engine, write_repository
     from diffprune.export.tensorrt import build_pipeline, pipeline_profiles, profile_shapes
     from diffprune.export.validate import verify_export
 
-    pipeline = (Path(args.onnx_dir) / "pipeline.json").is_file()
+    pipeline = is_pipeline(args.onnx_dir)
     if args.print_profiles:
         if pipeline:
             profiles = pipeline_profiles(args.onnx_dir, args.batch)
