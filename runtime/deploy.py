@@ -29,7 +29,7 @@ def apply_deploy(artifacts, given: dict) -> tuple:
         if settings.get(key) is None and read:
             values = {d[key] for d in read}
             if len(values) > 1:
-                raise DiffPruneError(f"The deploy.json files given set different {key}s ({', '.join(map(str, sorted(values)))}); "
+                raise DiffPruneError(f"The deploy.json files given disagree on {key} ({', '.join(map(str, sorted(values)))}); "
                                      f"a benchmark compares at one setting: choose it with --{key}.")
             settings[key] = values.pop()
     return [d["artifact"] if d else a for a, d in zip(artifacts, deploys)], settings, deploys

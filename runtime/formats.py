@@ -182,10 +182,11 @@ def is_pipeline(path) -> bool:
 
 
 def read_pipeline_json(folder) -> dict:
-    """pipeline.json, checked: its format and kind known, each component folder present with its model.json
-    (or engine.json, in a folder `diffprune build` wrote)."""
-    folder = Path(folder)
-    path = folder / PIPELINE_JSON
+    """pipeline.json (``folder``: the pipeline folder, or its pipeline.json), checked: its format and kind
+    known, each component folder present with its model.json (or engine.json, in a folder `diffprune build`
+    wrote)."""
+    path = _file(folder, PIPELINE_JSON)
+    folder = path.parent
     if not path.is_file():
         what = f"a single-model export ({MODEL_JSON})" if (folder / MODEL_JSON).is_file() else "no pipeline export"
         raise DiffPruneError(f"{str(folder)!r} holds no {PIPELINE_JSON}; it is {what}. Text-to-image and latent "
