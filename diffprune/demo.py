@@ -62,6 +62,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     from .sources.unet import require_unconditional
     from .pruning.recipe import prune_source
     from .runtime import Sampler, make_scheduler, open_runner
+    from .runtime.formats import read_json, read_model_json
     from .runtime.image import grid, save_png
     from .runtime.runners import resolve_backend
 
@@ -125,7 +126,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     bench_dir = out / "bench"
     bench_file = bench_dir / "bench.json"
     if bench_file.exists():
-        bench = json.loads(bench_file.read_text())
+        bench = read_json(bench_file, f"delete {str(bench_dir)!r} and run the demo again")
         stages["bench"] = "reused"
         log(f"[bench] reusing {bench_dir}")
     else:
@@ -136,12 +137,12 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
                           runs=o.bench_runs, warmup=1, threads=o.threads, torch_baseline=str(dense_dir),
                           memory=True, progress=progress)
         write_report(bench, bench_dir, command="diffprune demo")
-        bench = json.loads(bench_file.read_text())
+        bench = read_json(bench_file)
         stages["bench"] = round(time.perf_counter() - started, 1)
         log(f"[bench] done -> {bench_dir}")
-    dense_meta = json.loads((exports["dense"] / "model.json").read_text())
-    pruned_meta = json.loads((exports["pruned"] / "model.json").read_text())
-    pruning = json.loads((pruned_dir / "pruning.json").read_text())["pruning"]
+    dense_meta = read_model_json(exports["dense"])
+    pruned_meta = read_model_json(exports["pruned"])
+    pruning = read_info(pruned_dir)["pruning"]
     latency = {}
     for batch, rows in bench["batches"].items():
         dense_row, pruned_row = rows[exports["dense"].name], rows[exports["pruned"].name]

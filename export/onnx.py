@@ -33,11 +33,12 @@ import numpy as np
 
 from diffprune._io import atomic_dir
 from diffprune.errors import DiffPruneError
+from diffprune.runtime.formats import MODEL_JSON, ONNX_FORMAT, read_pruning_json
 
+from .graph_io import io_specs
 from .validate import validate
 
 TWO_GB = 2 * 1024**3
-MODEL_JSON = "model.json"
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
 WEIGHTS = ("external", "inline")
@@ -208,17 +209,6 @@ def _over_two_gb(proto) -> bool:
     return size > TWO_GB - 64 * 1024**2
 
 
-def io_specs(proto) -> dict:
-    import onnx
-
-    def spec(value):
-        t = value.type.tensor_type
-        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                "shape": [d.dim_param or d.dim_value for d in t.shape.dim]}
-
-    return {"inputs": [spec(v) for v in proto.graph.input], "outputs": [spec(v) for v in proto.graph.output]}
-
-
 def check_options(dtype: str, opset: int, batch, weights: str) -> tuple:
     """Refuse bad export options before anything is loaded; returns (min, opt, max) batch."""
     if dtype not in ("fp32", "fp16"):
@@ -255,7 +245,7 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     unet, scheduler_config, source = load_source(model_or_folder, device="cpu")
     pruning = None
     if source.get("format") == "diffprune":
-        pruning = json.loads((Path(source["source"]) / "pruning.json").read_text())
+        pruning = read_pruning_json(source["source"])
         pruning.pop("widths", None)
     result = export_unet(unet, out_dir, scheduler_config, source, pruning, dtype=dtype, opset=opset, batch=batch,
                          dynamic_hw=dynamic_hw, exporter=exporter, slim=slim, validate_batches=validate_batches,
@@ -360,7 +350,7 @@ def write_graph(proto, out_dir, check, meta: dict, dtype: str, batch, opset: int
         batches = validate_batches or sorted({lo, min(max(lo, 2), hi), min(opt, 8), hi if hi <= 8 else lo})
         report = check(onnx_path, batches)
         meta = {
-            "format": "diffprune.onnx/1",
+            "format": ONNX_FORMAT,
             "file": ONNX_FILE,
             "weights_file": WEIGHTS_FILE if external else None,
             **io_specs(proto),

@@ -22,8 +22,9 @@ import numpy as np
 
 from diffprune._io import atomic_dir, check_writable
 from diffprune.errors import DiffPruneError
+from diffprune.runtime.formats import MODEL_JSON, OPENVINO_FORMAT
 
-FORMAT = "diffprune.openvino/1"
+FORMAT = OPENVINO_FORMAT  # the name this module has exported
 
 
 def _imports():
@@ -124,12 +125,12 @@ def quantize_int8(export_dir, out_dir, n: int = 16, steps: int = 50, subset_size
               "source_export": str(Path(folder).resolve())}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         ov.save_model(quantized, str(tmp / "model.xml"), compress_to_fp16=False)
-        (tmp / "model.json").write_text(json.dumps({
+        ir_meta = {
             **meta, "format": FORMAT, "file": "model.xml", "weights_file": "model.bin", "dtype": "int8",
             "batch": {"min": batch, "opt": batch, "max": batch},
             "inputs": [{**i, "shape": [batch, *i["shape"][1:]]} for i in meta["inputs"]],
-            "outputs": [{**o, "shape": [batch, *o["shape"][1:]]} for o in meta.get("outputs", [])],
-            "quantization": record}, indent=1))
+            "outputs": [{**o, "shape": [batch, *o["shape"][1:]]} for o in meta.get("outputs", [])]}
+        (tmp / MODEL_JSON).write_text(json.dumps({**ir_meta, "quantization": record}, indent=1))
         with open_runner(tmp, "openvino", threads=threads) as runner:
             int8_images = Sampler(runner, make_scheduler("ddim", runner.scheduler_config)).generate(
                 n, seed=seed, steps=steps, batch=batch)
@@ -149,8 +150,8 @@ def quantize_int8(export_dir, out_dir, n: int = 16, steps: int = 50, subset_size
                 f"the faster of float32 and {default_precision} (needs a speedup above {min_speedup:g}x). Nothing was written. Keep the float32 export (OpenVINO's default precision "
                 "is often the better trade), or calibrate on more trajectories (--n, --steps)."
             )
-        meta_path = tmp / "model.json"
-        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "quantization": record}, indent=1))
+        # again, now that the record holds the validation
+        (tmp / MODEL_JSON).write_text(json.dumps({**ir_meta, "quantization": record}, indent=1))
     return record
 
 

@@ -42,15 +42,13 @@ import numpy as np
 
 from diffprune._io import atomic_dir, check_writable
 from diffprune.errors import DiffPruneError
+from diffprune.runtime.formats import PIPELINE_FORMAT, PIPELINE_JSON, read_pruning_json
 
 from diffprune.sources.architectures import SD_SCHEDULER, SDXL_SCHEDULER  # noqa: F401 (re-exported)
 from diffprune.sources.resolve import Source, pipeline_class, pipeline_kind, resolve
 
 from .onnx import _export, _quiet_exporter, check_options, export_unet, weights_sha256, write_graph
 
-FORMAT = "diffprune.pipeline/1"
-PIPELINE_JSON = "pipeline.json"
-KINDS = ("text-to-image", "text-to-image-xl", "class-conditional", "latent", "pixel")
 # Defaults of the diffusers pipelines' __call__ (guidance_scale): SD 7.5, SDXL 5.0. Class-conditional
 # UNet2DModels have no null class to guide against, so no guidance (scale 1).
 GUIDANCE = {"text-to-image": 7.5, "text-to-image-xl": 5.0}
@@ -118,7 +116,7 @@ def save_pipeline_folder(arch: str, folder, vae=None) -> Path:
 def _read_pruning(source: dict):
     if source.get("format") != "diffprune":
         return None
-    pruning = json.loads((Path(source["source"]) / "pruning.json").read_text())
+    pruning = read_pruning_json(source["source"])
     pruning.pop("widths", None)
     return pruning
 
@@ -401,7 +399,7 @@ def _record(pipe, latent, image, guidance_scale, reports, files, unet_sha, start
                 "pad_tokens": [t.pad_token for t, _ in pipe.text.parts]}
     guided = pipe.kind in GUIDANCE
     record = {
-        "format": FORMAT,
+        "format": PIPELINE_FORMAT,
         "kind": pipe.kind,
         "components": pipe.components,
         "tokenizers": {n: n.replace("text_encoder", "tokenizer") for n in pipe.components if n.startswith("text_encoder")},

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from diffprune._io import atomic_dir, atomic_write_bytes
 from diffprune.errors import DiffPruneError
+from diffprune.runtime.formats import ENGINE_JSON, PIPELINE_JSON, TENSORRT_FORMAT, TEXT_KINDS, read_pipeline_json
 
 ENGINE_FILE = "model.plan"
-ENGINE_JSON = "engine.json"
 
 
 def _import_tensorrt():
@@ -139,7 +139,7 @@ def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / ENGINE_FILE).write_bytes(bytes(serialized))
         record = {
-            "format": "diffprune.tensorrt/1",
+            "format": TENSORRT_FORMAT,
             "file": ENGINE_FILE,
             "tensorrt": trt.__version__,
             "gpu": gpu,
@@ -159,17 +159,6 @@ def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization
     return out_dir
 
 
-def _pipeline_meta(pipeline_dir: Path) -> dict:
-    from diffprune.runtime.artifact import read_json
-
-    path = pipeline_dir / "pipeline.json"
-    record = read_json(path)
-    if not isinstance(record, dict) or record.get("format") != "diffprune.pipeline/1" or not isinstance(record.get("components"), dict):
-        raise DiffPruneError(f"{str(path)!r} is not a pipeline description written by `diffprune export` "
-                             "(format diffprune.pipeline/1 with components); re-export the pipeline.")
-    return record
-
-
 def pipeline_profiles(pipeline_dir, batch=None) -> dict:
     """{component: {input: (min, opt, max) shapes}} for the pipeline export in ``pipeline_dir``. ``batch``
     (min, opt, max) counts images; the components that run the guidance batch (UNet and text encoders of a
@@ -177,8 +166,8 @@ def pipeline_profiles(pipeline_dir, batch=None) -> dict:
     from .validate import check_batch, verify_export
 
     pipeline_dir = Path(pipeline_dir)
-    record = _pipeline_meta(pipeline_dir)
-    guided = record.get("kind") in ("text-to-image", "text-to-image-xl")  # [uncond; cond] in one batch
+    record = read_pipeline_json(pipeline_dir)
+    guided = record["kind"] in TEXT_KINDS  # [uncond; cond] in one batch
     out = {}
     for name, sub in record["components"].items():
         meta = verify_export(pipeline_dir / sub)
@@ -203,7 +192,7 @@ def build_pipeline(pipeline_dir, out_dir=None, batch=None, overwrite: bool = Fal
     import shutil
 
     pipeline_dir = Path(pipeline_dir)
-    record = _pipeline_meta(pipeline_dir)
+    record = read_pipeline_json(pipeline_dir)
     profiles = pipeline_profiles(pipeline_dir, batch)  # checks every component before TensorRT is needed
     out_dir = Path(out_dir) if out_dir else pipeline_dir.with_name(pipeline_dir.name + "-trt")
     from diffprune._io import check_writable
@@ -222,5 +211,5 @@ def build_pipeline(pipeline_dir, out_dir=None, batch=None, overwrite: bool = Fal
             shutil.copytree(pipeline_dir / sub, tmp / sub)
         engines = {name: {"folder": sub, "profile": {k: [list(x) for x in v] for k, v in profiles[name].items()}}
                    for name, sub in record["components"].items()}
-        (tmp / "pipeline.json").write_text(json.dumps({**record, "engines": engines}, indent=1, default=str))
+        (tmp / PIPELINE_JSON).write_text(json.dumps({**record, "engines": engines}, indent=1, default=str))
     return out_dir

@@ -16,12 +16,12 @@ pipeline.json and tokenizer folders. Running the loop inside the server would ne
 (BLS) model; that is not written here.
 """
 
-import json
 import shutil
 from pathlib import Path
 
 from diffprune._io import atomic_dir
 from diffprune.errors import DiffPruneError
+from diffprune.runtime.formats import ENGINE_JSON, MODEL_JSON, read_engine_json, read_model_json, read_pipeline_json
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
@@ -73,13 +73,13 @@ def write_repository(repo, artifact_dir, name: str | None = None, overwrite: boo
     """Add the ONNX export (a folder with model.json) or TensorRT build (engine.json) in
     ``artifact_dir`` to the Triton repository ``repo`` as model ``name``."""
     artifact_dir = Path(artifact_dir)
-    if (artifact_dir / "engine.json").is_file():
-        meta, kind = json.loads((artifact_dir / "engine.json").read_text()), "tensorrt"
+    if (artifact_dir / ENGINE_JSON).is_file():
+        meta, kind = read_engine_json(artifact_dir), "tensorrt"
         meta = {**meta["model"], "batch": meta["profile"]["batch"]}
-    elif (artifact_dir / "model.json").is_file():
-        meta, kind = json.loads((artifact_dir / "model.json").read_text()), "onnx"
+    elif (artifact_dir / MODEL_JSON).is_file():
+        meta, kind = read_model_json(artifact_dir), "onnx"
     else:
-        raise DiffPruneError(f"{str(artifact_dir)!r} holds neither model.json (ONNX export) nor engine.json (TensorRT build).")
+        raise DiffPruneError(f"{str(artifact_dir)!r} holds neither {MODEL_JSON} (ONNX export) nor {ENGINE_JSON} (TensorRT build).")
     platform, filename = PLATFORMS[kind]
     name = name or ("unet" if kind == "onnx" else "unet_trt")
     repo = Path(repo)
@@ -100,10 +100,6 @@ def write_pipeline_repository(repo, pipeline_dir, prefix: str = "", overwrite: b
     Triton repository ``repo``, as models ``prefix + component``; returns {component: model folder}.
     The client keeps ``pipeline_dir``'s pipeline.json and tokenizer folders (see the module docstring)."""
     pipeline_dir = Path(pipeline_dir)
-    path = pipeline_dir / "pipeline.json"
-    if not path.is_file():
-        raise DiffPruneError(f"{str(pipeline_dir)!r} holds no pipeline.json; give a folder written by `diffprune export` "
-                             "for a pipeline (or `diffprune build` on one).")
-    record = json.loads(path.read_text())
+    record = read_pipeline_json(pipeline_dir)
     return {name: write_repository(repo, pipeline_dir / sub, name=prefix + name, overwrite=overwrite)
             for name, sub in record["components"].items()}

@@ -13,6 +13,8 @@ import numpy as np
 
 from diffprune.errors import DiffPruneError
 
+from .graph_io import io_specs
+
 TOLERANCE = {"fp32": {"max_abs": 1e-4}, "fp16": {"max_rel": 1e-2}}
 
 
@@ -124,20 +126,13 @@ def verify_export(onnx_dir, batch: int | None = None) -> dict:
     """Check an export folder before use: model.json readable, ONNX file intact, the graph's inputs
     and outputs as model.json says, and ``batch`` (if given) inside the exported batch range.
     Returns model.json's content."""
-    import json
-
     import onnx
 
-    onnx_dir = Path(onnx_dir)
-    meta_path = onnx_dir / "model.json"
-    if not meta_path.is_file():
-        raise DiffPruneError(f"{str(onnx_dir)!r} holds no model.json; give a folder written by `diffprune export`.")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DiffPruneError(f"{str(meta_path)!r} is not valid JSON ({e}); re-run `diffprune export`.") from None
     from diffprune.runtime.artifact import check_onnx_files
+    from diffprune.runtime.formats import MODEL_JSON, read_model_json
 
+    onnx_dir = Path(onnx_dir)
+    meta = read_model_json(onnx_dir)
     check_onnx_files(onnx_dir, meta)
     path = onnx_dir / meta.get("file", "model.onnx")
     try:
@@ -147,13 +142,11 @@ def verify_export(onnx_dir, batch: int | None = None) -> dict:
             f"{str(path)!r} is not a readable ONNX model ({type(e).__name__}); it is truncated or corrupt. "
             "Re-run `diffprune export`."
         ) from None
-    from .onnx import io_specs
-
     actual = io_specs(proto)
     for key in ("inputs", "outputs"):
         if actual[key] != meta.get(key):
             raise DiffPruneError(
-                f"model.json in {str(onnx_dir)!r} does not match its graph: it declares {key} "
+                f"{MODEL_JSON} in {str(onnx_dir)!r} does not match its graph: it declares {key} "
                 f"{meta.get(key)}, the graph has {actual[key]}. The files come from different exports; "
                 "re-run `diffprune export`."
             )

@@ -1,8 +1,10 @@
-"""diffprune.runtime: torch-free sampling on ONNX Runtime / TensorRT.
+"""diffprune.runtime: torch-free sampling of exported models on ONNX Runtime, OpenVINO or TensorRT.
 
-numpy, plus onnxruntime or tensorrt imported lazily inside their runner. Never torch, nor anything
-from diffprune's torch side (diffprune/, export/): a test imports every module here with torch
-made unimportable.
+numpy, plus onnxruntime, openvino or tensorrt imported lazily inside their runner (runners/). Never
+torch, nor anything from diffprune's torch side (diffprune/, export/): a test imports every module here
+with torch made unimportable. The artifact files' names, format strings and readers (model.json,
+engine.json, pipeline.json, deploy.json, pruning.json) live in formats.py, which export/ and diffprune/
+import too.
 """
 
 from .errors import DiffPruneError

@@ -1,52 +1,38 @@
 """deploy.json: one deployment configuration (artifact, backend, scheduler, steps, batch, guidance),
 as `diffprune select` chooses it and `diffprune sample` / `diffprune bench` run it.
 
-The artifact path is stored relative to the file's folder, so the select report and its work folder
-can move together; an absolute path is kept as it is.
+The file's name, format string and reader are runtime/formats.py's (:func:`read_deploy` is its
+``read_deploy_json``); here is how a command takes its settings from deploy files: :func:`apply_deploy`.
 """
 
-from pathlib import Path
-
-from .artifact import read_json
 from .errors import DiffPruneError
+from .formats import DEPLOY_FORMAT, deploy_file, read_deploy_json  # noqa: F401 (DEPLOY_FORMAT re-exported)
 
-DEPLOY_FORMAT = "diffprune.deploy/1"
-FIELDS = {"artifact": str, "backend": str, "scheduler": str, "steps": int, "batch": int}
+read_deploy = read_deploy_json  # the name `diffprune sample` / `bench` and the tests know
 
-
-def deploy_file(path) -> Path | None:
-    """The deploy.json that ``path`` names (the file, or a folder holding one beside no model), else None."""
-    path = Path(str(path))
-    if path.is_file() and path.suffix == ".json":
-        return path
-    if path.is_dir() and (path / "deploy.json").is_file() and not (path / "model.json").is_file() \
-            and not (path / "engine.json").is_file():
-        return path / "deploy.json"
-    return None
+# What a deploy.json sets for the command that runs it; each is also a command-line flag (--backend, ...).
+SETTINGS = ("backend", "scheduler", "steps", "batch")
 
 
-def read_deploy(path) -> dict:
-    """The configuration in a deploy.json, its ``artifact`` an absolute path that exists."""
-    file = deploy_file(path)
-    if file is None:
-        raise DiffPruneError(f"{str(path)!r} is not a deploy.json (or a folder holding one); `diffprune select` "
-                             "writes one beside its report.")
-    config = read_json(file, "re-run `diffprune select`")
-    if not isinstance(config, dict) or config.get("format") != DEPLOY_FORMAT:
-        raise DiffPruneError(f"{str(file)!r} is not a deployment configuration (its format is "
-                             f"{config.get('format') if isinstance(config, dict) else None!r}, expected "
-                             f"{DEPLOY_FORMAT!r}); give the deploy.json that `diffprune select` wrote.")
-    for key, kind in FIELDS.items():
-        value = config.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
-            raise DiffPruneError(f"{str(file)!r}: {key} is {value!r}, expected "
-                                 f"{'a positive integer' if kind is int else 'a string'}; re-run `diffprune select`.")
-    if config.get("guidance") is not None:
-        raise DiffPruneError(f"{str(file)!r} sets guidance {config['guidance']!r}, which applies to text-conditioned "
-                             "pipelines; this runtime version samples unconditional models only.")
-    artifact = Path(config["artifact"])
-    artifact = artifact if artifact.is_absolute() else (file.parent / artifact)
-    if not artifact.exists():
-        raise DiffPruneError(f"{str(file)!r} names the artifact {config['artifact']!r}, which is not at "
-                             f"{str(artifact)!r}; keep the select report beside its .work folder, or edit the path.")
-    return {**config, "artifact": str(artifact.resolve()), "file": str(file)}
+def apply_deploy(artifacts, given: dict) -> tuple:
+    """``(artifacts, settings, deploys)``: ``artifacts`` with each deploy.json (or folder holding one)
+    replaced by the artifact it names; ``given`` (setting -> the command line's value, None where not
+    given) with every unset :data:`SETTINGS` entry taken from the deploy files, which must then agree on
+    it; and the deploy configurations read, one per artifact (None for a plain artifact).
+
+    The command's own defaults (ddim, 50 steps, ...) are the caller's: a setting neither given nor in a
+    deploy file stays None."""
+    deploys = [read_deploy(a) if deploy_file(a) else None for a in artifacts]
+    read = [d for d in deploys if d]
+    settings = dict(given)
+    for key in SETTINGS:
+        if settings.get(key) is None and read:
+            values = {d[key] for d in read}
+            if len(values) > 1:
+                raise DiffPruneError(f"The deploy.json files given disagree on {key} ({', '.join(map(str, sorted(values)))}); "
+                                     f"a benchmark compares at one setting: choose it with --{key}.")
+            settings[key] = values.pop()
+    return [d["artifact"] if d else a for a, d in zip(artifacts, deploys)], settings, deploys
+
+
+__all__ = ["DEPLOY_FORMAT", "SETTINGS", "apply_deploy", "deploy_file", "read_deploy"]

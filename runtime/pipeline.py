@@ -25,71 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import read_json
 from .errors import DiffPruneError
+from .formats import TEXT_KINDS, is_pipeline, read_pipeline_json, scheduler_name  # noqa: F401 (is_pipeline re-exported)
 from .sampler import initial_noise, step_noise, step_rngs, to_uint8
-
-PIPELINE_FORMAT = "diffprune.pipeline/1"
-KINDS = ("text-to-image", "text-to-image-xl", "class-conditional", "latent", "pixel")
-TEXT_KINDS = ("text-to-image", "text-to-image-xl")
-# The components each kind needs; a decoder is "vae_decoder" or "vq_decoder".
-NEEDS = {"text-to-image": ("text_encoder", "unet", "decoder"),
-         "text-to-image-xl": ("text_encoder", "text_encoder_2", "unet", "decoder"),
-         "class-conditional": ("unet",), "latent": ("unet", "decoder"), "pixel": ("unet",)}
-# diffusers scheduler classes -> the runtime's scheduler of the same maths
-SCHEDULER_CLASSES = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpm-solver++",
-                     "EulerDiscreteScheduler": "euler"}
 
 
 class PromptTruncated(UserWarning):
     """A prompt was longer than the tokenizer's limit and was cut, as diffusers cuts it."""
-
-
-def is_pipeline(path) -> bool:
-    return (Path(str(path)) / "pipeline.json").is_file()
-
-
-def read_pipeline(folder) -> dict:
-    """pipeline.json, checked: its format and kind known, each component folder present with its model.json."""
-    folder = Path(folder)
-    path = folder / "pipeline.json"
-    if not path.is_file():
-        what = "a single-model export (model.json)" if (folder / "model.json").is_file() else "no pipeline export"
-        raise DiffPruneError(f"{str(folder)!r} holds no pipeline.json; it is {what}. Text-to-image and latent "
-                             "pipelines are exported with `diffprune export arch:tiny-sd OUT` (or a diffusers pipeline "
-                             "folder); a pixel UNet export is sampled without a prompt.")
-    spec = read_json(path, "re-run `diffprune export`")
-    if not isinstance(spec, dict) or spec.get("format") != PIPELINE_FORMAT:
-        raise DiffPruneError(f"{str(path)!r} has format {spec.get('format') if isinstance(spec, dict) else None!r}; "
-                             f"this runtime reads {PIPELINE_FORMAT!r}. Re-export with this version of diffprune.")
-    kind = spec.get("kind")
-    if kind not in KINDS:
-        raise DiffPruneError(f"{str(path)!r} is a pipeline of kind {kind!r}; this runtime runs {', '.join(KINDS)}. "
-                             "Re-export with this version of diffprune, or upgrade the runtime.")
-    components = spec.get("components")
-    if not isinstance(components, dict):
-        raise DiffPruneError(f"{str(path)!r} lists no components; re-run `diffprune export`.")
-    for need in NEEDS[kind] + (("decoder",) if kind == "class-conditional" and spec.get("latent") else ()):
-        names = ("vae_decoder", "vq_decoder") if need == "decoder" else (need,)
-        if not any(n in components for n in names):
-            raise DiffPruneError(f"{str(path)!r} is a {kind} pipeline without a {' or '.join(names)} component; "
-                                 "re-run `diffprune export`.")
-    for name, sub in components.items():
-        if not (folder / sub / "model.json").is_file() and not (folder / sub / "engine.json").is_file():
-            raise DiffPruneError(f"The {name} component of {str(folder)!r} is missing: {str(folder / sub)!r} holds "
-                                 "no model.json. Copy the whole pipeline folder, or re-run `diffprune export`.")
-    return spec
-
-
-def scheduler_name(config: dict) -> str:
-    """The runtime scheduler for a diffusers scheduler config (its ``_class_name``)."""
-    cls = (config or {}).get("_class_name")
-    if cls in SCHEDULER_CLASSES:
-        return SCHEDULER_CLASSES[cls]
-    raise DiffPruneError(
-        f"The pipeline's scheduler is {cls or 'unnamed'}, which the runtime does not implement; it has "
-        f"{', '.join(f'{v} ({k})' for k, v in SCHEDULER_CLASSES.items())}. Choose one (--scheduler / scheduler=): "
-        "it is built from the same noise schedule (betas, prediction type), as diffusers' from_config does.")
 
 
 def _as_list(value, n: int, what: str) -> list:
@@ -109,7 +51,7 @@ class Pipeline:
 
     def __init__(self, folder, backend: str = "auto", threads: int | None = None):
         self.folder = Path(folder)
-        self.spec = read_pipeline(self.folder)
+        self.spec = read_pipeline_json(self.folder)
         self.kind = self.spec["kind"]
         self.backend, self.threads = backend, threads
         self.runners, self.tokenizers = {}, {}

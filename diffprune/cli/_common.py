@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 from diffprune.errors import DiffPruneError
+from diffprune.runtime.formats import ENGINE_JSON, MODEL_JSON
 from diffprune.runtime.runners import BACKENDS, auto_backend, parse_backend
 
 EPILOG = """\
@@ -151,4 +152,4 @@ def require(*modules: str, install: str = TOOLCHAIN_INSTALL, why: str = "This co
 def is_artifact(src) -> bool:
     """True for an ONNX export or engine folder, which the torch-free runtime runs as it is."""
     path = Path(str(src))
-    return path.is_dir() and ((path / "model.json").is_file() or (path / "engine.json").is_file())
+    return path.is_dir() and ((path / MODEL_JSON).is_file() or (path / ENGINE_JSON).is_file())

@@ -77,25 +77,18 @@ def run(args) -> int:
 
 def apply_deploy(args) -> list:
     """Replace deploy.json files among the artifacts by the artifacts they name, and take their settings
-    where the command line gives none; deploy files that disagree on a setting must be settled there."""
-    from diffprune.errors import DiffPruneError
-    from diffprune.runtime.deploy import deploy_file, read_deploy
+    where the command line gives none (:func:`diffprune.runtime.deploy.apply_deploy`); deploy files that
+    disagree on a setting must be settled there."""
+    from diffprune.runtime.deploy import SETTINGS
+    from diffprune.runtime.deploy import apply_deploy as merge
+    from diffprune.runtime.formats import is_pipeline
 
-    deploys = [read_deploy(a) if deploy_file(a) else None for a in args.artifacts]
-    given = [d for d in deploys if d]
-    for key, flag, wrap in (("backend", "--backend", lambda v: [v]), ("batch", "--batch", lambda v: [v]),
-                            ("steps", "--steps", lambda v: v), ("scheduler", "--scheduler", lambda v: v)):
-        if getattr(args, key) is None and given:
-            values = {d[key] for d in given}
-            if len(values) > 1:
-                raise DiffPruneError(f"The deploy.json files given set different {key}s ({', '.join(map(str, sorted(values)))}); "
-                                     f"a benchmark compares at one setting: choose it with {flag}.")
-            setattr(args, key, wrap(values.pop()))
-    args.backend = args.backend or ["auto"]
-    args.batch = args.batch or [1]
-    args.steps = args.steps or 50
-    from diffprune.runtime.pipeline import is_pipeline
-
+    artifacts, settings, _ = merge(args.artifacts, {k: getattr(args, k) for k in SETTINGS})
+    # --backend and --batch take lists; a deploy file sets one value
+    args.backend = args.backend or ([settings["backend"]] if settings["backend"] else ["auto"])
+    args.batch = args.batch or ([settings["batch"]] if settings["batch"] else [1])
+    args.steps = settings["steps"] or 50
+    args.scheduler = settings["scheduler"]
     if not any(is_pipeline(a) for a in args.artifacts):  # pipelines default to their own scheduler
         args.scheduler = args.scheduler or "ddim"
-    return [d["artifact"] if d else a for a, d in zip(args.artifacts, deploys)]
+    return artifacts

@@ -41,13 +41,12 @@ def register(subparsers):
 
 
 def run(args) -> int:
+    from diffprune.runtime.formats import is_pipeline
 
     require(*NEEDS)
     from diffprune.export import build_engine, write_repository
     from diffprune.export.tensorrt import build_pipeline, pipeline_profiles, profile_shapes
     from diffprune.export.validate import verify_export
-
-    from diffprune.runtime.pipeline import is_pipeline
 
     pipeline = is_pipeline(args.onnx_dir)
     if args.print_profiles:

@@ -53,9 +53,8 @@ def run(args) -> int:
     from diffprune.runtime import Sampler, make_scheduler, open_runner
     from diffprune.runtime.image import grid, save_png
 
-    from diffprune.runtime.deploy import deploy_file, read_deploy
-
-    from diffprune.runtime.pipeline import is_pipeline
+    from diffprune.runtime.deploy import SETTINGS, apply_deploy
+    from diffprune.runtime.formats import is_pipeline
 
     check_writable(args.out, args.overwrite)
     if is_pipeline(args.artifact):
@@ -67,12 +66,11 @@ def run(args) -> int:
             "--guidance and --class-label need the pipeline's text encoder and decoder. Export the whole pipeline "
             "(`diffprune export PIPELINE OUT`, which writes pipeline.json) and sample that folder.")
     args.n = args.n or 64
-    deploy = read_deploy(args.artifact) if deploy_file(args.artifact) else {}
-    artifact = deploy.get("artifact", args.artifact)
-    args.scheduler = args.scheduler or deploy.get("scheduler", "ddim")
-    args.steps = args.steps or deploy.get("steps", 50)
-    args.batch = args.batch or deploy.get("batch")
-    args.backend = args.backend or deploy.get("backend", "auto")
+    (artifact,), settings, (deploy,) = apply_deploy([args.artifact], {k: getattr(args, k) for k in SETTINGS})
+    args.scheduler = settings["scheduler"] or "ddim"
+    args.steps = settings["steps"] or 50
+    args.batch = settings["batch"]
+    args.backend = settings["backend"] or "auto"
     kwargs = {"eta": args.eta} if args.scheduler == "ddim" else {}
     if args.eta and args.scheduler != "ddim":
         raise DiffPruneError(f"--eta applies to the ddim scheduler only, not {args.scheduler}.")

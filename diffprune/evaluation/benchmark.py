@@ -63,10 +63,6 @@ def torch_eager_case(src, batch: int, steps: int, device: str = "cpu", name: str
     return Case(name, run, {"backend": f"torch-eager-{device}", "torch": torch.__version__})
 
 
-DIFFUSERS_SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "dpm-solver++": "DPMSolverMultistepScheduler",
-                        "euler": "EulerDiscreteScheduler"}
-
-
 def diffusers_pipeline(src, scheduler: str | None = None, device: str = "cpu", dtype: str = "fp32"):
     """``(pipeline, kind, scheduler_config)``: the diffusers pipeline a user would run for the pipeline source
     ``src`` (arch:sd15, a pipeline folder, ...): StableDiffusionPipeline, StableDiffusionXLPipeline or LDMPipeline
@@ -77,7 +73,7 @@ def diffusers_pipeline(src, scheduler: str | None = None, device: str = "cpu", d
     from transformers import CLIPTokenizer
 
     from ..export import load_pipeline
-    from ..runtime.pipeline import scheduler_name
+    from ..runtime.formats import DIFFUSERS_SCHEDULERS, scheduler_name
 
     parts = load_pipeline(src)
     config = {k: v for k, v in dict(parts.scheduler).items()}
@@ -227,10 +223,10 @@ def _describe(path) -> dict:
     """What the report needs of an artifact: its model.json (engine.json's model); for a pipeline export its
     UNet's, with the pipeline's kind and source."""
     from ..runtime.artifact import describe
-    from ..runtime.pipeline import is_pipeline, read_pipeline
+    from ..runtime.formats import is_pipeline, read_pipeline_json
 
     if is_pipeline(path):
-        spec = read_pipeline(path)
+        spec = read_pipeline_json(path)
         _, _, meta = describe(Path(path) / spec["components"]["unet"])
         return {**meta, "pipeline": spec["kind"], "source": spec.get("source", {}), "guidance": spec.get("guidance")}
     kind, folder, meta = describe(path)
@@ -278,10 +274,10 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
         raise DiffPruneError("--prompt and --guidance apply to pipeline exports (pipeline.json); these artifacts are "
                              "single unconditional models.")
     if pipeline:
-        from ..runtime.pipeline import read_pipeline, scheduler_name
+        from ..runtime.formats import read_pipeline_json, scheduler_name
 
         prompt = prompt if prompt is not None else "a photo of an astronaut riding a horse on mars"
-        scheduler = scheduler or scheduler_name(read_pipeline(artifacts[0]).get("scheduler") or {})
+        scheduler = scheduler or scheduler_name(read_pipeline_json(artifacts[0]).get("scheduler") or {})
     baseline_src = _baseline_source(metas, artifacts[0], torch_baseline)
     baseline_note = None
     if baseline_src and _torch_missing():

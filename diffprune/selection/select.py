@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DiffPruneError
+from ..runtime.formats import DEPLOY_FORMAT, DEPLOY_JSON, ENGINE_JSON, MODEL_JSON, SCHEDULER_CLASSES
 
-DETERMINISTIC = {"DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpm-solver++"}
+# The model's own scheduler serves as the "auto" reference when it is deterministic (no noise per step).
+DETERMINISTIC = {cls: name for cls, name in SCHEDULER_CLASSES.items() if name in ("ddim", "dpm-solver++")}
 
 
 @dataclass
@@ -175,16 +177,6 @@ def check_grid(schedulers, steps, backends, batches, budgets, per="image", n=16,
     return resolved
 
 
-def _compatible(kind: str, backend: str) -> bool:
-    """TensorRT engines run on trt only, OpenVINO IR folders on openvino only, ONNX exports on the rest."""
-    name = backend.split(":")[0].split("@")[0]
-    if kind == "tensorrt":
-        return name == "trt"
-    if kind == "openvino":
-        return name == "openvino"
-    return name != "trt"
-
-
 @dataclass
 class LatencyModel:
     """End-to-end time of one batch, from one probe of a model on a backend (see the module docstring)."""
@@ -259,13 +251,14 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
                                                  max_timesteps, export_batches, progress, log)
 
     from ..runtime.artifact import describe
+    from ..runtime.runners import incompatibility
 
     kinds = {name: describe(path)[0] for name, path in artifacts.items()}
     # An engine's engine.json holds the model's spec under "model"; an export's model.json is the spec.
     metas = {name: (lambda d: d[2]["model"] if d[0] == "tensorrt" else d[2])(describe(path))
              for name, path in artifacts.items()}
     pairs = [(m, b) for m in artifacts for b in (backends if kinds[m] != "tensorrt" else ["trt"])
-             if _compatible(kinds[m], b)]
+             if incompatibility(kinds[m], b) is None]
     missing = [m for m in artifacts if not any(pm == m for pm, _ in pairs)]
     if missing:
         raise DiffPruneError(f"No backend in {', '.join(backends)} runs {missing[0]!r} ({kinds[missing[0]]}); add "
@@ -345,7 +338,7 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
             choice = decisions[f"{budget:g}"]["joint"]["choice"]
             if choice:
                 record = deploy_record(by_name[choice], budget, per, Path(out))
-                names = ["deploy.json"] if budget == budgets[0] else []
+                names = [DEPLOY_JSON] if budget == budgets[0] else []
                 names += [f"deploy-{budget:g}ms.json"] if len(budgets) > 1 else []
                 for name in names:
                     (tmp / name).write_text(json.dumps(record, indent=1))
@@ -410,7 +403,7 @@ def _quality(artifacts, pairs, schedulers, step_list, ref_setting, n, threads, f
 
 def _reuse_quality(path, pairs, schedulers, step_list) -> tuple:
     """Quality scores and reference setting from an earlier select.json, for every configuration needed."""
-    from ..runtime.artifact import read_json
+    from ..runtime.formats import read_json
 
     earlier = read_json(Path(path))
     if not isinstance(earlier, dict) or not isinstance(earlier.get("rows"), list):
@@ -473,8 +466,6 @@ def _verify(rows, processes, runs, per, progress):
 
 
 def deploy_record(row: Row, budget_ms: float, per: str, out: Path) -> dict:
-    from ..runtime.deploy import DEPLOY_FORMAT
-
     return {
         "format": DEPLOY_FORMAT,
         "artifact": _portable(Path(row.artifact), out),
@@ -591,7 +582,7 @@ def plot(rows, decisions, budgets, per, path, rank: str = "ssim") -> bool:
 def _as_artifact(src, export_dir: Path, batches, log) -> Path:
     """An ONNX export or engine folder for ``src``, exporting model sources (once; reused later)."""
     path = Path(str(src))
-    if path.is_dir() and ((path / "model.json").is_file() or (path / "engine.json").is_file()):
+    if path.is_dir() and ((path / MODEL_JSON).is_file() or (path / ENGINE_JSON).is_file()):
         return path
     if not export_dir.exists():
         from ..export import to_onnx

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from .._io import atomic_dir, quiet_library_bars
 from ..errors import DiffPruneError
+from ..runtime.formats import PRUNED_UNET_FORMAT, PRUNING_JSON, read_pruning_json
 from .resolve import pipeline_source
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-FORMAT = "diffprune.pruned-unet/1"
 
 
 def save(model, out, info: dict | None = None, scheduler_config: dict | None = None, overwrite: bool = False,
@@ -43,7 +43,7 @@ def save(model, out, info: dict | None = None, scheduler_config: dict | None = N
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
     record = {
-        "format": FORMAT,
+        "format": PRUNED_UNET_FORMAT,
         "model_class": type(model).__name__,
         "conditioning": conditioning(model).to_dict(),
         **(info or {}),
@@ -59,7 +59,7 @@ def save(model, out, info: dict | None = None, scheduler_config: dict | None = N
         unet_dir.mkdir(exist_ok=True)
         model.save_config(unet_dir)
         save_file(state, str(unet_dir / WEIGHTS), metadata={"format": "pt", "producer": "diffprune"})
-        (unet_dir / "pruning.json").write_text(json.dumps(record, indent=1, default=str))
+        (unet_dir / PRUNING_JSON).write_text(json.dumps(record, indent=1, default=str))
         (unet_dir / "scheduler_config.json").write_text(json.dumps(scheduler_config or DEFAULT_SCHEDULER, indent=1))
         for name, text in (extra_files or {}).items():
             (unet_dir / name).write_text(text)
@@ -126,15 +126,8 @@ def _carry_components(carried, tmp: Path, model, scheduler_config: dict) -> None
 
 
 def read_info(folder) -> dict:
-    from .folders import _read_json
-
-    info = _read_json(Path(folder) / "pruning.json")
-    if not isinstance(info, dict) or not isinstance(info.get("widths"), dict):
-        raise DiffPruneError(
-            f"{str(Path(folder) / 'pruning.json')!r} has no 'widths' table, so it was not written by "
-            "diffprune or is damaged. Re-create the pruned model with `diffprune prune`."
-        )
-    return info
+    """pruning.json of ``folder``, checked (:func:`diffprune.runtime.formats.read_pruning_json`)."""
+    return read_pruning_json(folder)
 
 
 def load(folder, device="cpu"):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DiffPruneError
-from ..runtime.pipeline import KINDS
+from ..runtime.formats import KINDS, PRUNING_JSON
 from .architectures import ARCHITECTURES, TEXT_SETUPS, VAE_SETUPS
 from .folders import _read_json, builtin_path, pipeline_component
 
@@ -102,11 +102,11 @@ def resolve(src) -> Source:
                 "a pipeline folder with a unet/ subfolder, a hub id, or arch:NAME."
             )
         pipeline_dir, unet, whole = None, path, False
-        if not (path / "pruning.json").is_file() and (path / "model_index.json").is_file():
+        if not (path / PRUNING_JSON).is_file() and (path / "model_index.json").is_file():
             pipeline_dir, unet, whole = path, pipeline_component(path, "unet"), True
         elif path.name == "unet" and (path.parent / "model_index.json").is_file():
             pipeline_dir = path.parent
-        if (unet / "pruning.json").is_file():
+        if (unet / PRUNING_JSON).is_file():
             return Source(given, "pruned", unet=unet, pipeline_dir=pipeline_dir, whole_pipeline=whole)
         if not (unet / "config.json").is_file():
             raise DiffPruneError(

@@ -79,6 +79,22 @@ def check_available(spec: str) -> str:
     return spec
 
 
+def incompatibility(kind: str, backend: str, folder="the artifact") -> str | None:
+    """Why ``backend`` cannot run an artifact of ``kind`` ("onnx", "openvino" or "tensorrt", as
+    :func:`diffprune.runtime.artifact.describe` says) in ``folder``, or None when it can: TensorRT engines
+    run on trt only, OpenVINO IR folders on openvino only, ONNX exports on every backend but trt."""
+    name = str(backend).split(":")[0].split("@")[0]
+    if name == "trt" and kind != "tensorrt":
+        return (f"Backend trt needs a TensorRT engine folder (engine.json), but {str(folder)!r} is an ONNX export. "
+                "Build one with `diffprune build`, or use --backend ort-cpu / ort-cuda / ort-trt.")
+    if kind == "openvino" and name != "openvino":
+        return (f"{str(folder)!r} is an OpenVINO IR (from `diffprune quantize`), which only OpenVINO runs; use "
+                f"--backend openvino (or auto), not {name}, or run the ONNX export it was made from.")
+    if kind == "tensorrt" and name != "trt":
+        return f"Backend {name} runs ONNX exports, but {str(folder)!r} is a TensorRT engine; use --backend trt."
+    return None
+
+
 def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, cuda_graph: bool = False,
                 batch: int | None = None):
     """A runner for ``artifact`` (an export folder with model.json or an engine folder with engine.json).
@@ -93,24 +109,13 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
     """
     backend, device, precision = parse_backend(resolve_backend(backend))
     kind, folder, meta = describe(Path(artifact))
+    why = incompatibility(kind, backend, folder)
+    if why:
+        raise DiffPruneError(why)
     if backend == "trt":
-        if kind != "tensorrt":
-            raise DiffPruneError(
-                f"Backend trt needs a TensorRT engine folder (engine.json), but {str(folder)!r} is an ONNX export. "
-                "Build one with `diffprune build`, or use --backend ort-cpu / ort-cuda / ort-trt."
-            )
         from .tensorrt import TensorRTRunner
 
         return TensorRTRunner(folder, meta, cuda_graph=cuda_graph)
-    if kind == "openvino" and backend != "openvino":
-        raise DiffPruneError(
-            f"{str(folder)!r} is an OpenVINO IR (from `diffprune quantize`), which only OpenVINO runs; use "
-            f"--backend openvino (or auto), not {backend}, or run the ONNX export it was made from."
-        )
-    if kind == "tensorrt":
-        raise DiffPruneError(
-            f"Backend {backend} runs ONNX exports, but {str(folder)!r} is a TensorRT engine; use --backend trt."
-        )
     if backend == "openvino":
         from .openvino import OpenVINORunner
 
@@ -122,4 +127,4 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
                              threads=threads, batch=batch)
 
 
-__all__ = ["BACKENDS", "auto_backend", "check_available", "open_runner", "parse_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "auto_backend", "check_available", "incompatibility", "open_runner", "parse_backend", "resolve_backend"]

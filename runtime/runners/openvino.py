@@ -28,6 +28,7 @@ import numpy as np
 
 from ..cache import cache_dir
 from ..errors import DiffPruneError
+from ..formats import MODEL_JSON
 from .base import Runner
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
@@ -46,7 +47,7 @@ def import_openvino():
 
 def ir_cache_key(folder: Path, meta: dict, ov_version: str) -> str:
     """What identifies an export's IR: model.json, each ONNX file's name, size and mtime, OpenVINO's version."""
-    h = hashlib.sha256((folder / "model.json").read_bytes() if (folder / "model.json").is_file() else b"")
+    h = hashlib.sha256((folder / MODEL_JSON).read_bytes() if (folder / MODEL_JSON).is_file() else b"")
     for name in (meta.get("file", "model.onnx"), meta.get("weights_file")):
         if name:
             st = (folder / name).stat()
