@@ -140,3 +140,26 @@ def test_a_missing_package_is_noted_without_importing_it():
     assert missing("json", "no_such_package_xyz") == ("no_such_package_xyz",)
     assert missing_note("json") == ""
     assert missing_note("no_such_package_xyz") == " [unavailable here: needs the toolchain, pip install 'diffprune[torch]']"
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "export", "--steps", "0"], ["sample", "export", "--n", "0"], ["sample", "export", "--batch", "0"],
+    ["bench", "export", "--steps", "0"], ["bench", "export", "--runs", "0"], ["eval", "m", "--n", "0"],
+    ["finetune", "a", "b", "--steps", "0"], ["prune", "a", "b", "--num-images", "0"], ["demo", "--steps", "0"],
+    ["select", "d", "--budget-ms", "1", "--n", "0"], ["export", "a", "b", "--max-batch", "0"],
+    ["quantize", "a", "b", "--steps", "0"], ["sample", "export", "--steps", "-1"], ["sample", "export", "--n", "two"],
+])
+def test_a_zero_count_is_an_error_not_the_default(argv, capsys):
+    # `--steps 0` used to be read as "not given" (`args.steps or 50`) and ran 50 steps.
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    flag = argv[-2]
+    assert f"argument {flag}: expected a whole number >= 1, got '{argv[-1]}'" in err, err
+
+
+def test_sample_runs_the_counts_given(tiny_export, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(tiny_export), "--n", "1", "--steps", "1", "--out", str(out)]) == 0
+    assert "wrote " + str(out) + ": 1 images, 1 ddim steps" in capsys.readouterr().out

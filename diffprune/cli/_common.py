@@ -35,6 +35,25 @@ def fraction(text):
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def whole_number(least: int = 1):
+    """argparse type for a whole number >= ``least``: a count such as --steps 0 is an error, never "not given"."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+        return value
+
+    parse.__name__ = "count" if least >= 1 else "whole number"  # argparse names the type in its messages
+    return parse
+
+
+count = whole_number(1)  # steps, images, runs, batch sizes, threads
+count_or_zero = whole_number(0)  # where 0 means "none" or "off", as the option's help says
+
+
 def float_list(text):
     try:
         return [float(v) for v in text.split(",") if v.strip()]

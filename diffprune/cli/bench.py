@@ -6,7 +6,7 @@ import textwrap
 
 from diffprune.runtime.schedulers import SCHEDULERS
 
-from ._common import add_backend_argument, int_list
+from ._common import add_backend_argument, count, count_or_zero, int_list
 
 NAME = "bench"
 
@@ -37,16 +37,16 @@ def register(subparsers):
                         "backend, scheduler, steps and batch become the defaults")
     add_backend_argument(p, default=None, multiple=True)
     p.add_argument("--batch", type=int_list, default=None, help="comma-separated batch sizes (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50)")
+    p.add_argument("--steps", type=count, default=None, help="sampling steps (default 50)")
     p.add_argument("--scheduler", default=None, choices=list(SCHEDULERS),
                    help="default ddim; for pipeline exports the one their scheduler config names")
     p.add_argument("--prompt", default=None, help="pipeline exports: the prompt of every image "
                                                   "(default 'a photo of an astronaut riding a horse on mars')")
     p.add_argument("--guidance", type=float, default=None,
                    help="pipeline exports: classifier-free guidance scale (default the pipeline's, SD 7.5; <= 1 off)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per model and batch (default 10)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for every process, the PyTorch baseline too (default: the CPUs this process may use)")
+    p.add_argument("--runs", type=count, default=10, help="timed runs per model and batch (default 10)")
+    p.add_argument("--warmup", type=count_or_zero, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--threads", type=count, default=None, help="CPU threads for every process, the PyTorch baseline too (default: the CPUs this process may use)")
     p.add_argument("--torch-baseline", default="auto",
                    help="dense model source for the PyTorch eager baseline: auto (from the first artifact's "
                         "model.json), a model folder / arch:NAME, or none")
@@ -91,11 +91,12 @@ def apply_deploy(args) -> list:
                 raise DiffPruneError(f"The deploy.json files given set different {key}s ({', '.join(map(str, sorted(values)))}); "
                                      f"a benchmark compares at one setting: choose it with {flag}.")
             setattr(args, key, wrap(values.pop()))
-    args.backend = args.backend or ["auto"]
-    args.batch = args.batch or [1]
-    args.steps = args.steps or 50
+    for key, default in (("backend", ["auto"]), ("batch", [1]), ("steps", 50)):
+        if getattr(args, key) is None:  # not given, here or in a deploy.json (0 is refused by argparse)
+            setattr(args, key, default)
     from diffprune.runtime.pipeline import is_pipeline
 
     if not any(is_pipeline(a) for a in args.artifacts):  # pipelines default to their own scheduler
-        args.scheduler = args.scheduler or "ddim"
+        if args.scheduler is None:
+            args.scheduler = "ddim"
     return [d["artifact"] if d else a for a, d in zip(args.artifacts, deploys)]

@@ -5,7 +5,7 @@ import textwrap
 
 from diffprune.data import RESIZE_MODES
 
-from ._common import TOOLCHAIN, missing_note, require
+from ._common import TOOLCHAIN, count, count_or_zero, missing_note, require
 
 NAME = "finetune"
 NEEDS = TOOLCHAIN + ("accelerate",)
@@ -33,14 +33,14 @@ def register(subparsers):
                    help="folder (captions in same-stem .txt files), .npy/.npz (labels in 'labels'), .jsonl of "
                         '{"image", "text", "label"} lines, tar shards (streamed, see --stream), builtin:digits '
                         "(default, with labels) or generate:N")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000; the paper: 100K for CIFAR-10)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step (default 64)")
+    p.add_argument("--steps", type=count, default=1000, help="optimizer steps (default 1000; the paper: 100K for CIFAR-10)")
+    p.add_argument("--batch-size", type=count, default=64, help="global batch per optimizer step (default 64)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
+    p.add_argument("--warmup-steps", type=count_or_zero, default=100, help="linear warm-up steps (default 100)")
     p.add_argument("--lr-schedule", default="constant_with_warmup", choices=["constant_with_warmup", "cosine", "linear"])
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (default 1; 0 = off)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--grad-accum", type=count, default=1, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay with warm-up (default 0.9999; 0 = off)")
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
                    help="auto: bf16 on CUDA where supported, fp16 otherwise, fp32 on CPU")
@@ -67,11 +67,11 @@ def register(subparsers):
                    help="how images of another size reach the model's: bilinear (default; stretch), pad (black "
                         "borders, e.g. 28x28 digits for a model trained on them padded to 32x32), center-crop "
                         "(shorter side to the size, then the middle); a warning is printed whenever images are resized")
-    p.add_argument("--num-images", type=int, default=None, help="use a seeded subset of the data")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500; 0 = none)")
+    p.add_argument("--num-images", type=count, default=None, help="use a seeded subset of the data")
+    p.add_argument("--checkpoint-every", type=count_or_zero, default=500, help="steps between checkpoints (default 500; 0 = none)")
     p.add_argument("--checkpoint-dir", help="where checkpoints go (default OUT.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--log-every", type=int, default=10, help="steps between loss-log rows (default 10)")
+    p.add_argument("--log-every", type=count, default=10, help="steps between loss-log rows (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--overwrite", action="store_true")

@@ -5,7 +5,7 @@ import textwrap
 
 from diffprune.data import RESIZE_MODES
 
-from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, fraction, missing_note, require, resolve_device
+from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, count, fraction, missing_note, require, resolve_device
 
 NAME = "prune"
 NEEDS = TOOLCHAIN
@@ -57,11 +57,11 @@ def register(subparsers):
                    help="how images of another size reach the model's: bilinear (default; stretch), pad (black "
                         "borders, e.g. 28x28 digits for a model trained on them padded to 32x32), center-crop "
                         "(shorter side to the size, then the middle); a warning is printed whenever images are resized")
-    p.add_argument("--max-timesteps", type=int, default=None,
+    p.add_argument("--max-timesteps", type=count, default=None,
                    help="cap on the timesteps summed, whatever --thr says (default: no cap)")
-    p.add_argument("--num-images", type=int, default=64, help="calibration images used (default 64)")
-    p.add_argument("--micro-batch", type=int, default=16, help="images per backward pass; lower it if memory is short (default 16)")
-    p.add_argument("--round-to", type=int, default=8, help="keep widths multiples of this (default 8, for tensor cores; 1 = off)")
+    p.add_argument("--num-images", type=count, default=64, help="calibration images used (default 64)")
+    p.add_argument("--micro-batch", type=count, default=16, help="images per backward pass; lower it if memory is short (default 16)")
+    p.add_argument("--round-to", type=count, default=8, help="keep widths multiples of this (default 8, for tensor cores; 1 = off)")
     p.add_argument("--class-labels", type=_labels, default=None, metavar="L[,L...]",
                    help="class-conditional models: labels cycled over the calibration images, e.g. 0,1,2 "
                         "(default: drawn uniformly with --seed)")
