@@ -24,7 +24,7 @@ def register(subparsers):
             images/s, the UNet's own time and the sampler's share, and each process's peak memory.
             The dense model in a diffusers DDIMPipeline (PyTorch eager; for pipelines the diffusers
             StableDiffusion(XL)/LDM pipeline of the same source) is added as the baseline a user
-            would otherwise run. Writes bench.json, bench.md, bench.png.
+            would otherwise run. Writes bench.json, bench.md and bench.png (the plot needs matplotlib).
 
             Speedups are given twice: the ratio of medians, and "paired", the median over rounds of the
             ratio within one round, which cancels drift that hits only some rounds. Compare numbers
@@ -60,7 +60,7 @@ def register(subparsers):
 
 def run(args) -> int:
     from diffprune._io import check_writable
-    from diffprune.benchmark import markdown, run_bench, write_report
+    from diffprune.benchmark import markdown, report_files, run_bench, write_report
 
     check_writable(args.out, args.overwrite)
     args.artifacts = apply_deploy(args)
@@ -71,7 +71,8 @@ def run(args) -> int:
     command = "diffprune " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffprune") else ""
     write_report(results, args.out, command=command, overwrite=args.overwrite)
     print(markdown(results, command))
-    print(f"wrote {args.out}/bench.json, bench.md, bench.png")
+    files, skipped = report_files(args.out)
+    print(f"wrote {args.out}/{', '.join(files)}" + (f" ({skipped})" if skipped else ""))
     return 0
 
 
