@@ -48,6 +48,7 @@ class PruneReport:
     seconds: float = 0.0
     importance_seconds: float = 0.0
     processes: int = 1  # processes that shared the calibration images (accelerate launch / torchrun)
+    guidance_scale: float | None = None  # classifier-free guidance of generate:N with prompts; None: not drawn so
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -230,8 +231,25 @@ def _device(model):
 GUIDANCE_SCALE = 7.5  # the SD pipelines' default classifier-free guidance, for generate:N with --prompts
 
 
+def check_guidance(guidance_scale, data, prompts) -> float | None:
+    """The guidance generate:N draws with: ``guidance_scale`` (default GUIDANCE_SCALE) where samples are drawn
+    with prompts, None where nothing is drawn with guidance; a clear error for a scale that would go unused."""
+    drawn = isinstance(data, str) and data.startswith("generate:") and prompts is not None
+    if guidance_scale is None:
+        return GUIDANCE_SCALE if drawn else None
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 1:
+        raise DiffPruneError(f"guidance_scale {guidance_scale!r} is invalid; allowed: a number >= 1 (1 = no guidance; "
+                             f"SD's default {GUIDANCE_SCALE}; a small pixel model such as builtin:digits-text wants "
+                             "about 1.5, see its model card).")
+    if not drawn:
+        raise DiffPruneError(f"--guidance-scale {guidance_scale:g} applies to samples drawn with prompts (--data "
+                             "generate:N --prompts FILE); with other data nothing is drawn with guidance. Leave it out, "
+                             "or draw the data with --prompts.")
+    return float(guidance_scale)
+
+
 def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear", class_labels=None,
-                 text_encoder=None, vae=None, prompts=None):
+                 text_encoder=None, vae=None, prompts=None, guidance_scale=GUIDANCE_SCALE):
     """Clean samples (latents for latent models) and the conditioning they are denoised under: class
     labels (given, else the data's, else drawn), text embeddings of the captions or prompts (the
     empty-prompt stand-in without a text encoder). Returns (Calibration, what the text inputs were)."""
@@ -257,7 +275,7 @@ def _calibration(data, model, scheduler_config, n, micro_batch, seed, progress, 
 
     if generating:
         images, inputs, text_inputs = generate_samples(model, scheduler_config, generate_count(data), seed, progress,
-                                                       class_labels, text_encoder, prompts, latent)
+                                                       class_labels, text_encoder, prompts, latent, guidance_scale)
     else:
         if prompts is not None:
             raise DiffPruneError("--prompts go with --data generate:N (the prompts the calibration images are drawn "
@@ -314,11 +332,12 @@ def generate_count(data: str) -> int:
 
 
 def generate_samples(model, scheduler_config, count: int, seed: int = 0, progress: bool = True, class_labels=None,
-                     text_encoder=None, prompts=None, latent: bool = False):
+                     text_encoder=None, prompts=None, latent: bool = False, guidance_scale: float | None = None):
     """``generate:N``'s data: ``count`` samples drawn from ``model`` (DDIM, diffprune.sampling) under its
     conditioning, for pruning's calibration and for fine-tuning. Class labels: ``class_labels`` cycled, else
     drawn uniformly with ``seed``. Text: ``prompts`` cycled through ``text_encoder``, drawn with classifier-free
-    guidance GUIDANCE_SCALE; without prompts the encoder's empty prompt, without an encoder the stand-in.
+    guidance ``guidance_scale`` (default GUIDANCE_SCALE); without prompts the encoder's empty prompt, without an
+    encoder the stand-in.
     Latents (``latent``) are left unclamped. Several processes share the drawing (_generate_shared).
 
     Returns ``(samples (N, C, H, W), inputs (the conditioning per sample, batch-first), text_inputs)``, the
@@ -332,6 +351,7 @@ def generate_samples(model, scheduler_config, count: int, seed: int = 0, progres
     size = sample_size(model)
     text_inputs = cond.text_inputs
     text = uncond = None
+    guidance_scale = GUIDANCE_SCALE if guidance_scale is None else guidance_scale
     if prompts is not None and not cond.text_width:
         raise DiffPruneError(f"--prompts were given, but this {cond.model_class} reads no text "
                              f"(conditioning: {cond.kind}); leave them out.")
@@ -344,13 +364,16 @@ def generate_samples(model, scheduler_config, count: int, seed: int = 0, progres
             uncond = cond.inputs(count, size, generator=torch.Generator().manual_seed(seed),
                                  text=text_encoder([""] * count, device=_device(model)))
             text_inputs += (f", {len(prompts)} prompt{'s' if len(prompts) > 1 else ''}, images drawn with guidance "
-                            f"{GUIDANCE_SCALE}")
+                            f"{guidance_scale:g}")
     inputs = cond.inputs(count, size, class_labels=class_labels, generator=torch.Generator().manual_seed(seed),
                          text=text)
-    return _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent), inputs, text_inputs
+    samples = _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent,
+                               guidance_scale)
+    return samples, inputs, text_inputs
 
 
-def _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent):
+def _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent,
+                     guidance_scale=GUIDANCE_SCALE):
     """generate:N samples; with several processes each rank draws its share (the same starting noise and
     conditioning rows one process would give those samples) and every rank receives all of them."""
     import torch
@@ -358,7 +381,7 @@ def _generate_shared(model, scheduler_config, count, size, seed, progress, input
     from .conditioning import slice_inputs
     from .sampling import generate
 
-    guidance = GUIDANCE_SCALE if uncond is not None else 1.0
+    guidance = guidance_scale if uncond is not None else 1.0
     rank, world = _distributed.world()
     if world == 1:
         return generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs, uncond=uncond,
@@ -378,7 +401,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
           data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
           progress: bool = True, resize: str = "bilinear", class_labels=None, text_encoder=None, vae=None,
-          prompts=None):
+          prompts=None, guidance_scale: float | None = None):
     """Prune a diffusers ``UNet2DModel`` or ``UNet2DConditionModel``; return ``(pruned_model, PruneReport)``.
 
     ``method``: diff-pruning (paper), taylor, magnitude, random or reinit (random structure, fresh
@@ -395,7 +418,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     uniformly with ``seed``; text-conditioned ones the captions of the data (same-stem .txt files, a
     JSONL's ``"text"``) through ``text_encoder`` (diffprune.text.TextEncoder, frozen, run once), with
     images encoded to latents by ``vae`` (diffprune.latents); ``data="generate:N"`` with ``prompts`` (a
-    list of str) draws the calibration latents from the model with those prompts. Without a text
+    list of str) draws the calibration latents from the model with those prompts, with classifier-free
+    guidance ``guidance_scale`` (default GUIDANCE_SCALE, 7.5, recorded in the report). Without a text
     encoder, text inputs are the empty-prompt stand-in (zeros; SDXL's default time ids), which gives
     cross-attention no gradient. ``text_encoder`` and ``vae`` may be ``diffprune.models.FromSource``
     loaders, loaded only when needed. Params and MACs are counted with the default inputs.
@@ -418,6 +442,9 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise DiffPruneError(f"prompts must be a non-empty list of strings; got {prompts[:3]!r}.")
+    guidance_scale = check_guidance(guidance_scale, data, prompts)
+    if not CRITERIA[method].needs_data:
+        guidance_scale = None  # nothing is drawn: magnitude, random and reinit read no data
     if ratio is None and target_macs is None:
         target_macs = DEFAULT_TARGET_MACS
     started = time.perf_counter()
@@ -432,7 +459,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         torch.manual_seed(seed)
         if criterion.needs_data:
             calib, text_inputs = _calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress,
-                                              resize, class_labels, text_encoder, vae, prompts)
+                                              resize, class_labels, text_encoder, vae, prompts,
+                                              guidance_scale or GUIDANCE_SCALE)
             cond = dataclasses.replace(cond, text_inputs=text_inputs)
             calib.max_timesteps = max_timesteps
             with torch.enable_grad():
@@ -464,7 +492,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         calibration=calib.description if criterion.needs_data else "", resize=resize,
         conditioning=cond.to_dict(), no_gradient_groups=list(planner.no_signal),
         seconds=time.perf_counter() - started,
-        importance_seconds=importance_seconds, processes=_distributed.world()[1],
+        importance_seconds=importance_seconds, processes=_distributed.world()[1], guidance_scale=guidance_scale,
     )
     return model.eval(), report
 

@@ -52,7 +52,11 @@ def register(subparsers):
                         ".npy/.npz, builtin:digits, or generate:N (needed by diff-pruning and taylor)")
     p.add_argument("--prompts", default=None, metavar="FILE",
                    help="text-conditioned models with --data generate:N: one prompt per line, cycled over the N "
-                        "samples (drawn with classifier-free guidance 7.5); default: the empty prompt")
+                        "samples (drawn with classifier-free guidance, see --guidance-scale); default: the empty prompt")
+    p.add_argument("--guidance-scale", type=fraction, default=None, metavar="SCALE",
+                   help="classifier-free guidance the generate:N samples are drawn with when --prompts are given "
+                        "(default 7.5, Stable Diffusion's; builtin:digits-text wants 1.5, see its model card); "
+                        "recorded in pruning.json")
     p.add_argument("--resize", default="bilinear", choices=RESIZE_MODES,
                    help="how images of another size reach the model's: bilinear (default; stretch), pad (black "
                         "borders, e.g. 28x28 digits for a model trained on them padded to 32x32), center-crop "
@@ -100,13 +104,14 @@ def run(args) -> int:
     from diffprune._io import check_writable
     from diffprune.checkpoint import pipeline_source, save
     from diffprune.models import FromSource, load_source
-    from diffprune.pruning import check_options, prune
+    from diffprune.pruning import check_guidance, check_options, prune
     from diffprune.text import read_prompts
 
     # Fail on bad options before minutes of work, not after.
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
                   args.num_images, args.micro_batch)
     prompts = read_prompts(args.prompts) if args.prompts else None
+    check_guidance(args.guidance_scale, args.data, prompts)
     device = resolve_device(args.device)
     device, main = _processes(device)
     if main:
@@ -118,6 +123,7 @@ def run(args) -> int:
         num_images=args.num_images, micro_batch=args.micro_batch, prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize,
         progress=not args.quiet, class_labels=args.class_labels, prompts=prompts,
         text_encoder=FromSource(args.src, "text_encoder", device), vae=FromSource(args.src, "vae", device),
+        guidance_scale=args.guidance_scale,
     )
     if not main:
         return 0  # every rank holds the same pruned model; the first one writes and prints it
