@@ -45,7 +45,7 @@ def _print_line(text: str, now: float) -> None:
 
 class ProgressLines:
     """A plain progress line on stderr every PROGRESS_EVERY_S seconds for a loop, only when stderr is no
-    terminal (where tqdm's bar is off): ``label: done/total, elapsed, ETA[, note]``. The ETA is the measured
+    terminal (where tqdm's bar is off): ``label done/total, elapsed, ETA[, note]``. The ETA is the measured
     pace since ``start`` times what is left; ``bound=True`` says ``total`` is only an upper bound (a loop
     that may stop early), and so is the ETA."""
 
@@ -72,7 +72,7 @@ class ProgressLines:
         if rate > 0:
             left = f", {'at most' if self.bound else 'about'} {duration((self.total - done) / rate)} left"
         total = f"at most {self.total}" if self.bound else str(self.total)
-        _print_line(f"{self.label}: {done}/{total}, {duration(elapsed)} elapsed{left}{note}", now)
+        _print_line(f"{self.label} {done}/{total}, {duration(elapsed)} elapsed{left}{note}", now)
 
 
 @contextlib.contextmanager
