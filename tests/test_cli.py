@@ -163,3 +163,25 @@ def test_sample_runs_the_counts_given(tiny_export, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["sample", str(tiny_export), "--n", "1", "--steps", "1", "--out", str(out)]) == 0
     assert "wrote " + str(out) + ": 1 images, 1 ddim steps" in capsys.readouterr().out
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    import argparse
+
+    from diffprune.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    silent = [f"{name} {action.option_strings[0] if action.option_strings else action.metavar or action.dest}"
+              for name, sub in commands.choices.items() for action in sub._actions
+              if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip()]
+    assert not silent, f"options without a description: {silent}"
+
+
+def test_prune_help_names_every_shipped_model_and_architecture():
+    from diffprune.models import ARCHITECTURES, BUILTIN_MODELS
+
+    proc = subprocess.run([sys.executable, "-m", "diffprune", "prune", "--help"], capture_output=True, text=True)
+    text = " ".join(proc.stdout.split())  # across line breaks
+    for name in (*BUILTIN_MODELS, *ARCHITECTURES):
+        assert re.search(rf"[ (:]{re.escape(name)}[,)]", text), name

@@ -52,8 +52,8 @@ def register(subparsers):
                         "model.json), a model folder / arch:NAME, or none")
     p.add_argument("--no-memory", action="store_true", help="leave peak memory out of the report")
     p.add_argument("--out", default="bench", help="report folder (default bench)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.set_defaults(func=run)
     return p
 

@@ -11,6 +11,19 @@ NAME = "prune"
 NEEDS = TOOLCHAIN
 
 
+def _sources() -> str:
+    """What SRC may be, the shipped models and arch: names read from their tables (diffprune.models imports
+    no torch), so the help cannot fall behind them."""
+    import textwrap
+
+    from diffprune.models import ARCHITECTURES, BUILTIN_MODELS
+
+    return textwrap.fill(
+        "SRC: a diffusers folder, a pipeline folder (its unet/ and scheduler/), a hub id (owner/name), a pruned "
+        f"folder, a model shipped in the package ({', '.join(BUILTIN_MODELS)}), or arch:NAME (a built-in "
+        f"architecture with random weights: {', '.join(ARCHITECTURES)}).", 100)
+
+
 def register(subparsers):
     p = subparsers.add_parser(
         NAME, help="structurally prune a UNet2DModel or UNet2DConditionModel (whole channels)" + missing_note(*NEEDS),
@@ -27,13 +40,11 @@ def register(subparsers):
             model itself with those prompts. Class-conditional ones get --class-labels, else the data's
             labels (builtin:digits, an .npz's labels), else uniformly drawn ones. Only the UNet is pruned;
             a pipeline SRC gives a pipeline OUT (the pruned UNet in unet/, the other components carried over).
-            SRC: a diffusers folder, a pipeline folder (its unet/ and scheduler/), a hub id (owner/name),
-            a pruned folder, or arch:NAME (built-in architecture with random weights: ddpm-cifar10-32,
-            sd15, sd21-base, sdxl, and tiny test ones: tiny, tiny-attn, tiny-class, tiny-sd, tiny-sdxl).
+            SOURCES
             Several GPUs: accelerate launch --multi_gpu -m diffprune prune ... (or torchrun; on CPUs
             torchrun --nproc_per_node N -m diffprune prune ... --device cpu): each process takes a share of the
             calibration images, their gradients and losses are summed, so the kept channels and the timesteps
-            used are those of one process; the first process writes OUT.""")
+            used are those of one process; the first process writes OUT.""").replace("SOURCES", _sources())
         + missing_note(*NEEDS),
         epilog=EPILOG,
     )

@@ -43,7 +43,7 @@ def register(subparsers):
     add_backend_argument(p, default=None)
     p.add_argument("--threads", type=count, default=None, help="CPU threads for ONNX Runtime / OpenVINO (default: their choice)")
     p.add_argument("--out", default="grid.png", help="PNG grid to write (default grid.png)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the PNG if it exists")
     p.set_defaults(func=run)
     return p
 

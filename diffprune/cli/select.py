@@ -78,8 +78,8 @@ def register(subparsers):
     p.add_argument("--threads", type=count, default=None,
                    help="CPU threads for every measured process (default: their choice)")
     p.add_argument("--out", default="select", help="report folder (default select; exports go to OUT.work)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.set_defaults(func=run)
     return p
 
