@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 from diffprune.errors import DiffPruneError
+from diffprune.importance import CRITERIA
 from diffprune.runtime.runners import BACKENDS, auto_backend, parse_backend
 
 EPILOG = """\
@@ -19,9 +20,10 @@ examples:
   diffprune prune google/ddpm-cifar10-32 pruned --data generate:64
 """
 
-# The names in diffprune.importance.CRITERIA, repeated here because importing that package imports
-# torch; tests/test_cli.py checks the two are equal.
-CRITERIA_NAMES = ("diff-pruning", "taylor", "magnitude", "random", "reinit")
+# The criteria --method allows, read from the registry itself (one home): diffprune.importance imports
+# torch and torch_pruning only inside its functions, so the parser stays torch-free (tests/test_cli.py
+# builds it with torch made unimportable).
+CRITERIA_NAMES = tuple(CRITERIA)
 
 # Packages of the torch side (pruning, fine-tuning, export), by import name.
 TOOLCHAIN = ("torch", "diffusers", "torch_pruning")
