@@ -168,7 +168,6 @@ def test_bad_options_are_refused(tiny, kwargs, fragment):
 
 def test_guidance_of_generated_calibration_data_is_a_flag_and_is_recorded(tmp_path, monkeypatch, capsys):
     # generate:N with --prompts drew at 7.5 with no way to change it; builtin:digits-text wants 1.5.
-    import functools
     import json
 
     import diffprune.sampling
