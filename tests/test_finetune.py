@@ -173,3 +173,10 @@ def test_an_interrupted_cli_run_says_how_to_resume_and_the_resumed_run_says_what
     assert captured.out.startswith("fine-tuned 4 steps (2 in this run, resumed from step 2) in ")
     assert [row.split(",")[0] for row in (out / "loss.csv").read_text().splitlines()] == ["step", "1", "2", "3", "4"]
     assert not (tmp_path / "ft.ckpt").exists()
+
+
+def test_a_guidance_scale_without_prompted_samples_is_refused(pruned_tiny, tmp_path):
+    # --guidance-scale sets how generate:N draws text models' samples; with image data it would do nothing.
+    with pytest.raises(DiffPruneError, match="--guidance-scale 1.5 applies to samples drawn with prompts"):
+        finetune(pruned_tiny, tmp_path / "x", **{**FAST, "steps": 2, "guidance_scale": 1.5})
+    assert not (tmp_path / "x").exists()
