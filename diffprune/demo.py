@@ -41,22 +41,27 @@ class DemoOptions:
     backend: str = "auto"  # openvino where installed, else ort-cpu
 
 
-def _stage(name, path: Path, log, make):
-    """Run ``make()`` unless ``path`` (an atomically written artifact) already exists."""
+def _stage(name, path: Path, log, make, progress: bool = True):
+    """Run ``make()`` unless ``path`` (an atomically written artifact) already exists. With stderr no terminal,
+    a progress line at least every minute says the stage is alive (diffprune._io)."""
+    from ._io import heartbeat
+
     if path.exists():
         log(f"[{name}] reusing {path}")
         return "reused"
     started = time.perf_counter()
-    make()
+    with heartbeat(f"demo: [{name}]", enabled=progress):
+        make()
     log(f"[{name}] done in {time.perf_counter() - started:.1f} s -> {path}")
     return round(time.perf_counter() - started, 1)
 
 
 def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress: bool = True, log=print) -> dict:
+    from ._io import heartbeat
     from .evaluation.benchmark import run_bench
     from .sources.checkpoint import read_info, save
     from .export import to_onnx
-    from .training.finetune import finetune
+    from .training.finetune import finetune, latest_checkpoint
     from .evaluation.metrics import consistency
     from .sources.loader import load_source
     from .sources.unet import require_unconditional
@@ -80,7 +85,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         info = {k: v for k, v in info.items() if k not in ("widths", "params", "macs", "versions", "dtype", "format")}
         save(model, dense_dir, info=info, scheduler_config=scheduler_config)
 
-    stages["dense"] = _stage("dense model", dense_dir, log, make_dense)
+    stages["dense"] = _stage("dense model", dense_dir, log, make_dense, progress)
 
     pruned_dir = out / "pruned"
 
@@ -94,26 +99,27 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
                 f"fell below {pruned.report.thr} x its maximum")
         pruned.save(pruned_dir)
 
-    stages["prune"] = _stage("prune", pruned_dir, log, make_pruned)
+    stages["prune"] = _stage("prune", pruned_dir, log, make_pruned, progress)
 
     tuned_dir = out / "finetuned"
+    ckpt = out / "finetune.ckpt"  # a time-based checkpoint every 10 minutes: a stopped demo continues from it
     stages["finetune"] = _stage("fine-tune", tuned_dir, log, lambda: finetune(
         pruned_dir, tuned_dir, data=o.data, steps=o.finetune_steps, batch_size=o.finetune_batch, lr=o.finetune_lr,
         warmup_steps=min(50, max(1, o.finetune_steps // 5)), ema_decay=0.995, teacher=str(dense_dir),
-        kd_weight=o.kd_weight, checkpoint_every=0, checkpoint_dir=out / "finetune.ckpt", seed=o.seed,
-        device="auto", progress=progress))
+        kd_weight=o.kd_weight, checkpoint_every=0, checkpoint_dir=ckpt, seed=o.seed,
+        resume=latest_checkpoint(ckpt) is not None, device="auto", progress=progress), progress)
 
     exports = {}
     for name, src in (("dense", dense_dir), ("pruned", tuned_dir)):
         exports[name] = out / f"{name}-onnx"
         stages[f"export-{name}"] = _stage(f"export {name}", exports[name], log, lambda s=src, d=exports[name]: to_onnx(
-            s, d, batch=(1, 8, max(16, o.n, *o.bench_batches))))
+            s, d, batch=(1, 8, max(16, o.n, *o.bench_batches))), progress)
 
     # Sampling both from the same seeds, torch-free, on the backend the latency is measured on.
     backend = resolve_backend(o.backend)
     images = {}
     for name, path in exports.items():
-        with open_runner(path, backend, threads=o.threads) as runner:
+        with heartbeat(f"demo: [sample {name}]", enabled=progress), open_runner(path, backend, threads=o.threads) as runner:
             sampler = Sampler(runner, make_scheduler("ddim", runner.scheduler_config))
             images[name] = sampler.generate(o.n, seed=o.seed, steps=o.steps)
     quality = consistency(images["pruned"], images["dense"])
@@ -133,9 +139,10 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         from .evaluation.benchmark import write_report
 
         started = time.perf_counter()
-        bench = run_bench([exports["dense"], exports["pruned"]], backend=backend, batches=list(o.bench_batches), steps=o.steps,
-                          runs=o.bench_runs, warmup=1, threads=o.threads, torch_baseline=str(dense_dir),
-                          memory=True, progress=progress)
+        with heartbeat("demo: [bench]", enabled=progress):
+            bench = run_bench([exports["dense"], exports["pruned"]], backend=backend, batches=list(o.bench_batches),
+                              steps=o.steps, runs=o.bench_runs, warmup=1, threads=o.threads,
+                              torch_baseline=str(dense_dir), memory=True, progress=progress)
         write_report(bench, bench_dir, command="diffprune demo")
         bench = read_json(bench_file)
         stages["bench"] = round(time.perf_counter() - started, 1)

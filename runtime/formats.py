@@ -13,8 +13,8 @@ diffprune/) calls the reader here, so the two sides cannot drift apart (as trans
                                                                                 export's model.json under "model"
     pipeline.json  diffprune.pipeline/1       export/pipeline.py (tensorrt.py   a pipeline export: kind, components,
                                               adds "engines")                   scheduler, guidance, latents
-    deploy.json    diffprune.deploy/1         diffprune/select.py               one deployment configuration
-    pruning.json   diffprune.pruned-unet/1    diffprune/checkpoint.py           a pruned UNet's layer widths and
+    deploy.json    diffprune.deploy/1         diffprune/selection/select.py     one deployment configuration
+    pruning.json   diffprune.pruned-unet/1    diffprune/sources/checkpoint.py   a pruned UNet's layer widths and
                                                                                 what made it
 
 Also owned here: the pipeline kinds and the components each needs, and which runtime scheduler runs
@@ -274,7 +274,7 @@ def read_deploy_json(path) -> dict:
 
 def read_pruning_json(path) -> dict:
     """pruning.json of a pruned UNet folder (``path``: the folder, or the file): the widths of every layer
-    (checked to be a table here; against the model by diffprune.structure) and what made the model."""
+    (checked to be a table here; against the model by diffprune.sources.structure) and what made the model."""
     file = _file(path, PRUNING_JSON)
     if not file.is_file():
         raise DiffPruneError(f"{str(file.parent)!r} holds no {PRUNING_JSON}, so it is not a pruned diffprune model; "

@@ -179,7 +179,9 @@ class Pipeline:
         if text:
             if prompt is None:
                 raise DiffPruneError(f"This is a {self.kind} pipeline: give a prompt (--prompt \"a photo of a cat\").")
-            prompts = [prompt] * (n or 1) if isinstance(prompt, str) else list(prompt)
+            prompts = [prompt] * (1 if n is None else n) if isinstance(prompt, str) else list(prompt)
+            if n is not None and n < 1:  # n=0 is an error, not "one image"
+                raise DiffPruneError(f"n {n} must be at least 1.")
             n = len(prompts)
             prompts = _as_list(prompts, n, "prompt")
             if any(not isinstance(p, str) for p in prompts):
@@ -189,7 +191,8 @@ class Pipeline:
                 raise DiffPruneError(f"This is a {self.kind} pipeline, which takes no prompt (its UNet has no text "
                                      "conditioning); leave --prompt and --negative-prompt out, or export a "
                                      "text-to-image pipeline.")
-            n = n or (len(class_labels) if class_labels is not None and not np.isscalar(class_labels) else 1)
+            if n is None:
+                n = len(class_labels) if class_labels is not None and not np.isscalar(class_labels) else 1
             prompts = [None] * n
         if n < 1:
             raise DiffPruneError(f"n {n} must be at least 1.")
@@ -228,7 +231,7 @@ class Pipeline:
         if most < 1:
             raise DiffPruneError(f"The UNet's batch range {lo}..{hi} cannot hold the doubled batch guidance needs; "
                                  "re-export with a larger --max-batch.")
-        batch = batch or max(1, min(n, most))
+        batch = max(1, min(n, most)) if batch is None else batch
         if not 1 <= batch <= most:
             raise DiffPruneError(f"batch {batch} is outside 1..{most}: the UNet takes at most {hi} samples per call"
                                  + (" and guidance doubles the batch" if cfg else "") + ".")

@@ -59,7 +59,7 @@ class Sampler:
         lo, hi = self.runner.batch_range
         if n < 1:
             raise DiffPruneError(f"n {n} must be at least 1.")
-        batch = batch or max(lo, min(n, hi))
+        batch = max(lo, min(n, hi)) if batch is None else batch
         if not lo <= batch <= hi:
             raise DiffPruneError(f"batch {batch} is outside the artifact's range {lo}..{hi}.")
         started, unet_before = time.perf_counter(), self.runner.seconds

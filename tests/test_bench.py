@@ -177,3 +177,17 @@ def test_bad_backend_lists_are_refused_before_anything_runs(tiny_export):
     for backend in (["ort-cpu", "tpu"], [], "ort-cpu@bf16"):
         with pytest.raises(DiffPruneError, match="(?i)backend"):
             run_bench([tiny_export], backend=backend, batches=[1], steps=1, runs=1, progress=False)
+
+
+def test_bench_without_matplotlib_says_the_plot_was_skipped(tiny_export, tmp_path, monkeypatch, capsys):
+    from diffprune.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    out = tmp_path / "bench"
+    assert main(["bench", str(tiny_export), "--steps", "1", "--runs", "1", "--warmup", "0", "--torch-baseline", "none",
+                 "--no-memory", "--quiet", "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]
+    assert last.startswith(f"wrote {out}/bench.json, bench.md (bench.png was not written: matplotlib is not installed")
+    assert "bench.png," not in last and "diffprune[dev]" in last
+    assert "matplotlib is not installed" in json.loads((out / "bench.json").read_text())["plot"]

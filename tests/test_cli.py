@@ -140,3 +140,48 @@ def test_a_missing_package_is_noted_without_importing_it():
     assert missing("json", "no_such_package_xyz") == ("no_such_package_xyz",)
     assert missing_note("json") == ""
     assert missing_note("no_such_package_xyz") == " [unavailable here: needs the toolchain, pip install 'diffprune[torch]']"
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "export", "--steps", "0"], ["sample", "export", "--n", "0"], ["sample", "export", "--batch", "0"],
+    ["bench", "export", "--steps", "0"], ["bench", "export", "--runs", "0"], ["eval", "m", "--n", "0"],
+    ["finetune", "a", "b", "--steps", "0"], ["prune", "a", "b", "--num-images", "0"], ["demo", "--steps", "0"],
+    ["select", "d", "--budget-ms", "1", "--n", "0"], ["export", "a", "b", "--max-batch", "0"],
+    ["quantize", "a", "b", "--steps", "0"], ["sample", "export", "--steps", "-1"], ["sample", "export", "--n", "two"],
+])
+def test_a_zero_count_is_an_error_not_the_default(argv, capsys):
+    # `--steps 0` used to be read as "not given" (`args.steps or 50`) and ran 50 steps.
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    flag = argv[-2]
+    assert f"argument {flag}: expected a whole number >= 1, got '{argv[-1]}'" in err, err
+
+
+def test_sample_runs_the_counts_given(tiny_export, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(tiny_export), "--n", "1", "--steps", "1", "--out", str(out)]) == 0
+    assert "wrote " + str(out) + ": 1 images, 1 ddim steps" in capsys.readouterr().out
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    import argparse
+
+    from diffprune.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    silent = [f"{name} {action.option_strings[0] if action.option_strings else action.metavar or action.dest}"
+              for name, sub in commands.choices.items() for action in sub._actions
+              if not isinstance(action, argparse._HelpAction) and not (action.help or "").strip()]
+    assert not silent, f"options without a description: {silent}"
+
+
+def test_prune_help_names_every_shipped_model_and_architecture():
+    from diffprune.sources.architectures import ARCHITECTURES, BUILTIN_MODELS
+
+    proc = subprocess.run([sys.executable, "-m", "diffprune", "prune", "--help"], capture_output=True, text=True)
+    text = " ".join(proc.stdout.split())  # across line breaks
+    for name in (*BUILTIN_MODELS, *ARCHITECTURES):
+        assert re.search(rf"[ (:]{re.escape(name)}[,)]", text), name

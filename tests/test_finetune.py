@@ -61,10 +61,20 @@ def test_resume_after_a_crash_ends_with_the_same_weights(pruned_tiny, tmp_path):
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "crashed")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # The whole loss history, not only the steps after the resume; both counts in the report.
+    assert (tmp_path / "crashed" / "loss.csv").read_text() == (tmp_path / "straight" / "loss.csv").read_text()
+    assert report.steps == 6 and report.steps_this_run == 2
+    # Once the model is written its checkpoints are gone.
+    assert not (tmp_path / "crashed.ckpt").exists() and not (tmp_path / "straight.ckpt").exists()
 
 
 def test_checkpoints_are_safetensors_and_json_only(pruned_tiny, tmp_path):
-    finetune(pruned_tiny, tmp_path / "ft", steps=3, checkpoint_every=2, **FAST)
+    def stop(step, loss):  # a finished run deletes its checkpoints: look at those of a stopped one
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(pruned_tiny, tmp_path / "ft", steps=4, checkpoint_every=2, callback=stop, **FAST)
     ckpt = latest_checkpoint(tmp_path / "ft.ckpt")
     assert sorted(os.listdir(ckpt)) == ["ema.safetensors", "model.safetensors", "optimizer.safetensors", "state.json"]
     state = json.loads((ckpt / "state.json").read_text())
@@ -111,3 +121,62 @@ def test_two_processes_end_with_identical_weights(pruned_tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "finetune.json").read_text())
     assert report["world_size"] == 2 and report["ranks_identical"] is True
+
+
+def test_a_time_based_checkpoint_leaves_something_to_resume(pruned_tiny, tmp_path):
+    # With --checkpoint-every 500 a run stopped in its first minutes had nothing to resume.
+    def stop(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    common = dict(steps=5, checkpoint_every=0, **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(pruned_tiny, tmp_path / "ft", checkpoint_minutes=1e-9, callback=stop, **common)
+    assert latest_checkpoint(tmp_path / "ft.ckpt").name == "step-00000003"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(pruned_tiny, tmp_path / "none", checkpoint_minutes=0, callback=stop, **common)
+    assert latest_checkpoint(tmp_path / "none.ckpt") is None
+    with pytest.raises(DiffPruneError, match="checkpoint_minutes -1 must be >= 0"):
+        finetune(pruned_tiny, tmp_path / "bad", checkpoint_minutes=-1, **common)
+
+
+def test_an_interrupted_cli_run_says_how_to_resume_and_the_resumed_run_says_what_it_did(pruned_tiny, tmp_path,
+                                                                                        monkeypatch, capsys):
+    import shlex
+
+    import diffprune.finetune
+    from diffprune.cli import main
+
+    real = diffprune.finetune.finetune
+
+    def ctrl_c_at_step_3(*args, **kwargs):
+        def stop(step, loss):
+            if step == 3:
+                raise KeyboardInterrupt
+        return real(*args, callback=stop, **kwargs)
+
+    out = tmp_path / "ft"
+    argv = ["finetune", str(pruned_tiny), str(out), "--steps", "4", "--batch-size", "4", "--num-images", "32",
+            "--warmup-steps", "2", "--log-every", "1", "--checkpoint-every", "2", "--device", "cpu", "--quiet"]
+    monkeypatch.setattr(diffprune.finetune, "finetune", ctrl_c_at_step_3)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and f"the checkpoint of step 2 of 4 is kept in {out}.ckpt" in err
+    command = err.strip().splitlines()[-1].strip()
+    assert command == "diffprune " + shlex.join(argv + ["--resume"])
+    assert not out.exists() and (tmp_path / "ft.ckpt").is_dir()
+
+    monkeypatch.setattr(diffprune.finetune, "finetune", real)
+    assert main(shlex.split(command)[1:]) == 0
+    captured = capsys.readouterr()
+    assert f"fine-tune: resuming from step 2 of 4 (checkpoint {out}.ckpt/step-00000002); 2 steps to go" in captured.err
+    assert captured.out.startswith("fine-tuned 4 steps (2 in this run, resumed from step 2) in ")
+    assert [row.split(",")[0] for row in (out / "loss.csv").read_text().splitlines()] == ["step", "1", "2", "3", "4"]
+    assert not (tmp_path / "ft.ckpt").exists()
+
+
+def test_a_guidance_scale_without_prompted_samples_is_refused(pruned_tiny, tmp_path):
+    # --guidance-scale sets how generate:N draws text models' samples; with image data it would do nothing.
+    with pytest.raises(DiffPruneError, match="--guidance-scale 1.5 applies to samples drawn with prompts"):
+        finetune(pruned_tiny, tmp_path / "x", **{**FAST, "steps": 2, "guidance_scale": 1.5})
+    assert not (tmp_path / "x").exists()

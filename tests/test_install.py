@@ -60,6 +60,33 @@ def test_base_install_does_not_pull_torch(wheel):
         assert any(f'extra == "{extra}"' in r for r in requires), extra
 
 
+def test_every_inference_extra_can_tokenize_prompts(wheel):
+    # `pip install "diffprune[openvino]"`, the README's inference host, could not sample a text pipeline
+    # ("needs the 'tokenizers' package"): each inference extra brings it.
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    for extra in ("cpu", "openvino", "gpu", "text"):
+        assert any(r.startswith("tokenizers") and f'extra == "{extra}"' in r for r in requires), (extra, requires)
+
+
+def test_install_sizes_measures_the_readme_installs():
+    # benchmarks/install_sizes.py installs what the README's table says, with the extras pyproject.toml defines.
+    import importlib.util
+    import tomllib
+
+    spec = importlib.util.spec_from_file_location("install_sizes", ROOT / "benchmarks" / "install_sizes.py")
+    sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizes)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    readme = (ROOT / "README.md").read_text()
+    for _, command in sizes.INSTALLS.values():
+        asked = command.split('"diffprune[')[1].split(']"')[0].split(",")
+        assert set(asked) <= set(extras), command
+        assert f'`pip install "diffprune[{",".join(asked)}]"`' in readme, command
+    assert any("tokenizers" in r for r in extras["openvino"]) and any("tokenizers" in r for r in extras["cpu"])
+
+
 @pytest.mark.slow
 def test_torch_free_install_samples_and_benches_outside_the_source_tree(wheel, tiny_export, tmp_path):
     # As an inference host installs it: the wheel with one backend, in a fresh virtualenv, no torch.

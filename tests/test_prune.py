@@ -164,3 +164,38 @@ def test_bad_options_are_refused(tiny, kwargs, fragment):
     kwargs.setdefault("method", "magnitude")
     with pytest.raises(DiffPruneError, match=fragment):
         diffprune.prune(tiny, progress=False, **kwargs)
+
+
+def test_guidance_of_generated_calibration_data_is_a_flag_and_is_recorded(tmp_path, monkeypatch, capsys):
+    # generate:N with --prompts drew at 7.5 with no way to change it; builtin:digits-text wants 1.5.
+    import json
+
+    import diffprune.sampling
+    from diffprune.cli import main
+
+    scales = []
+    real = diffprune.sampling.generate
+
+    def recorded(*args, **kwargs):
+        scales.append(kwargs.get("guidance_scale"))
+        return real(*args, **{**kwargs, "steps": 2})  # the scale is what is tested, not the samples
+
+    monkeypatch.setattr(diffprune.sampling, "generate", recorded)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten digit seven\n")
+    base = ["prune", "arch:tiny-sd", None, "--data", "generate:2", "--prompts", str(prompts), "--num-images", "2",
+            "--max-timesteps", "1", "--ratio", "0.3", "--round-to", "1", "--quiet"]
+    out = tmp_path / "p15"
+    assert main([*base[:2], str(out), *base[3:], "--guidance-scale", "1.5"]) == 0
+    assert scales == [1.5]
+    assert json.loads((out / "unet" / "pruning.json").read_text())["pruning"]["guidance_scale"] == 1.5
+    assert "images drawn with guidance 1.5" in (out / "unet" / "pruning.json").read_text()
+    out = tmp_path / "default"
+    assert main([*base[:2], str(out), *base[3:]]) == 0
+    assert scales[-1] == 7.5 and json.loads((out / "unet" / "pruning.json").read_text())["pruning"]["guidance_scale"] == 7.5
+    capsys.readouterr()
+    # A scale with nothing drawn under guidance would be silently ignored: an error instead, before any work.
+    assert main(["prune", "arch:tiny", str(tmp_path / "x"), "--data", "builtin:digits", "--guidance-scale", "1.5"]) == 2
+    assert "--guidance-scale 1.5 applies to samples drawn with prompts" in capsys.readouterr().err
+    assert main([*base[:2], str(tmp_path / "y"), *base[3:], "--guidance-scale", "0.5"]) == 2
+    assert "guidance_scale 0.5 is invalid" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 from diffprune.errors import DiffPruneError
+from diffprune.pruning.importance import CRITERIA
 from diffprune.runtime.formats import ENGINE_JSON, MODEL_JSON
 from diffprune.runtime.runners import BACKENDS, auto_backend, parse_backend
 
@@ -20,9 +21,10 @@ examples:
   diffprune prune google/ddpm-cifar10-32 pruned --data generate:64
 """
 
-# The names in diffprune.pruning.importance.CRITERIA, repeated here because importing that package imports
-# torch; tests/test_cli.py checks the two are equal.
-CRITERIA_NAMES = ("diff-pruning", "taylor", "magnitude", "random", "reinit")
+# The criteria --method allows, read from the registry itself (one home): diffprune.importance imports
+# torch and torch_pruning only inside its functions, so the parser stays torch-free (tests/test_cli.py
+# builds it with torch made unimportable).
+CRITERIA_NAMES = tuple(CRITERIA)
 
 # Packages of the torch side (pruning, fine-tuning, export), by import name.
 TOOLCHAIN = ("torch", "diffusers", "torch_pruning")
@@ -34,6 +36,25 @@ def fraction(text):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def whole_number(least: int = 1):
+    """argparse type for a whole number >= ``least``: a count such as --steps 0 is an error, never "not given"."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+        return value
+
+    parse.__name__ = "count" if least >= 1 else "whole number"  # argparse names the type in its messages
+    return parse
+
+
+count = whole_number(1)  # steps, images, runs, batch sizes, threads
+count_or_zero = whole_number(0)  # where 0 means "none" or "off", as the option's help says
 
 
 def float_list(text):

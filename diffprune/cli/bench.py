@@ -6,7 +6,7 @@ import textwrap
 
 from diffprune.runtime.schedulers import SCHEDULERS
 
-from ._common import add_backend_argument, int_list
+from ._common import add_backend_argument, count, count_or_zero, int_list
 
 NAME = "bench"
 
@@ -24,7 +24,7 @@ def register(subparsers):
             images/s, the UNet's own time and the sampler's share, and each process's peak memory.
             The dense model in a diffusers DDIMPipeline (PyTorch eager; for pipelines the diffusers
             StableDiffusion(XL)/LDM pipeline of the same source) is added as the baseline a user
-            would otherwise run. Writes bench.json, bench.md, bench.png.
+            would otherwise run. Writes bench.json, bench.md and bench.png (the plot needs matplotlib).
 
             Speedups are given twice: the ratio of medians, and "paired", the median over rounds of the
             ratio within one round, which cancels drift that hits only some rounds. Compare numbers
@@ -37,30 +37,30 @@ def register(subparsers):
                         "backend, scheduler, steps and batch become the defaults")
     add_backend_argument(p, default=None, multiple=True)
     p.add_argument("--batch", type=int_list, default=None, help="comma-separated batch sizes (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50)")
+    p.add_argument("--steps", type=count, default=None, help="sampling steps (default 50)")
     p.add_argument("--scheduler", default=None, choices=list(SCHEDULERS),
                    help="default ddim; for pipeline exports the one their scheduler config names")
     p.add_argument("--prompt", default=None, help="pipeline exports: the prompt of every image "
                                                   "(default 'a photo of an astronaut riding a horse on mars')")
     p.add_argument("--guidance", type=float, default=None,
                    help="pipeline exports: classifier-free guidance scale (default the pipeline's, SD 7.5; <= 1 off)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per model and batch (default 10)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for every process, the PyTorch baseline too (default: the CPUs this process may use)")
+    p.add_argument("--runs", type=count, default=10, help="timed runs per model and batch (default 10)")
+    p.add_argument("--warmup", type=count_or_zero, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--threads", type=count, default=None, help="CPU threads for every process, the PyTorch baseline too (default: the CPUs this process may use)")
     p.add_argument("--torch-baseline", default="auto",
                    help="dense model source for the PyTorch eager baseline: auto (from the first artifact's "
                         "model.json), a model folder / arch:NAME, or none")
     p.add_argument("--no-memory", action="store_true", help="leave peak memory out of the report")
     p.add_argument("--out", default="bench", help="report folder (default bench)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
     from diffprune._io import check_writable
-    from diffprune.evaluation.benchmark import markdown, run_bench, write_report
+    from diffprune.evaluation.benchmark import markdown, report_files, run_bench, write_report
 
     check_writable(args.out, args.overwrite)
     args.artifacts = apply_deploy(args)
@@ -71,7 +71,8 @@ def run(args) -> int:
     command = "diffprune " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffprune") else ""
     write_report(results, args.out, command=command, overwrite=args.overwrite)
     print(markdown(results, command))
-    print(f"wrote {args.out}/bench.json, bench.md, bench.png")
+    files, skipped = report_files(args.out)
+    print(f"wrote {args.out}/{', '.join(files)}" + (f" ({skipped})" if skipped else ""))
     return 0
 
 
@@ -84,11 +85,14 @@ def apply_deploy(args) -> list:
     from diffprune.runtime.formats import is_pipeline
 
     artifacts, settings, _ = merge(args.artifacts, {k: getattr(args, k) for k in SETTINGS})
-    # --backend and --batch take lists; a deploy file sets one value
-    args.backend = args.backend or ([settings["backend"]] if settings["backend"] else ["auto"])
-    args.batch = args.batch or ([settings["batch"]] if settings["batch"] else [1])
-    args.steps = settings["steps"] or 50
+    # --backend and --batch take lists; a deploy file sets one value. None is "not given" (argparse refuses 0).
+    if args.backend is None:
+        args.backend = [settings["backend"]] if settings["backend"] is not None else ["auto"]
+    if args.batch is None:
+        args.batch = [settings["batch"]] if settings["batch"] is not None else [1]
+    args.steps = settings["steps"] if settings["steps"] is not None else 50
     args.scheduler = settings["scheduler"]
-    if not any(is_pipeline(a) for a in args.artifacts):  # pipelines default to their own scheduler
-        args.scheduler = args.scheduler or "ddim"
+    if not any(is_pipeline(a) for a in artifacts):  # pipelines default to their own scheduler
+        if args.scheduler is None:
+            args.scheduler = "ddim"
     return artifacts

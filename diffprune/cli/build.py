@@ -1,7 +1,7 @@
 """``diffprune build``: a shell over :func:`diffprune.export.build_engine` (TensorRT), and
 :func:`diffprune.export.build_pipeline` for a pipeline export (one engine per component)."""
 
-from ._common import missing_note, require
+from ._common import count, missing_note, require
 
 NAME = "build"
 # torch names the GPU the engine is built for; onnx checks the export. tensorrt itself is checked
@@ -30,7 +30,7 @@ def register(subparsers):
     p.add_argument("--timing-cache", help="timing cache file, loaded if present and saved after the build")
     p.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere+ GPU (slower)")
     p.add_argument("--version-compatible", action="store_true", help="engine loads in newer TensorRT versions")
-    p.add_argument("--batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"),
+    p.add_argument("--batch", type=count, nargs=3, metavar=("MIN", "OPT", "MAX"),
                    help="images per call for the profiles (default: the export's range; doubled for guided components)")
     p.add_argument("--print-profiles", action="store_true",
                    help="print the optimization profiles (input shapes) and exit; needs no TensorRT")
@@ -54,7 +54,7 @@ def run(args) -> int:
             profiles = pipeline_profiles(args.onnx_dir, args.batch)
         else:
             meta = verify_export(args.onnx_dir)
-            b = args.batch or (meta["batch"]["min"], meta["batch"]["opt"], meta["batch"]["max"])
+            b = args.batch if args.batch is not None else (meta["batch"]["min"], meta["batch"]["opt"], meta["batch"]["max"])
             profiles = {"model": profile_shapes(meta, b)}
         for component, shapes in profiles.items():
             for name, (lo, opt, hi) in shapes.items():

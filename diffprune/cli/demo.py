@@ -3,7 +3,8 @@
 import argparse
 import textwrap
 
-from ._common import CRITERIA_NAMES, TOOLCHAIN, add_backend_argument, fraction, int_list, missing_note, require
+from ._common import (CRITERIA_NAMES, TOOLCHAIN, add_backend_argument, count, fraction, int_list, missing_note,
+                      require)
 
 NAME = "demo"
 NEEDS = TOOLCHAIN + ("accelerate", "onnx")  # it prunes, fine-tunes and exports
@@ -31,26 +32,27 @@ def register(subparsers):
     p.add_argument("--out", default="diffprune-demo", help="output folder (default diffprune-demo)")
     p.add_argument("--model", default="builtin:digits-ddpm", help="dense model: builtin:digits-ddpm (default), a folder, hub id or arch:NAME")
     p.add_argument("--data", default="builtin:digits", help="calibration and fine-tuning data (default builtin:digits)")
-    p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES))
+    p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES),
+                   help="importance criterion (default diff-pruning)")
     p.add_argument("--target-macs", type=fraction, default=0.5, help="fraction of dense MACs to keep (default 0.5)")
-    p.add_argument("--calibration-images", type=int, default=D.calibration_images,
+    p.add_argument("--calibration-images", type=count, default=D.calibration_images,
                    help=f"images for Diff-Pruning's gradients (default {D.calibration_images})")
-    p.add_argument("--max-timesteps", type=int, default=None, help="cap on the timesteps Diff-Pruning sums")
-    p.add_argument("--round-to", type=int, default=D.round_to, help=f"pruned widths stay multiples of this (default {D.round_to})")
-    p.add_argument("--finetune-steps", type=int, default=D.finetune_steps, help=f"fine-tuning steps (default {D.finetune_steps})")
+    p.add_argument("--max-timesteps", type=count, default=None, help="cap on the timesteps Diff-Pruning sums")
+    p.add_argument("--round-to", type=count, default=D.round_to, help=f"pruned widths stay multiples of this (default {D.round_to})")
+    p.add_argument("--finetune-steps", type=count, default=D.finetune_steps, help=f"fine-tuning steps (default {D.finetune_steps})")
     p.add_argument("--finetune-lr", type=float, default=D.finetune_lr, help=f"fine-tuning learning rate (default {D.finetune_lr:g})")
     p.add_argument("--kd-weight", type=float, default=D.kd_weight,
                    help=f"weight of the distillation loss (matching the dense model) beside the denoising loss (default {D.kd_weight:g})")
-    p.add_argument("--n", type=int, default=D.n, help=f"images per model for SSIM and the digits classifier (default {D.n})")
-    p.add_argument("--grid", type=int, default=D.grid, help=f"images per model shown in grid.png (default {D.grid})")
-    p.add_argument("--steps", type=int, default=D.steps, help=f"DDIM steps (default {D.steps})")
-    p.add_argument("--bench-runs", type=int, default=D.bench_runs, help=f"timed runs per model (default {D.bench_runs})")
+    p.add_argument("--n", type=count, default=D.n, help=f"images per model for SSIM and the digits classifier (default {D.n})")
+    p.add_argument("--grid", type=count, default=D.grid, help=f"images per model shown in grid.png (default {D.grid})")
+    p.add_argument("--steps", type=count, default=D.steps, help=f"DDIM steps (default {D.steps})")
+    p.add_argument("--bench-runs", type=count, default=D.bench_runs, help=f"timed runs per model (default {D.bench_runs})")
     p.add_argument("--bench-batch", type=int_list, default=list(D.bench_batches),
                    help=f"batch sizes for the latency table, the largest the headline (default {','.join(map(str, D.bench_batches))})")
     add_backend_argument(p)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the runtime and the PyTorch baseline")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=count, default=None, help="CPU threads for the runtime and the PyTorch baseline")
+    p.add_argument("--seed", type=int, default=0, help="seed for pruning, fine-tuning and sampling (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines, only the stage lines")
     p.set_defaults(func=run)
     return p
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from diffprune.errors import DiffPruneError
 from diffprune.runtime.schedulers import SCHEDULERS
 
-from ._common import add_backend_argument, is_artifact, require
+from ._common import add_backend_argument, count, is_artifact, require
 from .export import NEEDS as EXPORT_NEEDS
 
 NAME = "eval"
@@ -31,11 +31,11 @@ def register(subparsers):
     )
     p.add_argument("model", metavar="MODEL", help="model folder, ONNX export or engine")
     p.add_argument("--dense", help="the dense model, for consistency (SSIM/PSNR)")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=count, default=64, help="images generated per model, from seeds 0..n-1 of --seed (default 64)")
+    p.add_argument("--steps", type=count, default=50, help="sampling steps (default 50)")
+    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS), help="sampling scheduler (default ddim)")
+    p.add_argument("--batch", type=count, default=8, help="images per UNet call (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise, the same for MODEL and DENSE (default 0)")
     add_backend_argument(p)
     p.add_argument("--reference", help="reference images or statistics for FID")
     p.add_argument("--features", help="ONNX feature network for FID (images in [0, 1] -> vectors)")

@@ -4,7 +4,7 @@
 import argparse
 import textwrap
 
-from ._common import TOOLCHAIN, missing_note, require
+from ._common import TOOLCHAIN, count, missing_note, require
 
 NAME = "export"
 NEEDS = TOOLCHAIN + ("onnx",)
@@ -33,10 +33,10 @@ def register(subparsers):
     p.add_argument("src", metavar="SRC", help="model folder, hub id or arch:NAME")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (written atomically)")
     p.add_argument("--fp16", action="store_true", help="float16 graph (norms and softmax stay float32; I/O stays float32)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    p.add_argument("--min-batch", type=int, default=1, help="smallest batch (default 1)")
-    p.add_argument("--opt-batch", type=int, default=None, help="batch TensorRT optimises for (default 8, within min..max)")
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch (default 64)")
+    p.add_argument("--opset", type=count, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--min-batch", type=count, default=1, help="smallest batch (default 1)")
+    p.add_argument("--opt-batch", type=count, default=None, help="batch TensorRT optimises for (default 8, within min..max)")
+    p.add_argument("--max-batch", type=count, default=64, help="largest batch (default 64)")
     p.add_argument("--dynamic-hw", action="store_true", help="dynamic height and width (default: fixed at the model's sample size)")
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
                    help="torch.export-based (default) or the legacy TorchScript exporter")

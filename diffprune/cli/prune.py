@@ -5,10 +5,23 @@ import textwrap
 
 from diffprune.data.images import RESIZE_MODES
 
-from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, fraction, missing_note, require, resolve_device
+from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, count, fraction, missing_note, require, resolve_device
 
 NAME = "prune"
 NEEDS = TOOLCHAIN
+
+
+def _sources() -> str:
+    """What SRC may be, the shipped models and arch: names read from their tables (diffprune.sources.architectures,
+    plain data), so the help cannot fall behind them."""
+    import textwrap
+
+    from diffprune.sources.architectures import ARCHITECTURES, BUILTIN_MODELS
+
+    return textwrap.fill(
+        "SRC: a diffusers folder, a pipeline folder (its unet/ and scheduler/), a hub id (owner/name), a pruned "
+        f"folder, a model shipped in the package ({', '.join(BUILTIN_MODELS)}), or arch:NAME (a built-in "
+        f"architecture with random weights: {', '.join(ARCHITECTURES)}).", 100)
 
 
 def register(subparsers):
@@ -27,13 +40,11 @@ def register(subparsers):
             model itself with those prompts. Class-conditional ones get --class-labels, else the data's
             labels (builtin:digits, an .npz's labels), else uniformly drawn ones. Only the UNet is pruned;
             a pipeline SRC gives a pipeline OUT (the pruned UNet in unet/, the other components carried over).
-            SRC: a diffusers folder, a pipeline folder (its unet/ and scheduler/), a hub id (owner/name),
-            a pruned folder, or arch:NAME (built-in architecture with random weights: ddpm-cifar10-32,
-            sd15, sd21-base, sdxl, and tiny test ones: tiny, tiny-attn, tiny-class, tiny-sd, tiny-sdxl).
+            SOURCES
             Several GPUs: accelerate launch --multi_gpu -m diffprune prune ... (or torchrun; on CPUs
             torchrun --nproc_per_node N -m diffprune prune ... --device cpu): each process takes a share of the
             calibration images, their gradients and losses are summed, so the kept channels and the timesteps
-            used are those of one process; the first process writes OUT.""")
+            used are those of one process; the first process writes OUT.""").replace("SOURCES", _sources())
         + missing_note(*NEEDS),
         epilog=EPILOG,
     )
@@ -52,16 +63,20 @@ def register(subparsers):
                         ".npy/.npz, builtin:digits, or generate:N (needed by diff-pruning and taylor)")
     p.add_argument("--prompts", default=None, metavar="FILE",
                    help="text-conditioned models with --data generate:N: one prompt per line, cycled over the N "
-                        "samples (drawn with classifier-free guidance 7.5); default: the empty prompt")
+                        "samples (drawn with classifier-free guidance, see --guidance-scale); default: the empty prompt")
+    p.add_argument("--guidance-scale", type=fraction, default=None, metavar="SCALE",
+                   help="classifier-free guidance the generate:N samples are drawn with when --prompts are given "
+                        "(default 7.5, Stable Diffusion's; builtin:digits-text wants 1.5, see its model card); "
+                        "recorded in pruning.json")
     p.add_argument("--resize", default="bilinear", choices=RESIZE_MODES,
                    help="how images of another size reach the model's: bilinear (default; stretch), pad (black "
                         "borders, e.g. 28x28 digits for a model trained on them padded to 32x32), center-crop "
                         "(shorter side to the size, then the middle); a warning is printed whenever images are resized")
-    p.add_argument("--max-timesteps", type=int, default=None,
+    p.add_argument("--max-timesteps", type=count, default=None,
                    help="cap on the timesteps summed, whatever --thr says (default: no cap)")
-    p.add_argument("--num-images", type=int, default=64, help="calibration images used (default 64)")
-    p.add_argument("--micro-batch", type=int, default=16, help="images per backward pass; lower it if memory is short (default 16)")
-    p.add_argument("--round-to", type=int, default=8, help="keep widths multiples of this (default 8, for tensor cores; 1 = off)")
+    p.add_argument("--num-images", type=count, default=64, help="calibration images used (default 64)")
+    p.add_argument("--micro-batch", type=count, default=16, help="images per backward pass; lower it if memory is short (default 16)")
+    p.add_argument("--round-to", type=count, default=8, help="keep widths multiples of this (default 8, for tensor cores; 1 = off)")
     p.add_argument("--class-labels", type=_labels, default=None, metavar="L[,L...]",
                    help="class-conditional models: labels cycled over the calibration images, e.g. 0,1,2 "
                         "(default: drawn uniformly with --seed)")
@@ -98,6 +113,7 @@ def _processes(device: str) -> tuple:
 def run(args) -> int:
     require(*NEEDS)
     from diffprune._io import check_writable
+    from diffprune.pruning.calibration import check_guidance
     from diffprune.pruning.pruner import check_options
     from diffprune.pruning.recipe import prune_source
     from diffprune.sources.resolve import pipeline_source
@@ -107,6 +123,7 @@ def run(args) -> int:
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
                   args.num_images, args.micro_batch)
     prompts = read_prompts(args.prompts) if args.prompts else None
+    check_guidance(args.guidance_scale, args.data, prompts)
     device = resolve_device(args.device)
     device, main = _processes(device)
     if main:
@@ -116,6 +133,7 @@ def run(args) -> int:
         thr=args.thr, round_to=args.round_to, seed=args.seed, num_images=args.num_images, micro_batch=args.micro_batch,
         prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize, progress=not args.quiet,
         class_labels=args.class_labels, prompts=prompts,
+        guidance_scale=args.guidance_scale,
     )
     if not main:
         return 0  # every rank holds the same pruned model; the first one writes and prints it

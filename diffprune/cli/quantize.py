@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from ._common import missing_note, require
+from ._common import count, missing_note, require
 
 NAME = "quantize"
 NEEDS = ("openvino", "nncf")
@@ -26,14 +26,14 @@ def register(subparsers):
     )
     p.add_argument("export", metavar="EXPORT", help="float32 ONNX export folder (from `diffprune export`)")
     p.add_argument("out", metavar="OUT", help="IR folder to write (atomically)")
-    p.add_argument("--n", type=int, default=16, help="sampling trajectories for calibration and validation (default 16)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps per trajectory (default 50)")
-    p.add_argument("--subset-size", type=int, default=None, help="calibration inputs NNCF uses (default: all, n x steps)")
-    p.add_argument("--batch", type=int, default=1, help="the batch the INT8 model is fixed to (default 1)")
+    p.add_argument("--n", type=count, default=16, help="sampling trajectories for calibration and validation (default 16)")
+    p.add_argument("--steps", type=count, default=50, help="DDIM steps per trajectory (default 50)")
+    p.add_argument("--subset-size", type=count, default=None, help="calibration inputs NNCF uses (default: all, n x steps)")
+    p.add_argument("--batch", type=count, default=1, help="the batch the INT8 model is fixed to (default 1)")
     p.add_argument("--min-ssim", type=float, default=0.95, help="refuse below this SSIM vs float32 (default 0.95)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for OpenVINO")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--threads", type=count, default=None, help="CPU threads for OpenVINO")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration trajectories (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)
     return p
 

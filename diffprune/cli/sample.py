@@ -6,7 +6,7 @@ import argparse
 from diffprune.errors import DiffPruneError
 from diffprune.runtime.schedulers import SCHEDULERS
 
-from ._common import add_backend_argument
+from ._common import add_backend_argument, count
 
 NAME = "sample"
 
@@ -33,17 +33,17 @@ def register(subparsers):
     p.add_argument("--guidance", type=float, default=None,
                    help="pipeline exports: classifier-free guidance scale (default: pipeline.json's, SD 7.5; <= 1 off)")
     p.add_argument("--class-label", type=int, default=None, help="class-conditional pipeline exports: the class")
-    p.add_argument("--n", type=int, default=None, help="number of images (default 64; pipelines 1)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50, or deploy.json's)")
+    p.add_argument("--n", type=count, default=None, help="number of images (default 64; pipelines 1)")
+    p.add_argument("--steps", type=count, default=None, help="sampling steps (default 50, or deploy.json's)")
     p.add_argument("--scheduler", default=None, choices=list(SCHEDULERS),
                    help="default ddim, or deploy.json's; for pipelines the one their scheduler config names")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic, default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=None, help="images per UNet call (default: as many as the artifact allows)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    p.add_argument("--batch", type=count, default=None, help="images per UNet call (default: as many as the artifact allows)")
     add_backend_argument(p, default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO (default: their choice)")
+    p.add_argument("--threads", type=count, default=None, help="CPU threads for ONNX Runtime / OpenVINO (default: their choice)")
     p.add_argument("--out", default="grid.png", help="PNG grid to write (default grid.png)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the PNG if it exists")
     p.set_defaults(func=run)
     return p
 
@@ -65,12 +65,12 @@ def run(args) -> int:
             f"{args.artifact!r} is a single UNet export (model.json), not a pipeline: --prompt, --negative-prompt, "
             "--guidance and --class-label need the pipeline's text encoder and decoder. Export the whole pipeline "
             "(`diffprune export PIPELINE OUT`, which writes pipeline.json) and sample that folder.")
-    args.n = args.n or 64
+    if args.n is None:
+        args.n = 64
     (artifact,), settings, (deploy,) = apply_deploy([args.artifact], {k: getattr(args, k) for k in SETTINGS})
-    args.scheduler = settings["scheduler"] or "ddim"
-    args.steps = settings["steps"] or 50
-    args.batch = settings["batch"]
-    args.backend = settings["backend"] or "auto"
+    # Only what was not given comes from deploy.json (argparse already refused 0 and negative counts).
+    for key, default in (("scheduler", "ddim"), ("steps", 50), ("batch", None), ("backend", "auto")):
+        setattr(args, key, settings[key] if settings[key] is not None else default)
     kwargs = {"eta": args.eta} if args.scheduler == "ddim" else {}
     if args.eta and args.scheduler != "ddim":
         raise DiffPruneError(f"--eta applies to the ddim scheduler only, not {args.scheduler}.")
@@ -93,9 +93,9 @@ def run_pipeline(args) -> int:
     from diffprune.runtime.image import grid, save_png
     from diffprune.runtime.pipeline import Pipeline
 
-    with Pipeline(args.artifact, args.backend or "auto", threads=args.threads) as pipe:
+    with Pipeline(args.artifact, "auto" if args.backend is None else args.backend, threads=args.threads) as pipe:
         images = pipe.generate(args.prompt, n=args.n, negative_prompt=args.negative_prompt, guidance=args.guidance,
-                               steps=args.steps or 50, scheduler=args.scheduler, seed=args.seed, batch=args.batch,
+                               steps=50 if args.steps is None else args.steps, scheduler=args.scheduler, seed=args.seed, batch=args.batch,
                                class_labels=args.class_label, eta=args.eta)
         backend = pipe.runners["unet"].backend
     save_png(args.out, grid(images))

@@ -7,8 +7,8 @@ exported first, both of which need the toolchain.
 import argparse
 import textwrap
 
-from ._common import (CRITERIA_NAMES, add_backend_argument, float_list, int_list, is_artifact, require,
-                      scheduler_list)
+from ._common import (CRITERIA_NAMES, add_backend_argument, count, count_or_zero, float_list, int_list, is_artifact,
+                      require, scheduler_list)
 from .export import NEEDS as EXPORT_NEEDS
 
 NAME = "select"
@@ -56,7 +56,7 @@ def register(subparsers):
     p.add_argument("--reference", default="auto", metavar="SCHEDULER:STEPS",
                    help="the dense setting quality is measured against (default auto: ddim or the model's "
                         "deterministic scheduler, 100 steps)")
-    p.add_argument("--n", type=int, default=16, help="images per configuration for the quality score (default 16)")
+    p.add_argument("--n", type=count, default=16, help="images per configuration for the quality score (default 16)")
     p.add_argument("--features", help="ONNX feature network (images in [0, 1] -> vectors), or builtin:digits-features: "
                                       "adds FID, against the dense reference images or --fid-reference")
     p.add_argument("--fid-reference", help="real images for FID (folder, .npy/.npz, builtin:digits) or a .npz of "
@@ -66,17 +66,20 @@ def register(subparsers):
     p.add_argument("--quality-from", metavar="SELECT_JSON",
                    help="reuse the quality scores of an earlier select.json (same model names, schedulers, steps, "
                         "backends) instead of sampling: measure quality once, plan latency on each machine")
-    p.add_argument("--runs", type=int, default=10, help="timed end-to-end runs per measured configuration (default 10)")
-    p.add_argument("--probe-runs", type=int, default=5, help="timed runs of each model/backend/batch probe (default 5)")
+    p.add_argument("--runs", type=count, default=10, help="timed end-to-end runs per measured configuration (default 10)")
+    p.add_argument("--probe-runs", type=count, default=5, help="timed runs of each model/backend/batch probe (default 5)")
     p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES), help="pruning method for --sweep")
     p.add_argument("--data", default="builtin:digits", help="calibration / fine-tuning data for --sweep")
-    p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune each sweep model this many steps (default 0)")
-    p.add_argument("--calibration-images", type=int, default=64)
-    p.add_argument("--max-timesteps", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--finetune-steps", type=count_or_zero, default=0, help="fine-tune each sweep model this many steps (default 0)")
+    p.add_argument("--calibration-images", type=count, default=64,
+                   help="calibration images for pruning each --sweep model (default 64)")
+    p.add_argument("--max-timesteps", type=count, default=None,
+                   help="cap on the timesteps Diff-Pruning sums for --sweep (default: no cap)")
+    p.add_argument("--threads", type=count, default=None,
+                   help="CPU threads for every measured process (default: their choice)")
     p.add_argument("--out", default="select", help="report folder (default select; exports go to OUT.work)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the report folder if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.set_defaults(func=run)
     return p
 

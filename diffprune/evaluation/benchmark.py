@@ -452,6 +452,10 @@ def _x(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+PLOT_SKIPPED = ("bench.png was not written: matplotlib is not installed in this Python (an inference host needs "
+                "none); pip install matplotlib, or the 'dev' extra (pip install 'diffprune[dev]'), to get the plot")
+
+
 def plot(results: dict, path) -> bool:
     """Latency against batch, one line per model. Returns False when matplotlib is missing."""
     try:
@@ -481,11 +485,21 @@ def plot(results: dict, path) -> bool:
 
 
 def write_report(results: dict, out, command: str = "", overwrite: bool = False) -> Path:
+    """bench.json, bench.md and, where matplotlib is installed, bench.png in the folder ``out``; see
+    :func:`report_files` for what was written."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        (tmp / "bench.json").write_text(json.dumps({**results, "command": command}, indent=1, default=str))
+        plotted = plot(results, tmp / "bench.png")
+        record = {**results, "command": command, "plot": "bench.png" if plotted else PLOT_SKIPPED}
+        (tmp / "bench.json").write_text(json.dumps(record, indent=1, default=str))
         (tmp / "bench.md").write_text(markdown(results, command))
-        plot(results, tmp / "bench.png")
     return Path(out)
+
+
+def report_files(out) -> tuple:
+    """(the report files in ``out``, a note when the plot was skipped): only files that exist are named."""
+    out = Path(out)
+    files = [name for name in ("bench.json", "bench.md", "bench.png") if (out / name).is_file()]
+    return files, None if "bench.png" in files else PLOT_SKIPPED
 
 
 def _serve_torch(argv=None):

@@ -2,6 +2,8 @@
 the conditioning they are denoised under) and ``generate:N`` samples drawn from the model itself, shared by
 several processes when there are several. Fine-tuning's ``generate:N`` draws through the same functions."""
 
+import math
+
 from ..errors import DiffPruneError
 from . import _distributed
 from .importance import Calibration
@@ -14,8 +16,25 @@ def device_of(model):
 GUIDANCE_SCALE = 7.5  # the SD pipelines' default classifier-free guidance, for generate:N with --prompts
 
 
+def check_guidance(guidance_scale, data, prompts) -> float | None:
+    """The guidance generate:N draws with: ``guidance_scale`` (default GUIDANCE_SCALE) where samples are drawn
+    with prompts, None where nothing is drawn with guidance; a clear error for a scale that would go unused."""
+    drawn = isinstance(data, str) and data.startswith("generate:") and prompts is not None
+    if guidance_scale is None:
+        return GUIDANCE_SCALE if drawn else None
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 1:
+        raise DiffPruneError(f"guidance_scale {guidance_scale!r} is invalid; allowed: a number >= 1 (1 = no guidance; "
+                             f"SD's default {GUIDANCE_SCALE}; a small pixel model such as builtin:digits-text wants "
+                             "about 1.5, see its model card).")
+    if not drawn:
+        raise DiffPruneError(f"--guidance-scale {guidance_scale:g} applies to samples drawn with prompts (--data "
+                             "generate:N --prompts FILE); with other data nothing is drawn with guidance. Leave it out, "
+                             "or draw the data with --prompts.")
+    return float(guidance_scale)
+
+
 def build_calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear", class_labels=None,
-                 text_encoder=None, vae=None, prompts=None):
+                 text_encoder=None, vae=None, prompts=None, guidance_scale=GUIDANCE_SCALE):
     """Clean samples (latents for latent models) and the conditioning they are denoised under: class
     labels (given, else the data's, else drawn), text embeddings of the captions or prompts (the
     empty-prompt stand-in without a text encoder). Returns (Calibration, what the text inputs were)."""
@@ -42,7 +61,7 @@ def build_calibration(data, model, scheduler_config, n, micro_batch, seed, progr
 
     if generating:
         images, inputs, text_inputs = generate_samples(model, scheduler_config, generate_count(data), seed, progress,
-                                                       class_labels, text_encoder, prompts, latent)
+                                                       class_labels, text_encoder, prompts, latent, guidance_scale)
     else:
         if prompts is not None:
             raise DiffPruneError("--prompts go with --data generate:N (the prompts the calibration images are drawn "
@@ -100,11 +119,12 @@ def generate_count(data: str) -> int:
 
 
 def generate_samples(model, scheduler_config, count: int, seed: int = 0, progress: bool = True, class_labels=None,
-                     text_encoder=None, prompts=None, latent: bool = False):
+                     text_encoder=None, prompts=None, latent: bool = False, guidance_scale: float | None = None):
     """``generate:N``'s data: ``count`` samples drawn from ``model`` (DDIM, diffprune.data.generate) under its
     conditioning, for pruning's calibration and for fine-tuning. Class labels: ``class_labels`` cycled, else
     drawn uniformly with ``seed``. Text: ``prompts`` cycled through ``text_encoder``, drawn with classifier-free
-    guidance GUIDANCE_SCALE; without prompts the encoder's empty prompt, without an encoder the stand-in.
+    guidance ``guidance_scale`` (default GUIDANCE_SCALE); without prompts the encoder's empty prompt, without an
+    encoder the stand-in.
     Latents (``latent``) are left unclamped. Several processes share the drawing (_generate_shared).
 
     Returns ``(samples (N, C, H, W), inputs (the conditioning per sample, batch-first), text_inputs)``, the
@@ -118,6 +138,7 @@ def generate_samples(model, scheduler_config, count: int, seed: int = 0, progres
     size = sample_size(model)
     text_inputs = cond.text_inputs
     text = uncond = None
+    guidance_scale = GUIDANCE_SCALE if guidance_scale is None else guidance_scale
     if prompts is not None and not cond.text_width:
         raise DiffPruneError(f"--prompts were given, but this {cond.model_class} reads no text "
                              f"(conditioning: {cond.kind}); leave them out.")
@@ -130,13 +151,16 @@ def generate_samples(model, scheduler_config, count: int, seed: int = 0, progres
             uncond = cond.inputs(count, size, generator=torch.Generator().manual_seed(seed),
                                  text=text_encoder([""] * count, device=device_of(model)))
             text_inputs += (f", {len(prompts)} prompt{'s' if len(prompts) > 1 else ''}, images drawn with guidance "
-                            f"{GUIDANCE_SCALE}")
+                            f"{guidance_scale:g}")
     inputs = cond.inputs(count, size, class_labels=class_labels, generator=torch.Generator().manual_seed(seed),
                          text=text)
-    return _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent), inputs, text_inputs
+    samples = _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent,
+                               guidance_scale)
+    return samples, inputs, text_inputs
 
 
-def _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent):
+def _generate_shared(model, scheduler_config, count, size, seed, progress, inputs, uncond, latent,
+                     guidance_scale=GUIDANCE_SCALE):
     """generate:N samples; with several processes each rank draws its share (the same starting noise and
     conditioning rows one process would give those samples) and every rank receives all of them."""
     import torch
@@ -144,7 +168,7 @@ def _generate_shared(model, scheduler_config, count, size, seed, progress, input
     from ..sources.conditioning import slice_inputs
     from ..data.generate import generate
 
-    guidance = GUIDANCE_SCALE if uncond is not None else 1.0
+    guidance = guidance_scale if uncond is not None else 1.0
     rank, world = _distributed.world()
     if world == 1:
         return generate(model, scheduler_config, count, seed=seed, progress=progress, inputs=inputs, uncond=uncond,

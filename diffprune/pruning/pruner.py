@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from . import _distributed
 from ..data.images import check_resize
 from ..errors import DiffPruneError
-from .calibration import build_calibration, device_of
+from .calibration import GUIDANCE_SCALE, build_calibration, check_guidance, device_of
 from .importance import CRITERIA
 
 DEFAULT_TARGET_MACS = 0.5  # the paper's headline: about half the MACs
@@ -49,6 +49,7 @@ class PruneReport:
     seconds: float = 0.0
     importance_seconds: float = 0.0
     processes: int = 1  # processes that shared the calibration images (accelerate launch / torchrun)
+    guidance_scale: float | None = None  # classifier-free guidance of generate:N with prompts; None: not drawn so
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -228,7 +229,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
           data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
           progress: bool = True, resize: str = "bilinear", class_labels=None, text_encoder=None, vae=None,
-          prompts=None):
+          prompts=None, guidance_scale: float | None = None):
     """Prune a diffusers ``UNet2DModel`` or ``UNet2DConditionModel``; return ``(pruned_model, PruneReport)``.
 
     ``method``: diff-pruning (paper), taylor, magnitude, random or reinit (random structure, fresh
@@ -245,7 +246,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     uniformly with ``seed``; text-conditioned ones the captions of the data (same-stem .txt files, a
     JSONL's ``"text"``) through ``text_encoder`` (diffprune.sources.text.TextEncoder, frozen, run once), with
     images encoded to latents by ``vae`` (diffprune.sources.vae); ``data="generate:N"`` with ``prompts`` (a
-    list of str) draws the calibration latents from the model with those prompts. Without a text
+    list of str) draws the calibration latents from the model with those prompts, with classifier-free
+    guidance ``guidance_scale`` (default GUIDANCE_SCALE, 7.5, recorded in the report). Without a text
     encoder, text inputs are the empty-prompt stand-in (zeros; SDXL's default time ids), which gives
     cross-attention no gradient. ``text_encoder`` and ``vae`` may be ``diffprune.sources.loader.FromSource``
     loaders, loaded only when needed. Params and MACs are counted with the default inputs.
@@ -269,6 +271,9 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise DiffPruneError(f"prompts must be a non-empty list of strings; got {prompts[:3]!r}.")
+    guidance_scale = check_guidance(guidance_scale, data, prompts)
+    if not CRITERIA[method].needs_data:
+        guidance_scale = None  # nothing is drawn: magnitude, random and reinit read no data
     if ratio is None and target_macs is None:
         target_macs = DEFAULT_TARGET_MACS
     started = time.perf_counter()
@@ -282,8 +287,9 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if criterion.needs_data:
-            calib, text_inputs = build_calibration(data, dense, scheduler_config, num_images, micro_batch, seed, progress,
-                                              resize, class_labels, text_encoder, vae, prompts)
+            calib, text_inputs = build_calibration(data, dense, scheduler_config, num_images, micro_batch, seed,
+                                                   progress, resize, class_labels, text_encoder, vae, prompts,
+                                                   guidance_scale or GUIDANCE_SCALE)
             cond = dataclasses.replace(cond, text_inputs=text_inputs)
             calib.max_timesteps = max_timesteps
             with torch.enable_grad():
@@ -315,7 +321,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         calibration=calib.description if criterion.needs_data else "", resize=resize,
         conditioning=cond.to_dict(), no_gradient_groups=list(planner.no_signal),
         seconds=time.perf_counter() - started,
-        importance_seconds=importance_seconds, processes=_distributed.world()[1],
+        importance_seconds=importance_seconds, processes=_distributed.world()[1], guidance_scale=guidance_scale,
     )
     return model.eval(), report
 

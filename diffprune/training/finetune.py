@@ -47,13 +47,14 @@ class FinetuneReport:
     resumed_from: int | None = None
     mixed_precision: str = "no"
     device: str = "cpu"
+    steps_this_run: int | None = None  # steps minus resumed_from: what this run trained (steps_per_s is over them)
 
     def to_dict(self):
         return asdict(self)
 
 
 def _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
-           caption_dropout=0.0, feature_kd_weight=0.0):
+           caption_dropout=0.0, feature_kd_weight=0.0, checkpoint_minutes=0.0):
     if not 0 <= caption_dropout <= 1:
         raise DiffPruneError(f"caption_dropout {caption_dropout} is out of range; allowed 0 <= p <= 1 (0.1 is usual: "
                              "one caption in ten replaced by the empty prompt, so classifier-free guidance keeps working).")
@@ -81,6 +82,9 @@ def _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precisio
         raise DiffPruneError(f"ema_decay {ema_decay} is out of range; allowed 0 <= decay < 1 (0 disables EMA).")
     if checkpoint_every < 0:
         raise DiffPruneError(f"checkpoint_every {checkpoint_every} must be >= 0 (0 = only at the end).")
+    if not checkpoint_minutes >= 0:
+        raise DiffPruneError(f"checkpoint_minutes {checkpoint_minutes} must be >= 0 (0 = no time-based checkpoints; "
+                             "default 10).")
 
 
 def _mixed_precision(choice: str, device: str) -> str:
@@ -121,7 +125,7 @@ def _load_optimizer(optimizer, tensors, meta):
 
 
 def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, config: dict, keep: int = 2,
-                    data_state: dict | None = None, projector=None):
+                    data_state: dict | None = None, projector=None, losses: list | None = None):
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,6 +146,8 @@ def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, con
             "rng": {"seed": config["seed"], "derived_from": "(seed, step, rank)"}, "config": config,
             # Streamed data: where the next batch starts (diffprune.data.stream.Stream.state); None for data in memory.
             "data": data_state,
+            # loss.csv's rows so far: a resumed run writes the whole history, not only its own steps.
+            "losses": losses,
         }, indent=1, default=str))
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -151,6 +157,23 @@ def save_checkpoint(folder: Path, step, model, ema, optimizer, lr_scheduler, con
 def latest_checkpoint(folder: Path):
     steps = sorted(p for p in Path(folder).glob("step-*") if (p / "state.json").is_file())
     return steps[-1] if steps else None
+
+
+def checkpoint_folder(out, checkpoint_dir=None) -> Path:
+    """Where the checkpoints of a run writing ``out`` go: ``checkpoint_dir``, else OUT.ckpt beside it."""
+    out = Path(out)
+    return Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
+
+
+def remove_checkpoints(folder: Path) -> None:
+    """Delete the checkpoints (step-*) in ``folder``, and the folder once empty: after the model is safely
+    written they only take space. Anything else a user keeps there stays."""
+    folder = Path(folder)
+    for path in folder.glob("step-*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only if empty
 
 
 def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler, projector=None) -> int:
@@ -312,7 +335,7 @@ def _conditional_examples(data, student, cond, text_encoder, vae, caption_dropou
 
 
 def _generated_examples(data, model, student, cond, text_encoder, vae, prompts, scheduler_config, seed, precompute,
-                        progress, device):
+                        progress, device, guidance_scale=None):
     """``generate:N``: N samples drawn from ``model`` (the teacher, else the student) by pruning's generate path
     (diffprune.pruning.calibration.generate_samples), and the conditioning they were drawn under, which the student is then
     trained on: every class in turn for class-conditional models; for text models the ``prompts`` (cycled,
@@ -335,7 +358,8 @@ def _generated_examples(data, model, student, cond, text_encoder, vae, prompts, 
     classes = list(range(cond.num_classes)) if cond.num_classes else None  # cycled: every class alike
     was_training = model.training
     samples, inputs, _ = generate_samples(model.to(device).eval(), scheduler_config, count, seed=seed, progress=progress,
-                                          class_labels=classes, text_encoder=text_encoder, prompts=prompts, latent=latent)
+                                          class_labels=classes, text_encoder=text_encoder, prompts=prompts, latent=latent,
+                                          guidance_scale=guidance_scale)
     model.train(was_training)
     labels = inputs["class_labels"].tolist() if cond.num_classes else None
     captions = [prompts[i % len(prompts)] for i in range(count)] if cond.text_width else None
@@ -406,7 +430,8 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
              checkpoint_dir=None, resume: bool = False, log_every: int = 10, seed: int = 0, device: str = "auto",
              overwrite: bool = False, progress: bool = True, callback=None, resize: str = "bilinear",
              text_encoder=None, vae=None, caption_dropout: float = 0.1, precompute: bool = False,
-             stream: bool = False, feature_kd_weight: float = 0.0, prompts=None) -> FinetuneReport:
+             stream: bool = False, feature_kd_weight: float = 0.0, prompts=None, checkpoint_minutes: float = 10.0,
+             guidance_scale: float | None = None) -> FinetuneReport:
     """Fine-tune ``model_or_folder`` on ``data`` for ``steps`` optimizer steps; save the EMA model to ``out``.
 
     ``data``: builtin:digits, an image folder, a .npy/.npz, or generate:N (N samples from the teacher,
@@ -416,7 +441,10 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     teacher's prediction on the same noisy input; ``feature_kd_weight`` adds BK-SDM's feature term, the
     error at every down/mid/up block output through learned 1x1 maps where the widths differ
     (diffprune.training.feature_kd; the maps are checkpointed but not saved with the model). Checkpoints go to ``checkpoint_dir`` (default
-    OUT.ckpt) every ``checkpoint_every`` steps; ``resume=True`` continues from the latest one.
+    OUT.ckpt) every ``checkpoint_every`` steps and, so that an early stop has something to resume, whenever
+    ``checkpoint_minutes`` have passed since the last one (0 = off); ``resume=True`` continues from the
+    latest one, loss history included. Once OUT is written the checkpoints are deleted. ``guidance_scale``:
+    the classifier-free guidance generate:N draws text models' samples with (default 7.5, as pruning).
     ``callback(step, loss)`` is called after every step (raise inside it to stop). Images of another
     size reach the model's by ``resize`` (bilinear, pad or center-crop; see diffprune.data.images).
 
@@ -441,7 +469,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from .._io import quiet
+    from .._io import ProgressLines, quiet
     from ..sources.resolve import pipeline_source
     from ..sources.checkpoint import read_info, save
     from ..data.images import check_resize, load_images
@@ -459,10 +487,13 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
                                  "drawn with; image data brings its own captions (same-stem .txt files, a JSONL's "
                                  "\"text\", tar shards' NAME.txt).")
     _check(steps, batch_size, lr, grad_accum, kd_weight, teacher, mixed_precision, lr_schedule, ema_decay, checkpoint_every,
-           caption_dropout, feature_kd_weight)
+           caption_dropout, feature_kd_weight, checkpoint_minutes)
+    from ..pruning.calibration import check_guidance
+
+    guidance_scale = check_guidance(guidance_scale, data, prompts)  # None unless samples are drawn with prompts
     check_resize(resize)
     out = Path(out)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
+    checkpoint_dir = checkpoint_folder(out, checkpoint_dir)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = _mixed_precision(mixed_precision, "cpu" if device == "cpu" else "cuda")
@@ -497,7 +528,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
             data, teacher_model or student, student, cond,
             _pick("text_encoder", text_encoder, model_or_folder, teacher, accelerator.device),
             _pick("vae", vae, model_or_folder, teacher, accelerator.device), prompts, scheduler_config, seed, precompute,
-            progress and accelerator.is_main_process, accelerator.device)
+            progress and accelerator.is_main_process, accelerator.device, guidance_scale)
         vae = None
     elif cond.kind != "none" or latent_vae is not None:
         examples, text_encoder, vae = _conditional_examples(
@@ -530,7 +561,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     if ema is not None:
         ema.to(accelerator.device)
 
-    start_step, resumed_from = 0, None
+    start_step, resumed_from, losses = 0, None, []
     if resume:
         path = latest_checkpoint(checkpoint_dir)
         if path is None:
@@ -538,6 +569,15 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
                                  "or point --checkpoint-dir at the earlier run's checkpoints.")
         start_step = resumed_from = load_checkpoint(path, unwrapped, ema, optimizer, lr_scheduler, unwrapped_projector)
         _restore_data(path, streamed)
+        losses = _saved_losses(path, start_step)
+        if start_step >= steps:
+            raise DiffPruneError(f"The checkpoint {str(path)!r} is at step {start_step}, and this run asks for {steps} "
+                                 "steps: nothing is left to train. Give --steps above it, or start without --resume.")
+        if accelerator.is_main_process:
+            import sys
+
+            print(f"fine-tune: resuming from step {start_step} of {steps} (checkpoint {path}); {steps - start_step} "
+                  f"steps to go", file=sys.stderr, flush=True)
     config = {"data": str(data), "resize": resize, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
               "lr_schedule": lr_schedule, "weight_decay": weight_decay, "grad_clip": grad_clip, "grad_accum": grad_accum,
               "ema_decay": ema_decay, "mixed_precision": precision, "kd_weight": kd_weight, "seed": seed,
@@ -556,17 +596,16 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     elif latent_vae is not None:
         config.update(vae=latent_note or "none (samples drawn as the UNet's own inputs)")
     if prompts is not None:
-        from ..pruning.calibration import GUIDANCE_SCALE
-
         config["generate"] = {"from": "teacher" if teacher_model is not None else "the model itself",
-                              "prompts": len(prompts), "guidance_scale": GUIDANCE_SCALE}
+                              "prompts": len(prompts), "guidance_scale": guidance_scale}
 
     rank, world = accelerator.process_index, accelerator.num_processes
     per_rank = max(1, batch_size // world)
-    losses, last_loss = [], float("nan")
+    last_loss = float("nan")
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="fine-tune",
                disable=quiet(progress and accelerator.is_main_process))
-    started = time.perf_counter()
+    lines = ProgressLines("fine-tune: step", steps, enabled=progress and accelerator.is_main_process, start=start_step)
+    started = last_saved = time.perf_counter()
     try:
         for step in bar:
             step_loss = step_feature = 0.0
@@ -622,12 +661,15 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
                               + ([round(step_feature, 6)] if projector is not None else []))
             elapsed = time.perf_counter() - started
             bar.set_postfix(loss=f"{step_loss:.4f}", steps_per_s=f"{(done - start_step) / max(elapsed, 1e-9):.2f}")
-            if checkpoint_every and done % checkpoint_every == 0 and done < steps:
+            lines.update(done, f", loss {step_loss:.4f}")
+            if done < steps and (checkpoint_every and done % checkpoint_every == 0
+                                 or _time_for_checkpoint(last_saved, checkpoint_minutes, accelerator)):
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     save_checkpoint(checkpoint_dir, done, unwrapped, ema, optimizer, lr_scheduler, config,
                                     data_state=streamed.stream.state() if streamed is not None else None,
-                                    projector=unwrapped_projector)
+                                    projector=unwrapped_projector, losses=losses)
+                last_saved = time.perf_counter()
             if callback is not None:
                 callback(done, step_loss)
     finally:
@@ -645,7 +687,7 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
     report = FinetuneReport(steps=steps, final_loss=last_loss, losses=losses, seconds=seconds,
                             steps_per_s=(steps - start_step) / max(seconds, 1e-9), world_size=world,
                             ranks_identical=identical, resumed_from=resumed_from, mixed_precision=precision,
-                            device=str(accelerator.device))
+                            device=str(accelerator.device), steps_this_run=steps - start_step)
     if accelerator.is_main_process:
         import copy
 
@@ -666,8 +708,35 @@ def finetune(model_or_folder, out, data="builtin:digits", steps: int = 1000, bat
         save(final, out, info=info, scheduler_config=scheduler_config, overwrite=overwrite or resume,
              extra_files={"loss.csv": text.getvalue(), "finetune.json": json.dumps(report.to_dict(), indent=1)},
              pipeline=next((src for src in carried if pipeline_source(src)), None))
+        remove_checkpoints(checkpoint_dir)  # OUT is complete: nothing is left to resume
     accelerator.wait_for_everyone()
     return report
+
+
+def _time_for_checkpoint(last_saved: float, minutes: float, accelerator) -> bool:
+    """Whether ``minutes`` have passed since the last checkpoint, decided by the first process and shared, so
+    that every process reaches the checkpoint's barrier together (clocks and paces differ)."""
+    if not minutes:
+        return False
+    due = time.perf_counter() - last_saved >= 60 * minutes
+    if accelerator.num_processes > 1:
+        import torch
+        from accelerate.utils import broadcast
+
+        due = bool(broadcast(torch.tensor([int(due)], device=accelerator.device), from_process=0).item())
+    return due
+
+
+def _saved_losses(path, step: int) -> list:
+    """The loss.csv rows a checkpoint holds (up to its step), so a resumed run's loss.csv is whole."""
+    import sys
+
+    saved = json.loads((Path(path) / "state.json").read_text()).get("losses")
+    if saved is None:
+        print(f"fine-tune: warning: the checkpoint {str(path)!r} holds no loss history (written by an older diffprune); "
+              f"loss.csv will start after step {step}.", file=sys.stderr)
+        return []
+    return [row for row in saved if row[0] <= step]
 
 
 def _pick(part, given, src, teacher, device):

@@ -62,7 +62,7 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     from tqdm.auto import tqdm
 
     from .. import _distributed
-    from ..._io import quiet
+    from ..._io import ProgressLines, quiet
     from ...sources.conditioning import inputs_to, slice_inputs
 
     device = next(model.parameters()).device
@@ -83,7 +83,9 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     max_loss = 0.0
     steps = num_steps if calib.max_timesteps is None else min(num_steps, calib.max_timesteps)
     bar = tqdm(range(steps), desc="importance: timesteps", disable=quiet(calib.progress and rank == 0), leave=False)
-    started = time.perf_counter()
+    # The loop stops where the loss falls below thr x its maximum: `steps` and the ETA are upper bounds.
+    lines = ProgressLines("prune: importance timestep", steps, enabled=calib.progress and rank == 0, bound=thr > 0)
+    finished = []  # perf_counter() at the end of each timestep: the recent pace, past the first steps' warm-up
     for t in bar:
         a = alphas_cumprod[t].to(device)
         total = 0.0
@@ -104,11 +106,14 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
         log.losses.append(total)
         max_loss = max(max_loss, total)
         bar.set_postfix(loss=f"{total:.4f}", stop_below=f"{thr * max_loss:.4f}")
+        finished.append(time.perf_counter())
+        lines.update(t + 1, f", loss {total:.4f} (stops below {thr * max_loss:.4f})" if thr > 0 else f", loss {total:.4f}")
         if total < thr * max_loss:
             log.stopped_by_threshold = True
             break
         if t + 1 == TREND_AFTER and thr > 0 and steps == num_steps > TREND_AFTER and rank == 0:  # not when capped
-            _warn_if_the_loss_will_not_fall(log.losses, thr * max_loss, steps, time.perf_counter() - started)
+            pace = (finished[-1] - finished[-PACE_OVER - 1]) / PACE_OVER  # seconds per timestep, warm-up left out
+            _warn_if_the_loss_will_not_fall(log.losses, thr * max_loss, steps, pace)
     bar.close()
     if world > 1:
         # Every rank ran the same timesteps on the same model, so the same parameters hold a gradient.
@@ -119,11 +124,14 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
 
 
 TREND_AFTER = 20  # timesteps after which the loss curve says whether thr will be reached
+PACE_OVER = 10  # the pace is measured over the last timesteps before it: the first ones include warm-up
 
 
-def _warn_if_the_loss_will_not_fall(losses, stop_below: float, steps: int, seconds: float) -> None:
-    """Say early when the stop rule will not fire: a model on data it was not trained on (random
-    weights, another domain) keeps a flat loss, and all timesteps would be summed."""
+def _warn_if_the_loss_will_not_fall(losses, stop_below: float, steps: int, pace: float) -> None:
+    """Say early when the stop rule may not fire: a model on data it was not trained on (random weights,
+    another domain) keeps a flat loss, and all timesteps would be summed. The time given is an upper bound
+    (every timestep left, at the measured ``pace`` in seconds per timestep): a trained model's loss often
+    falls later, and the stop then comes much sooner."""
     import sys
 
     import numpy as np
@@ -135,13 +143,15 @@ def _warn_if_the_loss_will_not_fall(losses, stop_below: float, steps: int, secon
     projected = t + (np.log(stop_below) - recent[-1]) / slope if slope < 0 else float("inf")
     if projected <= steps:
         return
-    eta_min = seconds / t * (steps - t) / 60
+    from ..._io import duration
+
     tqdm.write(
-        f"diffprune: warning: after {t} timesteps the denoising loss ({losses[-1]:.4f}) is not falling towards the "
-        f"stop at {stop_below:.4f} (thr x its maximum), so all {steps} timesteps will be summed, about "
-        f"{eta_min:.0f} more minutes at this pace. This happens with random weights or data the model was not "
-        "trained on; cap it with --max-timesteps N (trained models stop after a few hundred), or check --data "
-        "and --resize.", file=sys.stderr)
+        f"diffprune: warning: after {t} timesteps the denoising loss ({losses[-1]:.4f}) is not yet falling towards the "
+        f"stop at {stop_below:.4f} (thr x its maximum). If it never gets there, all {steps} timesteps are summed: "
+        f"at most {steps - t} more, up to {duration(pace * (steps - t))} at the last {PACE_OVER} timesteps' pace "
+        f"({pace:.2f} s each); the loss may still fall and stop it much sooner. A flat loss comes from random "
+        "weights or data the model was not trained on; cap it with --max-timesteps N (trained models stop after "
+        "a few hundred), or check --data and --resize.", file=sys.stderr)
 
 
 def taylor_scorer():
