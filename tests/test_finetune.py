@@ -144,10 +144,10 @@ def test_an_interrupted_cli_run_says_how_to_resume_and_the_resumed_run_says_what
                                                                                         monkeypatch, capsys):
     import shlex
 
-    import diffprune.finetune
+    import diffprune.training.finetune
     from diffprune.cli import main
 
-    real = diffprune.finetune.finetune
+    real = diffprune.training.finetune.finetune
 
     def ctrl_c_at_step_3(*args, **kwargs):
         def stop(step, loss):
@@ -158,7 +158,7 @@ def test_an_interrupted_cli_run_says_how_to_resume_and_the_resumed_run_says_what
     out = tmp_path / "ft"
     argv = ["finetune", str(pruned_tiny), str(out), "--steps", "4", "--batch-size", "4", "--num-images", "32",
             "--warmup-steps", "2", "--log-every", "1", "--checkpoint-every", "2", "--device", "cpu", "--quiet"]
-    monkeypatch.setattr(diffprune.finetune, "finetune", ctrl_c_at_step_3)
+    monkeypatch.setattr(diffprune.training.finetune, "finetune", ctrl_c_at_step_3)
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and f"the checkpoint of step 2 of 4 is kept in {out}.ckpt" in err
@@ -166,7 +166,7 @@ def test_an_interrupted_cli_run_says_how_to_resume_and_the_resumed_run_says_what
     assert command == "diffprune " + shlex.join(argv + ["--resume"])
     assert not out.exists() and (tmp_path / "ft.ckpt").is_dir()
 
-    monkeypatch.setattr(diffprune.finetune, "finetune", real)
+    monkeypatch.setattr(diffprune.training.finetune, "finetune", real)
     assert main(shlex.split(command)[1:]) == 0
     captured = capsys.readouterr()
     assert f"fine-tune: resuming from step 2 of 4 (checkpoint {out}.ckpt/step-00000002); 2 steps to go" in captured.err

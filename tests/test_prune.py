@@ -170,17 +170,17 @@ def test_guidance_of_generated_calibration_data_is_a_flag_and_is_recorded(tmp_pa
     # generate:N with --prompts drew at 7.5 with no way to change it; builtin:digits-text wants 1.5.
     import json
 
-    import diffprune.sampling
+    import diffprune.data.generate
     from diffprune.cli import main
 
     scales = []
-    real = diffprune.sampling.generate
+    real = diffprune.data.generate.generate
 
     def recorded(*args, **kwargs):
         scales.append(kwargs.get("guidance_scale"))
         return real(*args, **{**kwargs, "steps": 2})  # the scale is what is tested, not the samples
 
-    monkeypatch.setattr(diffprune.sampling, "generate", recorded)
+    monkeypatch.setattr(diffprune.data.generate, "generate", recorded)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a handwritten digit seven\n")
     base = ["prune", "arch:tiny-sd", None, "--data", "generate:2", "--prompts", str(prompts), "--num-images", "2",
