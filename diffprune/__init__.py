@@ -18,6 +18,7 @@ _LAZY = {
     "build_unet": ("diffprune.sources", "build_unet"),
     "count_macs_params": ("diffprune.sources", "count_macs_params"),
     "finetune": ("diffprune.training.finetune", "finetune"),
+    "FinetuneConfig": ("diffprune.training.config", "FinetuneConfig"),
 }
 
 __all__ = ["DiffPruneError", "__version__", *_LAZY]

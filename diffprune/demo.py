@@ -61,7 +61,8 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     from .evaluation.benchmark import run_bench
     from .sources.checkpoint import read_info, save
     from .export import to_onnx
-    from .training.finetune import finetune, latest_checkpoint
+    from .training.checkpoints import latest_checkpoint
+    from .training.finetune import finetune
     from .evaluation.metrics import consistency
     from .sources.loader import load_source
     from .sources.unet import require_unconditional

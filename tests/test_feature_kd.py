@@ -9,7 +9,8 @@ import torch
 
 import diffprune
 from diffprune import DiffPruneError
-from diffprune.training.finetune import finetune, latest_checkpoint
+from diffprune.training.checkpoints import latest_checkpoint
+from diffprune.training.finetune import finetune
 
 FAST = dict(data="builtin:digits", batch_size=4, num_images=32, warmup_steps=1, log_every=1, progress=False)
 

@@ -12,7 +12,8 @@ import torch
 
 import diffprune
 from diffprune import DiffPruneError
-from diffprune.training.finetune import finetune, latest_checkpoint
+from diffprune.training.checkpoints import latest_checkpoint
+from diffprune.training.finetune import finetune
 from diffprune.data.stream import Stream, is_shards
 
 FAST = dict(batch_size=2, warmup_steps=1, log_every=1, progress=False)

@@ -94,21 +94,25 @@ def register(subparsers):
 
 def run(args) -> int:
     require(*NEEDS)
-    from diffprune.training.finetune import finetune
     from diffprune.sources.loader import FromSource
     from diffprune.sources.text import read_prompts
+    from diffprune.training.config import FinetuneConfig
+    from diffprune.training.finetune import finetune
 
+    config = FinetuneConfig.of(
+        data=args.data, resize=args.resize, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, grad_accum=args.grad_accum, ema_decay=args.ema_decay,
+        mixed_precision=args.mixed_precision, teacher=args.teacher, kd_weight=args.kd_weight, num_images=args.num_images,
+        checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
+        checkpoint_minutes=args.checkpoint_minutes, resume=args.resume, log_every=args.log_every, seed=args.seed,
+        device=args.device, caption_dropout=args.caption_dropout, precompute=args.precompute, stream=args.stream,
+        feature_kd_weight=args.feature_kd_weight, prompts=read_prompts(args.prompts) if args.prompts else None,
+        guidance_scale=args.guidance_scale,
+    )
     try:
         report = finetune(
-            args.src, args.out, data=args.data, resize=args.resize, steps=args.steps, batch_size=args.batch_size,
-            lr=args.lr, warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay,
-            grad_clip=args.grad_clip, grad_accum=args.grad_accum, ema_decay=args.ema_decay,
-            mixed_precision=args.mixed_precision, teacher=args.teacher, kd_weight=args.kd_weight,
-            num_images=args.num_images, checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
-            checkpoint_minutes=args.checkpoint_minutes, resume=args.resume, log_every=args.log_every, seed=args.seed,
-            device=args.device, overwrite=args.overwrite, progress=not args.quiet, caption_dropout=args.caption_dropout,
-            precompute=args.precompute, stream=args.stream, feature_kd_weight=args.feature_kd_weight,
-            prompts=read_prompts(args.prompts) if args.prompts else None, guidance_scale=args.guidance_scale,
+            args.src, args.out, config, overwrite=args.overwrite, progress=not args.quiet,
             text_encoder=FromSource(args.pipeline, "text_encoder") if args.pipeline else None,
             vae=FromSource(args.pipeline, "vae") if args.pipeline else None,
         )
@@ -135,7 +139,7 @@ def _interrupted(args) -> None:
 
     if os.environ.get("RANK", "0") != "0":  # several processes: the first one says it
         return
-    from diffprune.training.finetune import checkpoint_folder, latest_checkpoint
+    from diffprune.training.checkpoints import checkpoint_folder, latest_checkpoint
 
     folder = checkpoint_folder(args.out, args.checkpoint_dir)
     latest = latest_checkpoint(folder) if folder.is_dir() else None

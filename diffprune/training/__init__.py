@@ -1,2 +1,3 @@
-"""Fine-tuning pruned UNets: the training loop with distillation from the dense teacher (finetune.py) and
-feature distillation at the UNet's block outputs (feature_kd.py)."""
+"""Fine-tuning pruned UNets: the options (config.py, one documented ``FinetuneConfig``), the training loop with
+distillation from the dense teacher (finetune.py), what it trains on (examples.py: in-memory, generated and
+streamed batches), checkpoints for exact resume (checkpoints.py) and feature distillation (feature_kd.py)."""
