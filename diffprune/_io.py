@@ -1,4 +1,5 @@
-"""Atomic writes: an artifact appears complete or not at all."""
+"""Writing and telling: atomic writes (an artifact appears complete or not at all), progress bars that stay
+quiet off a terminal, and one-line progress there instead."""
 
 import contextlib
 import os

@@ -1,4 +1,4 @@
-"""``diffprune prune``: a shell over :func:`diffprune.pruning.pruner.prune` and :func:`diffprune.sources.checkpoint.save`."""
+"""``diffprune prune``: a shell over :func:`diffprune.pruning.recipe.prune_source` (load -> prune -> save)."""
 
 import argparse
 import textwrap
