@@ -13,7 +13,7 @@ diffprune/) calls the reader here, so the two sides cannot drift apart (as trans
                                                                                 export's model.json under "model"
     pipeline.json  diffprune.pipeline/1       export/pipeline.py (tensorrt.py   a pipeline export: kind, components,
                                               adds "engines")                   scheduler, guidance, latents
-    deploy.json    diffprune.deploy/1         diffprune/selection/select.py     one deployment configuration
+    deploy.json    diffprune.deploy/1         diffprune/selection/report.py     one deployment configuration
     pruning.json   diffprune.pruned-unet/1    diffprune/sources/checkpoint.py   a pruned UNet's layer widths and
                                                                                 what made it
 

@@ -159,7 +159,7 @@ def test_scheduler_maps_name_the_runtime_schedulers():
     assert all(F.SCHEDULER_CLASSES[cls] == name for name, cls in F.DIFFUSERS_SCHEDULERS.items())
     assert F.scheduler_name({"_class_name": "EulerDiscreteScheduler"}) == "euler"
     assert "PNDMScheduler, which the runtime" in _error(F.scheduler_name, {"_class_name": "PNDMScheduler"})
-    from diffprune.selection.select import DETERMINISTIC
+    from diffprune.selection.decide import DETERMINISTIC
 
     assert DETERMINISTIC == {"DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpm-solver++"}
 

@@ -93,3 +93,21 @@ def test_digit_confidence_tells_digits_from_noise():
     assert noise["confident_share"] < 0.3 and noise["classes_covered"] <= 2
     with pytest.raises(DiffPruneError, match="no output 'probs'; its outputs: features, logits"):
         OnnxFeatures("builtin:digits-features", output="probs")
+
+
+def test_evaluate_from_python_on_a_tiny_export(tmp_path, tiny_export):
+    from diffprune.evaluation.evaluate import evaluate
+
+    lines = []
+    stats = tmp_path / "stats.npz"
+    result = evaluate(tiny_export, dense=tiny_export, n=4, steps=2, batch=2, backend="ort-cpu",
+                      features="builtin:digits-features", save_stats=stats, log=lines.append)
+    assert (result["n"], result["steps"], result["scheduler"], result["backend"]) == (4, 2, "ddim", "ort-cpu")
+    assert result["consistency"]["ssim"] == pytest.approx(1.0)  # the same model from the same seeds
+    assert stats.is_file() and any("saved feature statistics" in line for line in lines)
+    # FID of the same images against their own statistics: zero
+    again = evaluate(tiny_export, n=4, steps=2, batch=2, backend="ort-cpu", reference=stats,
+                     features="builtin:digits-features", log=lines.append)
+    assert "consistency" not in again and again["fid"]["fid"] == pytest.approx(0, abs=1e-4)
+    with pytest.raises(DiffPruneError, match="needs a feature network"):
+        evaluate(tiny_export, reference=stats)

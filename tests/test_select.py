@@ -5,7 +5,7 @@ import pytest
 from diffprune import DiffPruneError
 import numpy as np
 
-from diffprune.selection.select import LatencyModel, Row, config_name, decide, pareto, pick
+from diffprune.selection import LatencyModel, Row, config_name, decide, pareto, pick
 
 
 def rows():
@@ -99,7 +99,7 @@ def test_sampler_cost_grows_with_steps():
     (dict(budgets=[100, -1]), "must be positive"),
 ])
 def test_bad_grids_fail_before_anything_is_measured(tmp_path, grid, message):
-    from diffprune.selection.select import check_grid, select
+    from diffprune.selection import check_grid, select
 
     args = dict(schedulers=["ddim"], steps=[10], backends=["ort-cpu"], batches=[1], budgets=[100])
     args.update(grid)
@@ -154,7 +154,7 @@ def test_select_grid_on_a_tiny_export_and_deploy_round_trip(tmp_path, tiny_expor
 
     # quality reused from this report: no sampling, same scores; a grid beyond it is refused
     again = tmp_path / "again"
-    from diffprune.selection.select import select
+    from diffprune.selection import select
 
     result2 = select(str(tiny_export), budget_ms=100000, scheduler=["ddim", "dpm-solver++"], steps=[2, 3],
                      backend="ort-cpu", runs=1, probe_runs=1, quality_from=out / "select.json", out=again,
@@ -206,7 +206,7 @@ def test_select_end_to_end_on_a_tiny_sweep(tmp_path, tiny_export, capsys):
 
 
 def test_fid_ranking_and_the_batch_axis(tmp_path, tiny_export):
-    from diffprune.selection.select import select
+    from diffprune.selection import select
 
     result = select(str(tiny_export), budget_ms=100000, scheduler="ddim", steps=[2, 4], backend="ort-cpu",
                     batch=[1, 2], n=8, runs=1, probe_runs=1, features="builtin:digits-features",
@@ -224,7 +224,7 @@ def test_fid_ranking_and_the_batch_axis(tmp_path, tiny_export):
 
 
 def test_a_conditional_model_is_refused_clearly(tmp_path):
-    from diffprune.selection.select import select
+    from diffprune.selection import select
 
     with pytest.raises(DiffPruneError, match="not implemented yet"):
         select("arch:tiny-class", sweep=[0.5], budget_ms=100, backend="ort-cpu", out=tmp_path / "sel",

@@ -6,11 +6,9 @@ Torch-free on purpose, like everything imported while the parser is built: ``dif
 
 import argparse
 import importlib.util
-from pathlib import Path
 
 from diffprune.errors import DiffPruneError
 from diffprune.pruning.importance import CRITERIA
-from diffprune.runtime.formats import ENGINE_JSON, MODEL_JSON
 from diffprune.runtime.runners import BACKENDS, auto_backend, parse_backend
 
 EPILOG = """\
@@ -168,9 +166,3 @@ def require(*modules: str, install: str = TOOLCHAIN_INSTALL, why: str = "This co
             + (" Without it, `diffprune sample`, `bench`, `eval` and `select` still run ONNX exports and engines."
                if install == TOOLCHAIN_INSTALL else "")
         )
-
-
-def is_artifact(src) -> bool:
-    """True for an ONNX export or engine folder, which the torch-free runtime runs as it is."""
-    path = Path(str(src))
-    return path.is_dir() and ((path / MODEL_JSON).is_file() or (path / ENGINE_JSON).is_file())

@@ -1,4 +1,4 @@
-"""``diffprune eval``: a shell over :mod:`diffprune.evaluation.metrics` and the torch-free runtime.
+"""``diffprune eval``: a shell over :func:`diffprune.evaluation.evaluate.evaluate`.
 
 ONNX exports and engines are evaluated without torch; a model folder is exported first, and FID
 against reference images loads them, both of which need the toolchain.
@@ -9,10 +9,10 @@ import json
 import textwrap
 from pathlib import Path
 
-from diffprune.errors import DiffPruneError
+from diffprune.evaluation.evaluate import is_artifact
 from diffprune.runtime.schedulers import SCHEDULERS
 
-from ._common import add_backend_argument, count, is_artifact, require
+from ._common import add_backend_argument, count, require
 from .export import NEEDS as EXPORT_NEEDS
 
 NAME = "eval"
@@ -45,65 +45,20 @@ def register(subparsers):
     return p
 
 
-def _is_statistics(reference) -> bool:
-    """A .npz of precomputed statistics (keys mu and sigma), which FID reads without torch."""
-    import numpy as np
-
-    path = Path(str(reference))
-    if path.suffix != ".npz" or not path.is_file():
-        return False
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return "mu" in z.files and "sigma" in z.files
-    except Exception:  # not a readable .npz: metrics reports it
-        return False
-
-
 def run(args) -> int:
-    from diffprune.evaluation.metrics import INCEPTION_HELP
+    from diffprune.evaluation.evaluate import check_options, is_statistics
 
-    if args.reference and not args.features:
-        raise DiffPruneError(f"FID against {args.reference!r} needs a feature network. {INCEPTION_HELP}")
+    check_options(args.reference, args.features)  # before the checks for missing packages, as it says more
     for src in (args.model, args.dense):
         if src is not None and not is_artifact(src):
             require(*EXPORT_NEEDS, why=f"Exporting {src!r} to ONNX (it is not an export or engine folder)")
-    if args.reference and not _is_statistics(args.reference):
+    if args.reference and not is_statistics(args.reference):
         require("torch", why=f"FID against the images in {args.reference!r} (not a .npz of statistics)")
+    from diffprune.evaluation.evaluate import evaluate
 
-    import tempfile
-
-    import numpy as np
-
-    from diffprune.evaluation.metrics import OnnxFeatures, consistency, feature_statistics, fid
-    from diffprune.runtime import Sampler, make_scheduler, open_runner
-    from diffprune.runtime.runners import resolve_backend
-    from diffprune.selection.select import _as_artifact
-
-    backend = resolve_backend(args.backend)  # recorded as what ran, not as "auto"
-
-    work = Path(tempfile.mkdtemp(prefix="diffprune-eval-"))
-    images = {}
-    for role, src in (("model", args.model), ("dense", args.dense)):
-        if src is None:
-            continue
-        artifact = _as_artifact(src, work / f"{role}-onnx", args.batch, log=lambda m: None)
-        with open_runner(artifact, backend) as runner:
-            sampler = Sampler(runner, make_scheduler(args.scheduler, runner.scheduler_config))
-            images[role] = sampler.generate(args.n, seed=args.seed, steps=args.steps, batch=args.batch)
-    result = {"n": args.n, "steps": args.steps, "scheduler": args.scheduler, "backend": backend}
-    if "dense" in images:
-        result["consistency"] = consistency(images["model"], images["dense"])
-        print(f"consistency with the dense model (same seeds): SSIM {result['consistency']['ssim']:.4f}, "
-              f"PSNR {result['consistency']['psnr_db']:.2f} dB over {args.n} images")
-    if args.features:
-        features = OnnxFeatures(args.features)
-        if args.reference:
-            result["fid"] = fid(images["model"], args.reference, features)
-            print(f"FID vs {args.reference}: {result['fid']['fid']:.3f} ({args.n} images, {result['fid']['dims']}-d features)")
-        if args.save_stats:
-            mu, sigma = feature_statistics(features(images["model"]))
-            np.savez(args.save_stats, mu=mu, sigma=sigma)
-            print(f"saved feature statistics of the generated images to {args.save_stats}")
+    result = evaluate(args.model, dense=args.dense, n=args.n, steps=args.steps, scheduler=args.scheduler,
+                      batch=args.batch, seed=args.seed, backend=args.backend, reference=args.reference,
+                      features=args.features, save_stats=args.save_stats)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

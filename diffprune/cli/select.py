@@ -7,8 +7,10 @@ exported first, both of which need the toolchain.
 import argparse
 import textwrap
 
-from ._common import (CRITERIA_NAMES, add_backend_argument, count, count_or_zero, float_list, int_list, is_artifact,
-                      require, scheduler_list)
+from diffprune.evaluation.evaluate import is_artifact
+
+from ._common import (CRITERIA_NAMES, add_backend_argument, count, count_or_zero, float_list, int_list, require,
+                      scheduler_list)
 from .export import NEEDS as EXPORT_NEEDS
 
 NAME = "select"
@@ -85,7 +87,7 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from diffprune.selection.select import check_grid
+    from diffprune.selection.decide import check_grid
 
     check_grid(args.scheduler, args.steps, args.backend, args.batch, args.budget_ms, args.per, args.n, args.runs)
     if args.sweep:

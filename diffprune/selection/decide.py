@@ -1,0 +1,218 @@
+"""The pure part of selection: rows of numbers in, choices out (Pareto front, choice under a budget, the
+naive choices), plus the latency model and the checks of a grid; nothing here samples or times anything.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DiffPruneError
+from ..runtime.formats import SCHEDULER_CLASSES
+
+# The model's own scheduler serves as the "auto" reference when it is deterministic (no noise per step).
+DETERMINISTIC = {cls: name for cls, name in SCHEDULER_CLASSES.items() if name in ("ddim", "dpm-solver++")}
+
+
+@dataclass
+class Row:
+    """One configuration with its quality and latency (per image or per batch, as the budget is)."""
+
+    name: str
+    latency_ms: float  # what choices use: measured where measured, else predicted
+    quality: float  # the ranking score, higher is better: SSIM vs the dense reference, or -FID (rank="fid")
+    params: int | None = None
+    macs: int | None = None
+    artifact: str = ""
+    psnr_db: float | None = None
+    model: str = ""
+    backend: str = ""
+    scheduler: str = ""
+    steps: int = 0
+    batch: int = 1
+    guidance: float | None = None  # for text-conditioned pipelines; None for unconditional models
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    fid: float | None = None
+    ssim: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.measured_ms is not None
+
+
+def config_name(model, backend, scheduler, steps, batch) -> str:
+    return f"{model} · {backend} · {scheduler} x{steps} · b{batch}"  # no "|": names go into markdown tables
+
+
+def pareto(rows) -> list:
+    """Names of rows no other row beats on both latency (lower) and quality (higher)."""
+    front = []
+    for r in rows:
+        dominated = any((o.latency_ms <= r.latency_ms and o.quality >= r.quality) and
+                        (o.latency_ms < r.latency_ms or o.quality > r.quality) for o in rows if o is not r)
+        if not dominated:
+            front.append(r.name)
+    return front
+
+
+def pick(rows, budget_ms: float) -> dict:
+    """Choose the highest-quality row within ``budget_ms``; ties go to the faster, then the smaller model.
+
+    Returns ``{"choice", "fits", "pareto", "closest", "over_by_ms", "message"}``; ``choice`` is None
+    when nothing fits, and ``message`` then names the closest candidate and how far it is over.
+    """
+    if not rows:
+        raise DiffPruneError("No candidates to choose from: give model folders, exports or --sweep fractions.")
+    if not budget_ms > 0:
+        raise DiffPruneError(f"budget {budget_ms} ms must be positive.")
+    fits = [r for r in rows if r.latency_ms <= budget_ms]
+    front = pareto(rows)
+    if fits:
+        best = sorted(fits, key=lambda r: (-round(r.quality, 9), r.latency_ms, r.params or 0, r.name))[0]
+        return {"choice": best.name, "fits": [r.name for r in fits], "pareto": front, "closest": best.name,
+                "over_by_ms": 0.0, "message": f"{best.name}: the best quality within {budget_ms:g} ms, at "
+                                              f"{best.latency_ms:.1f} ms"}
+    closest = min(rows, key=lambda r: r.latency_ms)
+    over = closest.latency_ms - budget_ms
+    return {"choice": None, "fits": [], "pareto": front, "closest": closest.name, "over_by_ms": over,
+            "message": f"Nothing fits {budget_ms:g} ms: the fastest candidate, {closest.name}, takes "
+                       f"{closest.latency_ms:.1f} ms ({over:.1f} ms, {over / budget_ms:.0%} over). Prune further "
+                       "(a smaller --sweep fraction), use fewer steps, a faster backend or batch, or raise the budget."}
+
+
+def naive_families(rows, default: dict) -> dict:
+    """The two choices a user makes without a planner, as row subsets to pick from:
+
+    - "dense, fewer steps": the dense model at the default scheduler, backend and batch, any steps;
+    - "pruned, default steps": any pruned model at the default scheduler, steps, backend and batch.
+    """
+    same = [r for r in rows if r.scheduler == default["scheduler"] and r.backend == default["backend"]
+            and r.batch == default["batch"]]
+    return {"dense, fewer steps": [r for r in same if r.model == "dense"],
+            "pruned, default steps": [r for r in same if r.model != "dense" and r.steps == default["steps"]]}
+
+
+def decide(rows, budgets, default: dict) -> dict:
+    """For each budget: the joint choice and the two naive ones (see ``naive_families``)."""
+    out = {}
+    for budget in budgets:
+        entry = {"joint": pick(rows, budget)}
+        for label, family in naive_families(rows, default).items():
+            entry[label] = pick(family, budget) if family else None
+        out[f"{budget:g}"] = entry
+    return out
+
+
+def chosen_names(decisions: dict) -> set:
+    return {d["choice"] for entry in decisions.values() for d in entry.values() if d and d["choice"]}
+
+
+@dataclass
+class LatencyModel:
+    """End-to-end time of one batch, from one probe of a model on a backend (see selection/select.py):
+
+        predicted(scheduler, steps) = steps x unet_call + sampler(scheduler, steps) + other
+    """
+
+    unet_ms: float  # one UNet call at this batch
+    other_ms: float  # model-side time outside the UNet calls, per batch
+    sampler_ms: dict  # scheduler -> (fixed ms, ms per step), from a model that costs nothing
+
+    def predict(self, scheduler: str, steps: int) -> float:
+        fixed, per_step = self.sampler_ms[scheduler]
+        return steps * self.unet_ms + fixed + steps * per_step + self.other_ms
+
+
+def make_rows(quality: dict, latency: dict, schedulers, step_list, per: str, rank: str, metas: dict,
+              artifacts: dict, quality_from=None) -> list:
+    """One :class:`Row` per (model, backend, batch, scheduler, steps): the quality scores
+    ``(model, backend, scheduler, steps) -> {"ssim", "psnr_db"[, "fid"]}`` beside the latency each
+    ``latency[(model, backend)][batch]`` predicts, per image or per batch as ``per`` says."""
+    rows = []
+    for (m, b), model in latency.items():
+        for batch_size, lm in model.items():
+            for s in schedulers:
+                for k in step_list:
+                    q = quality[(m, b, s, k)]
+                    divisor = batch_size if per == "image" else 1
+                    predicted = lm.predict(s, k) / divisor
+                    if rank == "fid" and q.get("fid") is None:
+                        raise DiffPruneError(f"rank fid: {quality_from} holds no FID scores; rank ssim, or "
+                                             "measure quality again with --features.")
+                    score = q["ssim"] if rank == "ssim" else -q["fid"]
+                    rows.append(Row(config_name(m, b, s, k, batch_size), predicted, score,
+                                    metas[m].get("params"), metas[m].get("macs"), str(artifacts[m]),
+                                    q["psnr_db"], m, b, s, k, batch_size, None, predicted, None, q.get("fid"),
+                                    q["ssim"]))
+    return rows
+
+
+def parse_reference(text: str, scheduler_config: dict) -> tuple:
+    """``"auto"`` -> the model's deterministic scheduler (else ddim) at 100 steps; ``"ddim:100"`` as given."""
+    from ..runtime.schedulers import SCHEDULERS
+
+    if text == "auto":
+        return DETERMINISTIC.get(scheduler_config.get("_class_name"), "ddim"), 100
+    name, _, steps = str(text).partition(":")
+    if name not in SCHEDULERS or not steps.isdigit() or int(steps) < 1:
+        raise DiffPruneError(f"Reference {text!r} is not SCHEDULER:STEPS with a scheduler in {', '.join(SCHEDULERS)} "
+                             "and steps >= 1 (e.g. ddim:100), nor auto.")
+    return name, int(steps)
+
+
+def check_grid(schedulers, steps, backends, batches, budgets, per="image", n=16, runs=10) -> list:
+    """Refuse a bad grid before anything is exported or measured; returns the backends resolved and
+    checked to be runnable here (auto -> openvino where installed, else ort-cpu)."""
+    from ..runtime.runners import check_available
+    from ..runtime.schedulers import SCHEDULERS
+
+    for name, values in (("scheduler", schedulers), ("steps", steps), ("backend", backends), ("batch", batches),
+                         ("budget", budgets)):
+        if not values:
+            raise DiffPruneError(f"The {name} list is empty; give at least one value.")
+    unknown = [s for s in schedulers if s not in SCHEDULERS]
+    if unknown:
+        raise DiffPruneError(f"Unknown scheduler {unknown[0]!r} in the grid; allowed: {', '.join(SCHEDULERS)}.")
+    for name, values in (("steps", steps), ("batch", batches)):
+        bad = [v for v in values if not isinstance(v, (int, np.integer)) or v < 1]
+        if bad:
+            raise DiffPruneError(f"{name} {bad[0]!r} in the grid is invalid: give whole numbers >= 1, e.g. "
+                                 f"{'10,20,50' if name == 'steps' else '1,8'}.")
+    bad = [b for b in budgets if not b > 0]
+    if bad:
+        raise DiffPruneError(f"budget {bad[0]} ms must be positive.")
+    if per not in ("image", "batch"):
+        raise DiffPruneError(f"per {per!r} is unknown; allowed: image, batch.")
+    if n < 1 or runs < 1:
+        raise DiffPruneError(f"n {n} and runs {runs} must be at least 1.")
+    resolved = []
+    for b in backends:
+        spec = check_available(b)
+        if spec not in resolved:
+            resolved.append(spec)
+    return resolved
+
+
+def check_options(rank: str, features, quality_from, fid_reference, sweep) -> None:
+    """Refuse a ranking, FID reference or sweep fraction that cannot work, before anything is exported."""
+    if rank not in ("ssim", "fid") or (rank == "fid" and not (features or quality_from)):
+        raise DiffPruneError(f"rank {rank!r}: allowed are ssim, and fid with a feature network (--features, e.g. "
+                             "builtin:digits-features).")
+    if fid_reference and not features:
+        raise DiffPruneError("FID against reference images needs a feature network: add --features (for digits, "
+                             "builtin:digits-features).")
+    for f in sweep:
+        if not 0 < f < 1:
+            raise DiffPruneError(f"sweep fraction {f} is out of range; give fractions of dense MACs kept, 0 < f < 1.")
+
+
+def check_settings(schedulers, step_counts, scheduler_config):
+    """Every scheduler accepts every step count with this model's schedule (before any sampling)."""
+    from ..runtime.schedulers import make_scheduler
+
+    for s in schedulers:
+        for k in sorted(set(step_counts)):
+            try:
+                make_scheduler(s, scheduler_config).set_timesteps(k)
+            except DiffPruneError as e:
+                raise DiffPruneError(f"{s} at {k} steps cannot run on this model's schedule: {e}") from None
