@@ -98,7 +98,7 @@ class Gateway:
         self.registry, self.m = _metrics()
 
     async def __call__(self, request: Request) -> Response:
-        route = (request.method, request.url.path.rstrip("/") or "/")
+        route = (request.method, _path(request))
         if route == ("GET", "/healthz"):
             return JSONResponse({"status": "ok"})
         if route == ("GET", "/readyz"):
@@ -197,6 +197,14 @@ class Gateway:
         state = await asyncio.get_running_loop().run_in_executor(None, status)
         return JSONResponse(state, status_code=200 if state["ready"] else 503,
                             headers=None if state["ready"] else {"Retry-After": "1"})
+
+
+def _path(request: Request) -> str:
+    """The path below the application's route prefix (Ray Serve passes the prefix as the ASGI root_path)."""
+    path, root = request.scope.get("path", "/"), request.scope.get("root_path", "").rstrip("/")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path.rstrip("/") or "/"
 
 
 async def _await(response):
