@@ -54,7 +54,9 @@ class Model:
             raise
 
     def info(self) -> dict:
-        return {"backend": self.model.backend, "load_s": self.model.load_s}
+        import os
+
+        return {"backend": self.model.backend, "load_s": self.model.load_s, "pid": os.getpid()}
 
     def check_health(self):
         self.model.check()

@@ -104,6 +104,9 @@ class ServedModel:
                                                              "server's --timeout) and its work was stopped."}}] * len(batch)
             except DiffPruneError as e:
                 outs = [{"error": {"status": 422, "message": str(e)}}] * len(batch)
+            except Exception as e:  # a bug, not the request: still one answer per request, and the replica lives on
+                outs = [{"error": {"status": 500, "message": f"The model failed on this request: "
+                                                            f"{type(e).__name__}: {e}"}}] * len(batch)
             for i, out in zip(group, outs):
                 results[i] = out
         return results

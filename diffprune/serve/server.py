@@ -12,6 +12,12 @@ from .config import ServeConfig
 def start(config: ServeConfig, address: str | None = None, route_prefix: str = "/") -> str:
     """Deploy ``config`` on the Ray cluster at ``address`` (None: the one `ray start` left on this machine or
     named by RAY_ADDRESS, else a new local instance); return the URL it answers at."""
+    return start_many([(config, route_prefix)], address)[0]
+
+
+def start_many(apps: list, address: str | None = None) -> list:
+    """Deploy several ``(config, route_prefix)`` applications at once (they start in parallel) on one Serve
+    instance, which binds the first config's host and port; return their URLs."""
     import ray
     from ray import serve
 
@@ -19,13 +25,16 @@ def start(config: ServeConfig, address: str | None = None, route_prefix: str = "
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": config.host, "port": config.port})
+    first = apps[0][0]
+    serve.start(http_options={"host": first.host, "port": first.port})
+    targets = [serve.RunTarget(build_app(config), name=config.name, route_prefix=prefix) for config, prefix in apps]
     try:
-        serve.run(build_app(config), name=config.name, route_prefix=route_prefix)
+        serve.run_many(targets)
     except Exception as e:  # a replica that cannot load its model: Ray's error says why, in a traceback
-        raise DiffPruneError(f"The application for {config.target!r} did not start: {e}".strip()[:4000]) from None
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    return f"http://{host}:{config.port}{route_prefix.rstrip('/')}"
+        names = ", ".join(repr(config.target) for config, _ in apps)
+        raise DiffPruneError(f"The application for {names} did not start: {e}".strip()[:4000]) from None
+    host = f"[{first.host}]" if ":" in first.host else first.host
+    return [f"http://{host}:{first.port}{prefix.rstrip('/')}" for _, prefix in apps]
 
 
 def stop(config: ServeConfig) -> None:
