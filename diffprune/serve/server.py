@@ -38,23 +38,26 @@ def start_many(apps: list, address: str | None = None) -> list:
 
 
 def stop(config: ServeConfig) -> None:
-    """Delete the application (Ray Serve lets requests in progress finish, up to the deadline) and stop Serve."""
+    """Delete the application (Ray Serve lets requests in progress finish, up to the deadline); stop Serve too when
+    no other application is left on it (a shared cluster's other applications keep running)."""
     from ray import serve
 
     serve.delete(config.name)
-    serve.shutdown()
+    if not serve.status().applications:
+        serve.shutdown()
 
 
 def serve_forever(config: ServeConfig, address: str | None = None, on_ready=print) -> None:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM, then drain and stop. Both signals are caught here: a shell starts a
+    background job with SIGINT ignored, and a process manager stops services with SIGTERM."""
     url = start(config, address)
-    on_ready(url)
     done = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *a: done.set())
+    previous = {sig: signal.signal(sig, lambda *a: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    on_ready(url)
     try:
         while not done.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         stop(config)
