@@ -175,22 +175,32 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(sd_export):
-    """One Ray instance and one application for the module: the tiny text-to-image pipeline behind a bearer token,
-    with tight limits (3 requests in progress at most)."""
+def app(sd_export):
+    """One Ray instance for the module, a two-node test cluster on this machine (Ray's ``Cluster``: a head and a
+    worker node, one CPU each), with one application: the tiny text-to-image pipeline behind a bearer token, with
+    tight limits (3 requests in progress at most). Loopback only; every process stopped at the end."""
     from ray import serve
+    from ray.cluster_utils import Cluster
 
     from diffprune.serve.server import start
 
-    ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
     try:
+        ray.init(address=cluster.address, log_to_driver=False)
         config = resolve_target(sd_export, backend="ort-cpu", threads=1, steps=2, port=_free_port(), name="sd",
                                 api_key_sha256=key_digest(KEY), max_ongoing=3, batch_wait_s=0.05,
                                 limits=Limits(max_steps=1000, max_n=4, timeout_s=30))
-        yield start(config)
+        yield {"url": start(config), "config": config, "cluster": cluster, "worker": worker}
     finally:
         serve.shutdown()
         ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+def served(app):
+    return app["url"]
 
 
 def _slow(url, results, steps=60):
@@ -313,7 +323,7 @@ def test_concurrent_requests_share_unet_calls_and_keep_their_images(served, sd_e
             assert np.array_equal(decode_images(result), alone)
 
 
-def test_loadtest_writes_its_report_within_its_bounds(served, tmp_path):
+def test_loadtest_writes_its_report_within_its_bounds(served, tmp_path, capsys):
     from diffprune.cli import main
 
     out = tmp_path / "load"
@@ -331,7 +341,8 @@ def test_loadtest_writes_its_report_within_its_bounds(served, tmp_path):
     assert len(report["records"]) == sum(lv["requests"] for lv in report["levels"])
     assert "| closed, concurrency 2 |" in (out / "loadtest.md").read_text()
     assert (out / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["loadtest", served, "--out", str(out)]) == 2  # never overwritten without --overwrite
+    assert main(["loadtest", served, "--api-key", KEY, "--prompt", "a", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err  # never overwritten without --overwrite
 
 
 def test_a_replica_killed_with_sigkill_is_replaced(served):
@@ -351,3 +362,57 @@ def test_a_replica_killed_with_sigkill_is_replaced(served):
     assert _wait_until(served_again, timeout=60)
     assert set(statuses) <= {200, 503}  # while it is down: 503 with Retry-After, never a hang or a 500
     assert _wait_until(lambda: client.request("GET", "/readyz")[0] == 200, timeout=30)
+
+
+def test_a_node_lost_under_load_with_malformed_requests_mixed_in(app):
+    """Two replicas, one per node; the worker node is removed under load (1 request in 10 malformed), then a node
+    is added back. Every request gets one answer within its deadline: 200, 422 for the malformed, or a 503/504
+    that a retry fixes; none hangs; the replica count comes back."""
+    import dataclasses
+
+    from diffprune.serve.server import start
+
+    url, cluster = app["url"], app["cluster"]
+    start(dataclasses.replace(app["config"], replicas=2, max_replicas_per_node=1))
+    client = Client(url, api_key=KEY, timeout=20)
+
+    def replicas():
+        return json.loads(client.request("GET", "/readyz")[2]).get("replicas_running")
+
+    assert _wait_until(lambda: replicas() == 2, timeout=60)
+    records, stop = [], threading.Event()
+
+    def load(offset):
+        i = offset
+        while not stop.is_set():
+            bad = i % 10 == 0
+            body = b'{"prompt": 5}' if bad else json.dumps({"prompt": f"digit {i}", "seed": i, "deadline_s": 10}).encode()
+            started = time.time()
+            try:
+                status = client.request("POST", "/v1/images", body)[0]
+            except OSError as e:  # a timeout or a dropped connection: what must not happen
+                status = type(e).__name__
+            records.append((bad, status, time.time() - started))
+            i += 2
+
+    senders = [threading.Thread(target=load, args=(k,)) for k in (0, 1)]
+    for t in senders:
+        t.start()
+    try:
+        time.sleep(1.0)
+        cluster.remove_node(app["worker"], allow_graceful=False)  # the node dies, its replica with it
+        lost_at = time.time()
+        time.sleep(3.0)
+        app["worker"] = cluster.add_node(num_cpus=1)  # a machine comes back
+        assert _wait_until(lambda: replicas() == 2, timeout=60)
+        recovered_s = time.time() - lost_at
+    finally:
+        stop.set()
+        for t in senders:
+            t.join()
+    statuses = [s for _, s, _ in records]
+    print({s: statuses.count(s) for s in set(statuses)}, f"recovered in {recovered_s:.1f} s")
+    assert all(s == 422 for bad, s, _ in records if bad), statuses
+    assert set(statuses) <= {200, 422, 503, 504}, statuses  # no hang, no dropped connection, no 500
+    assert statuses.count(200) > 0 and max(t for _, _, t in records) < 12
+    assert recovered_s < 60

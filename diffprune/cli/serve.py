@@ -32,6 +32,8 @@ def register(subparsers):
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: the DIFFPRUNE_API_KEY environment variable; "
                         "none: no authentication)")
+    p.add_argument("--max-replicas-per-node", type=int, default=None,
+                   help="on a Ray cluster, at most this many replicas per machine (1 spreads them over the machines)")
     add_backend_argument(p, default=None)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads per replica (default: this machine's cores divided among the replicas)")
@@ -66,6 +68,7 @@ def config_from_args(args):
     limits = Limits(max_n=args.max_n, max_steps=args.max_steps, max_prompt_chars=args.max_prompt_chars,
                     max_body_bytes=args.max_body_bytes, timeout_s=args.timeout)
     return resolve_target(args.target, backend=args.backend, threads=args.threads, replicas=args.replicas,
+                          max_replicas_per_node=args.max_replicas_per_node,
                           scheduler=args.scheduler, steps=args.steps, batch=args.batch, max_ongoing=args.max_ongoing,
                           max_batch_requests=args.max_batch_requests, batch_wait_s=args.batch_wait_ms / 1000,
                           limits=limits, api_key_sha256=key_digest(key), host=args.host, port=args.port)

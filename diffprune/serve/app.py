@@ -238,13 +238,17 @@ def build_app(config: ServeConfig, cpus: float | None = None):
 
     cpus = cpus if cpus is not None else float(ray.cluster_resources().get("CPU", 1))
     per_replica = min(1.0, cpus / config.replicas)
+    spread = {"max_replicas_per_node": config.max_replicas_per_node} if config.max_replicas_per_node else {}
     model = Model.options(
-        num_replicas=config.replicas, max_ongoing_requests=max(config.max_ongoing, config.max_batch_requests),
+        **spread, num_replicas=config.replicas, max_ongoing_requests=max(config.max_ongoing, config.max_batch_requests),
         ray_actor_options={"num_cpus": per_replica},
         graceful_shutdown_timeout_s=config.limits.timeout_s,
     ).bind(config.to_dict())
     full = {**config.to_dict(), "api_key_sha256": config.api_key_sha256}
     return Gateway.options(
+        # on the head node, beside the HTTP proxy (server.py starts it there only): losing a worker machine then
+        # loses model replicas, whose requests the gateway answers with 503, never the gateway itself
+        ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}},
         max_ongoing_requests=config.max_ongoing + 64,  # past the limit the gateway answers 503 itself, at once
         graceful_shutdown_timeout_s=config.limits.timeout_s,
     ).bind(model, full)

@@ -33,7 +33,8 @@ class ServeConfig:
     `diffprune serve`.
 
     - ``replicas``: model replicas (each one runtime model on ``threads`` CPU threads; by default the machine's
-      cores divided among the replicas, so replicas do not oversubscribe the cores)
+      cores divided among the replicas, so replicas do not oversubscribe the cores); ``max_replicas_per_node``
+      caps them per machine of a Ray cluster (1: one per machine, spread)
     - ``max_ongoing``: requests in progress in the whole service; one more gets 503 with Retry-After
     - ``max_batch_requests`` / ``batch_wait_s``: Ray Serve's batching: up to this many queued requests join
       one batch, waiting at most this long for company; requests with the same steps, scheduler and guidance
@@ -47,6 +48,7 @@ class ServeConfig:
     backend: str = "auto"
     threads: int | None = None
     replicas: int = 1
+    max_replicas_per_node: int | None = None  # 1 spreads the replicas over the cluster's machines
     scheduler: str | None = None  # default scheduler (deploy.json's); None: the model's own
     steps: int = 50
     batch: int | None = None  # images per UNet call (default: what the export allows)
@@ -128,7 +130,8 @@ def check_config(config: ServeConfig) -> None:
     for name, value in positive.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise DiffPruneError(f"--{name.replace('_', '-')} is {value!r}; it must be a whole number >= 1.")
-    for name, value in {"threads": config.threads, "batch": config.batch}.items():
+    for name, value in {"threads": config.threads, "batch": config.batch,
+                        "max_replicas_per_node": config.max_replicas_per_node}.items():
         if value is not None and (not isinstance(value, int) or value < 1):
             raise DiffPruneError(f"--{name} is {value!r}; it must be a whole number >= 1 (or left out).")
     if not config.limits.timeout_s > 0 or not config.batch_wait_s >= 0:

@@ -26,7 +26,9 @@ def start_many(apps: list, address: str | None = None) -> list:
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     first = apps[0][0]
-    serve.start(http_options={"host": first.host, "port": first.port})
+    # One HTTP proxy, on the head node, that clients (or a load balancer) address; Ray's default of one per node
+    # would make every machine of a cluster listen on the port.
+    serve.start(proxy_location="HeadOnly", http_options={"host": first.host, "port": first.port})
     targets = [serve.RunTarget(build_app(config), name=config.name, route_prefix=prefix) for config, prefix in apps]
     try:
         serve.run_many(targets)
