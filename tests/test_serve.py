@@ -416,3 +416,44 @@ def test_a_node_lost_under_load_with_malformed_requests_mixed_in(app):
     assert set(statuses) <= {200, 422, 503, 504}, statuses  # no hang, no dropped connection, no 500
     assert statuses.count(200) > 0 and max(t for _, _, t in records) < 12
     assert recovered_s < 60
+
+
+def test_stopping_drains_the_requests_in_progress(app):
+    """The last test on the application: stopping it (as Ctrl-C / SIGTERM does) answers what is in progress."""
+    from diffprune.serve.server import stop
+
+    results = []
+    slow = _slow(app["url"], results, steps=40)
+    assert _wait_until(lambda: _in_progress(app["url"]) == 1)
+    stop(app["config"])
+    slow.join()
+    assert results[0][0] == 200 and json.loads(results[0][2])["images"]
+    with pytest.raises(OSError):  # and then nothing listens any more
+        Client(app["url"], timeout=5).request("GET", "/healthz")
+
+
+def test_serving_imports_no_torch():
+    """The serve package runs on an inference host: Ray, numpy and the runtime, never torch nor the torch side."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch.") or name.startswith(("diffusers", "transformers")):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, NoTorch())
+        import diffprune.serve as s
+        for m in pkgutil.walk_packages(s.__path__, "diffprune.serve."):
+            importlib.import_module(m.name)
+        import diffprune.cli.serve, diffprune.cli.loadtest
+        from diffprune.cli import main
+        bad = [k for k in sys.modules if k == "torch" or k.startswith(("torch.", "diffprune.export", "diffprune.models"))]
+        assert not bad, bad
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
