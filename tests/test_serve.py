@@ -99,6 +99,17 @@ def test_summary_percentiles_throughput_and_errors_by_kind():
     assert summarize([{"latency_s": 1.0, "kind": "4xx"}], 1.0)["p99_s"] is None
 
 
+def test_the_highest_rate_under_a_p99_target():
+    from diffprune.serve.loadtest import max_rate_under_slo
+
+    level = lambda rate, p99, errors=None, n=100: {"mode": "open", "throughput_rps": rate, "p99_s": p99,  # noqa: E731
+                                                   "errors": errors or {}, "requests": n}
+    levels = [level(1.0, 0.2), level(2.0, 0.3), level(3.0, 0.39), level(4.0, 0.9), level(3.5, 0.1, {"503": 5})]
+    assert max_rate_under_slo(levels, slo_s=0.4) == 3.0  # 4/s breaks the p99; 3.5/s refused 5 %
+    assert max_rate_under_slo(levels, slo_s=0.05) is None
+    assert max_rate_under_slo([{**level(9.0, 0.1), "mode": "closed"}], slo_s=1.0) is None  # open loop only
+
+
 def test_loadtest_loads_loopback_only():
     for url in ("http://127.0.0.1:8000", "http://localhost:8000"):
         check_loopback(url)

@@ -176,6 +176,9 @@ class Gateway:
             return _error(503, None, f"The model replica was lost while serving this request "
                                      f"({type(e).__name__}); retry: Ray Serve restarts it.",
                           headers={"Retry-After": self.retry_after()})
+        except Exception as e:  # anything else still gets one JSON answer, never a dropped connection
+            return _error(500, None, f"The request failed in the model deployment: {type(e).__name__}: "
+                                     f"{str(e)[:500]}")
         if "error" in result:
             err = result["error"]
             return _error(err["status"], "deadline_s" if err["status"] == 504 else None, err["message"])

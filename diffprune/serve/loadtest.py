@@ -64,6 +64,16 @@ def summarize(records: list, elapsed_s: float) -> dict:
             "errors": {k: v for k, v in errors.items() if v}}
 
 
+def max_rate_under_slo(levels: list, slo_s: float, max_error_share: float = 0.01) -> float | None:
+    """The highest throughput among open-loop levels whose p99 stays under ``slo_s`` with at most
+    ``max_error_share`` of requests refused or failed; None when no level meets it. A pure function of the
+    levels' summaries (what a capacity plan reads off a load test)."""
+    good = [lv["throughput_rps"] for lv in levels
+            if lv.get("mode", "open") == "open" and lv["p99_s"] is not None and lv["p99_s"] <= slo_s
+            and sum(lv["errors"].values()) <= max_error_share * lv["requests"]]
+    return max(good) if good else None
+
+
 def _one(client: Client, body: bytes, t0: float) -> dict:
     started = time.perf_counter()
     status, error = None, None

@@ -1,0 +1,162 @@
+"""What does a pruned model buy a server? `diffprune serve` load-tested on this CPU, dense vs pruned.
+
+The shipped, trained digits DDPM (builtin:digits-ddpm, 28x28) and the same model pruned by magnitude to
+half its channels (`diffprune prune --ratio 0.5`; not fine-tuned: serving speed depends on the
+architecture, not on the weights), both exported to ONNX and served on one local Ray instance:
+
+1. single-request latency of each model (closed loop, concurrency 1); the SLO is 2x the dense model's
+   median single-request latency;
+2. for 1 and 2 replicas, open-loop Poisson arrivals at rising rates; the highest throughput whose p99 stays
+   under the SLO with at most 1 % errors (diffprune.serve.loadtest.max_rate_under_slo), dense and pruned;
+3. batching on vs off (--max-batch-requests 8 vs 1) at concurrency 8, dense, 1 replica.
+
+    python benchmarks/serve_load.py WORK [--steps 10] [--duration 8] [--backend ort-cpu]
+
+WORK holds the exports (reused when present). Writes benchmarks/results/serve_load.{json,md} and one
+load-test folder per run under WORK. On a shared machine, other users' load shows up in the numbers: the
+report records the CPU and the load average before and after.
+"""
+
+import argparse
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RATE_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)  # times the dense model's 1-replica rate at c=1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def exports(work: Path) -> dict:
+    from diffprune.cli import main
+
+    dense, pruned_src, pruned = work / "digits-dense-onnx", work / "digits-pruned-0.5", work / "digits-pruned-0.5-onnx"
+    if not dense.exists():
+        assert main(["export", "builtin:digits-ddpm", str(dense)]) == 0
+    if not pruned_src.exists():
+        assert main(["prune", "builtin:digits-ddpm", str(pruned_src), "--method", "magnitude", "--ratio", "0.5"]) == 0
+    if not pruned.exists():
+        assert main(["export", str(pruned_src), str(pruned)]) == 0
+    return {"dense": dense, "pruned": pruned}
+
+
+def run(work: Path, steps: int, duration: float, backend: str) -> dict:
+    import ray
+    from ray import serve
+
+    from diffprune.serve import resolve_target
+    from diffprune.serve.loadtest import closed_loop, cpu_model, max_rate_under_slo, open_loop
+    from diffprune.serve.server import start, stop
+    from diffprune.serve.client import Client
+
+    models = exports(work)
+    body = json.dumps({"n": 1, "steps": steps, "seed": 0}).encode()
+    report = {"format": "diffprune.bench.serve_load/1", "steps": steps, "duration_s": duration, "backend": backend,
+              "cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_before": os.getloadavg(), "runs": []}
+    ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(), log_to_driver=False)
+    try:
+        def deploy(name, replicas, batch_requests=8):
+            config = resolve_target(models[name], backend=backend, replicas=replicas, port=free_port(),
+                                    max_ongoing=64, max_batch_requests=batch_requests, name=f"{name}-{replicas}")
+            url = start(config)
+            client = Client(url, timeout=60)
+            for _ in range(3):  # warm-up: first calls pay for graph optimisation and thread pools
+                client.request("POST", "/v1/images", body)
+            return config, client
+
+        def record(what, level):
+            level = {k: v for k, v in level.items() if k != "records"}
+            report["runs"].append({**what, **level})
+            print(what, {k: level[k] for k in ("requests", "ok", "throughput_rps", "p50_s", "p99_s", "errors")},
+                  flush=True)
+            return level
+
+        single, rates_found = {}, {}
+        for replicas in (1, 2):
+            for name in ("dense", "pruned"):
+                config, client = deploy(name, replicas)
+                if replicas == 1:
+                    single[name] = record({"model": name, "replicas": 1, "load": "closed c=1"},
+                                          closed_loop(client, body, 1, duration, 200))
+                    if name == "dense":
+                        slo = 2 * single["dense"]["p50_s"]
+                        base = single["dense"]["throughput_rps"]
+                        report["slo_s"] = slo
+                levels, misses = [], 0
+                for factor in RATE_FACTORS:
+                    rate = round(base * factor * replicas, 3)
+                    lv = record({"model": name, "replicas": replicas, "load": f"open {rate}/s"},
+                                open_loop(client, body, rate, duration, 400, seed=1))
+                    levels.append(lv)
+                    misses += lv["p99_s"] is None or lv["p99_s"] > slo
+                    if misses >= 2:  # two levels past the SLO: the rest would only queue more
+                        break
+                rates_found[f"{name}, {replicas} replica(s)"] = max_rate_under_slo(levels, slo)
+                if replicas == 1 and name == "dense":
+                    for batch_requests in (1, 8):  # batching off, then on, at concurrency 8
+                        stop(config)
+                        config, client = deploy(name, 1, batch_requests=batch_requests)
+                        record({"model": name, "replicas": 1, "load": f"closed c=8, batch requests {batch_requests}"},
+                               closed_loop(client, body, 8, duration, 400))
+                stop(config)
+        report["max_rate_under_slo"] = rates_found
+        dense1, pruned1 = rates_found.get("dense, 1 replica(s)"), rates_found.get("pruned, 1 replica(s)")
+        report["pruned_over_dense_1_replica"] = pruned1 / dense1 if dense1 and pruned1 else None
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    report["loadavg_after"] = os.getloadavg()
+    return report
+
+
+def markdown(report: dict) -> str:
+    ms = lambda v: "-" if v is None else f"{v * 1000:.0f}"  # noqa: E731
+    lines = [f"# Serving load test: digits DDPM, dense vs pruned (ratio 0.5), {report['steps']} DDIM steps, 1 image per request",
+             "", f"CPU: {report['cpu']}, {report['cores']} cores (shared; load average before "
+             f"{report['loadavg_before'][0]:.1f}, after {report['loadavg_after'][0]:.1f}); backend {report['backend']}; "
+             f"{report['duration_s']:g} s per level. SLO: p99 under {ms(report['slo_s'])} ms (2x the dense model's "
+             "median single-request latency).", "",
+             "| highest rate with p99 under the SLO | requests/s |", "|---|---:|"]
+    for what, rate in report["max_rate_under_slo"].items():
+        lines.append(f"| {what} | {'-' if rate is None else f'{rate:.2f}'} |")
+    ratio = report.get("pruned_over_dense_1_replica")
+    lines += ["", f"Pruned / dense at 1 replica: {'-' if ratio is None else f'{ratio:.2f}x'} (target 1.5x).", "",
+              "| model | replicas | load | requests | 200 | req/s | p50 (ms) | p99 (ms) | errors |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in report["runs"]:
+        errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "none"
+        lines.append(f"| {r['model']} | {r['replicas']} | {r['load']} | {r['requests']} | {r['ok']} | "
+                     f"{r['throughput_rps']:.2f} | {ms(r['p50_s'])} | {ms(r['p99_s'])} | {errors} |")
+    lines += ["", "Command: `python benchmarks/serve_load.py WORK --steps {} --duration {:g} --backend {}`".format(
+        report["steps"], report["duration_s"], report["backend"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("work")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--backend", default="ort-cpu")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load"))
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    report = run(work, args.steps, args.duration, args.backend)
+    report["wall_s"] = time.time() - started
+    Path(args.out + ".json").write_text(json.dumps(report, indent=1))
+    Path(args.out + ".md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
