@@ -95,8 +95,9 @@ def run(work: Path, steps: int, duration: float, backend: str) -> dict:
                     lv = record({"model": name, "replicas": replicas, "load": f"open {rate}/s"},
                                 open_loop(client, body, rate, duration, 400, seed=1))
                     levels.append(lv)
-                    misses += lv["p99_s"] is None or lv["p99_s"] > slo
-                    if misses >= 2:  # two levels past the SLO: the rest would only queue more
+                    missed = lv["p99_s"] is None or lv["p99_s"] > slo
+                    misses = misses + 1 if missed else 0
+                    if misses >= 2:  # two levels in a row past the SLO: higher rates would only queue more
                         break
                 rates_found[f"{name}, {replicas} replica(s)"] = max_rate_under_slo(levels, slo)
                 if replicas == 1 and name == "dense":
@@ -114,6 +115,40 @@ def run(work: Path, steps: int, duration: float, backend: str) -> dict:
         ray.shutdown()
     report["loadavg_after"] = os.getloadavg()
     return report
+
+
+def startup(work: Path) -> dict:
+    """Replica start-up and memory: ONNX Runtime, then OpenVINO with an empty IR cache (cold: the ONNX file is
+    converted) and again with the cache it left (warm). Time to ready is `start()`'s wall time (Ray Serve
+    deploys the gateway and the model replica and waits for both); load is the replica's own model loading."""
+    import tempfile
+
+    os.environ["DIFFPRUNE_CACHE"] = tempfile.mkdtemp(prefix="serve-load-cache-")  # before Ray starts its workers
+    import ray
+    from ray import serve
+
+    from diffprune.serve import resolve_target
+    from diffprune.serve.server import start, stop
+
+    models = exports(work)
+    rows = []
+    ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(), log_to_driver=False)
+    try:
+        for name in ("dense", "pruned"):
+            for backend, state in (("ort-cpu", "-"), ("openvino", "cold"), ("openvino", "warm")):
+                config = resolve_target(models[name], backend=backend, port=free_port(), name=f"start-{name}")
+                started = time.perf_counter()
+                start(config)
+                ready_s = time.perf_counter() - started
+                info = serve.get_deployment_handle("model", app_name=config.name).info.remote().result()
+                rows.append({"model": name, "backend": backend, "ir_cache": state, "ready_s": ready_s,
+                             "load_s": info["load_s"], "rss_mib": info["rss_mib"]})
+                print(rows[-1], flush=True)
+                stop(config)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return {"startup": rows}
 
 
 def markdown(report: dict) -> str:
@@ -136,6 +171,14 @@ def markdown(report: dict) -> str:
                      f"{r['throughput_rps']:.2f} | {ms(r['p50_s'])} | {ms(r['p99_s'])} | {errors} |")
     lines += ["", "Command: `python benchmarks/serve_load.py WORK --steps {} --duration {:g} --backend {}`".format(
         report["steps"], report["duration_s"], report["backend"])]
+    if report.get("startup"):
+        lines += ["", "## Replica start-up and memory", "",
+                  "| model | backend | OpenVINO IR cache | time to ready (s) | model load in the replica (s) | replica RSS (MiB) |",
+                  "|---|---|---|---:|---:|---:|"]
+        for r in report["startup"]:
+            lines.append(f"| {r['model']} | {r['backend']} | {r['ir_cache']} | {r['ready_s']:.1f} | {r['load_s']:.2f} | "
+                         f"{r['rss_mib']:.0f} |")
+        lines += ["", "Command: `python benchmarks/serve_load.py WORK --startup` (merged into this file)."]
     return "\n".join(lines) + "\n"
 
 
@@ -146,9 +189,18 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--backend", default="ort-cpu")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load"))
+    p.add_argument("--startup", action="store_true",
+                   help="measure replica start-up and memory only, and add them to an existing OUT.json")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.startup:
+        report = json.loads(Path(args.out + ".json").read_text())
+        report.update(startup(work))
+        Path(args.out + ".json").write_text(json.dumps(report, indent=1))
+        Path(args.out + ".md").write_text(markdown(report))
+        print(markdown(report))
+        return 0
     started = time.time()
     report = run(work, args.steps, args.duration, args.backend)
     report["wall_s"] = time.time() - started

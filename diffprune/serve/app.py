@@ -13,7 +13,6 @@ stopped at the next UNet call).
 
 import asyncio
 import hmac
-import json
 import math
 import statistics
 import threading
@@ -54,9 +53,16 @@ class Model:
             raise
 
     def info(self) -> dict:
+        """This replica: backend, seconds its model took to load, process id, resident memory (MiB, Linux)."""
         import os
 
-        return {"backend": self.model.backend, "load_s": self.model.load_s, "pid": os.getpid()}
+        rss = None
+        try:
+            with open("/proc/self/status") as f:
+                rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+        return {"backend": self.model.backend, "load_s": self.model.load_s, "pid": os.getpid(), "rss_mib": rss}
 
     def check_health(self):
         self.model.check()
