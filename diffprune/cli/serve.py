@@ -27,11 +27,12 @@ def register(subparsers):
     p.add_argument("target", metavar="TARGET", help="pipeline export (pipeline.json), UNet export or engine folder, "
                                                     "a deploy.json from `diffprune select`, or its folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port of the HTTP proxy (default 8000)")
     p.add_argument("--replicas", type=int, default=1, help="model replicas, spread over the cluster's nodes (default 1)")
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: the DIFFPRUNE_API_KEY environment variable; "
-                        "none: no authentication)")
+                   help="require 'Authorization: Bearer KEY' (default: the DIFFPRUNE_API_KEY environment variable, "
+                        "which, unlike this option, other users cannot read in the process list; none: no "
+                        "authentication)")
     p.add_argument("--max-replicas-per-node", type=int, default=None,
                    help="on a Ray cluster, at most this many replicas per machine (1 spreads them over the machines)")
     add_backend_argument(p, default=None)
