@@ -151,6 +151,43 @@ def startup(work: Path) -> dict:
     return {"startup": rows}
 
 
+def batching(work: Path, steps: int, backend: str, repeats: int = 5) -> dict:
+    """The compute side of batching, without Ray or HTTP: 8 one-image requests run as one batch (one runtime call,
+    batch 8) against the same 8 one at a time, alternating, ``repeats`` times, median seconds; 2 threads."""
+    import statistics
+
+    from diffprune.serve import resolve_target
+    from diffprune.serve.model import ServedModel
+    from diffprune.serve.schema import model_facts, parse_request
+
+    models = exports(work)
+    rows = []
+    for name in ("dense", "pruned"):
+        config = resolve_target(models[name], backend=backend, threads=2)
+        model = ServedModel(config).open()
+        try:
+            jobs = [parse_request(json.dumps({"n": 1, "steps": steps, "seed": i}).encode(), config,
+                                  model_facts(config)) for i in range(8)]
+            for job in jobs:
+                job["deadline"] = float("inf")
+            model.run(jobs[:2])  # warm-up
+            together, alone = [], []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                model.run(jobs)
+                together.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                for job in jobs:
+                    model.run([job])
+                alone.append(time.perf_counter() - t)
+        finally:
+            model.close()
+        rows.append({"model": name, "batched_s": statistics.median(together), "one_by_one_s": statistics.median(alone),
+                     "speedup": statistics.median(alone) / statistics.median(together)})
+        print(rows[-1], flush=True)
+    return {"batching_compute": rows}
+
+
 def markdown(report: dict) -> str:
     ms = lambda v: "-" if v is None else f"{v * 1000:.0f}"  # noqa: E731
     lines = [f"# Serving load test: digits DDPM, dense vs pruned (ratio 0.5), {report['steps']} DDIM steps, 1 image per request",
@@ -179,6 +216,12 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['model']} | {r['backend']} | {r['ir_cache']} | {r['ready_s']:.1f} | {r['load_s']:.2f} | "
                          f"{r['rss_mib']:.0f} |")
         lines += ["", "Command: `python benchmarks/serve_load.py WORK --startup` (merged into this file)."]
+    if report.get("batching_compute"):
+        lines += ["", "## Batching, compute only (8 one-image requests, no Ray, no HTTP, 2 threads, median of 5)", "",
+                  "| model | as one batch (s) | one by one (s) | speedup |", "|---|---:|---:|---:|"]
+        for r in report["batching_compute"]:
+            lines.append(f"| {r['model']} | {r['batched_s']:.2f} | {r['one_by_one_s']:.2f} | {r['speedup']:.2f}x |")
+        lines += ["", "Command: `python benchmarks/serve_load.py WORK --batching` (merged into this file)."]
     return "\n".join(lines) + "\n"
 
 
@@ -191,12 +234,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load"))
     p.add_argument("--startup", action="store_true",
                    help="measure replica start-up and memory only, and add them to an existing OUT.json")
+    p.add_argument("--batching", action="store_true",
+                   help="measure batching's compute gain only (no Ray), and add it to an existing OUT.json")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    if args.startup:
+    p_extra = args.startup or args.batching
+    if p_extra:
         report = json.loads(Path(args.out + ".json").read_text())
-        report.update(startup(work))
+        report.update(startup(work) if args.startup else batching(work, report["steps"], report["backend"]))
         Path(args.out + ".json").write_text(json.dumps(report, indent=1))
         Path(args.out + ".md").write_text(markdown(report))
         print(markdown(report))
