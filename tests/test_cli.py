@@ -53,7 +53,8 @@ def test_help_teaches():
         assert word in proc.stdout
 
 
-COMMAND_NAMES = ["prune", "demo", "eval", "select", "finetune", "export", "quantize", "build", "sample", "bench"]
+COMMAND_NAMES = ["prune", "demo", "eval", "select", "finetune", "export", "quantize", "build", "sample", "bench", "serve",
+                 "loadtest"]
 
 # Makes torch, diffusers and torch_pruning unimportable (as in test_runtime.py), then runs the CLI.
 NO_TORCH = textwrap.dedent("""
@@ -122,7 +123,8 @@ def test_every_command_module_is_a_name_a_register_and_a_run(capsys):
     assert exit_.value.code == 0
     assert re.findall(r"^    (\w+)\s", capsys.readouterr().out, flags=re.M) == COMMAND_NAMES
     fewest = {"prune": ["a", "b"], "demo": [], "eval": ["m"], "select": ["d", "--budget-ms", "1"],
-              "finetune": ["a", "b"], "export": ["a", "b"], "build": ["d"], "sample": ["a"], "bench": ["a"]}
+              "finetune": ["a", "b"], "export": ["a", "b"], "build": ["d"], "sample": ["a"], "bench": ["a"],
+              "serve": ["t"], "loadtest": ["http://127.0.0.1:8000", "--out", "o"]}
     for name, rest in fewest.items():
         assert parser.parse_args([name, *rest]).func.__module__ == f"diffprune.cli.{name}"
 

@@ -27,12 +27,12 @@ def test_quickstart_commands_are_what_ci_runs():
     quick = re.findall(r"```bash\n(.*?)```", section("Quickstart"), flags=re.S)[0].strip().splitlines()
     assert len(quick) == 2, "the quickstart is two commands"
     setup, test = quick
-    assert 'pip install -e ".[torch,cpu,openvino,int8,dev]"' in setup and setup.endswith("diffprune demo")
+    assert 'pip install -e ".[torch,cpu,openvino,int8,dev,serve]"' in setup and setup.endswith("diffprune demo")
     # CPU first, as a command: PyTorch's CPU build before the install that would otherwise pull CUDA's
     cpu = setup.index("pip install torch --index-url https://download.pytorch.org/whl/cpu")
-    assert cpu < setup.index('pip install -e ".[torch,cpu,openvino,int8,dev]"')
+    assert cpu < setup.index('pip install -e ".[torch,cpu,openvino,int8,dev,serve]"')
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'pip install -q -e ".[torch,cpu,openvino,int8,dev]"' in ci
+    assert 'pip install -q -e ".[torch,cpu,openvino,int8,dev,serve]"' in ci
     assert test in ci, "CI must run the README's test command"
 
 
