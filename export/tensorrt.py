@@ -75,6 +75,30 @@ def profile_shapes(meta: dict, batch) -> dict:
     return shapes
 
 
+def _profile_batch(meta: dict, batch, onnx_dir) -> tuple:
+    """The (min, opt, max) batch of a single export's profile: ``batch``, else the exported range; checked."""
+    from .validate import check_batch
+
+    lo, opt, hi = batch or (meta["batch"]["min"], meta["batch"]["opt"], meta["batch"]["max"])
+    if not 1 <= lo <= opt <= hi:
+        raise DiffPruneError(f"batch range ({lo}, {opt}, {hi}) is invalid; need 1 <= min <= opt <= max.")
+    for b in (lo, hi):
+        check_batch(meta, b, onnx_dir)  # the profile must lie inside the exported range
+    return lo, opt, hi
+
+
+def engine_profiles(onnx_dir, batch=None) -> dict:
+    """{component: {input: (min, opt, max) shapes}} of the engines :func:`build_engine` ("model") or, for a
+    pipeline export, :func:`build_pipeline` (one per component) builds from ``onnx_dir``, checked as they
+    check them; needs no TensorRT (``diffprune build --print-profiles``)."""
+    from .validate import verify_export
+
+    if (Path(onnx_dir) / PIPELINE_JSON).is_file():
+        return pipeline_profiles(onnx_dir, batch)
+    meta = verify_export(onnx_dir)
+    return {"model": profile_shapes(meta, _profile_batch(meta, batch, Path(onnx_dir)))}
+
+
 def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization_level: int = 3,
                  timing_cache=None, hardware_compatible: bool = False, version_compatible: bool = False,
                  batch=None, overwrite: bool = False) -> Path:
@@ -85,7 +109,7 @@ def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization
     ``hardware_compatible`` builds for Ampere and newer GPUs instead of this one (slower engine);
     ``version_compatible`` lets newer TensorRT runtimes load it (lean runtime, slower build).
     """
-    from .validate import check_batch, verify_export
+    from .validate import verify_export
 
     onnx_dir = Path(onnx_dir)
     meta = verify_export(onnx_dir)
@@ -93,11 +117,7 @@ def build_engine(onnx_dir, out_dir=None, workspace_gb: float = 4.0, optimization
         raise DiffPruneError(f"optimization_level {optimization_level} is out of range; allowed 0..5 (default 3).")
     if workspace_gb <= 0:
         raise DiffPruneError(f"workspace_gb {workspace_gb} must be positive.")
-    lo, opt, hi = batch or (meta["batch"]["min"], meta["batch"]["opt"], meta["batch"]["max"])
-    if not 1 <= lo <= opt <= hi:
-        raise DiffPruneError(f"batch range ({lo}, {opt}, {hi}) is invalid; need 1 <= min <= opt <= max.")
-    for b in (lo, hi):
-        check_batch(meta, b, onnx_dir)  # the profile must lie inside the exported range
+    lo, opt, hi = _profile_batch(meta, batch, onnx_dir)
     out_dir = Path(out_dir) if out_dir else onnx_dir.with_name(onnx_dir.name + "-trt")
     from diffprune._io import check_writable
 

@@ -187,3 +187,17 @@ def test_prune_help_names_every_shipped_model_and_architecture():
     text = " ".join(proc.stdout.split())  # across line breaks
     for name in (*BUILTIN_MODELS, *ARCHITECTURES):
         assert re.search(rf"[ (:]{re.escape(name)}[,)]", text), name
+
+
+def test_build_prints_a_single_exports_profile_and_checks_its_batch(tiny_export, capsys):
+    from diffprune.cli import main
+    from diffprune.export import engine_profiles
+
+    assert main(["build", str(tiny_export), "--print-profiles"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["model.sample: min [1, 1, 16, 16] opt [2, 1, 16, 16] max [4, 1, 16, 16]",
+                       "model.timestep: min [1] opt [2] max [4]"]  # the exported range, (B, C, H, W) and (B,)
+    assert engine_profiles(tiny_export, (1, 1, 2))["model"]["timestep"] == ((1,), (1,), (2,))
+    # the profile build_engine would refuse is refused here too, not printed
+    assert main(["build", str(tiny_export), "--print-profiles", "--batch", "1", "2", "16"]) == 2
+    assert "outside the exported range" in capsys.readouterr().err

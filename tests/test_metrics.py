@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,9 @@ def test_evaluate_from_python_on_a_tiny_export(tmp_path, tiny_export):
     assert "consistency" not in again and again["fid"]["fid"] == pytest.approx(0, abs=1e-4)
     with pytest.raises(DiffPruneError, match="needs a feature network"):
         evaluate(tiny_export, reference=stats)
+    # `diffprune eval` is a shell over it: the same numbers in its --json
+    from diffprune.cli import main
+
+    assert main(["eval", str(tiny_export), "--dense", str(tiny_export), "--n", "4", "--steps", "2", "--batch", "2",
+                 "--backend", "ort-cpu", "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text()) == result

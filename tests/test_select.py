@@ -75,6 +75,33 @@ def test_joint_choice_beside_the_naive_ones():
     assert d["joint"]["choice"] == config_name("p", "ort-cpu", "dpm-solver++", 5, 1)  # pruning wins here
 
 
+def test_what_is_measured_first_and_how_far_predictions_were_off():
+    from diffprune.selection.decide import first_to_measure, prediction_error
+
+    rows = grid_rows()
+    first = first_to_measure(rows, [30, 100], DEFAULT)
+    assert set(pareto(rows)) <= first
+    assert decide(rows, [100], DEFAULT)["100"]["dense, fewer steps"]["choice"] in first
+    # dense DDIM x5 (predicted 50 ms) is the naive choice at 46 ms only if predictions run 10 % high: measured
+    # too, as it may fit once measured; at 45 ms (49.5 ms with the margin) it is not
+    assert config_name("dense", "ort-cpu", "ddim", 5, 1) in first_to_measure(rows, [46], DEFAULT)
+    assert config_name("dense", "ort-cpu", "ddim", 5, 1) not in first_to_measure(rows, [45], DEFAULT)
+    for r, measured in zip(rows[:2], (40.0, 125.0)):
+        r.measured_ms = measured
+    err = prediction_error(rows[:2])  # predicted 50 and 100 ms
+    assert err["n"] == 2 and err["max_abs"] == pytest.approx(0.25) and err["median_abs"] == pytest.approx(0.225)
+
+
+def test_which_backend_runs_which_model():
+    from diffprune.selection.decide import runnable_pairs
+
+    kinds = {"dense": "onnx", "int8": "openvino"}
+    assert runnable_pairs(kinds, ["ort-cpu", "openvino"]) == [("dense", "ort-cpu"), ("dense", "openvino"),
+                                                               ("int8", "openvino")]
+    with pytest.raises(DiffPruneError, match="No backend in ort-cpu runs 'int8' \\(openvino\\); add openvino"):
+        runnable_pairs(kinds, ["ort-cpu"])
+
+
 def test_latency_model_predicts_from_one_probe():
     lm = LatencyModel(unet_ms=4.0, other_ms=1.0, sampler_ms={"ddim": (2.0, 0.5), "dpm-solver++": (2.0, 0.75)})
     assert lm.predict("ddim", 10) == pytest.approx(10 * 4.0 + 2.0 + 10 * 0.5 + 1.0)

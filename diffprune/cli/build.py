@@ -44,22 +44,14 @@ def run(args) -> int:
     from diffprune.runtime.formats import is_pipeline
 
     require(*NEEDS)
-    from diffprune.export import build_engine, write_repository
-    from diffprune.export.tensorrt import build_pipeline, pipeline_profiles, profile_shapes
-    from diffprune.export.validate import verify_export
+    from diffprune.export import build_engine, build_pipeline, engine_profiles, write_repository
 
-    pipeline = is_pipeline(args.onnx_dir)
     if args.print_profiles:
-        if pipeline:
-            profiles = pipeline_profiles(args.onnx_dir, args.batch)
-        else:
-            meta = verify_export(args.onnx_dir)
-            b = args.batch if args.batch is not None else (meta["batch"]["min"], meta["batch"]["opt"], meta["batch"]["max"])
-            profiles = {"model": profile_shapes(meta, b)}
-        for component, shapes in profiles.items():
+        for component, shapes in engine_profiles(args.onnx_dir, args.batch).items():
             for name, (lo, opt, hi) in shapes.items():
                 print(f"{component}.{name}: min {list(lo)} opt {list(opt)} max {list(hi)}")
         return 0
+    pipeline = is_pipeline(args.onnx_dir)
     options = dict(workspace_gb=args.workspace_gb, optimization_level=args.opt_level, timing_cache=args.timing_cache,
                    hardware_compatible=args.hardware_compatible, version_compatible=args.version_compatible)
     if pipeline:

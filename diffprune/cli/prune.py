@@ -96,23 +96,10 @@ def _labels(text: str) -> list:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 0,3,7)") from None
 
 
-def _processes(device: str) -> tuple:
-    """(device, whether this is the first process): under accelerate launch / torchrun (WORLD_SIZE > 1) the
-    process group is started through accelerate, as fine-tuning does, and each process gets its own GPU."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device, True
-    require("accelerate")
-    from accelerate import PartialState
-
-    state = PartialState(cpu=device == "cpu")
-    return str(state.device), state.is_main_process
-
-
 def run(args) -> int:
     require(*NEEDS)
     from diffprune._io import check_writable
+    from diffprune.pruning import start_processes
     from diffprune.pruning.calibration import check_guidance
     from diffprune.pruning.pruner import check_options
     from diffprune.pruning.recipe import prune_source
@@ -125,7 +112,7 @@ def run(args) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else None
     check_guidance(args.guidance_scale, args.data, prompts)
     device = resolve_device(args.device)
-    device, main = _processes(device)
+    device, main = start_processes(device)
     if main:
         check_writable(args.out, args.overwrite)
     pruned = prune_source(

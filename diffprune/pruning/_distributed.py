@@ -2,9 +2,30 @@
 collectives that make every rank see what one process would have seen.
 
 Pruning reads torch.distributed's process group when one is initialised (``accelerate launch`` or
-torchrun, through accelerate's PartialState in the CLI); without one everything here is the identity
-and one process does the whole job.
+torchrun, through accelerate's PartialState: :func:`start_processes`); without one everything here is the
+identity and one process does the whole job.
 """
+
+from ..errors import DiffPruneError
+
+
+def start_processes(device: str) -> tuple:
+    """(device, whether this is the first process). Under accelerate launch / torchrun (WORLD_SIZE > 1) the
+    process group is started through accelerate, as fine-tuning does, and each process gets its own GPU;
+    in one process ``device`` as given. Call it before pruning; only the first process should save."""
+    import os
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return device, True
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        raise DiffPruneError(f"Pruning on {size} processes (WORLD_SIZE={size}: accelerate launch or torchrun) starts "
+                             "them through accelerate, which is not installed in this Python. Install it with: pip "
+                             "install 'diffprune[torch]', or run one process.") from None
+    state = PartialState(cpu=device == "cpu")
+    return str(state.device), state.is_main_process
 
 
 def world() -> tuple:

@@ -2,6 +2,7 @@
 naive choices), plus the latency model and the checks of a grid; nothing here samples or times anything.
 """
 
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,6 +146,35 @@ def make_rows(quality: dict, latency: dict, schedulers, step_list, per: str, ran
                                     q["psnr_db"], m, b, s, k, batch_size, None, predicted, None, q.get("fid"),
                                     q["ssim"]))
     return rows
+
+
+def first_to_measure(rows, budgets, default: dict, margin: float = 1.1) -> set:
+    """Names of the rows to measure end to end first: the predicted Pareto front and every choice, also
+    those made as if the predictions ran ``margin`` high, so a configuration that fits only once measured
+    is not missed (later rounds measure whatever the measured latencies make the choice)."""
+    return set(pareto(rows)) | chosen_names(decide(rows, budgets, default)) | chosen_names(
+        decide(rows, [b * margin for b in budgets], default))
+
+
+def prediction_error(measured) -> dict:
+    """How far the predicted latencies of the ``measured`` rows were off, relative to the measured ones."""
+    errors = [r.predicted_ms / r.measured_ms - 1 for r in measured]
+    return {"n": len(errors), "median_abs": statistics.median(abs(e) for e in errors) if errors else None,
+            "max_abs": max((abs(e) for e in errors), default=None)}
+
+
+def runnable_pairs(kinds: dict, backends) -> list:
+    """(model, backend) for each model (name -> artifact kind: onnx, openvino, tensorrt) and each backend that
+    runs it (an engine only on trt); a model no backend runs is refused."""
+    from ..runtime.runners import incompatibility
+
+    pairs = [(m, b) for m in kinds for b in (backends if kinds[m] != "tensorrt" else ["trt"])
+             if incompatibility(kinds[m], b) is None]
+    missing = [m for m in kinds if not any(pm == m for pm, _ in pairs)]
+    if missing:
+        raise DiffPruneError(f"No backend in {', '.join(backends)} runs {missing[0]!r} ({kinds[missing[0]]}); add "
+                             f"{'trt' if kinds[missing[0]] == 'tensorrt' else 'openvino'} to --backend.")
+    return pairs
 
 
 def parse_reference(text: str, scheduler_config: dict) -> tuple:

@@ -23,16 +23,14 @@ When nothing fits, the fastest measured configuration is named with its excess, 
 """
 
 import json
-import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import DiffPruneError
 from ..evaluation.evaluate import as_artifact
 from ..runtime.formats import DEPLOY_JSON
-from .decide import (check_grid, check_options, check_settings, chosen_names, decide, make_rows, pareto,
-                     parse_reference)
+from .decide import (check_grid, check_options, check_settings, chosen_names, decide, first_to_measure, make_rows,
+                     pareto, parse_reference, prediction_error, runnable_pairs)
 from .measure import measure_quality, probe, reuse_quality, verify
 from .report import deploy_record, plot, report
 from .sweep import sweep_member
@@ -77,18 +75,12 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
                                                 max_timesteps, export_batches, progress, log)
 
     from ..runtime.artifact import describe
-    from ..runtime.runners import incompatibility
 
     kinds = {name: describe(path)[0] for name, path in artifacts.items()}
     # An engine's engine.json holds the model's spec under "model"; an export's model.json is the spec.
     metas = {name: (lambda d: d[2]["model"] if d[0] == "tensorrt" else d[2])(describe(path))
              for name, path in artifacts.items()}
-    pairs = [(m, b) for m in artifacts for b in (backends if kinds[m] != "tensorrt" else ["trt"])
-             if incompatibility(kinds[m], b) is None]
-    missing = [m for m in artifacts if not any(pm == m for pm, _ in pairs)]
-    if missing:
-        raise DiffPruneError(f"No backend in {', '.join(backends)} runs {missing[0]!r} ({kinds[missing[0]]}); add "
-                             f"{'trt' if kinds[missing[0]] == 'tensorrt' else 'openvino'} to --backend.")
+    pairs = runnable_pairs(kinds, backends)
     ref_setting = parse_reference(reference, metas["dense"].get("scheduler", {}))
     check_settings(schedulers, step_list + [ref_setting[1]], metas["dense"].get("scheduler", {}))
 
@@ -106,24 +98,18 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     try:
         rows = make_rows(quality, latency, schedulers, step_list, per, rank, metas, artifacts, quality_from)
         by_name = {r.name: r for r in rows}
-        predicted_front = pareto(rows)
-        # Also what would be chosen if predictions ran 10 % high, so a configuration that fits only once
-        # measured is not missed; later rounds measure whatever the measured latencies make the choice.
-        to_measure = set(predicted_front) | chosen_names(decide(rows, budgets, default)) | chosen_names(
-            decide(rows, [b * 1.1 for b in budgets], default))
+        to_measure = first_to_measure(rows, budgets, default)
         rounds = 0
         while to_measure:
             rounds += 1
             log(f"measuring {len(to_measure)} configurations end to end (round {rounds})")
             verify([by_name[name] for name in sorted(to_measure)], processes, runs, per, progress)
-            decisions = decide(rows, budgets, default)
-            to_measure = {name for name in chosen_names(decisions) if not by_name[name].measured}
+            to_measure = {name for name in chosen_names(decide(rows, budgets, default)) if not by_name[name].measured}
     finally:
         for worker in processes.values():
             worker.close()
     timing["verify_s"] = time.perf_counter() - mark
     measured = [r for r in rows if r.measured]
-    errors = [r.predicted_ms / r.measured_ms - 1 for r in measured]
     decisions = decide(rows, budgets, default)
     result = {
         "budgets_ms": budgets, "per": per, "backends": backends, "batches": batches, "steps": step_list,
@@ -133,8 +119,7 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
         "fid_reference": str(fid_reference) if fid_reference else None, "default": default, "n": n, "runs": runs, "probe_runs": probe_runs, "features": str(features) if features else None,
         "rows": [asdict(r) for r in rows], "pareto": pareto(rows), "pareto_measured": pareto(measured),
         "decisions": decisions, "verification_rounds": rounds,
-        "prediction_error": {"n": len(errors), "median_abs": statistics.median(abs(e) for e in errors) if errors else None,
-                             "max_abs": max((abs(e) for e in errors), default=None)},
+        "prediction_error": prediction_error(measured),
         "seconds": time.perf_counter() - started, "timing": timing, "versions": installed_versions(),
         "latency_model": {f"{m} · {b} · b{bs}": asdict(lm) for (m, b), model in latency.items() for bs, lm in model.items()},
     }
