@@ -44,7 +44,7 @@ def register(subparsers):
     p.add_argument("--n", type=int, default=1, help="images per request (default 1)")
     p.add_argument("--request", default=None, help="the whole request body as JSON (overrides --prompt/--steps/--n)")
     p.add_argument("--out", required=True, help="folder to write (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (the report folder) if it exists")
     p.set_defaults(func=run)
     return p
 
