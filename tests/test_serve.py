@@ -356,6 +356,22 @@ def test_loadtest_writes_its_report_within_its_bounds(served, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err  # never overwritten without --overwrite
 
 
+def test_a_slow_client_does_not_hold_up_the_others(served):
+    """A client that sends its headers and half its body, then stalls, costs a connection, not the service."""
+    from urllib.parse import urlparse
+
+    address = urlparse(served)
+    first, rest = b'{"prompt": ', b'"late", "seed": 1}'
+    with socket.create_connection((address.hostname, address.port), timeout=10) as slow:
+        slow.sendall(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+                     + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(first + rest) + first)
+        started = time.time()
+        assert Client(served, api_key=KEY).generate(prompt="meanwhile", seed=2)["images"]
+        assert time.time() - started < 10
+        slow.sendall(rest)  # the rest of its body, late: it is still answered
+        assert slow.recv(12).startswith(b"HTTP/1.1 200")
+
+
 def test_a_replica_killed_with_sigkill_is_replaced(served):
     from ray import serve
 

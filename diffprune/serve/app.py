@@ -5,8 +5,8 @@ requests). The :class:`~diffprune.serve.config.ServeConfig` is the application's
 Routes: ``POST /v1/images``, ``GET /healthz`` (the gateway answers), ``GET /readyz`` (every model replica has
 loaded its model), ``GET /metrics`` (Prometheus text).
 
-Answers besides 200: 400 (body not JSON), 401 (bearer token missing or wrong), 404, 405, 413 (body over
-the cap), 422 (a field: its name in ``error.field``), 503 with Retry-After (more than ``max_ongoing``
+Answers besides 200: 400 (body not JSON), 401 (bearer token missing or wrong), 404, 405, 408 (the body did
+not arrive within 10 s), 413 (body over the cap), 422 (a field: its name in ``error.field``), 503 with Retry-After (more than ``max_ongoing``
 requests in progress, or a replica lost mid-request: retry), 504 (past the deadline; the work is
 stopped at the next UNet call).
 """
@@ -25,6 +25,9 @@ from starlette.responses import JSONResponse, Response
 
 from .config import ServeConfig, key_digest
 from .schema import RequestError, model_facts, parse_request
+
+
+BODY_TIMEOUT_S = 10.0  # a JSON body of at most 64 KiB on a working connection arrives in far less
 
 
 @serve.deployment(name="model", health_check_period_s=5, health_check_timeout_s=30)
@@ -151,6 +154,13 @@ class Gateway:
         if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
             return _error(413, None, f"The request body has {length} bytes; the server takes at most "
                                      f"{limits.max_body_bytes} (`diffprune serve --max-body-bytes`).")
+        try:
+            # the body first, within BODY_TIMEOUT_S: a client that trickles it holds a connection, not a slot
+            body = await asyncio.wait_for(_read_capped(request, limits.max_body_bytes), BODY_TIMEOUT_S)
+        except RequestError as e:
+            return JSONResponse(e.to_dict(), status_code=e.status)
+        except asyncio.TimeoutError:
+            return _error(408, None, f"The request body did not arrive within {BODY_TIMEOUT_S:g} s; send it whole.")
         if self.in_progress >= self.config.max_ongoing:
             return _error(503, None, f"The server has {self.in_progress} requests in progress, its limit "
                                      f"(--max-ongoing {self.config.max_ongoing}); retry after Retry-After seconds.",
@@ -158,7 +168,6 @@ class Gateway:
         self.in_progress += 1
         self.m["queue"].inc()
         try:
-            body = await _read_capped(request, limits.max_body_bytes)
             job = parse_request(body, self.config, self.facts)
             return await self.generate(job)
         except RequestError as e:
