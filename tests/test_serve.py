@@ -110,6 +110,24 @@ def test_the_highest_rate_under_a_p99_target():
     assert max_rate_under_slo([{**level(9.0, 0.1), "mode": "closed"}], slo_s=1.0) is None  # open loop only
 
 
+def test_replicas_share_the_cpus_and_autoscale_within_bounds(tiny_export):
+    from diffprune.cli import build_parser
+    from diffprune.cli.serve import config_from_args
+    from diffprune.serve.app import model_options
+
+    fixed = model_options(resolve_target(tiny_export, replicas=4), cpus=2)
+    assert fixed["num_replicas"] == 4 and fixed["ray_actor_options"]["num_cpus"] == 0.5  # 4 replicas still fit
+    assert "autoscaling_config" not in fixed
+    args = build_parser().parse_args(["serve", str(tiny_export), "--replicas", "1-4", "--max-replicas-per-node", "1"])
+    config = config_from_args(args)
+    scaled = model_options(config, cpus=8)
+    assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
+    assert "num_replicas" not in scaled and scaled["max_replicas_per_node"] == 1
+    assert scaled["ray_actor_options"]["num_cpus"] == 1.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", str(tiny_export), "--replicas", "4-1"])
+
+
 def test_loadtest_loads_loopback_only():
     for url in ("http://127.0.0.1:8000", "http://localhost:8000"):
         check_loopback(url)

@@ -247,21 +247,31 @@ def _error(status: int, field, message: str, headers: dict | None = None) -> JSO
     return JSONResponse(RequestError(status, field, message).to_dict(), status_code=status, headers=headers)
 
 
+def model_options(config: ServeConfig, cpus: float) -> dict:
+    """Ray Serve options of the model deployment. Each replica reserves its share of the ``cpus`` Ray has, at most
+    one, so replicas spread over a cluster's nodes and ``--replicas`` above the CPU count still starts. With
+    ``max_replicas`` Ray Serve autoscales between ``replicas`` and it, aiming at a full batch per replica."""
+    most = config.max_replicas or config.replicas
+    options = {"max_ongoing_requests": max(config.max_ongoing, config.max_batch_requests),
+               "ray_actor_options": {"num_cpus": min(1.0, cpus / most)},
+               "graceful_shutdown_timeout_s": config.limits.timeout_s}
+    if config.max_replicas_per_node:
+        options["max_replicas_per_node"] = config.max_replicas_per_node
+    if config.max_replicas:
+        options["autoscaling_config"] = {"min_replicas": config.replicas, "max_replicas": config.max_replicas,
+                                         "target_ongoing_requests": config.max_batch_requests}
+    else:
+        options["num_replicas"] = config.replicas
+    return options
+
+
 def build_app(config: ServeConfig, cpus: float | None = None):
     """The application for ``serve.run``: the gateway bound to the model deployment, the config their argument.
-
-    ``cpus``: the CPUs Ray has (default: ask Ray); each model replica reserves its share, at most one, so
-    replicas spread over the nodes of a cluster and ``--replicas`` above the CPU count still starts."""
+    ``cpus``: the CPUs Ray has (default: ask Ray)."""
     import ray
 
     cpus = cpus if cpus is not None else float(ray.cluster_resources().get("CPU", 1))
-    per_replica = min(1.0, cpus / config.replicas)
-    spread = {"max_replicas_per_node": config.max_replicas_per_node} if config.max_replicas_per_node else {}
-    model = Model.options(
-        **spread, num_replicas=config.replicas, max_ongoing_requests=max(config.max_ongoing, config.max_batch_requests),
-        ray_actor_options={"num_cpus": per_replica},
-        graceful_shutdown_timeout_s=config.limits.timeout_s,
-    ).bind(config.to_dict())
+    model = Model.options(**model_options(config, cpus)).bind(config.to_dict())
     full = {**config.to_dict(), "api_key_sha256": config.api_key_sha256}
     return Gateway.options(
         # on the head node, beside the HTTP proxy (server.py starts it there only): losing a worker machine then
