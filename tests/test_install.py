@@ -56,8 +56,10 @@ def test_base_install_does_not_pull_torch(wheel):
     base = [r for r in requires if "extra ==" not in r]
     heavy = ("torch", "diffusers", "accelerate", "torch-pruning", "onnxscript")
     assert base and not any(r.split(">")[0].split("<")[0].split("=")[0].strip() in heavy for r in base), base
-    for extra in ("torch", "cpu", "openvino", "gpu"):
+    for extra in ("torch", "cpu", "openvino", "gpu", "serve"):
         assert any(f'extra == "{extra}"' in r for r in requires), extra
+    serve = [r for r in requires if 'extra == "serve"' in r]  # an inference host's server: no torch either
+    assert not any(r.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip() in heavy for r in serve), serve
 
 
 def test_every_inference_extra_can_tokenize_prompts(wheel):

@@ -110,6 +110,24 @@ def test_the_highest_rate_under_a_p99_target():
     assert max_rate_under_slo([{**level(9.0, 0.1), "mode": "closed"}], slo_s=1.0) is None  # open loop only
 
 
+def test_replicas_share_the_cpus_and_autoscale_within_bounds(tiny_export):
+    from diffprune.cli import build_parser
+    from diffprune.cli.serve import config_from_args
+    from diffprune.serve.app import model_options
+
+    fixed = model_options(resolve_target(tiny_export, replicas=4), cpus=2)
+    assert fixed["num_replicas"] == 4 and fixed["ray_actor_options"]["num_cpus"] == 0.5  # 4 replicas still fit
+    assert "autoscaling_config" not in fixed
+    args = build_parser().parse_args(["serve", str(tiny_export), "--replicas", "1-4", "--max-replicas-per-node", "1"])
+    config = config_from_args(args)
+    scaled = model_options(config, cpus=8)
+    assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
+    assert "num_replicas" not in scaled and scaled["max_replicas_per_node"] == 1
+    assert scaled["ray_actor_options"]["num_cpus"] == 1.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", str(tiny_export), "--replicas", "4-1"])
+
+
 def test_loadtest_loads_loopback_only():
     for url in ("http://127.0.0.1:8000", "http://localhost:8000"):
         check_loopback(url)
@@ -354,6 +372,22 @@ def test_loadtest_writes_its_report_within_its_bounds(served, tmp_path, capsys):
     assert (out / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["loadtest", served, "--api-key", KEY, "--prompt", "a", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err  # never overwritten without --overwrite
+
+
+def test_a_slow_client_does_not_hold_up_the_others(served):
+    """A client that sends its headers and half its body, then stalls, costs a connection, not the service."""
+    from urllib.parse import urlparse
+
+    address = urlparse(served)
+    first, rest = b'{"prompt": ', b'"late", "seed": 1}'
+    with socket.create_connection((address.hostname, address.port), timeout=10) as slow:
+        slow.sendall(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+                     + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(first + rest) + first)
+        started = time.time()
+        assert Client(served, api_key=KEY).generate(prompt="meanwhile", seed=2)["images"]
+        assert time.time() - started < 10
+        slow.sendall(rest)  # the rest of its body, late: it is still answered
+        assert slow.recv(12).startswith(b"HTTP/1.1 200")
 
 
 def test_a_replica_killed_with_sigkill_is_replaced(served):

@@ -9,6 +9,18 @@ NAME = "serve"
 SERVE_INSTALL = "pip install 'diffprune[serve]'"
 
 
+def replica_range(text):
+    """argparse type: ``N`` -> (N, None); ``MIN-MAX`` -> (MIN, MAX), autoscaling."""
+    low, dash, high = text.partition("-")
+    try:
+        lo, hi = int(low), (int(high) if dash else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of replicas like 2, or bounds like 1-4; got {text!r}") from None
+    if lo < 1 or (hi is not None and hi < lo):
+        raise argparse.ArgumentTypeError(f"expected replicas >= 1 and MIN <= MAX (like 1-4); got {text!r}")
+    return lo, hi
+
+
 def register(subparsers):
     p = subparsers.add_parser(
         NAME, help="serve an export over HTTP with Ray Serve (batching, limits, metrics)"
@@ -28,7 +40,8 @@ def register(subparsers):
                                                     "a deploy.json from `diffprune select`, or its folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port of the HTTP proxy (default 8000)")
-    p.add_argument("--replicas", type=int, default=1, help="model replicas, spread over the cluster's nodes (default 1)")
+    p.add_argument("--replicas", type=replica_range, default=(1, None), metavar="N or MIN-MAX",
+                   help="model replicas (default 1); MIN-MAX autoscales between them on the requests in progress")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: the DIFFPRUNE_API_KEY environment variable, "
                         "which, unlike this option, other users cannot read in the process list; none: no "
@@ -68,8 +81,8 @@ def config_from_args(args):
     key = args.api_key or os.environ.get(API_KEY_ENV) or None
     limits = Limits(max_n=args.max_n, max_steps=args.max_steps, max_prompt_chars=args.max_prompt_chars,
                     max_body_bytes=args.max_body_bytes, timeout_s=args.timeout)
-    return resolve_target(args.target, backend=args.backend, threads=args.threads, replicas=args.replicas,
-                          max_replicas_per_node=args.max_replicas_per_node,
+    return resolve_target(args.target, backend=args.backend, threads=args.threads, replicas=args.replicas[0],
+                          max_replicas=args.replicas[1], max_replicas_per_node=args.max_replicas_per_node,
                           scheduler=args.scheduler, steps=args.steps, batch=args.batch, max_ongoing=args.max_ongoing,
                           max_batch_requests=args.max_batch_requests, batch_wait_s=args.batch_wait_ms / 1000,
                           limits=limits, api_key_sha256=key_digest(key), host=args.host, port=args.port)
@@ -82,7 +95,8 @@ def run(args) -> int:
     config = config_from_args(args)
 
     def ready(url):
-        print(f"serving {config.target} ({config.kind}) at {url}/v1/images with {config.replicas} replica(s), "
+        count = f"{config.replicas}-{config.max_replicas}" if config.max_replicas else str(config.replicas)
+        print(f"serving {config.target} ({config.kind}) at {url}/v1/images with {count} replica(s), "
               f"{config.replica_threads} thread(s) each; auth: {'bearer' if config.api_key_sha256 else 'none'}; "
               "Ctrl-C stops", flush=True)
 

@@ -5,8 +5,8 @@ requests). The :class:`~diffprune.serve.config.ServeConfig` is the application's
 Routes: ``POST /v1/images``, ``GET /healthz`` (the gateway answers), ``GET /readyz`` (every model replica has
 loaded its model), ``GET /metrics`` (Prometheus text).
 
-Answers besides 200: 400 (body not JSON), 401 (bearer token missing or wrong), 404, 405, 413 (body over
-the cap), 422 (a field: its name in ``error.field``), 503 with Retry-After (more than ``max_ongoing``
+Answers besides 200: 400 (body not JSON), 401 (bearer token missing or wrong), 404, 405, 408 (the body did
+not arrive within 10 s), 413 (body over the cap), 422 (a field: its name in ``error.field``), 503 with Retry-After (more than ``max_ongoing``
 requests in progress, or a replica lost mid-request: retry), 504 (past the deadline; the work is
 stopped at the next UNet call).
 """
@@ -25,6 +25,9 @@ from starlette.responses import JSONResponse, Response
 
 from .config import ServeConfig, key_digest
 from .schema import RequestError, model_facts, parse_request
+
+
+BODY_TIMEOUT_S = 10.0  # a JSON body of at most 64 KiB on a working connection arrives in far less
 
 
 @serve.deployment(name="model", health_check_period_s=5, health_check_timeout_s=30)
@@ -151,6 +154,13 @@ class Gateway:
         if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
             return _error(413, None, f"The request body has {length} bytes; the server takes at most "
                                      f"{limits.max_body_bytes} (`diffprune serve --max-body-bytes`).")
+        try:
+            # the body first, within BODY_TIMEOUT_S: a client that trickles it holds a connection, not a slot
+            body = await asyncio.wait_for(_read_capped(request, limits.max_body_bytes), BODY_TIMEOUT_S)
+        except RequestError as e:
+            return JSONResponse(e.to_dict(), status_code=e.status)
+        except asyncio.TimeoutError:
+            return _error(408, None, f"The request body did not arrive within {BODY_TIMEOUT_S:g} s; send it whole.")
         if self.in_progress >= self.config.max_ongoing:
             return _error(503, None, f"The server has {self.in_progress} requests in progress, its limit "
                                      f"(--max-ongoing {self.config.max_ongoing}); retry after Retry-After seconds.",
@@ -158,7 +168,6 @@ class Gateway:
         self.in_progress += 1
         self.m["queue"].inc()
         try:
-            body = await _read_capped(request, limits.max_body_bytes)
             job = parse_request(body, self.config, self.facts)
             return await self.generate(job)
         except RequestError as e:
@@ -238,21 +247,31 @@ def _error(status: int, field, message: str, headers: dict | None = None) -> JSO
     return JSONResponse(RequestError(status, field, message).to_dict(), status_code=status, headers=headers)
 
 
+def model_options(config: ServeConfig, cpus: float) -> dict:
+    """Ray Serve options of the model deployment. Each replica reserves its share of the ``cpus`` Ray has, at most
+    one, so replicas spread over a cluster's nodes and ``--replicas`` above the CPU count still starts. With
+    ``max_replicas`` Ray Serve autoscales between ``replicas`` and it, aiming at a full batch per replica."""
+    most = config.max_replicas or config.replicas
+    options = {"max_ongoing_requests": max(config.max_ongoing, config.max_batch_requests),
+               "ray_actor_options": {"num_cpus": min(1.0, cpus / most)},
+               "graceful_shutdown_timeout_s": config.limits.timeout_s}
+    if config.max_replicas_per_node:
+        options["max_replicas_per_node"] = config.max_replicas_per_node
+    if config.max_replicas:
+        options["autoscaling_config"] = {"min_replicas": config.replicas, "max_replicas": config.max_replicas,
+                                         "target_ongoing_requests": config.max_batch_requests}
+    else:
+        options["num_replicas"] = config.replicas
+    return options
+
+
 def build_app(config: ServeConfig, cpus: float | None = None):
     """The application for ``serve.run``: the gateway bound to the model deployment, the config their argument.
-
-    ``cpus``: the CPUs Ray has (default: ask Ray); each model replica reserves its share, at most one, so
-    replicas spread over the nodes of a cluster and ``--replicas`` above the CPU count still starts."""
+    ``cpus``: the CPUs Ray has (default: ask Ray)."""
     import ray
 
     cpus = cpus if cpus is not None else float(ray.cluster_resources().get("CPU", 1))
-    per_replica = min(1.0, cpus / config.replicas)
-    spread = {"max_replicas_per_node": config.max_replicas_per_node} if config.max_replicas_per_node else {}
-    model = Model.options(
-        **spread, num_replicas=config.replicas, max_ongoing_requests=max(config.max_ongoing, config.max_batch_requests),
-        ray_actor_options={"num_cpus": per_replica},
-        graceful_shutdown_timeout_s=config.limits.timeout_s,
-    ).bind(config.to_dict())
+    model = Model.options(**model_options(config, cpus)).bind(config.to_dict())
     full = {**config.to_dict(), "api_key_sha256": config.api_key_sha256}
     return Gateway.options(
         # on the head node, beside the HTTP proxy (server.py starts it there only): losing a worker machine then

@@ -32,7 +32,7 @@ class ServeConfig:
     """One served model. ``artifact`` and ``kind`` come from :func:`resolve_target`; the rest are the options of
     `diffprune serve`.
 
-    - ``replicas``: model replicas (each one runtime model on ``threads`` CPU threads; by default the machine's
+    - ``replicas``: model replicas, or the least of them when ``max_replicas`` turns autoscaling on (each one runtime model on ``threads`` CPU threads; by default the machine's
       cores divided among the replicas, so replicas do not oversubscribe the cores); ``max_replicas_per_node``
       caps them per machine of a Ray cluster (1: one per machine, spread)
     - ``max_ongoing``: requests in progress in the whole service; one more gets 503 with Retry-After
@@ -48,6 +48,7 @@ class ServeConfig:
     backend: str = "auto"
     threads: int | None = None
     replicas: int = 1
+    max_replicas: int | None = None  # set: autoscale between replicas and max_replicas
     max_replicas_per_node: int | None = None  # 1 spreads the replicas over the cluster's machines
     scheduler: str | None = None  # default scheduler (deploy.json's); None: the model's own
     steps: int = 50
@@ -75,7 +76,7 @@ class ServeConfig:
 
     @property
     def replica_threads(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.replicas))
+        return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.max_replicas or self.replicas))
 
 
 def key_digest(key: str | None) -> str | None:
@@ -133,6 +134,10 @@ def check_config(config: ServeConfig) -> None:
                         "max_replicas_per_node": config.max_replicas_per_node}.items():
         if value is not None and (not isinstance(value, int) or value < 1):
             raise DiffPruneError(f"--{name} is {value!r}; it must be a whole number >= 1 (or left out).")
+    if config.max_replicas is not None and (not isinstance(config.max_replicas, int) or
+                                            config.max_replicas < config.replicas):
+        raise DiffPruneError(f"--replicas {config.replicas}-{config.max_replicas}: the most replicas must be a whole "
+                             "number at least the least (e.g. --replicas 1-4).")
     if not config.limits.timeout_s > 0 or not config.batch_wait_s >= 0:
         raise DiffPruneError(f"--timeout {config.limits.timeout_s!r} must be > 0 seconds and --batch-wait-ms "
                              f"{config.batch_wait_s * 1000!r} >= 0.")

@@ -138,8 +138,13 @@ def loadtest(url: str, out, api_key: str | None = None, concurrency=(1, 2, 4, 8)
     ``request`` is the body sent each time (default: one image, the server's default steps, seed 0)."""
     from diffprune._io import atomic_dir, check_writable
 
+    import importlib.util
+
     check_loopback(url)
     check_writable(out, overwrite)  # before any request: a refused output costs the server nothing
+    if importlib.util.find_spec("matplotlib") is None:
+        raise DiffPruneError("The load test draws loadtest.png with matplotlib, which is not installed here; "
+                             "install it with: pip install 'diffprune[serve]' (or pip install matplotlib).")
     if duration_s <= 0 or max_requests < 1 or timeout_s <= 0:
         raise DiffPruneError(f"--duration {duration_s} and --timeout {timeout_s} must be > 0 s and --max-requests "
                              f"{max_requests} >= 1: the load test is bounded in time and count.")
