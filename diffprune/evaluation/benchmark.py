@@ -279,6 +279,17 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
         raise DiffPruneError("Give either pipeline exports (pipeline.json) or single-model exports, not both: a "
                              "pipeline is timed prompt -> image, a model noise -> image, and the two do not compare.")
     pipeline = pipelines.pop()
+    conditional = [str(p) for p, m in metas.items() if not m.get("pipeline") and (m.get("conditioning") or {}).get(
+        "kind", "none") != "none"]
+    if conditional:
+        # Before any process starts: the noise -> image loop feeds no conditioning, and an eager baseline of a lone
+        # conditional UNet would time something no deployment runs.
+        raise DiffPruneError(
+            f"{', '.join(map(repr, conditional))} {'is a UNet export' if len(conditional) == 1 else 'are UNet exports'} "
+            f"conditioned on {metas[conditional[0]]['conditioning']['kind']} (exported alone, e.g. with --unet-only); "
+            "bench measures single unconditional models noise -> image, and conditional ones as the pipeline they "
+            "belong to, prompt -> image. Export the whole pipeline (`diffprune export SRC OUT` without --unet-only; "
+            "builtin:digits-text and pruned copies of it are pipelines) and bench that folder.")
     if not pipeline and (prompt is not None or guidance is not None):
         raise DiffPruneError("--prompt and --guidance apply to pipeline exports (pipeline.json); these artifacts are "
                              "single unconditional models.")
