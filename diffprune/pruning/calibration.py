@@ -112,8 +112,8 @@ def _encode_text(text_encoder, captions, device):
     if encoded.truncated:
         import sys
 
-        print(f"diffprune: warning: {len(encoded.truncated)} of {len(captions)} captions are longer than the "
-              f"tokenizer's {getattr(text_encoder, 'max_length', 77)} tokens and were truncated (the first: {captions[encoded.truncated[0]][:80]!r}...), as the SD "
+        print(f"diffprune: warning: {len(encoded.truncated)} of {len(captions)} captions are longer than "
+              f"{getattr(text_encoder, 'max_length', 77)} CLIP tokens and were truncated (the first: {captions[encoded.truncated[0]][:80]!r}...), as the SD "
               "pipelines do.", file=sys.stderr)
     return encoded
 
