@@ -69,13 +69,18 @@ class Pipeline:
     def __exit__(self, *exc):
         self.close()
 
-    def open(self):
+    def open(self, runners: dict | None = None):
+        """Open every component on the backend; ``runners`` (component name -> an open Runner) replaces that
+        for the components it names: a Triton Python-backend model passes runners that call the component models
+        over BLS (export/triton_pipeline.py), so the loop below runs inside the server unchanged."""
         from .runners import open_runner
         from .text import ClipTokenizer
 
         try:
             for name, sub in self.spec["components"].items():
-                self.runners[name] = open_runner(self.folder / sub, self.backend, threads=self.threads).open()
+                given = (runners or {}).get(name)
+                self.runners[name] = given if given is not None else open_runner(
+                    self.folder / sub, self.backend, threads=self.threads).open()
             for encoder in ("text_encoder", "text_encoder_2"):
                 if encoder in self.runners:
                     sub = (self.spec.get("tokenizers") or {}).get(encoder, encoder.replace("text_encoder", "tokenizer"))

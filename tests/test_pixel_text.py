@@ -14,47 +14,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_pipeline_parity import sample_without_torch  # noqa: E402 (after importorskip)
+from conftest import write_pixel_text_pipeline  # noqa: E402 (after importorskip)
+from test_pipeline_parity import sample_without_torch  # noqa: E402
 
 TOLERANCE = 1e-3  # in [0, 1]: an eighth of one 8-bit level
-UNET = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=16, attention_head_dim=2, norm_num_groups=8)
-
-
-def write_pixel_text_pipeline(folder, tokens: int = 32, positions: int = 32):
-    """A StableDiffusionPipeline folder without vae/, its UNet on 1-channel 8x8 pixels, its tokenizer padding to
-    ``tokens`` and its CLIP text encoder (16 wide) with ``positions`` positions: seeded random weights."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from diffprune.runtime.text import ClipTokenizer
-
-    torch.manual_seed(0)
-    UNet2DConditionModel(**UNET).save_pretrained(folder / "unet")
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                            num_attention_heads=2, max_position_embeddings=positions, initializer_factor=10.0)
-    CLIPTextModel(config).save_pretrained(folder / "text_encoder")
-    ClipTokenizer(max_length=tokens).save(folder / "tokenizer")
-    DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_config(folder / "scheduler")
-    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-             "scheduler": ["diffusers", "DDIMScheduler"], "_diffprune_guidance_scale": 2.0}
-    (folder / "model_index.json").write_text(json.dumps(index))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def pixel_text(tmp_path_factory):
-    """(the pipeline folder, its export) with a 32-position tokenizer, exported once."""
-    from diffprune.export import export_pipeline
-
-    root = tmp_path_factory.mktemp("pixel-text")
-    folder = write_pixel_text_pipeline(root / "pipe")
-    export_pipeline(folder, root / "export", batch=(1, 2, 2), validate_batches=[1], progress=None)
-    return folder, root / "export"
-
-
 def test_the_export_is_a_pixel_text_pipeline_of_the_tokenizers_length(pixel_text):
     folder, out = pixel_text
     spec = json.loads((out / "pipeline.json").read_text())
