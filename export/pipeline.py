@@ -62,9 +62,11 @@ from .onnx import _export, _quiet_exporter, check_options, export_unet, weights_
 GUIDANCE = {"text-to-image": 7.5, "text-to-image-xl": 5.0, "text-to-image-pixel": 7.5}
 GUIDANCE_KEY = "_diffprune_guidance_scale"
 # fp32 tolerances per component (fp16: export/validate.py's relative 1e-2). Text hidden states can
-# reach magnitudes in the hundreds (SDXL's penultimate layer), so relative; decoders' outputs are pixels
-# in [-1, 1] that become 8-bit levels of 2/255 = 7.8e-3: 1e-3 is an eighth of one.
-TOLERANCE_FP32 = {"text_encoder": {"max_rel": 1e-5}, "vae_decoder": {"max_abs": 1e-3}, "vq_decoder": {"max_abs": 1e-3}}
+# reach magnitudes in the hundreds (SDXL's penultimate layer), so relative; 1e-4 of the largest magnitude:
+# builtin:digits-text's encoder (weights initialised at 10x CLIP's scale) differs from torch by 2.2e-5 of it
+# at batch 4 (float32 sums in another order), 6.6e-6 at batch 1, which 1e-5 refused. Decoders' outputs are
+# pixels in [-1, 1] that become 8-bit levels of 2/255 = 7.8e-3: 1e-3 is an eighth of one.
+TOLERANCE_FP32 = {"text_encoder": {"max_rel": 1e-4}, "vae_decoder": {"max_abs": 1e-3}, "vq_decoder": {"max_abs": 1e-3}}
 SPATIAL = ("latent_sample", "sample")
 
 
