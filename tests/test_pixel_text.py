@@ -93,6 +93,11 @@ def test_graphs_of_different_text_lengths_are_refused(pixel_text, tmp_path):
     with pytest.raises(DiffPruneError, match=r"text_encoder gives \(batch, 32, 16\), but the unet reads "
                                              r"encoder_hidden_states of \(batch, 77, 16\)"):
         Pipeline(broken, "ort-cpu").open()
+    # The lone conditional UNet export: bench points to the pipeline export before starting any process.
+    from diffprune.evaluation.benchmark import run_bench
+
+    with pytest.raises(DiffPruneError, match=r"is a UNet export conditioned on text .*Export the whole pipeline"):
+        run_bench([broken / "unet"], backend="ort-cpu", steps=1, runs=1, progress=False)
     good = {"text_encoder": {"outputs": [{"name": "hidden_states", "shape": ["batch", 77, 16]}]},
             "text_encoder_2": {"outputs": [{"name": "hidden_states", "shape": ["batch", 77, 16]}]},
             "unet": {"inputs": [{"name": "encoder_hidden_states", "shape": ["batch", 77, 32]}]}}
