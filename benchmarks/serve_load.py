@@ -34,20 +34,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def exports(work: Path) -> dict:
+# What each model's requests ask for: the text model gets a prompt at its own guidance (its model card: 1.5).
+MODELS = {
+    "digits-ddpm": ("digits", {}),
+    "digits-text": ("digits-text", {"prompt": "a handwritten digit 7", "guidance": 1.5}),
+}
+
+
+def exports(work: Path, model: str = "digits-ddpm") -> dict:
     from diffprune.cli import main
 
-    dense, pruned_src, pruned = work / "digits-dense-onnx", work / "digits-pruned-0.5", work / "digits-pruned-0.5-onnx"
+    stem = MODELS[model][0]
+    dense, pruned_src, pruned = work / f"{stem}-dense-onnx", work / f"{stem}-pruned-0.5", work / f"{stem}-pruned-0.5-onnx"
     if not dense.exists():
-        assert main(["export", "builtin:digits-ddpm", str(dense)]) == 0
+        assert main(["export", f"builtin:{model}", str(dense)]) == 0
     if not pruned_src.exists():
-        assert main(["prune", "builtin:digits-ddpm", str(pruned_src), "--method", "magnitude", "--ratio", "0.5"]) == 0
+        assert main(["prune", f"builtin:{model}", str(pruned_src), "--method", "magnitude", "--ratio", "0.5"]) == 0
     if not pruned.exists():
         assert main(["export", str(pruned_src), str(pruned)]) == 0
     return {"dense": dense, "pruned": pruned}
 
 
-def run(work: Path, steps: int, duration: float, backend: str) -> dict:
+def run(work: Path, steps: int, duration: float, backend: str, model: str = "digits-ddpm") -> dict:
     import ray
     from ray import serve
 
@@ -56,9 +64,9 @@ def run(work: Path, steps: int, duration: float, backend: str) -> dict:
     from diffprune.serve.server import start, stop
     from diffprune.serve.client import Client
 
-    models = exports(work)
-    body = json.dumps({"n": 1, "steps": steps, "seed": 0}).encode()
-    report = {"format": "diffprune.bench.serve_load/1", "steps": steps, "duration_s": duration, "backend": backend,
+    models = exports(work, model)
+    body = json.dumps({"n": 1, "steps": steps, "seed": 0, **MODELS[model][1]}).encode()
+    report = {"format": "diffprune.bench.serve_load/1", "model": model, "request": json.loads(body), "steps": steps, "duration_s": duration, "backend": backend,
               "cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_before": os.getloadavg(), "runs": []}
     ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(), log_to_driver=False)
     try:
@@ -190,7 +198,8 @@ def batching(work: Path, steps: int, backend: str, repeats: int = 5) -> dict:
 
 def markdown(report: dict) -> str:
     ms = lambda v: "-" if v is None else f"{v * 1000:.0f}"  # noqa: E731
-    lines = [f"# Serving load test: digits DDPM, dense vs pruned (ratio 0.5), {report['steps']} DDIM steps, 1 image per request",
+    what = {"digits-ddpm": "digits DDPM", "digits-text": "digits-text pipeline (prompt, guidance 1.5)"}[report.get("model", "digits-ddpm")]
+    lines = [f"# Serving load test: {what}, dense vs pruned (ratio 0.5), {report['steps']} DDIM steps, 1 image per request",
              "", f"CPU: {report['cpu']}, {report['cores']} cores (shared; load average before "
              f"{report['loadavg_before'][0]:.1f}, after {report['loadavg_after'][0]:.1f}); backend {report['backend']}; "
              f"{report['duration_s']:g} s per level. SLO: p99 under {ms(report['slo_s'])} ms (2x the dense model's "
@@ -231,6 +240,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--backend", default="ort-cpu")
+    p.add_argument("--model", choices=sorted(MODELS), default="digits-ddpm",
+                   help="the shipped model served, dense and pruned (default digits-ddpm)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load"))
     p.add_argument("--startup", action="store_true",
                    help="measure replica start-up and memory only, and add them to an existing OUT.json")
@@ -248,7 +259,7 @@ def main(argv=None) -> int:
         print(markdown(report))
         return 0
     started = time.time()
-    report = run(work, args.steps, args.duration, args.backend)
+    report = run(work, args.steps, args.duration, args.backend, args.model)
     report["wall_s"] = time.time() - started
     Path(args.out + ".json").write_text(json.dumps(report, indent=1))
     Path(args.out + ".md").write_text(markdown(report))

@@ -3,7 +3,8 @@
 Graph contract (what the runtime and TensorRT rely on):
     inputs   sample    float32 (B, C, H, W)   the noisy image x_t
              timestep  float32 (B,)           one timestep per sample (guidance and mixed-t batches)
-             [encoder_hidden_states float32 (B, 77, D)]   text-conditioned UNets (Stable Diffusion)
+             [encoder_hidden_states float32 (B, L, D)]    text-conditioned UNets (Stable Diffusion); L the
+                                                          pipeline tokenizer's length (CLIP: 77)
              [text_embeds float32 (B, P), time_ids float32 (B, 6)]   SDXL's added conditioning
              [class_labels int64 (B,)]                 class-conditional UNets
     output   out_sample float32 (B, C, H, W)  the model's prediction (epsilon, v or x0)
@@ -20,6 +21,7 @@ remains as a fallback.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -67,7 +69,7 @@ def unet_input_names(cond) -> list:
     (sample, timestep), then what the UNet is conditioned on."""
     names = ["sample", "timestep"]
     if cond.text_width:
-        names.append("encoder_hidden_states")  # (B, 77, D)
+        names.append("encoder_hidden_states")  # (B, L, D)
     if cond.added == "text_time":
         names += ["text_embeds", "time_ids"]  # (B, P), (B, 6): SDXL's added_cond_kwargs
     if cond.num_classes:
@@ -280,9 +282,10 @@ def unet_feeds(cond, size):
 def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=None, dtype: str = "fp32",
                 opset: int = 18, batch=(1, 8, 64), dynamic_hw: bool = False, exporter: str = "dynamo",
                 slim: bool = False, validate_batches=None, weights: str = "external", overwrite: bool = False,
-                started=None, extra: dict | None = None) -> ExportResult:
+                started=None, extra: dict | None = None, text_tokens: int | None = None) -> ExportResult:
     """Export the in-memory ``unet`` (pixel, class-conditional or text-conditioned) to ``out_dir``;
-    ``extra`` joins model.json. :func:`to_onnx` loads a source and calls this."""
+    ``extra`` joins model.json. ``text_tokens``: the length of ``encoder_hidden_states`` (the pipeline
+    tokenizer's; default CLIP's 77). :func:`to_onnx` loads a source and calls this."""
     import torch
 
     from diffprune.sources.conditioning import conditioning
@@ -293,6 +296,8 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
     unet = unet.float().eval()
     cfg = unet.config
     cond = conditioning(unet)
+    if text_tokens is not None and cond.text_width:
+        cond = dataclasses.replace(cond, text_tokens=int(text_tokens))
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
     wrapper = _wrapper(unet)
     feeds = unet_feeds(cond, size)
@@ -300,7 +305,7 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
                **{k: torch.from_numpy(v) for k, v in feeds(2, np.random.default_rng(0)).items()}}
     with torch.no_grad(), _quiet_exporter():
         proto = _export(wrapper, example, ["out_sample"], opset, (lo, opt, hi), dynamic_hw, exporter)
-    macs, params = count_macs_params(unet)
+    macs, params = count_macs_params(unet, text_tokens=cond.text_tokens)
     steps = scheduler_config.get("num_train_timesteps", 1000)
 
     def check(path, batches):

@@ -6,17 +6,23 @@ What a deployment runs, per kind of pipeline (the torch-free runtime, diffprune.
     text-to-image        text_encoder, unet, vae_decoder              StableDiffusionPipeline, arch:tiny-sd/sd15/sd21-base
     text-to-image-xl     text_encoder, text_encoder_2, unet,          StableDiffusionXLPipeline, arch:tiny-sdxl/sdxl
                          vae_decoder
+    text-to-image-pixel  text_encoder, unet                           StableDiffusionPipeline without vae/ whose UNet
+                                                                      denoises pixels: builtin:digits-text, arch:digits-text
     class-conditional    unet (+ vae_decoder if the pipeline has one)  DDPMPipeline/DDIMPipeline, arch:tiny-class
     latent               unet, vq_decoder                             LDMPipeline (unet/ + vqvae/ + scheduler/)
     pixel                unet                                         DDPMPipeline/DDIMPipeline, arch:tiny, ...
 
 Graphs (float32 I/O; axis 0 dynamic; /work/notes/pipeline-format.md is the contract with the runtime):
-    text_encoder(_2)  input_ids int64 (B, 77) -> hidden_states (B, 77, d): the layer the UNet reads (SD 1/2:
+    text_encoder(_2)  input_ids int64 (B, L) -> hidden_states (B, L, d): the layer the UNet reads (SD 1/2:
                       last_hidden_state after the final LayerNorm; SDXL: hidden_states[-2], no final norm);
                       SDXL's text_encoder_2 also -> text_embeds (B, P), the projected pooled output
     unet              sample, timestep[, encoder_hidden_states[, text_embeds, time_ids]][, class_labels]
                       -> out_sample (export/onnx.py); its batch range is doubled for classifier-free
                       guidance, which runs [uncond; cond] as one batch of 2B
+                      L, the text length, is the pipeline's tokenizer's model_max_length (CLIP's 77 unless the
+                      tokenizer says otherwise); the text encoder and the UNet are exported with the same L, and
+                      the graphs are checked to fit one another (runtime.formats.check_text_fits) before anything
+                      is written
     vae_decoder       latent_sample (B, 4, h, w) = latents / scaling_factor (+ shift) -> sample (B, 3, H, W)
     vq_decoder        latent_sample (B, C, h, w) = latents / scaling_factor -> sample; the nearest-codebook
                       quantisation is inside the graph, as in LDMPipeline's vqvae.decode
@@ -42,7 +48,7 @@ import numpy as np
 
 from diffprune._io import atomic_dir, check_writable
 from diffprune.errors import DiffPruneError
-from diffprune.runtime.formats import PIPELINE_FORMAT, PIPELINE_JSON, read_pruning_json
+from diffprune.runtime.formats import PIPELINE_FORMAT, PIPELINE_JSON, TEXT_KINDS, check_text_fits, read_pruning_json
 
 from diffprune.sources.architectures import SD_SCHEDULER, SDXL_SCHEDULER  # noqa: F401 (re-exported)
 from diffprune.sources.resolve import Source, pipeline_class, pipeline_kind, resolve
@@ -51,11 +57,16 @@ from .onnx import _export, _quiet_exporter, check_options, export_unet, weights_
 
 # Defaults of the diffusers pipelines' __call__ (guidance_scale): SD 7.5, SDXL 5.0. Class-conditional
 # UNet2DModels have no null class to guide against, so no guidance (scale 1).
-GUIDANCE = {"text-to-image": 7.5, "text-to-image-xl": 5.0}
+# A pixel text-to-image pipeline has no diffusers default of its own (diffusers has no such pipeline): SD's 7.5,
+# unless its model_index.json says otherwise (GUIDANCE_KEY; builtin:digits-text sets 1.5, see its model card).
+GUIDANCE = {"text-to-image": 7.5, "text-to-image-xl": 5.0, "text-to-image-pixel": 7.5}
+GUIDANCE_KEY = "_diffprune_guidance_scale"
 # fp32 tolerances per component (fp16: export/validate.py's relative 1e-2). Text hidden states can
-# reach magnitudes in the hundreds (SDXL's penultimate layer), so relative; decoders' outputs are pixels
-# in [-1, 1] that become 8-bit levels of 2/255 = 7.8e-3: 1e-3 is an eighth of one.
-TOLERANCE_FP32 = {"text_encoder": {"max_rel": 1e-5}, "vae_decoder": {"max_abs": 1e-3}, "vq_decoder": {"max_abs": 1e-3}}
+# reach magnitudes in the hundreds (SDXL's penultimate layer), so relative; 1e-4 of the largest magnitude:
+# builtin:digits-text's encoder (weights initialised at 10x CLIP's scale) differs from torch by 2.2e-5 of it
+# at batch 4 (float32 sums in another order), 6.6e-6 at batch 1, which 1e-5 refused. Decoders' outputs are
+# pixels in [-1, 1] that become 8-bit levels of 2/255 = 7.8e-3: 1e-3 is an eighth of one.
+TOLERANCE_FP32 = {"text_encoder": {"max_rel": 1e-4}, "vae_decoder": {"max_abs": 1e-3}, "vq_decoder": {"max_abs": 1e-3}}
 SPATIAL = ("latent_sample", "sample")
 
 
@@ -73,6 +84,11 @@ class Pipeline:
     vae: object = None  # AutoencoderKL
     vq: object = None  # VQModel
     num_classes: int | None = None  # class-conditional UNets: labels in range(num_classes)
+
+    @property
+    def text_tokens(self) -> int | None:
+        """The length of the text the UNet reads (the tokenizers' max_length), None without a text encoder."""
+        return self.text.max_length if self.text is not None else None
 
     @property
     def components(self) -> dict:
@@ -111,6 +127,23 @@ def save_pipeline_folder(arch: str, folder, vae=None) -> Path:
         cls.from_config({k: v for k, v in scheduler.items() if k != "_class_name"}).save_config(tmp / "scheduler")
         (tmp / "model_index.json").write_text(json.dumps(index, indent=1))
     return folder
+
+
+def default_guidance(source: Source, kind: str) -> float:
+    """The guidance scale pipeline.json gets unless told: the pipeline folder's own (model_index.json's
+    GUIDANCE_KEY, kept by `diffprune prune` and `finetune`), else the diffusers default of its kind (GUIDANCE),
+    else 1 (no guidance)."""
+    from diffprune.sources.folders import _read_json
+
+    if source.pipeline_dir is not None and kind in GUIDANCE:
+        index = _read_json(source.pipeline_dir / "model_index.json")
+        value = index.get(GUIDANCE_KEY) if isinstance(index, dict) else None
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise DiffPruneError(f"{str(source.pipeline_dir / 'model_index.json')!r} sets {GUIDANCE_KEY} to {value!r}; "
+                                     "it must be a number >= 0 (1.5 for builtin:digits-text). Fix or remove it.")
+            return float(value)
+    return GUIDANCE.get(kind, 1.0)
 
 
 def _read_pruning(source: dict):
@@ -153,7 +186,7 @@ def load_pipeline(src, kind: str | None = None) -> Pipeline:
             parts["source"]["pipeline_class"] = pipeline_class(source)
             if (folder / "scheduler" / "scheduler_config.json").is_file():  # the pipeline's, not a pruned unet/'s own
                 parts["scheduler"] = _read_json(folder / "scheduler" / "scheduler_config.json")
-            if kind.startswith("text-to-image"):
+            if kind in TEXT_KINDS:
                 from diffprune.sources.vae import load_vae
                 from diffprune.sources.folders import pipeline_component
                 from diffprune.sources.text import load_text_encoder
@@ -161,7 +194,7 @@ def load_pipeline(src, kind: str | None = None) -> Pipeline:
                 parts["text"] = load_text_encoder(folder)
                 parts["tokenizer_dirs"] = [pipeline_component(folder, n) for n in
                                            (["tokenizer", "tokenizer_2"] if len(parts["text"].parts) == 2 else ["tokenizer"])]
-                parts["vae"] = load_vae(folder)
+                parts["vae"] = load_vae(folder) if kind != "text-to-image-pixel" else None
             elif kind == "latent":
                 from diffprune.sources.vae import load_vq
 
@@ -181,6 +214,7 @@ def _check_fits(pipe: Pipeline, cond, src) -> None:
             raise DiffPruneError(f"{src!r} is a {pipe.kind} pipeline but its UNet ({cond.model_class}) takes no text; "
                                  "its unet/ does not belong to it. Put the pipeline's own (or pruned) UNet in unet/.")
         pipe.text.check_fits(cond)
+        pipe.text.check_positions()
     decoder = pipe.vae if pipe.vae is not None else pipe.vq
     if decoder is not None:
         channels = decoder.config.latent_channels
@@ -195,7 +229,7 @@ def _text_wrapper(model, layer: str, pooled: bool):
     import torch
 
     class TextEncoderForExport(torch.nn.Module):
-        """input_ids (B, 77) -> the hidden states the UNet reads (B, 77, d) [, pooled text_embeds (B, P)]."""
+        """input_ids (B, L) -> the hidden states the UNet reads (B, L, d) [, pooled text_embeds (B, P)]."""
 
         def __init__(self, model):
             super().__init__()
@@ -203,7 +237,7 @@ def _text_wrapper(model, layer: str, pooled: bool):
 
         def forward(self, input_ids):
             out = self.model(input_ids, output_hidden_states=layer == "penultimate")
-            hidden = out.last_hidden_state if layer == "last" else out.hidden_states[-2]  # (B, 77, d)
+            hidden = out.last_hidden_state if layer == "last" else out.hidden_states[-2]  # (B, L, d)
             return (hidden, out.text_embeds) if pooled else hidden
 
     return TextEncoderForExport(model).eval()
@@ -271,7 +305,7 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
     started = time.perf_counter()
     source = resolve(src)
     kind = pipeline_kind(source)
-    guidance_scale = float(guidance_scale if guidance_scale is not None else GUIDANCE.get(kind, 1.0))
+    guidance_scale = float(guidance_scale if guidance_scale is not None else default_guidance(source, kind))
     if guidance_scale > 1 and kind not in GUIDANCE:
         raise DiffPruneError(f"guidance_scale {guidance_scale} needs a text-conditioned pipeline; a {kind} one has "
                              "nothing to guide against. Leave it out (1.0).")
@@ -312,9 +346,12 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
                 else:
                     tokenizer.save(tokenizer_dir)  # arch: sources use the runtime's built-in CLIP BPE
         result = export_unet(pipe.unet, tmp / "unet", pipe.scheduler, pipe.source.get("unet", pipe.source), pipe.pruning,
-                             dtype=dtype, batch=cfg_batch, extra={"component": "unet"}, **common)
+                             dtype=dtype, batch=cfg_batch, extra={"component": "unet"}, text_tokens=pipe.text_tokens,
+                             **common)
         reports["unet"], files["unet"] = result.model_json["validation"], result
         say(_line("unet", result))
+        # The graphs together: the text encoders' hidden states are what the UNet graph reads.
+        check_text_fits({name: f.model_json for name, f in files.items()}, str(source.given))
         unet_sha = result.model_json["source"]["weights_sha256"]
         record = _record(pipe, latent, image, guidance_scale, reports, files, unet_sha, started)
         (tmp / PIPELINE_JSON).write_text(json.dumps(record, indent=1, default=str))
@@ -394,7 +431,7 @@ def _record(pipe, latent, image, guidance_scale, reports, files, unet_sha, start
 
     text = None
     if pipe.text is not None:
-        text = {"max_length": pipe.text.parts[0][0].max_length, "layer": pipe.text.layer,
+        text = {"max_length": pipe.text.max_length, "layer": pipe.text.layer,
                 "widths": [m.config.hidden_size for _, m in pipe.text.parts], "pooled_width": pipe.text.pooled_width,
                 "pad_tokens": [t.pad_token for t, _ in pipe.text.parts]}
     guided = pipe.kind in GUIDANCE

@@ -7,9 +7,9 @@ and saved after the build, so rebuilding (another profile, a pruned sibling) re-
 
 A pipeline export (pipeline.json) builds one engine per component (:func:`build_pipeline`), each with
 one profile whose shapes come from its graph's inputs, as NVIDIA's TensorRT diffusion demo
-(demo/Diffusion) sets them: the text encoders over (B, 77) token ids, the UNet over the doubled batch
-of classifier-free guidance (2B) with (2B, 77, D) text states (the text length is CLIP's fixed 77, so
-min = opt = max), the VAE decoder over B latents. :func:`profile_shapes` and :func:`pipeline_profiles`
+(demo/Diffusion) sets them: the text encoders over (B, L) token ids, the UNet over the doubled batch
+of classifier-free guidance (2B) with (2B, L, D) text states (L is the export's fixed text length, the
+tokenizer's: CLIP's 77 unless the pipeline says otherwise, so min = opt = max), the VAE decoder over B latents. :func:`profile_shapes` and :func:`pipeline_profiles`
 compute them without TensorRT, so they are tested everywhere.
 
 Needs the ``tensorrt`` package and an NVIDIA GPU. Tested where both exist; elsewhere the functions

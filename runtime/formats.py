@@ -48,10 +48,13 @@ PRUNED_UNET_FORMAT = "diffprune.pruned-unet/1"
 MODEL_FORMATS = (ONNX_FORMAT, OPENVINO_FORMAT)  # what a model.json may say
 
 # -- pipelines ----------------------------------------------------------------------------------------
-KINDS = ("text-to-image", "text-to-image-xl", "class-conditional", "latent", "pixel")
-TEXT_KINDS = ("text-to-image", "text-to-image-xl")  # prompts, and guidance over [uncond; cond] in one batch
+# text-to-image-pixel: a text-conditioned UNet that denoises pixels (builtin:digits-text): a StableDiffusionPipeline
+# folder without vae/; its images are the UNet's samples, clamped, as the pixel kind's.
+KINDS = ("text-to-image", "text-to-image-xl", "text-to-image-pixel", "class-conditional", "latent", "pixel")
+TEXT_KINDS = ("text-to-image", "text-to-image-xl", "text-to-image-pixel")  # prompts, and guidance over [uncond; cond]
 # The components each kind needs; a decoder is "vae_decoder" or "vq_decoder".
 NEEDS = {"text-to-image": ("text_encoder", "unet", "decoder"),
+         "text-to-image-pixel": ("text_encoder", "unet"),
          "text-to-image-xl": ("text_encoder", "text_encoder_2", "unet", "decoder"),
          "class-conditional": ("unet",), "latent": ("unet", "decoder"), "pixel": ("unet",)}
 
@@ -215,6 +218,36 @@ def read_pipeline_json(folder) -> dict:
     return spec
 
 
+def _spec(meta: dict, key: str, name: str):
+    return next((io for io in meta.get(key, []) if io.get("name") == name), None)
+
+
+def check_text_fits(components: dict, where) -> None:
+    """The text encoders' ``hidden_states`` (B, L, d_i) are what the UNet graph's ``encoder_hidden_states``
+    (B, L, sum d_i) reads: the same length L and the summed width (SDXL concatenates its two encoders).
+    ``components``: component name -> its model.json (or engine.json's "model"). Export runs this before
+    writing a pipeline, the runtime when opening one; a mismatch is an error naming both shapes."""
+    encoders = [n for n in sorted(components) if n.startswith("text_encoder")]
+    unet_in = _spec(components.get("unet") or {}, "inputs", "encoder_hidden_states")
+    if not encoders or unet_in is None:
+        return
+    outs = {n: _spec(components[n], "outputs", "hidden_states") for n in encoders}
+    if any(o is None or len(o.get("shape", [])) != 3 for o in outs.values()) or len(unet_in.get("shape", [])) != 3:
+        return  # graphs from before these records; the runners check shapes at the call
+    lengths = {n: o["shape"][1] for n, o in outs.items()}
+    widths = [o["shape"][2] for o in outs.values()]
+    want_len, want_width = unet_in["shape"][1], unet_in["shape"][2]
+    fixed = [v for v in [*lengths.values(), want_len] if isinstance(v, int)]
+    width_known = all(isinstance(w, int) for w in [*widths, want_width])
+    if len(set(fixed)) > 1 or (width_known and sum(widths) != want_width):
+        given = ", ".join(f"{n} gives (batch, {lengths[n]}, {o['shape'][2]})" for n, o in outs.items())
+        raise DiffPruneError(
+            f"The components of {str(where)!r} do not fit one another: {given}, but the unet reads encoder_hidden_states "
+            f"of (batch, {want_len}, {want_width}). The text length is the tokenizer's model_max_length and must be the "
+            "one the UNet was exported with; re-export the whole pipeline with `diffprune export` (which exports them "
+            "together), rather than combining components of different exports.")
+
+
 def scheduler_name(config: dict) -> str:
     """The runtime scheduler for a diffusers scheduler config (its ``_class_name``)."""
     cls = (config or {}).get("_class_name")
@@ -295,5 +328,5 @@ __all__ = [
     "ONNX_FORMAT", "OPENVINO_FORMAT", "TENSORRT_FORMAT", "PIPELINE_FORMAT", "DEPLOY_FORMAT", "PRUNED_UNET_FORMAT",
     "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS", "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",
     "read_json", "read_model_json", "read_engine_json", "read_pipeline_json", "read_deploy_json", "read_pruning_json",
-    "check_spec", "check_fields", "deploy_file", "is_pipeline", "scheduler_name",
+    "check_spec", "check_fields", "check_text_fits", "deploy_file", "is_pipeline", "scheduler_name",
 ]

@@ -14,7 +14,9 @@ runtime's runners and numpy schedulers:
   4. per step: ``scale_model_input``, the UNet on [x; x] with [uncond; cond] conditioning, then
      eps = eps_u + g (eps_c - eps_u) (Eq. 6 of Ho & Salimans; g <= 1 runs the prompts alone, as diffusers'
      ``do_classifier_free_guidance = g > 1``), then the scheduler's step
-  5. decode latents / scaling_factor (+ shift_factor) with the VAE (or VQ) decoder; clip to [-1, 1], uint8
+  5. decode latents / scaling_factor (+ shift_factor) with the VAE (or VQ) decoder; clip to [-1, 1], uint8.
+     Pixel-space pipelines (pixel, class-conditional without a VAE, text-to-image-pixel: builtin:digits-text) have
+     no decoder: the UNet's samples are the images, clipped and mapped to uint8 as runtime/sampler.py does
 
 Same seed -> same image at any batch size (for one backend): every random draw is per image.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DiffPruneError
-from .formats import TEXT_KINDS, is_pipeline, read_pipeline_json, scheduler_name  # noqa: F401 (is_pipeline re-exported)
+from .formats import TEXT_KINDS, check_text_fits, is_pipeline, read_pipeline_json, scheduler_name  # noqa: F401 (is_pipeline re-exported)
 from .sampler import initial_noise, step_noise, step_rngs, to_uint8
 
 
@@ -67,13 +69,18 @@ class Pipeline:
     def __exit__(self, *exc):
         self.close()
 
-    def open(self):
+    def open(self, runners: dict | None = None):
+        """Open every component on the backend; ``runners`` (component name -> an open Runner) replaces that
+        for the components it names: a Triton Python-backend model passes runners that call the component models
+        over BLS (export/triton_pipeline.py), so the loop below runs inside the server unchanged."""
         from .runners import open_runner
         from .text import ClipTokenizer
 
         try:
             for name, sub in self.spec["components"].items():
-                self.runners[name] = open_runner(self.folder / sub, self.backend, threads=self.threads).open()
+                given = (runners or {}).get(name)
+                self.runners[name] = given if given is not None else open_runner(
+                    self.folder / sub, self.backend, threads=self.threads).open()
             for encoder in ("text_encoder", "text_encoder_2"):
                 if encoder in self.runners:
                     sub = (self.spec.get("tokenizers") or {}).get(encoder, encoder.replace("text_encoder", "tokenizer"))
@@ -82,7 +89,7 @@ class Pipeline:
             self.close()
             raise
         unet = self.runners["unet"]
-        wanted = {"text-to-image": {"encoder_hidden_states"},
+        wanted = {"text-to-image": {"encoder_hidden_states"}, "text-to-image-pixel": {"encoder_hidden_states"},
                   "text-to-image-xl": {"encoder_hidden_states", "text_embeds", "time_ids"},
                   "class-conditional": {"class_labels"}}.get(self.kind, set())
         if set(unet.conditioning) != wanted:
@@ -91,6 +98,11 @@ class Pipeline:
                 f"The UNet in {str(self.folder)!r} takes {', '.join(unet.conditioning) or 'no conditioning'}, but the "
                 f"pipeline is {self.kind}, whose UNet takes {', '.join(sorted(wanted)) or 'none'}. The export is "
                 "inconsistent: re-run `diffprune export`.")
+        try:
+            check_text_fits({name: r.meta for name, r in self.runners.items()}, self.folder)
+        except DiffPruneError:
+            self.close()
+            raise
         return self
 
     def close(self):
@@ -113,7 +125,7 @@ class Pipeline:
             if note not in self.notes:
                 self.notes.append(note)
                 warnings.warn(note, PromptTruncated, stacklevel=3)
-        return tokens.ids  # (B, 77) int64
+        return tokens.ids  # (B, L) int64, L the tokenizer's max_length
 
     def _encode(self, encoder: str, prompts: list) -> dict:
         runner = self.runners[encoder]
@@ -122,9 +134,9 @@ class Pipeline:
     def conditioning(self, prompts: list, negatives: list, cfg: bool) -> dict:
         """The UNet's conditioning inputs for the (doubled, with ``cfg``) batch, rows [uncond; cond]."""
         b = len(prompts)
-        if self.kind == "text-to-image":
+        if self.kind in ("text-to-image", "text-to-image-pixel"):
             texts = ([n if n is not None else "" for n in negatives] if cfg else []) + prompts
-            return {"encoder_hidden_states": self._encode("text_encoder", texts)["hidden_states"]}  # (2B, 77, D)
+            return {"encoder_hidden_states": self._encode("text_encoder", texts)["hidden_states"]}  # (2B, L, D)
         # SDXL: both encoders; a negative left as None is zeros where the pipeline forces them (diffusers'
         # force_zeros_for_empty_prompt, default True), else the empty prompt.
         zeros = cfg and all(n is None for n in negatives) and bool((self.spec.get("xl") or {}).get(
@@ -132,7 +144,7 @@ class Pipeline:
         texts = prompts if (zeros or not cfg) else [n if n is not None else "" for n in negatives] + prompts
         first = self._encode("text_encoder", texts)
         second = self._encode("text_encoder_2", texts)
-        hidden = np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1)  # (B', 77, D1 + D2)
+        hidden = np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1)  # (B', L, D1 + D2)
         pooled = second["text_embeds"]  # (B', P)
         if zeros:
             hidden = np.concatenate([np.zeros_like(hidden), hidden])

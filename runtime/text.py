@@ -134,15 +134,7 @@ class ClipTokenizer:
         if not folder.is_dir():
             raise DiffPruneError(f"The tokenizer folder {str(folder)!r} is missing. Copy the pipeline's whole "
                                  "export folder (its tokenizer/ folders included), or re-export it.")
-        settings = {}
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins, as in transformers
-            path = folder / name
-            if path.is_file():
-                settings.update(_read_json(path))
-        pad = settings.get("pad_token") or END
-        pad = pad.get("content", END) if isinstance(pad, dict) else pad
-        length = settings.get("model_max_length", MAX_LENGTH)
-        length = MAX_LENGTH if not isinstance(length, int) or length > 10_000 else length  # transformers' "no limit" is 1e30
+        settings, pad, length = tokenizer_settings(folder)
         if (folder / "tokenizer.json").is_file():
             try:
                 tokenizer = _tokenizers().Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -200,6 +192,23 @@ class ClipTokenizer:
                     "model_max_length": self.max_length, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer"}
         (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2))
         return folder
+
+
+def tokenizer_settings(folder) -> tuple:
+    """``(settings, pad_token, max_length)`` of a tokenizer folder, from special_tokens_map.json and
+    tokenizer_config.json (the latter wins, as in transformers); the length is ``model_max_length``, CLIP's 77
+    when absent or transformers' "no limit" (1e30). The one reader of these settings."""
+    folder = Path(folder)
+    settings = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            settings.update(_read_json(path))
+    pad = settings.get("pad_token") or END
+    pad = pad.get("content", END) if isinstance(pad, dict) else pad
+    length = settings.get("model_max_length", MAX_LENGTH)
+    length = MAX_LENGTH if not isinstance(length, int) or length > 10_000 else length
+    return settings, pad, length
 
 
 def _read_json(path: Path) -> dict:

@@ -105,3 +105,45 @@ def pruned_conditional_folders(tmp_path_factory):
         model, report = diffprune.prune(build_unet(arch), method="magnitude", ratio=0.5, progress=False)
         out[arch] = diffprune.save(model, tmp_path_factory.mktemp(arch) / "pruned", info={"pruning": report.to_dict()})
     return out
+
+
+# A pixel-space text-to-image pipeline (tests/test_pixel_text.py, tests/test_triton_pipeline.py).
+PIXEL_TEXT_UNET = dict(
+    sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=16, attention_head_dim=2, norm_num_groups=8)
+
+
+def write_pixel_text_pipeline(folder, tokens: int = 32, positions: int = 32):
+    """A StableDiffusionPipeline folder without vae/, its UNet on 1-channel 8x8 pixels, its tokenizer padding to
+    ``tokens`` and its CLIP text encoder (16 wide) with ``positions`` positions: seeded random weights."""
+    import json
+
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffprune.runtime.text import ClipTokenizer
+
+    torch.manual_seed(0)
+    UNet2DConditionModel(**PIXEL_TEXT_UNET).save_pretrained(folder / "unet")
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=positions, initializer_factor=10.0)
+    CLIPTextModel(config).save_pretrained(folder / "text_encoder")
+    ClipTokenizer(max_length=tokens).save(folder / "tokenizer")
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_config(folder / "scheduler")
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "scheduler": ["diffusers", "DDIMScheduler"], "_diffprune_guidance_scale": 2.0}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pixel_text(tmp_path_factory):
+    """(the pipeline folder, its export) with a 32-position tokenizer, exported once."""
+    from diffprune.export import export_pipeline
+
+    root = tmp_path_factory.mktemp("pixel-text")
+    folder = write_pixel_text_pipeline(root / "pipe")
+    export_pipeline(folder, root / "export", batch=(1, 2, 2), validate_batches=[1], progress=None)
+    return folder, root / "export"

@@ -131,8 +131,11 @@ def test_triton_repository_of_a_pipeline(sd, tmp_path):
 
     _, out = sd
     models = write_pipeline_repository(tmp_path / "repo", out, prefix="sd_")
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["sd_text_encoder", "sd_unet", "sd_vae_decoder"]
-    assert set(models) == {"text_encoder", "unet", "vae_decoder"}
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["sd_pipeline", "sd_text_encoder", "sd_unet",
+                                                                     "sd_vae_decoder"]
+    assert set(models) == {"text_encoder", "unet", "vae_decoder", "pipeline"}  # + the loop (test_triton_pipeline.py)
+    loop = _parse_pbtxt((tmp_path / "repo" / "sd_pipeline" / "config.pbtxt").read_text())
+    assert loop["backend"] == "python" and loop["output"][0]["dims"] == [-1, 32, 32, 3]
     unet = _parse_pbtxt((tmp_path / "repo" / "sd_unet" / "config.pbtxt").read_text())
     assert unet["name"] == "sd_unet" and unet["max_batch_size"] == 8  # the doubled guidance batch
     assert [i["name"] for i in unet["input"]] == ["sample", "timestep", "encoder_hidden_states"]

@@ -195,6 +195,29 @@ def test_a_batch_of_requests_gives_each_the_images_it_gets_alone(tiny_export, sd
         model.close()
 
 
+def test_a_pixel_text_pipeline_serves_prompts_batched(pixel_text):
+    """builtin:digits-text's kind (text-to-image, no decoder): prompts are validated as text, requests share UNet
+    calls, and each gets the images the runtime gives it alone."""
+    from diffprune.runtime import Pipeline
+    from diffprune.serve.model import ServedModel
+
+    _, export = pixel_text
+    config = resolve_target(export, backend="ort-cpu", threads=1, steps=2)
+    assert model_facts(config)["text"]
+    model = ServedModel(config).open()
+    try:
+        a = _job(config, {"prompt": "a seven", "seed": 5, "guidance": 1.5})
+        b = _job(config, {"prompt": "a two", "seed": 6, "guidance": 1.5})
+        together = model.run([a, b])
+        assert [r["timings"]["batch_requests"] for r in together] == [2, 2]
+        with Pipeline(export, "ort-cpu", threads=1) as pipe:
+            for job, out in zip((a, b), together):
+                alone = pipe.generate(job["prompts"], steps=2, seed=job["seed"], guidance=1.5)
+                assert np.array_equal(decode_images(out), alone)
+    finally:
+        model.close()
+
+
 # -- on Ray Serve --------------------------------------------------------------------------------------------
 
 def _free_port() -> int:

@@ -94,6 +94,11 @@ def diffusers_pipeline(src, scheduler: str | None = None, device: str = "cpu", d
         pipe = diffusers.StableDiffusionXLPipeline(vae=parts.vae, text_encoder=parts.text.parts[0][1],
                                                    text_encoder_2=parts.text.parts[1][1], tokenizer=tokenizer(0),
                                                    tokenizer_2=tokenizer(1), unet=parts.unet, scheduler=sched)
+    elif parts.kind == "text-to-image-pixel":  # diffusers has no such pipeline: StableDiffusionPipeline without its VAE
+        from .pixel_text import PixelTextPipeline
+
+        pipe = PixelTextPipeline(unet=parts.unet, text_encoder=parts.text.parts[0][1], tokenizer=tokenizer(0),
+                                 scheduler=sched)
     elif parts.kind == "latent":
         pipe = diffusers.LDMPipeline(vqvae=parts.vq, unet=parts.unet, scheduler=sched)
     else:
@@ -113,7 +118,10 @@ def torch_pipeline_case(src, batch: int, steps: int, device: str = "cpu", prompt
     import numpy as np
     import torch
 
+    from ..export.pipeline import default_guidance
     from ..runtime.bench import Case
+    from ..runtime.formats import TEXT_KINDS
+    from ..sources.resolve import resolve
 
     pipe, kind, scheduler = diffusers_pipeline(src, scheduler, device, dtype)
     spent = {"text_encoder": 0.0, "unet": 0.0, "decoder": 0.0}
@@ -139,20 +147,21 @@ def torch_pipeline_case(src, batch: int, steps: int, device: str = "cpu", prompt
         if getattr(pipe, attr, None) is not None:
             timed_module(getattr(pipe, attr), "text_encoder")
     timed_module(pipe.unet, "unet")
-    decoder = pipe.vae if hasattr(pipe, "vae") else pipe.vqvae
-    decode = decoder.decode
+    decoder = getattr(pipe, "vae", None) or getattr(pipe, "vqvae", None)  # none in pixel space
+    if decoder is not None:
+        decode = decoder.decode
 
-    def timed_decode(*args, **kwargs):
-        sync()
-        started = time.perf_counter()
-        out = decode(*args, **kwargs)
-        sync()
-        spent["decoder"] += time.perf_counter() - started
-        return out
+        def timed_decode(*args, **kwargs):
+            sync()
+            started = time.perf_counter()
+            out = decode(*args, **kwargs)
+            sync()
+            spent["decoder"] += time.perf_counter() - started
+            return out
 
-    decoder.decode = timed_decode
-    text = kind.startswith("text-to-image")
-    g = guidance if guidance is not None else {"text-to-image": 7.5, "text-to-image-xl": 5.0}.get(kind, 1.0)
+        decoder.decode = timed_decode
+    text = kind in TEXT_KINDS
+    g = guidance if guidance is not None else default_guidance(resolve(src), kind)
     counter = iter(range(10**9))
 
     def run(settings=None):
@@ -270,6 +279,17 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
         raise DiffPruneError("Give either pipeline exports (pipeline.json) or single-model exports, not both: a "
                              "pipeline is timed prompt -> image, a model noise -> image, and the two do not compare.")
     pipeline = pipelines.pop()
+    conditional = [str(p) for p, m in metas.items() if not m.get("pipeline") and (m.get("conditioning") or {}).get(
+        "kind", "none") != "none"]
+    if conditional:
+        # Before any process starts: the noise -> image loop feeds no conditioning, and an eager baseline of a lone
+        # conditional UNet would time something no deployment runs.
+        raise DiffPruneError(
+            f"{', '.join(map(repr, conditional))} {'is a UNet export' if len(conditional) == 1 else 'are UNet exports'} "
+            f"conditioned on {metas[conditional[0]]['conditioning']['kind']} (exported alone, e.g. with --unet-only); "
+            "bench measures single unconditional models noise -> image, and conditional ones as the pipeline they "
+            "belong to, prompt -> image. Export the whole pipeline (`diffprune export SRC OUT` without --unet-only; "
+            "builtin:digits-text and pruned copies of it are pipelines) and bench that folder.")
     if not pipeline and (prompt is not None or guidance is not None):
         raise DiffPruneError("--prompt and --guidance apply to pipeline exports (pipeline.json); these artifacts are "
                              "single unconditional models.")

@@ -34,10 +34,11 @@ def check_guidance(guidance_scale, data, prompts) -> float | None:
 
 
 def build_calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear", class_labels=None,
-                 text_encoder=None, vae=None, prompts=None, guidance_scale=GUIDANCE_SCALE):
+                 text_encoder=None, vae=None, prompts=None, guidance_scale=GUIDANCE_SCALE, text_tokens=None):
     """Clean samples (latents for latent models) and the conditioning they are denoised under: class
     labels (given, else the data's, else drawn), text embeddings of the captions or prompts (the
-    empty-prompt stand-in without a text encoder). Returns (Calibration, what the text inputs were)."""
+    empty-prompt stand-in without a text encoder, ``text_tokens`` long: the pipeline tokenizer's length,
+    default 77). Returns (Calibration, what the text inputs were)."""
     import torch
 
     from ..sources.conditioning import conditioning
@@ -48,7 +49,7 @@ def build_calibration(data, model, scheduler_config, n, micro_batch, seed, progr
 
     cfg = model.config
     size = sample_size(model)
-    cond = conditioning(model)
+    cond = _with_tokens(conditioning(model), text_tokens)
     latent = is_latent(model, cond, vae)
     generating = isinstance(data, str) and data.startswith("generate:")
     if cond.text_width and isinstance(text_encoder, FromSource):
@@ -61,7 +62,8 @@ def build_calibration(data, model, scheduler_config, n, micro_batch, seed, progr
 
     if generating:
         images, inputs, text_inputs = generate_samples(model, scheduler_config, generate_count(data), seed, progress,
-                                                       class_labels, text_encoder, prompts, latent, guidance_scale)
+                                                       class_labels, text_encoder, prompts, latent, guidance_scale,
+                                                       text_tokens)
     else:
         if prompts is not None:
             raise DiffPruneError("--prompts go with --data generate:N (the prompts the calibration images are drawn "
@@ -92,6 +94,13 @@ def build_calibration(data, model, scheduler_config, n, micro_batch, seed, progr
     return calib, text_inputs
 
 
+def _with_tokens(cond, text_tokens):
+    """``cond`` whose empty-prompt stand-in is ``text_tokens`` long (None: as it is, CLIP's 77)."""
+    import dataclasses
+
+    return dataclasses.replace(cond, text_tokens=int(text_tokens)) if text_tokens and cond.text_width else cond
+
+
 def _encode_text(text_encoder, captions, device):
     """Embeddings of ``captions`` (a clear error without a text encoder; a warning for truncated ones)."""
     if text_encoder is None:
@@ -103,8 +112,8 @@ def _encode_text(text_encoder, captions, device):
     if encoded.truncated:
         import sys
 
-        print(f"diffprune: warning: {len(encoded.truncated)} of {len(captions)} captions are longer than 77 CLIP "
-              f"tokens and were truncated (the first: {captions[encoded.truncated[0]][:80]!r}...), as the SD "
+        print(f"diffprune: warning: {len(encoded.truncated)} of {len(captions)} captions are longer than "
+              f"{getattr(text_encoder, 'max_length', 77)} CLIP tokens and were truncated (the first: {captions[encoded.truncated[0]][:80]!r}...), as the SD "
               "pipelines do.", file=sys.stderr)
     return encoded
 
@@ -119,7 +128,8 @@ def generate_count(data: str) -> int:
 
 
 def generate_samples(model, scheduler_config, count: int, seed: int = 0, progress: bool = True, class_labels=None,
-                     text_encoder=None, prompts=None, latent: bool = False, guidance_scale: float | None = None):
+                     text_encoder=None, prompts=None, latent: bool = False, guidance_scale: float | None = None,
+                     text_tokens: int | None = None):
     """``generate:N``'s data: ``count`` samples drawn from ``model`` (DDIM, diffprune.data.generate) under its
     conditioning, for pruning's calibration and for fine-tuning. Class labels: ``class_labels`` cycled, else
     drawn uniformly with ``seed``. Text: ``prompts`` cycled through ``text_encoder``, drawn with classifier-free
@@ -134,7 +144,7 @@ def generate_samples(model, scheduler_config, count: int, seed: int = 0, progres
     from ..sources.conditioning import conditioning
     from ..sources.unet import sample_size
 
-    cond = conditioning(model)
+    cond = _with_tokens(conditioning(model), text_tokens)
     size = sample_size(model)
     text_inputs = cond.text_inputs
     text = uncond = None

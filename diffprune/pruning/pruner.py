@@ -280,7 +280,10 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     criterion = CRITERIA[method](thr=thr)
     scheduler_config = scheduler_config or dict(DEFAULT_SCHEDULER)
     dense = copy.deepcopy(unet).eval()
-    macs0, params0 = count_macs_params(dense)
+    text_tokens = _text_tokens(text_encoder) if cond.text_width else None
+    if text_tokens is not None:  # the pipeline tokenizer's length: MACs and the stand-in text use it
+        cond = dataclasses.replace(cond, text_tokens=text_tokens)
+    macs0, params0 = count_macs_params(dense, text_tokens=text_tokens)
 
     log = None
     importance_started = time.perf_counter()
@@ -289,7 +292,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         if criterion.needs_data:
             calib, text_inputs = build_calibration(data, dense, scheduler_config, num_images, micro_batch, seed,
                                                    progress, resize, class_labels, text_encoder, vae, prompts,
-                                                   guidance_scale or GUIDANCE_SCALE)
+                                                   guidance_scale or GUIDANCE_SCALE, text_tokens=text_tokens)
             cond = dataclasses.replace(cond, text_inputs=text_inputs)
             calib.max_timesteps = max_timesteps
             with torch.enable_grad():
@@ -298,7 +301,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     importance_seconds = time.perf_counter() - importance_started
 
     if ratio is None:
-        ratio, model, macs1 = _search_ratio(planner, target_macs * macs0)
+        ratio, model, macs1 = _search_ratio(planner, target_macs * macs0, text_tokens)
     else:
         model = planner.apply(ratio)
         macs1 = None
@@ -310,7 +313,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
                     m.reset_parameters()
     for p in model.parameters():
         p.grad = None
-    macs1, params1 = count_macs_params(model)
+    macs1, params1 = count_macs_params(model, text_tokens=text_tokens)
     dense_widths = {n: _out_width(m) for n, m in dense.named_modules() if _out_width(m) is not None}
     layer_widths = {n: [dense_widths[n], _out_width(m)] for n, m in model.named_modules() if n in dense_widths}
     report = PruneReport(
@@ -336,14 +339,24 @@ def _out_width(m):
     return None
 
 
-def _search_ratio(planner, macs_budget: float):
+def _text_tokens(text_encoder) -> int | None:
+    """The text length of the pipeline a text encoder (a TextEncoder, or a FromSource loader) belongs to; None
+    (CLIP's 77) when there is none."""
+    if text_encoder is None:
+        return None
+    if hasattr(text_encoder, "text_tokens"):  # FromSource: from the tokenizer's settings, no weights loaded
+        return text_encoder.text_tokens()
+    return getattr(text_encoder, "max_length", None)
+
+
+def _search_ratio(planner, macs_budget: float, text_tokens: int | None = None):
     """Smallest ratio whose pruned model has at most ``macs_budget`` MACs (bisection; MACs fall
     stepwise as the ratio grows, because widths move in whole channel steps)."""
     from ..sources.unet import count_macs_params
 
     lo, hi = 0.0, 0.95
     best = planner.apply(hi)
-    best_macs = count_macs_params(best)[0]
+    best_macs = count_macs_params(best, text_tokens=text_tokens)[0]
     if best_macs > macs_budget:
         raise DiffPruneError(
             f"Even removing 95% of the channels leaves {best_macs / 1e9:.3g}G MACs, above the target "
@@ -353,7 +366,7 @@ def _search_ratio(planner, macs_budget: float):
     for _ in range(12):  # 0.95 / 2**12: finer than any width step
         mid = (lo + hi) / 2
         model = planner.apply(mid)
-        macs = count_macs_params(model)[0]
+        macs = count_macs_params(model, text_tokens=text_tokens)[0]
         if macs <= macs_budget:
             hi, best, best_ratio, best_macs = mid, model, mid, macs
         else:

@@ -54,3 +54,12 @@ def pipeline_component(folder, name: str) -> Path:
             f"or point to a folder that holds the {name}'s config.json."
         )
     return part
+
+
+def tokenizer_length(folder) -> int | None:
+    """The tokens a pipeline folder's ``tokenizer/`` pads every prompt to (its ``model_max_length``, read as the
+    runtime's tokenizer reads it, without loading anything); None when the folder has no tokenizer/."""
+    from ..runtime.text import tokenizer_settings
+
+    tokenizer = Path(folder) / "tokenizer"
+    return tokenizer_settings(tokenizer)[2] if tokenizer.is_dir() else None

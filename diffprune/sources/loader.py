@@ -73,6 +73,18 @@ class FromSource:
         pipeline = source.pipeline_dir
         return pipeline is not None and any((pipeline / name).is_dir() for name in self._folders())
 
+    def text_tokens(self) -> int | None:
+        """For the text encoder: the tokens its tokenizer pads prompts to (a pipeline folder's tokenizer/
+        model_max_length; CLIP's 77 for arch:), read without loading weights; None without one."""
+        source = self._source()
+        if self.component != "text_encoder" or source is None:
+            return None
+        if source.kind == "arch":
+            return 77 if source.arch in TEXT_SETUPS else None  # the built-in encoders are CLIP's length
+        from .folders import tokenizer_length
+
+        return tokenizer_length(source.pipeline_dir) if source.pipeline_dir is not None else None
+
     def _folders(self) -> tuple:
         # An LDMPipeline's autoencoder is a VQModel in vqvae/; Stable Diffusion's an AutoencoderKL in vae/.
         return ("vae", "vqvae") if self.component == "vae" else (self.component,)

@@ -156,7 +156,9 @@ def pipeline_kind(src) -> str:
         arch = source.arch
         cond = conditioning(ARCHITECTURES[arch])
         if arch in TEXT_SETUPS:
-            return "text-to-image-xl" if TEXT_SETUPS[arch][1] == "penultimate" else "text-to-image"
+            if TEXT_SETUPS[arch][1] == "penultimate":
+                return "text-to-image-xl"
+            return "text-to-image" if arch in VAE_SETUPS else "text-to-image-pixel"
         if cond.text_width:
             raise DiffPruneError(f"arch:{arch} is text-conditioned, but no text encoder is built in for it.")
         if arch in NO_DECODER:
@@ -169,6 +171,8 @@ def pipeline_kind(src) -> str:
         kind = PIPELINE_CLASSES[_pipeline_class(source.pipeline_dir)]
         if kind == "pixel" and conditioning(_read_json(source.unet / "config.json")).num_classes:
             return "class-conditional"
+        if kind == "text-to-image" and not (source.pipeline_dir / "vae").is_dir():
+            return _pixel_text_kind(source)
         return kind
     if source.kind in ("pruned", "diffusers"):
         cond = conditioning(_read_json(source.unet / "config.json"))
@@ -181,13 +185,31 @@ def pipeline_kind(src) -> str:
     raise DiffPruneError(f"{str(source.given)!r} is not a pipeline; give a pipeline folder (model_index.json) or arch:NAME.")
 
 
+def _pixel_text_kind(source: Source) -> str:
+    """A StableDiffusionPipeline folder without vae/: text-to-image in pixel space when its UNet denoises images
+    (in_channels 1 or 3, as builtin:digits-text's 28x28 grey digits), else a latent pipeline missing its VAE."""
+    channels = _read_json(source.unet / "config.json").get("in_channels")
+    if channels in (1, 3):
+        return "text-to-image-pixel"
+    raise DiffPruneError(
+        f"The pipeline folder {str(source.pipeline_dir)!r} has no vae/ subfolder, and its UNet denoises "
+        f"{channels}-channel latents, which need the VAE to become images. Copy the whole pipeline (vae/ included); "
+        "a pipeline without a VAE is exported only when its UNet works on pixels (1 or 3 channels).")
+
+
 def exports_as_pipeline(src) -> bool:
     """Whether ``diffprune export`` gives ``src`` the pipeline layout: pipelines (text, class-conditional, latent
-    with a decoder) do; a pixel UNet, a hub id and a latent arch without a built-in decoder keep the single-UNet
-    layout. Sources that do not resolve keep it too, so that the UNet path names the problem."""
+    with a decoder) do, builtin:digits-text too (a pixel text-to-image pipeline); a pixel UNet (builtin:digits-ddpm),
+    a hub id and a latent arch without a built-in decoder keep the single-UNet layout. Sources that do not resolve
+    keep it too, so that the UNet path names the problem."""
     if isinstance(src, str) and src.startswith("arch:"):
         if src[len("arch:"):] in NO_DECODER:
             return False
+    elif isinstance(src, str) and src.startswith("builtin:"):
+        try:
+            resolve(src)
+        except DiffPruneError:
+            return False  # an unknown builtin: the UNet path names the problem
     elif not Path(str(src)).is_dir():
-        return False  # hub ids, builtin: names, files and typos
+        return False  # hub ids, files and typos
     return pipeline_kind(src) != "pixel"

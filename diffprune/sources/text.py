@@ -42,9 +42,9 @@ def build_text_model(name: str, seed: int = 0, with_projection: bool = False):
 class Encoded:
     """The UNet's text inputs for a batch of prompts."""
 
-    encoder_hidden_states: "object"  # (B, 77, D)
+    encoder_hidden_states: "object"  # (B, L, D), L the tokenizer's max_length (CLIP: 77)
     text_embeds: "object" = None  # (B, P), SDXL's pooled text
-    truncated: list = field(default_factory=list)  # prompts cut to 77 tokens
+    truncated: list = field(default_factory=list)  # prompts cut to the tokenizer's max_length
 
 
 class TextEncoder:
@@ -72,6 +72,30 @@ class TextEncoder:
     def pooled_width(self) -> int | None:
         return self.parts[-1][1].config.projection_dim if self.pooled else None
 
+    @property
+    def max_length(self) -> int:
+        """The tokens every prompt is padded to: the tokenizers' ``model_max_length`` (CLIP's 77 unless the
+        pipeline's tokenizer says otherwise), and so the length of the UNet's ``encoder_hidden_states``."""
+        lengths = {tokenizer.max_length for tokenizer, _ in self.parts}
+        if len(lengths) != 1:
+            raise DiffPruneError(f"The tokenizers of {self.source or 'the pipeline'} pad to different lengths "
+                                 f"({sorted(lengths)}); their hidden states are concatenated token by token, so they "
+                                 "must agree. Set the same model_max_length in each tokenizer_config.json.")
+        return lengths.pop()
+
+    def check_positions(self) -> None:
+        """Every tokenizer pads to no more tokens than its text encoder has positions for."""
+        for i, (tokenizer, model) in enumerate(self.parts):
+            positions = model.config.max_position_embeddings
+            if tokenizer.max_length > positions:
+                name = "tokenizer" + (f"_{i + 1}" if i else "")
+                raise DiffPruneError(
+                    f"The {name} of {self.source or 'the pipeline'} pads every prompt to {tokenizer.max_length} tokens "
+                    f"(model_max_length), but its text encoder has positions for {positions} only "
+                    "(max_position_embeddings); the encoder would fail on every prompt. Set model_max_length to "
+                    f"{positions} or less in {name}/tokenizer_config.json, or use the text encoder the tokenizer "
+                    "belongs to.")
+
     def check_fits(self, cond) -> None:
         """The UNet's cross-attention and pooled input widths equal what this encoder gives."""
         if cond.text_width != self.width or (cond.pooled_width or None) != self.pooled_width:
@@ -96,8 +120,8 @@ class TextEncoder:
                     truncated.update(start + i for i in tokens.truncated)
                     model.to(device)
                     out = model(torch.from_numpy(tokens.ids).to(device), output_hidden_states=self.layer == "penultimate")
-                    states.append(out.last_hidden_state if self.layer == "last" else out.hidden_states[-2])  # (B, 77, d)
-                hidden.append(torch.cat(states, dim=-1).float())  # (B, 77, D): SDXL concatenates along the width
+                    states.append(out.last_hidden_state if self.layer == "last" else out.hidden_states[-2])  # (B, L, d)
+                hidden.append(torch.cat(states, dim=-1).float())  # (B, L, D): SDXL concatenates along the width
                 if self.pooled:
                     pooled.append(out.text_embeds.float())  # (B, P)
         return Encoded(encoder_hidden_states=torch.cat(hidden), text_embeds=torch.cat(pooled) if pooled else None,

@@ -73,30 +73,37 @@ def sample_size(model) -> tuple:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def example_inputs(model, batch: int = 1, device="cpu"):
+def example_inputs(model, batch: int = 1, device="cpu", text_tokens: int | None = None):
     """Inputs for tracing and MAC counting: ``sample`` (B, C, H, W), ``timestep`` (B,) and the
     model's conditioning at its default shapes (diffprune.sources.conditioning: class 0, empty-prompt
-    text embeddings of 77 tokens, SDXL's added text/time inputs)."""
+    text embeddings of ``text_tokens`` tokens (default CLIP's 77; a pipeline's tokenizer may pad to fewer),
+    SDXL's added text/time inputs)."""
     import torch
 
     from .conditioning import conditioning
 
     h, w = sample_size(model)
+    cond = conditioning(model)
+    if text_tokens is not None and cond.text_width:
+        import dataclasses
+
+        cond = dataclasses.replace(cond, text_tokens=int(text_tokens))
     return {
         "sample": torch.randn(batch, model.config.in_channels, h, w, device=device),
         "timestep": torch.full((batch,), 10, dtype=torch.long, device=device),
-        **conditioning(model).inputs(batch, (h, w), device=device),
+        **cond.inputs(batch, (h, w), device=device),
     }
 
 
-def count_macs_params(model) -> tuple:
-    """(MACs, params) of one forward at batch 1, counted by torch-pruning."""
+def count_macs_params(model, text_tokens: int | None = None) -> tuple:
+    """(MACs, params) of one forward at batch 1, counted by torch-pruning; a text-conditioned UNet reads
+    ``text_tokens`` tokens (its pipeline tokenizer's length; default 77): cross-attention's cost grows with it."""
     import torch
     import torch_pruning as tp
 
     device = next(model.parameters()).device
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # tp prints a batch-size note
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs(model, device=device))
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs(model, device=device, text_tokens=text_tokens))
     return int(macs), int(params)
 
 
