@@ -119,3 +119,9 @@ def test_evaluate_from_python_on_a_tiny_export(tmp_path, tiny_export):
     assert main(["eval", str(tiny_export), "--dense", str(tiny_export), "--n", "4", "--steps", "2", "--batch", "2",
                  "--backend", "ort-cpu", "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text()) == result
+    # An existing --json is refused before any sampling, and replaced with --overwrite.
+    (tmp_path / "eval.json").write_text("{}")
+    for extra, code in (([], 2), (["--overwrite"], 0)):
+        assert main(["eval", str(tiny_export), "--n", "2", "--steps", "1", "--batch", "2", "--backend", "ort-cpu",
+                     "--json", str(tmp_path / "eval.json"), *extra]) == code
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == 2

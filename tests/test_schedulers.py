@@ -179,3 +179,13 @@ def test_bad_scheduler_settings(name, config, fragment):
     with pytest.raises(DiffPruneError, match=fragment):
         s = make_scheduler(name, config)
         s.set_timesteps(10)
+
+
+def test_leading_spacing_with_offset_past_the_schedule_is_a_clear_error():
+    # SD's config (steps_offset 1, leading) at 1000 steps would start at t = 1000: diffusers fails with an
+    # IndexError inside step(); the runtime says what to change before sampling starts.
+    s = make_scheduler("ddim", {**BASE, "steps_offset": 1, "timestep_spacing": "leading"})
+    with pytest.raises(DiffPruneError, match="would start at timestep 1000.*at most 999"):
+        s.set_timesteps(1000)
+    s.set_timesteps(999)
+    assert s.timesteps[0] == 999 and s.timesteps[-1] == 1

@@ -7,8 +7,8 @@ against reference images loads them, both of which need the toolchain.
 import argparse
 import json
 import textwrap
-from pathlib import Path
 
+from diffprune._io import atomic_write_bytes, check_writable
 from diffprune.evaluation.evaluate import is_artifact
 from diffprune.runtime.schedulers import SCHEDULERS
 
@@ -41,6 +41,7 @@ def register(subparsers):
     p.add_argument("--features", help="ONNX feature network for FID (images in [0, 1] -> vectors)")
     p.add_argument("--save-stats", help="write the generated images' feature statistics (.npz) for reuse")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json or --save-stats file")
     p.set_defaults(func=run)
     return p
 
@@ -49,6 +50,9 @@ def run(args) -> int:
     from diffprune.evaluation.evaluate import check_options, is_statistics
 
     check_options(args.reference, args.features)  # before the checks for missing packages, as it says more
+    for out in (args.json, args.save_stats):  # before minutes of sampling, not after
+        if out:
+            check_writable(out, args.overwrite)
     for src in (args.model, args.dense):
         if src is not None and not is_artifact(src):
             require(*EXPORT_NEEDS, why=f"Exporting {src!r} to ONNX (it is not an export or engine folder)")
@@ -60,5 +64,5 @@ def run(args) -> int:
                       batch=args.batch, seed=args.seed, backend=args.backend, reference=args.reference,
                       features=args.features, save_stats=args.save_stats)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
     return 0

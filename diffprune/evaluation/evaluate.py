@@ -6,9 +6,11 @@ ONNX exports and engines are evaluated without torch; a model folder is exported
 reference images loads them, both of which need the toolchain.
 """
 
+import io
 import tempfile
 from pathlib import Path
 
+from .._io import atomic_write_bytes
 from ..errors import DiffPruneError
 from ..runtime.formats import ENGINE_JSON, MODEL_JSON
 
@@ -95,6 +97,8 @@ def evaluate(model, dense=None, n: int = 64, steps: int = 50, scheduler: str = "
             log(f"FID vs {reference}: {result['fid']['fid']:.3f} ({n} images, {result['fid']['dims']}-d features)")
         if save_stats:
             mu, sigma = feature_statistics(network(images["model"]))
-            np.savez(save_stats, mu=mu, sigma=sigma)
+            buffer = io.BytesIO()  # written whole or not at all, as every output
+            np.savez(buffer, mu=mu, sigma=sigma)
+            atomic_write_bytes(save_stats, buffer.getvalue())
             log(f"saved feature statistics of the generated images to {save_stats}")
     return result

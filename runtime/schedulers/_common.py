@@ -58,6 +58,12 @@ def spaced_timesteps(spacing: str, num_train: int, steps: int, offset: int = 0) 
         return np.linspace(0, num_train - 1, steps).round()[::-1].copy().astype(np.int64)
     if spacing == "leading":
         ratio = num_train // steps
+        top = (steps - 1) * ratio + offset
+        if top >= num_train:  # diffusers indexes alphas_cumprod[top] here and fails with an IndexError
+            raise DiffPruneError(
+                f"steps {steps} with timestep_spacing 'leading' and steps_offset {offset} would start at timestep "
+                f"{top}, past the schedule's last one ({num_train - 1}). Use fewer steps "
+                f"(at most {num_train - offset} here), or a scheduler config with steps_offset 0 or timestep_spacing 'trailing'.")
         return (np.arange(0, steps) * ratio).round()[::-1].copy().astype(np.int64) + offset
     ratio = num_train / steps
     return np.round(np.arange(num_train, 0, -ratio)).astype(np.int64) - 1
