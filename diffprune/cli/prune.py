@@ -115,11 +115,11 @@ def run(args) -> int:
     from diffprune.sources.text import read_prompts
 
     # Fail on bad options before minutes of work, not after.
+    components = check_components(args.components)
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
                   args.num_images, args.micro_batch)
     prompts = read_prompts(args.prompts) if args.prompts else None
     check_guidance(args.guidance_scale, args.data, prompts)
-    components = check_components(args.components)
     device = resolve_device(args.device)
     if "decoder" in components:
         return _run_with_decoder(args, components, prompts, device)
