@@ -2,13 +2,14 @@
 pruned to half its MACs and distilled from the dense decoder; reconstruction SSIM against the dense decoder over
 256 held-out digits, with the steps and time it took.
 
-Two stages, so that each timed part is short:
+Two stages (train, then prune + distil + score), run together alone on the machine so that every time is
+measured without other work (each stage is also runnable by itself):
 
-    # 1. train the autoencoder (not a measurement of time; shared CPU), writes OUT/pipeline
-    OMP_NUM_THREADS=2 /work/bin/cpu-shared python benchmarks/decoder_digits.py train --steps 400
-    # 2. prune (diffprune prune --components decoder) + distil (diffprune finetune --component decoder) + score,
-    #    timed, alone on the machine; writes benchmarks/results/decoder/decoder_digits.{json,md}
-    OMP_NUM_THREADS=2 /work/bin/cpu-exclusive python benchmarks/decoder_digits.py prune --steps 400
+    # 1. train the autoencoder, writes $DECODER_DIGITS_WORK/pipeline (default /tmp/diffprune_decoder_digits)
+    # 2. prune (diffprune prune --components decoder) + distil (diffprune finetune --component decoder) + score;
+    #    writes benchmarks/results/decoder/decoder_digits.{json,md}
+    OMP_NUM_THREADS=2 /work/bin/cpu-exclusive timeout 290 bash -c "python benchmarks/decoder_digits.py train --steps 300 \
+        && python benchmarks/decoder_digits.py prune --steps 300"
 
 The pipeline folder holds the autoencoder in vae/ and, in unet/, a UNet2DModel over its 4x7x7 latents with random
 weights: a placeholder that fixes the latent size the decoder's MACs are counted at (and that makes the folder a
@@ -89,7 +90,7 @@ def train(args):
         "vae": ["diffusers", "AutoencoderKL"]}, indent=1))
     (WORK / "train.json").write_text(json.dumps({
         "steps": args.steps, "batch": args.batch, "lr": args.lr, "final_loss": loss.item(),
-        "seconds_shared_cpu": round(time.perf_counter() - started, 1), "autoencoder": AUTOENCODER,
+        "seconds": round(time.perf_counter() - started, 1), "autoencoder": AUTOENCODER,
         "kl_weight": KL_WEIGHT, "command": " ".join(sys.argv)}, indent=1))
     print(f"wrote {folder}")
 
@@ -131,7 +132,7 @@ def prune(args):
                     "--method", args.method, "--data", str(WORK / "train.npy"), "--num-images", str(args.calibration),
                     *common])
     finetune_s = _cli(["finetune", str(pruned), str(tuned), "--component", "decoder", "--teacher", str(dense_folder),
-                       "--data", str(WORK / "train.npy"), "--steps", str(args.steps), "--batch-size", str(args.batch),
+                       "--data", str(WORK / "train.npy"), "--num-images", str(args.distill_images), "--steps", str(args.steps), "--batch-size", str(args.batch),
                        "--lr", str(args.lr), "--warmup-steps", "20", "--ema-decay", "0.999", "--checkpoint-minutes",
                        "0", "--checkpoint-every", "0", *common])
     dense, before, after = load_vae(dense_folder), load_vae(pruned), load_vae(tuned)
@@ -156,7 +157,7 @@ def prune(args):
         "train": json.loads((WORK / "train.json").read_text()),
         "prune": {"method": args.method, "target_macs": 0.5, "calibration_images": args.calibration,
                   "seconds": round(prune_s, 1)},
-        "distill": {"steps": args.steps, "batch": args.batch, "lr": args.lr, "pixel_loss": "l2",
+        "distill": {"steps": args.steps, "images": args.distill_images, "batch": args.batch, "lr": args.lr, "pixel_loss": "l2",
                     "seconds": round(finetune_s, 1), "steps_per_s": finetune_record["report"]["steps_per_s"],
                     "final_loss": finetune_record["report"]["final_loss"]},
         "rows": rows, "command": " ".join(sys.argv), "versions": {"torch": torch.__version__},
@@ -186,6 +187,7 @@ def main():
     parser.add_argument("--lr", type=float, default=None, help="learning rate (train: 2e-3, prune: 5e-4)")
     parser.add_argument("--method", default="diff-pruning")
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--distill-images", type=int, default=2048, help="training digits whose latents are distilled on")
     parser.add_argument("--calibration", type=int, default=64, help="calibration images for the pruning gradients")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
