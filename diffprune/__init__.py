@@ -11,6 +11,8 @@ from .errors import DiffPruneError
 _LAZY = {
     "prune": ("diffprune.pruning", "prune"),
     "PruneReport": ("diffprune.pruning", "PruneReport"),
+    "prune_decoder": ("diffprune.pruning.decoder", "prune_decoder"),
+    "finetune_decoder": ("diffprune.training.decoder", "finetune_decoder"),
     "load": ("diffprune.sources", "load"),
     "save": ("diffprune.sources", "save"),
     "resolve": ("diffprune.sources", "resolve"),

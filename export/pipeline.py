@@ -325,7 +325,8 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
             scale = float(decoder.config.scaling_factor or 1.0)
             shift = getattr(decoder.config, "shift_factor", None)
             factor = 2 ** (len(decoder.config.block_out_channels) - 1)
-            result = _export_decoder(decoder, name, tmp / name, size, scale, vae_dtype, (lo, opt, hi), **common)
+            result = _export_decoder(decoder, name, tmp / name, size, scale, vae_dtype, (lo, opt, hi),
+                                     pruning=_decoder_pruning(source, name), **common)
             reports[name], files[name] = result.model_json["validation"], result
             say(_line(name, result))
             latent = {"channels": decoder.config.latent_channels, "sample_size": list(size), "scaling_factor": scale,
@@ -391,7 +392,19 @@ def _export_text(model, tokenizer, layer, pooled, out, dtype, batch, opset, expo
                        validate_batches=validate_batches, weights=weights)
 
 
-def _export_decoder(model, name, out, size, scale, dtype, batch, opset, exporter, weights, validate_batches):
+def _decoder_pruning(source: Source, name: str) -> dict | None:
+    """pruning.json of a pipeline folder's vae/ or vqvae/ whose decoder `diffprune prune --components decoder`
+    pruned (its record goes into the decoder's model.json and pipeline.json), else None."""
+    from diffprune.sources.vae import read_decoder_pruning
+
+    if source.pipeline_dir is None:
+        return None
+    info = read_decoder_pruning(source.pipeline_dir / ("vae" if name == "vae_decoder" else "vqvae"))
+    return None if info is None else {k: v for k, v in info.items() if k != "widths"}
+
+
+def _export_decoder(model, name, out, size, scale, dtype, batch, opset, exporter, weights, validate_batches,
+                    pruning=None):
     import torch
 
     from .validate import validate_graph
@@ -419,7 +432,7 @@ def _export_decoder(model, name, out, size, scale, dtype, batch, opset, exporter
 
     meta = {"component": name, "architecture": type(model).__name__, "in_channels": channels,
             "sample_size": list(size), "scaling_factor": scale,
-            "source": {"weights_sha256": weights_sha256(model)}}
+            "source": {"weights_sha256": weights_sha256(model)}, "pruning": pruning}
     return write_graph(proto, out, check, meta, dtype=dtype, batch=batch, opset=opset, exporter=exporter,
                        validate_batches=validate_batches, weights=weights)
 
@@ -449,6 +462,8 @@ def _record(pipe, latent, image, guidance_scale, reports, files, unet_sha, start
         "batch": {n: f.model_json["batch"] for n, f in files.items()},
         "source": {**pipe.source, "unet_weights_sha256": unet_sha},
         "pruning": pipe.pruning,
+        # the decoder's pruning.json record (diffprune.pruning.decoder) when vae/ or vqvae/ holds a pruned one
+        "decoder_pruning": next((f.model_json.get("pruning") for n, f in files.items() if n.endswith("_decoder")), None),
         "versions": {**versions(), **_onnx_versions()},
         "validation": reports,
         "export_seconds": round(time.perf_counter() - started, 2),

@@ -16,6 +16,8 @@ diffprune/) calls the reader here, so the two sides cannot drift apart (as trans
     deploy.json    diffprune.deploy/1         diffprune/selection/report.py     one deployment configuration
     pruning.json   diffprune.pruned-unet/1    diffprune/sources/checkpoint.py   a pruned UNet's layer widths and
                                                                                 what made it
+                   diffprune.pruned-decoder/1 diffprune/sources/vae.py          the same for a pipeline's vae/ or
+                                                                                vqvae/ whose decoder is pruned
 
 Also owned here: the pipeline kinds and the components each needs, and which runtime scheduler runs
 each diffusers scheduler class.
@@ -45,6 +47,7 @@ TENSORRT_FORMAT = "diffprune.tensorrt/1"
 PIPELINE_FORMAT = "diffprune.pipeline/1"
 DEPLOY_FORMAT = "diffprune.deploy/1"
 PRUNED_UNET_FORMAT = "diffprune.pruned-unet/1"
+PRUNED_DECODER_FORMAT = "diffprune.pruned-decoder/1"  # an autoencoder (vae/, vqvae/) whose decoder is pruned
 MODEL_FORMATS = (ONNX_FORMAT, OPENVINO_FORMAT)  # what a model.json may say
 
 # -- pipelines ----------------------------------------------------------------------------------------
@@ -305,16 +308,17 @@ def read_deploy_json(path) -> dict:
 
 # -- pruning.json -------------------------------------------------------------------------------------
 
-def read_pruning_json(path) -> dict:
+def read_pruning_json(path, format: str = PRUNED_UNET_FORMAT) -> dict:
     """pruning.json of a pruned UNet folder (``path``: the folder, or the file): the widths of every layer
-    (checked to be a table here; against the model by diffprune.sources.structure) and what made the model."""
+    (checked to be a table here; against the model by diffprune.sources.structure) and what made the model.
+    ``format=PRUNED_DECODER_FORMAT`` reads a pipeline autoencoder's (vae/, vqvae/) whose decoder is pruned."""
     file = _file(path, PRUNING_JSON)
     if not file.is_file():
         raise DiffPruneError(f"{str(file.parent)!r} holds no {PRUNING_JSON}, so it is not a pruned diffprune model; "
                              "give a folder written by `diffprune prune` (or `diffprune finetune`).")
     info = read_json(file, "restore the folder as it was written, or re-create the pruned model with `diffprune prune`")
     if isinstance(info, dict):
-        _check_format(info, file, (PRUNED_UNET_FORMAT,), "re-create the pruned model with `diffprune prune`")
+        _check_format(info, file, (format,), "re-create the pruned model with `diffprune prune`")
     if not isinstance(info, dict) or not isinstance(info.get("widths"), dict):
         raise DiffPruneError(
             f"{str(file)!r} has no 'widths' table, so it was not written by "
@@ -326,7 +330,7 @@ def read_pruning_json(path) -> dict:
 __all__ = [
     "MODEL_JSON", "ENGINE_JSON", "PIPELINE_JSON", "DEPLOY_JSON", "PRUNING_JSON",
     "ONNX_FORMAT", "OPENVINO_FORMAT", "TENSORRT_FORMAT", "PIPELINE_FORMAT", "DEPLOY_FORMAT", "PRUNED_UNET_FORMAT",
-    "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS", "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",
+    "PRUNED_DECODER_FORMAT", "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS", "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",
     "read_json", "read_model_json", "read_engine_json", "read_pipeline_json", "read_deploy_json", "read_pruning_json",
     "check_spec", "check_fields", "check_text_fits", "deploy_file", "is_pipeline", "scheduler_name",
 ]

@@ -23,7 +23,12 @@ def register(subparsers):
             steps and every --checkpoint-minutes; after a crash or Ctrl-C the same command with --resume
             continues from the latest one and ends with the same weights and loss.csv as an uninterrupted
             run. OUT.ckpt is deleted once OUT is written.
-            Several GPUs or nodes: accelerate launch --multi_gpu -m diffprune finetune ...""")
+            Several GPUs or nodes: accelerate launch --multi_gpu -m diffprune finetune ...
+            --component decoder: SRC is a pipeline whose VAE/VQ decoder `diffprune prune --components decoder`
+            pruned; it learns the dense decoder of --teacher (the dense pipeline) on the encoder's latents of
+            --data (or generate:N, latents the teacher's UNet draws): --pixel-loss l2/l1 between the two
+            images, plus --feature-kd-weight at the mid and up blocks. OUT is the pipeline with the
+            fine-tuned decoder; checkpoints and --resume as above (one process).""")
         + missing_note(*NEEDS),
         epilog=textwrap.dedent("""\
             examples:
@@ -53,6 +58,11 @@ def register(subparsers):
     p.add_argument("--feature-kd-weight", type=float, default=0.0,
                    help="weight of feature distillation at every down/mid/up block output (BK-SDM), through learned "
                         "1x1 maps where the pruned widths differ from the teacher's (default 0 = off; needs --teacher)")
+    p.add_argument("--component", default="unet", choices=["unet", "decoder"],
+                   help="what to train: the UNet (default) or the pipeline's pruned VAE/VQ decoder, distilled from "
+                        "--teacher's decoder")
+    p.add_argument("--pixel-loss", default="l2", choices=["l2", "l1"],
+                   help="--component decoder: the error between the student's and the teacher's images (default l2)")
     p.add_argument("--prompts", default=None, metavar="FILE",
                    help="text-conditioned models with --data generate:N: one prompt per line, cycled over the N samples "
                         "drawn from the teacher with classifier-free guidance (--guidance-scale) and kept as their captions")
@@ -108,9 +118,18 @@ def run(args) -> int:
         checkpoint_minutes=args.checkpoint_minutes, resume=args.resume, log_every=args.log_every, seed=args.seed,
         device=args.device, caption_dropout=args.caption_dropout, precompute=args.precompute, stream=args.stream,
         feature_kd_weight=args.feature_kd_weight, prompts=read_prompts(args.prompts) if args.prompts else None,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=args.guidance_scale, pixel_loss=args.pixel_loss,
     )
     try:
+        if args.component == "decoder":
+            from diffprune.training.decoder import finetune_decoder
+
+            report = finetune_decoder(args.src, args.out, config, overwrite=args.overwrite, progress=not args.quiet)
+            resumed = f" (resumed from step {report.resumed_from})" if report.resumed_from is not None else ""
+            print(f"fine-tuned the decoder {report.steps} steps{resumed} in {report.seconds:.1f} s "
+                  f"({report.steps_per_s:.2f} steps/s); final loss {report.final_loss:.6f}")
+            print(f"saved {args.out} (the pipeline, its decoder's EMA weights and record in its pruning.json)")
+            return 0
         report = finetune(
             args.src, args.out, config, overwrite=args.overwrite, progress=not args.quiet,
             text_encoder=FromSource(args.pipeline, "text_encoder") if args.pipeline else None,

@@ -38,8 +38,14 @@ def register(subparsers):
             .jsonl of {"image": path, "text": caption}) through the pipeline's frozen text encoder, the
             images encoded to latents by its VAE; --data generate:N --prompts FILE draws the latents from the
             model itself with those prompts. Class-conditional ones get --class-labels, else the data's
-            labels (builtin:digits, an .npz's labels), else uniformly drawn ones. Only the UNet is pruned;
-            a pipeline SRC gives a pipeline OUT (the pruned UNet in unet/, the other components carried over).
+            labels (builtin:digits, an .npz's labels), else uniformly drawn ones. A pipeline SRC gives a
+            pipeline OUT (the pruned parts in place, the other components carried over).
+            --components unet,decoder (or decoder alone) also prunes the pipeline's VAE or VQ decoder, the
+            same way: importance |w * dL/dw| of a reconstruction loss against the dense decoder on the
+            encoder's latents of --data (or generate:N: latents drawn by the UNet); --ratio / --target-macs
+            apply to each component (the decoder's MACs at the UNet's latent size); post_quant_conv and
+            conv_out keep the latent and image channels. Then `diffprune finetune OUT OUT2 --component
+            decoder` distils it from the dense decoder.
             SOURCES
             Several GPUs: accelerate launch --multi_gpu -m diffprune prune ... (or torchrun; on CPUs
             torchrun --nproc_per_node N -m diffprune prune ... --device cpu): each process takes a share of the
@@ -50,6 +56,8 @@ def register(subparsers):
     )
     p.add_argument("src", metavar="SRC", help="model to prune")
     p.add_argument("out", metavar="OUT", help="output folder (written atomically)")
+    p.add_argument("--components", default="unet", metavar="LIST",
+                   help="what to prune in a pipeline SRC: unet (default), decoder (its VAE/VQ decoder), or unet,decoder")
     p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES),
                    help="importance criterion (default: diff-pruning; reinit = random structure, fresh weights)")
     how = p.add_mutually_exclusive_group()
@@ -102,16 +110,19 @@ def run(args) -> int:
     from diffprune.pruning import start_processes
     from diffprune.pruning.calibration import check_guidance
     from diffprune.pruning.pruner import check_options
-    from diffprune.pruning.recipe import prune_source
+    from diffprune.pruning.recipe import check_components, prune_source
     from diffprune.sources.resolve import pipeline_source
     from diffprune.sources.text import read_prompts
 
     # Fail on bad options before minutes of work, not after.
+    components = check_components(args.components)
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
                   args.num_images, args.micro_batch)
     prompts = read_prompts(args.prompts) if args.prompts else None
     check_guidance(args.guidance_scale, args.data, prompts)
     device = resolve_device(args.device)
+    if "decoder" in components:
+        return _run_with_decoder(args, components, prompts, device)
     device, main = start_processes(device)
     if main:
         check_writable(args.out, args.overwrite)
@@ -130,4 +141,31 @@ def run(args) -> int:
         print(f"saved {args.out} (a pipeline folder: the pruned UNet in unet/, the other components of {args.src})")
     else:
         print(f"saved {args.out} (config.json, diffusion_pytorch_model.safetensors, pruning.json)")
+    return 0
+
+
+def _run_with_decoder(args, components, prompts, device) -> int:
+    """--components with decoder: the UNet (when named) and the decoder pruned in one process, one pipeline OUT."""
+    from diffprune._io import check_writable
+    from diffprune.pruning.recipe import prune_source, prune_source_decoder, save_pipeline
+
+    check_writable(args.out, args.overwrite)
+    pruned = None
+    if "unet" in components:
+        pruned = prune_source(
+            args.src, device=device, method=args.method, ratio=args.ratio, target_macs=args.target_macs,
+            data=args.data, thr=args.thr, round_to=args.round_to, seed=args.seed, num_images=args.num_images,
+            micro_batch=args.micro_batch, prune_heads=args.prune_heads, max_timesteps=args.max_timesteps,
+            resize=args.resize, progress=not args.quiet, class_labels=args.class_labels, prompts=prompts,
+            guidance_scale=args.guidance_scale)
+    decoder = prune_source_decoder(
+        args.src, device=device, method=args.method, ratio=args.ratio, target_macs=args.target_macs, data=args.data,
+        num_images=args.num_images, micro_batch=args.micro_batch, round_to=args.round_to, seed=args.seed,
+        resize=args.resize, progress=not args.quiet)
+    save_pipeline(args.out, args.src, unet=pruned, decoder=decoder, overwrite=args.overwrite)
+    if pruned is not None:
+        print(pruned.report.table())
+    print(decoder.report.table())
+    print(f"saved {args.out} (a pipeline folder: {' and '.join(components)} pruned, the decoder in {decoder.folder}/, "
+          f"the other components of {args.src})")
     return 0

@@ -115,24 +115,34 @@ def check_options(method, ratio=None, target_macs=None, thr=0.05, round_to=8, da
         )
 
 
-class _Planner:
-    """Scores every prunable group once on the dense model, then prunes copies at any ratio."""
+def _unet_inputs(model):
+    from ..sources.unet import example_inputs
 
-    def __init__(self, model, criterion, round_to, prune_heads):
+    return example_inputs(model, device=device_of(model))
+
+
+class _Planner:
+    """Scores every prunable group once on the dense model, then prunes copies at any ratio.
+
+    ``inputs(model)`` gives the keyword inputs that trace it (default: a UNet's example inputs), ``ignored`` the
+    modules whose output channels stay (default: the UNet's conv_out, the image's channels); the VAE decoder
+    (diffprune.pruning.decoder) passes its own."""
+
+    def __init__(self, model, criterion, round_to, prune_heads, inputs=None, ignored=None):
         import torch
         import torch_pruning as tp
         from diffusers.models.activations import GEGLU
         from diffusers.models.attention_processor import Attention
 
         from .importance.magnitude import MagnitudeImportance
-        from ..sources.unet import example_inputs
 
+        self.inputs = inputs or _unet_inputs
         self.round_to = round_to
         self.prune_heads = prune_heads
         self.dense = model
         self.names = {m: n for n, m in model.named_modules()}
-        self.ignored = [model.conv_out]  # the output channels are the image's; never pruned
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=device_of(model)))
+        self.ignored = [model.conv_out] if ignored is None else list(ignored)  # the image's channels; never pruned
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.inputs(model))
         heads, kept_inputs = {}, set()
         for attn in (m for m in model.modules() if isinstance(m, Attention)):
             for linear in (attn.to_q, attn.to_k, attn.to_v):
@@ -183,7 +193,6 @@ class _Planner:
         import torch
         import torch_pruning as tp
 
-        from ..sources.unet import example_inputs
         from ..sources.structure import keep_count, sync_attributes
 
         model = copy.deepcopy(self.dense)
@@ -192,7 +201,7 @@ class _Planner:
         if ratio <= 0:
             return model
         modules = dict(model.named_modules())
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model, device=device_of(model)))
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.inputs(model))
         for name, (imp, groups, attn_name, halves) in self.plan.items():
             root = modules[name]
             width = imp.numel()
@@ -221,7 +230,7 @@ class _Planner:
             graph.get_pruning_group(root, handler, sorted(idxs.tolist())).prune()
         sync_attributes(model)
         with torch.no_grad():
-            model(**example_inputs(model, device=device_of(model)))  # fails loudly here, not later, if inconsistent
+            model(**self.inputs(model))  # fails loudly here, not later, if inconsistent
         return model
 
 
@@ -349,14 +358,19 @@ def _text_tokens(text_encoder) -> int | None:
     return getattr(text_encoder, "max_length", None)
 
 
-def _search_ratio(planner, macs_budget: float, text_tokens: int | None = None):
+def _search_ratio(planner, macs_budget: float, text_tokens: int | None = None, count=None):
     """Smallest ratio whose pruned model has at most ``macs_budget`` MACs (bisection; MACs fall
-    stepwise as the ratio grows, because widths move in whole channel steps)."""
+    stepwise as the ratio grows, because widths move in whole channel steps). ``count(model)`` gives the
+    MACs (default: a UNet's, with ``text_tokens``)."""
     from ..sources.unet import count_macs_params
+
+    if count is None:
+        def count(model):
+            return count_macs_params(model, text_tokens=text_tokens)[0]
 
     lo, hi = 0.0, 0.95
     best = planner.apply(hi)
-    best_macs = count_macs_params(best, text_tokens=text_tokens)[0]
+    best_macs = count(best)
     if best_macs > macs_budget:
         raise DiffPruneError(
             f"Even removing 95% of the channels leaves {best_macs / 1e9:.3g}G MACs, above the target "
@@ -366,7 +380,7 @@ def _search_ratio(planner, macs_budget: float, text_tokens: int | None = None):
     for _ in range(12):  # 0.95 / 2**12: finer than any width step
         mid = (lo + hi) / 2
         model = planner.apply(mid)
-        macs = count_macs_params(model, text_tokens=text_tokens)[0]
+        macs = count(model)
         if macs <= macs_budget:
             hi, best, best_ratio, best_macs = mid, model, mid, macs
         else:

@@ -130,19 +130,32 @@ def read_info(folder) -> dict:
     return read_pruning_json(folder)
 
 
+def _is_pruned_decoder(folder: Path) -> bool:
+    from ..runtime.formats import PRUNED_DECODER_FORMAT
+
+    try:
+        return json.loads((folder / PRUNING_JSON).read_text()).get("format") == PRUNED_DECODER_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False  # read_info below names what is wrong with it
+
+
 def load(folder, device="cpu"):
     """Rebuild a pruned ``UNet2DModel`` or ``UNet2DConditionModel`` (the class config.json names) from
-    ``folder``; its forward is bit-identical to the saved one."""
+    ``folder``; its forward is bit-identical to the saved one. A pipeline's ``vae/`` or ``vqvae/`` holding a
+    pruned decoder (diffprune.pruning.decoder) gives its AutoencoderKL or VQModel."""
     import torch
-    from safetensors import SafetensorError, safe_open
 
     from .folders import _read_json
     from .unet import check_unet_config, unet_class
-    from .structure import apply_widths
+    from .structure import apply_widths, load_checked_weights
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DiffPruneError(f"Pruned model folder {str(folder)!r} does not exist. Check the path.")
+    if _is_pruned_decoder(folder):  # a pipeline's vae/ or vqvae/ with a pruned decoder
+        from .vae import load_pruned_autoencoder
+
+        return load_pruned_autoencoder(folder).to(device)
     config = _read_json(folder / "config.json")
     check_unet_config(config, folder / "config.json")
     info = read_info(folder)
@@ -158,32 +171,7 @@ def load(folder, device="cpu"):
     except (TypeError, ValueError, KeyError) as e:
         raise DiffPruneError(f"config.json in {str(folder)!r} does not build a {cls.__name__}: {e}.") from None
     apply_widths(model, info["widths"])
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise DiffPruneError(f"{str(folder)!r} has no {WEIGHTS}. The folder is incomplete; re-create it.")
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            missing = sorted(set(expected) - set(found))
-            extra = sorted(set(found) - set(expected))
-            wrong = [(k, expected[k], found[k]) for k in expected if k in found and expected[k] != found[k]]
-            if missing or extra or wrong:
-                detail = "; ".join(
-                    [f"missing {', '.join(missing[:3])}" if missing else "",
-                     f"unexpected {', '.join(extra[:3])}" if extra else "",
-                     ", ".join(f"{k}: widths say {e}, file has {g}" for k, e, g in wrong[:3])]
-                ).strip("; ")
-                raise DiffPruneError(
-                    f"The weights in {str(weights)!r} do not fit the widths in pruning.json ({detail}). "
-                    "The files come from different models; restore the folder as it was written."
-                )
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as e:
-        raise DiffPruneError(
-            f"{str(weights)!r} is not a readable safetensors file ({e}); it is truncated or corrupt. "
-            "Re-create or re-download the model."
-        ) from None
+    state = load_checked_weights(model, folder / WEIGHTS)
     dtype = getattr(torch, info.get("dtype", "float32"), torch.float32)
     if dtype != torch.float32:
         model = model.to(dtype)

@@ -153,6 +153,41 @@ def apply_widths(model, manifest: dict) -> None:
         raise DiffPruneError(f"pruning.json describes an inconsistent model: {e}. Re-create the pruned model.") from None
 
 
+def load_checked_weights(model, weights) -> dict:
+    """The safetensors state of ``weights`` (a path), every name and shape checked against ``model`` (built to
+    the manifest's widths by :func:`apply_widths`) first; a clear error for a missing, corrupt or foreign file."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError, safe_open
+
+    weights = Path(weights)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if not weights.is_file():
+        raise DiffPruneError(f"{str(weights.parent)!r} has no {weights.name}. The folder is incomplete; re-create it.")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            missing = sorted(set(expected) - set(found))
+            extra = sorted(set(found) - set(expected))
+            wrong = [(k, expected[k], found[k]) for k in expected if k in found and expected[k] != found[k]]
+            if missing or extra or wrong:
+                detail = "; ".join(
+                    [f"missing {', '.join(missing[:3])}" if missing else "",
+                     f"unexpected {', '.join(extra[:3])}" if extra else "",
+                     ", ".join(f"{k}: widths say {e}, file has {g}" for k, e, g in wrong[:3])]
+                ).strip("; ")
+                raise DiffPruneError(
+                    f"The weights in {str(weights)!r} do not fit the widths in pruning.json ({detail}). "
+                    "The files come from different models; restore the folder as it was written."
+                )
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise DiffPruneError(
+            f"{str(weights)!r} is not a readable safetensors file ({e}); it is truncated or corrupt. "
+            "Re-create or re-download the model."
+        ) from None
+
+
 def keep_count(width: int, groups: int, ratio: float, round_to: int) -> int:
     """Channels to keep per channel-group so the layer keeps ``~(1 - ratio)`` of ``width``.
 

@@ -13,6 +13,7 @@ from ..errors import DiffPruneError
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")
+PIXEL_LOSSES = ("l2", "l1")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class FinetuneConfig:
     teacher: object = None  # a model source: the dense model the student learns from
     kd_weight: float = 0.0  # weight of the output distillation term (the teacher's prediction on the same input)
     feature_kd_weight: float = 0.0  # weight of BK-SDM's block-output term (learned 1x1 maps where widths differ)
+    pixel_loss: str = "l2"  # decoder distillation (diffprune.training.decoder): l2 or l1 between the images
 
     # Checkpoints for exact resume (safetensors + JSON, in OUT.ckpt unless checkpoint_dir), deleted once OUT is written.
     checkpoint_every: int = 500  # steps between checkpoints (0 = none by count)
@@ -109,6 +111,9 @@ class FinetuneConfig:
         if self.feature_kd_weight > 0 and self.teacher is None:
             raise DiffPruneError("feature_kd_weight > 0 distils the teacher's block outputs, but no teacher was given: pass "
                                  "teacher= (CLI --teacher) with the dense model, or set feature_kd_weight to 0.")
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise DiffPruneError(f"pixel_loss {self.pixel_loss!r} is unknown; allowed: {', '.join(PIXEL_LOSSES)} (the "
+                                 "decoder distillation's error between the student's and the dense decoder's images).")
         if self.mixed_precision not in MIXED_PRECISION:
             raise DiffPruneError(f"mixed_precision {self.mixed_precision!r} is unknown; allowed: {', '.join(MIXED_PRECISION)}.")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -20,7 +20,8 @@ as in BK-SDM, with nothing learned.
 
 def _blocks(unet) -> list:
     """(name, module) of each stage whose output is distilled: down blocks, mid block, up blocks."""
-    blocks = [(f"down_blocks.{i}", b) for i, b in enumerate(unet.down_blocks)]
+    # A VAE/VQ decoder (diffprune.training.decoder) has no down blocks: its mid and up blocks are distilled.
+    blocks = [(f"down_blocks.{i}", b) for i, b in enumerate(getattr(unet, "down_blocks", ()))]
     if getattr(unet, "mid_block", None) is not None:
         blocks.append(("mid_block", unet.mid_block))
     blocks += [(f"up_blocks.{i}", b) for i, b in enumerate(unet.up_blocks)]
@@ -63,16 +64,17 @@ def widths(unet) -> list:
         tap.close()
 
 
-def projections(student, teacher, seed: int = 0):
+def projections(student, teacher, seed: int = 0, stage_widths=None):
     """The 1x1 convolutions from each of ``student``'s stage widths to ``teacher``'s (nn.Identity where they
     match), as one module whose forward maps the list of student features; seeded, so every process builds
-    the same ones."""
+    the same ones. ``stage_widths``: (student's, teacher's) when already known (a decoder's, which
+    :func:`widths` cannot trace)."""
     import torch
     import torch.nn as nn
 
     from ..errors import DiffPruneError
 
-    s, t = widths(student), widths(teacher)
+    s, t = stage_widths or (widths(student), widths(teacher))
     if len(s) != len(t):
         raise DiffPruneError(f"Feature distillation compares the outputs of every down, mid and up block, but the "
                              f"student has {len(s)} of them and the teacher {len(t)}. Use the dense model the student "
