@@ -52,17 +52,17 @@ def _rows(work: Path, batch: int) -> tuple:
     return rows, {g: tuple(v) for g, v in saved["steps"].items()}
 
 
-def time_tables(work: Path, backend: str, batch: int):
+def time_tables(work: Path, backend: str, batch: int, rounds: int = 2):
     from diffprune.latency import model as lm
     from diffprune.latency.profile import fit_table, time_probes
 
     rows, steps = _rows(work, batch)
     started = time.perf_counter()
-    probes = time_probes(work / "probes", backend, batch)
+    probes = time_probes(work / "probes", backend, batch, rounds=rounds)
     seconds = time.perf_counter() - started
     table = fit_table(rows, steps, probes, key=f"bench-{backend}-{batch}", backend=backend, batch=batch, threads=None,
                       model_info={"arch": ARCH}, resolution=[32, 32], seconds=seconds)
-    checks = time_probes(work / "checks", backend, batch)
+    checks = time_probes(work / "checks", backend, batch, rounds=rounds)
     predicted = [lm.predict_ms(table, lm.fractions(c["keep"], steps)) for c in checks]
     measured = [c["measured_ms"] for c in checks]
     out = {"backend": backend, "batch": batch, "table": table, "probe_seconds": round(seconds, 1),
@@ -165,12 +165,13 @@ def main(argv=None):
     p.add_argument("--backend", default="ort-cpu")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--speedup", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=2, help="passes over the probes; each probe's fastest pass is kept")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.phase == "export":
         export(args.work)
     elif args.phase == "time":
-        time_tables(args.work, args.backend, args.batch)
+        time_tables(args.work, args.backend, args.batch, args.rounds)
     elif args.phase == "prune":
         prune_pair(args.work, args.backend, args.batch, args.speedup)
     elif args.phase == "time-pruned":

@@ -29,7 +29,7 @@ CACHE = "latency"  # subfolder of the runtime's cache
 PROBES_JSON = "probes.json"
 UNIFORM = (0.7, 0.45)  # kept fractions of the uniform probes (with dense: three points along the MAC curve)
 STAGE_FRACTION = 0.5  # each stage's groups at half width, the others dense: separates the stages' costs
-RANDOM_PROBES = 3
+RANDOM_PROBES = 6  # random widths teach the fit what the stage probes do not (mixed widths across groups)
 
 
 def cpu_name() -> str:
