@@ -127,8 +127,9 @@ def report(work: Path, out: Path, command: str):
     results = {"host": cpu_name(), "arch": ARCH, "command": command, "tables": {}, "pruned": {}}
     lines = ["# Latency tables and pruning to a latency (CIFAR-10 architecture, random weights)\n",
              f"Host: {cpu_name()} (2 cores), every timing under /work/bin/cpu-exclusive; backend default threads.  ",
-             "Commands: `benchmarks/latency_prune.py` phases (its docstring), run as "
-             "`python benchmarks/latency_prune.py all-steps` lists them; this file: " + f"`{command}`\n",
+             "Made by the phases of `benchmarks/latency_prune.py` (its docstring lists them; export and prune "
+             "phases ran under /work/bin/cpu-exclusive too, the shared queue being starved); this file: "
+             + f"`{command}`\n",
              "## Prediction of a whole UNet call (10 random width configurations not used to fit)\n",
              "| backend | batch | fit probes | fit median err | checks median err | checks max err | per-check errors |",
              "|---|---|---|---|---|---|---|"]
