@@ -23,6 +23,9 @@ class DemoOptions:
     model: str = DEFAULT_MODEL
     data: str = "builtin:digits"
     target_macs: float = 0.5
+    # Prune to this measured speedup of one UNet call (batch 1) on the demo's backend instead (diffprune.latency;
+    # the latency table is measured once per host and backend and cached); None: prune to target_macs.
+    target_speedup: float | None = None
     method: str = "diff-pruning"
     calibration_images: int = 16  # Diff-Pruning sums ~500 timesteps on this model: 16 images keep it ~2 min
     max_timesteps: int | None = None
@@ -91,9 +94,19 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     pruned_dir = out / "pruned"
 
     def make_pruned():
-        pruned = prune_source(str(dense_dir), method=o.method, target_macs=o.target_macs, data=o.data,
-                              num_images=o.calibration_images, max_timesteps=o.max_timesteps, round_to=o.round_to,
-                              seed=o.seed, progress=progress)
+        latency = None
+        if o.target_speedup:
+            from .latency import LatencyTarget
+            from .runtime.runners import resolve_backend as resolve
+
+            latency = LatencyTarget(backend=resolve(o.backend), speedup=o.target_speedup, threads=o.threads)
+        pruned = prune_source(str(dense_dir), method=o.method, target_macs=None if latency else o.target_macs,
+                              data=o.data, num_images=o.calibration_images, max_timesteps=o.max_timesteps,
+                              round_to=o.round_to, seed=o.seed, progress=progress, latency=latency)
+        if latency:
+            lat = pruned.report.latency
+            log(f"[prune] to {o.target_speedup:g}x on {latency.backend}: dense {lat['dense_ms']:.2f} ms, predicted "
+                f"{lat['predicted_ms']:.2f} ms, measured {lat['measured_ms']:.2f} ms ({lat['measured_speedup']:.2f}x)")
         t = pruned.report.timesteps_used
         if t:
             log(f"[prune] Diff-Pruning summed gradients over {len(t)} timesteps (t = {t[0]}..{t[-1]}) until the loss "

@@ -282,10 +282,12 @@ def unet_feeds(cond, size):
 def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=None, dtype: str = "fp32",
                 opset: int = 18, batch=(1, 8, 64), dynamic_hw: bool = False, exporter: str = "dynamo",
                 slim: bool = False, validate_batches=None, weights: str = "external", overwrite: bool = False,
-                started=None, extra: dict | None = None, text_tokens: int | None = None) -> ExportResult:
+                started=None, extra: dict | None = None, text_tokens: int | None = None,
+                validated: bool = True) -> ExportResult:
     """Export the in-memory ``unet`` (pixel, class-conditional or text-conditioned) to ``out_dir``;
     ``extra`` joins model.json. ``text_tokens``: the length of ``encoder_hidden_states`` (the pipeline
-    tokenizer's; default CLIP's 77). :func:`to_onnx` loads a source and calls this."""
+    tokenizer's; default CLIP's 77). :func:`to_onnx` loads a source and calls this. ``validated=False`` skips
+    the comparison with torch and the MAC count (graphs that are only timed: diffprune.latency's probes)."""
     import torch
 
     from diffprune.sources.conditioning import conditioning
@@ -305,10 +307,12 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
                **{k: torch.from_numpy(v) for k, v in feeds(2, np.random.default_rng(0)).items()}}
     with torch.no_grad(), _quiet_exporter():
         proto = _export(wrapper, example, ["out_sample"], opset, (lo, opt, hi), dynamic_hw, exporter)
-    macs, params = count_macs_params(unet, text_tokens=cond.text_tokens)
+    macs, params = count_macs_params(unet, text_tokens=cond.text_tokens) if validated else (None, None)
     steps = scheduler_config.get("num_train_timesteps", 1000)
 
     def check(path, batches):
+        if not validated:
+            return {"skipped": "a timing probe: not compared with torch"}
         return validate(path, wrapper, dtype, batches, steps, conditioning=feeds if cond.kind != "none" else None)
 
     meta = {

@@ -18,6 +18,8 @@ diffprune/) calls the reader here, so the two sides cannot drift apart (as trans
                                                                                 what made it
                    diffprune.pruned-decoder/1 diffprune/sources/vae.py          the same for a pipeline's vae/ or
                                                                                 vqvae/ whose decoder is pruned
+    (any name)     diffprune.latency-table/1  diffprune/latency/profile.py      a UNet's call time as a function of
+                                                                                its group widths, on one backend
 
 Also owned here: the pipeline kinds and the components each needs, and which runtime scheduler runs
 each diffusers scheduler class.
@@ -48,6 +50,7 @@ PIPELINE_FORMAT = "diffprune.pipeline/1"
 DEPLOY_FORMAT = "diffprune.deploy/1"
 PRUNED_UNET_FORMAT = "diffprune.pruned-unet/1"
 PRUNED_DECODER_FORMAT = "diffprune.pruned-decoder/1"  # an autoencoder (vae/, vqvae/) whose decoder is pruned
+LATENCY_TABLE_FORMAT = "diffprune.latency-table/1"
 MODEL_FORMATS = (ONNX_FORMAT, OPENVINO_FORMAT)  # what a model.json may say
 
 # -- pipelines ----------------------------------------------------------------------------------------
@@ -327,10 +330,51 @@ def read_pruning_json(path, format: str = PRUNED_UNET_FORMAT) -> dict:
     return info
 
 
+# -- latency tables -----------------------------------------------------------------------------------
+# What a latency table must hold for diffprune.latency.model to predict with it, and what it records of how
+# it was measured (the host, the backend and its precision, the batch, the resolution, the threads).
+LATENCY_TABLE_FIELDS = {"key": str, "backend": str, "batch": int, "host": dict, "versions": dict, "model": dict,
+                        "resolution": list, "layers": list, "groups": dict, "coefficients": dict, "dense_ms": float}
+LATENCY_LAYER_FIELDS = ("name", "stage", "macs", "elements", "out_group", "in_group")
+
+
+def read_latency_table(path) -> dict:
+    """A latency table written by ``diffprune profile`` (diffprune.latency.profile), checked: its format string,
+    the fields above, every layer's fields, and coefficients for every stage its layers name."""
+    file = Path(path)
+    remedy = "re-create it with `diffprune profile`"
+    table = read_json(file, remedy) if file.is_file() else None
+    if table is None:
+        raise DiffPruneError(f"Latency table {str(file)!r} does not exist; give a file written by `diffprune profile "
+                             "SRC --backend B --out TABLE.json`, or leave --latency-table out to measure one now.")
+    if not isinstance(table, dict) or table.get("format") != LATENCY_TABLE_FORMAT:
+        found = table.get("format") if isinstance(table, dict) else type(table).__name__
+        raise DiffPruneError(f"{str(file)!r} is not a latency table (format {found!r}; this version reads "
+                             f"{LATENCY_TABLE_FORMAT!r}); {remedy}.")
+    bad = [k for k, kind in LATENCY_TABLE_FIELDS.items()
+           if not isinstance(table.get(k), (int, float) if kind is float else kind)]
+    layers = table.get("layers") if isinstance(table.get("layers"), list) else []
+    bad += [f"layers[{i}]" for i, layer in enumerate(layers)
+            if not isinstance(layer, dict) or any(k not in layer for k in LATENCY_LAYER_FIELDS)][:3]
+    coefficients = table.get("coefficients") if isinstance(table.get("coefficients"), dict) else {}
+    per_stage = coefficients.get("ms_per_gmac") if isinstance(coefficients.get("ms_per_gmac"), dict) else {}
+    if not all(isinstance(coefficients.get(k), (int, float)) for k in ("constant_ms", "ms_per_melement")):
+        bad.append("coefficients")
+    missing = sorted({str(layer.get("stage")) for layer in layers if isinstance(layer, dict) and "stage" in layer
+                      and layer["stage"] not in per_stage})
+    bad += [f"coefficients.ms_per_gmac[{s!r}]" for s in missing]
+    if bad:
+        raise DiffPruneError(f"Latency table {str(file)!r} is damaged: {', '.join(bad)} missing or of the wrong "
+                             f"type; {remedy}.")
+    return table
+
+
 __all__ = [
     "MODEL_JSON", "ENGINE_JSON", "PIPELINE_JSON", "DEPLOY_JSON", "PRUNING_JSON",
     "ONNX_FORMAT", "OPENVINO_FORMAT", "TENSORRT_FORMAT", "PIPELINE_FORMAT", "DEPLOY_FORMAT", "PRUNED_UNET_FORMAT",
-    "PRUNED_DECODER_FORMAT", "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS", "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",
+    "PRUNED_DECODER_FORMAT", "LATENCY_TABLE_FORMAT", "LATENCY_TABLE_FIELDS", "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS",
+    "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",
     "read_json", "read_model_json", "read_engine_json", "read_pipeline_json", "read_deploy_json", "read_pruning_json",
+    "read_latency_table",
     "check_spec", "check_fields", "check_text_fits", "deploy_file", "is_pipeline", "scheduler_name",
 ]

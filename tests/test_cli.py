@@ -53,7 +53,7 @@ def test_help_teaches():
         assert word in proc.stdout
 
 
-COMMAND_NAMES = ["prune", "demo", "eval", "select", "finetune", "export", "quantize", "build", "sample", "bench", "serve",
+COMMAND_NAMES = ["prune", "profile", "demo", "eval", "select", "finetune", "export", "quantize", "build", "sample", "bench", "serve",
                  "loadtest"]
 
 # Makes torch, diffusers and torch_pruning unimportable (as in test_runtime.py), then runs the CLI.
@@ -84,7 +84,7 @@ def test_help_and_the_runtime_commands_work_without_torch():
     assert top.returncode == 0, top.stderr
     listed = dict(re.findall(r"^    (\w+)\s+(.*)$", top.stdout, flags=re.M))
     assert list(listed) == COMMAND_NAMES
-    for name in ("prune", "demo", "finetune", "export", "build"):
+    for name in ("prune", "profile", "demo", "finetune", "export", "build"):
         assert "[unavailable here: needs the toolchain" in listed[name], (name, top.stdout)
     for name in ("sample", "bench", "eval", "select", "quantize"):  # quantize needs openvino and nncf only
         assert "unavailable" not in listed[name], (name, top.stdout)
@@ -122,7 +122,7 @@ def test_every_command_module_is_a_name_a_register_and_a_run(capsys):
         parser.parse_args(["--help"])
     assert exit_.value.code == 0
     assert re.findall(r"^    (\w+)\s", capsys.readouterr().out, flags=re.M) == COMMAND_NAMES
-    fewest = {"prune": ["a", "b"], "demo": [], "eval": ["m"], "select": ["d", "--budget-ms", "1"],
+    fewest = {"prune": ["a", "b"], "profile": ["a", "--backend", "ort-cpu"], "demo": [], "eval": ["m"], "select": ["d", "--budget-ms", "1"],
               "finetune": ["a", "b"], "export": ["a", "b"], "build": ["d"], "sample": ["a"], "bench": ["a"],
               "serve": ["t"], "loadtest": ["http://127.0.0.1:8000", "--out", "o"]}
     for name, rest in fewest.items():

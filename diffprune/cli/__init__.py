@@ -10,11 +10,11 @@ import sys
 
 from diffprune.errors import DiffPruneError
 
-from . import bench, build, demo, export, finetune, loadtest, prune, quantize, sample, select, serve
+from . import bench, build, demo, export, finetune, loadtest, profile, prune, quantize, sample, select, serve
 from . import eval as eval_  # the module's name would shadow the builtin
 from ._common import EPILOG
 
-COMMANDS = (prune, demo, eval_, select, finetune, export, quantize, build, sample, bench, serve, loadtest)
+COMMANDS = (prune, profile, demo, eval_, select, finetune, export, quantize, build, sample, bench, serve, loadtest)
 
 
 def build_parser() -> argparse.ArgumentParser:

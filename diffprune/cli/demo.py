@@ -35,6 +35,9 @@ def register(subparsers):
     p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES),
                    help="importance criterion (default diff-pruning)")
     p.add_argument("--target-macs", type=fraction, default=0.5, help="fraction of dense MACs to keep (default 0.5)")
+    p.add_argument("--target-speedup", type=fraction, default=None, metavar="S",
+                   help="prune to S times the dense UNet call's measured speed on --backend instead of --target-macs "
+                        "(a latency table is measured once and cached; see `diffprune profile`)")
     p.add_argument("--calibration-images", type=count, default=D.calibration_images,
                    help=f"images for Diff-Pruning's gradients (default {D.calibration_images})")
     p.add_argument("--max-timesteps", type=count, default=None, help="cap on the timesteps Diff-Pruning sums")
@@ -62,6 +65,7 @@ def run(args) -> int:
     from diffprune.demo import DemoOptions, run_demo
 
     options = DemoOptions(model=args.model, data=args.data, target_macs=args.target_macs, method=args.method,
+                          target_speedup=args.target_speedup,
                           calibration_images=args.calibration_images, max_timesteps=args.max_timesteps,
                           round_to=args.round_to, finetune_steps=args.finetune_steps,
                           finetune_lr=args.finetune_lr, kd_weight=args.kd_weight, n=args.n, grid=args.grid, steps=args.steps, bench_runs=args.bench_runs,

@@ -5,7 +5,7 @@ import textwrap
 
 from diffprune.data.images import RESIZE_MODES
 
-from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, count, fraction, missing_note, require, resolve_device
+from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, backend_spec, count, fraction, missing_note, require, resolve_device
 
 NAME = "prune"
 NEEDS = TOOLCHAIN
@@ -64,6 +64,17 @@ def register(subparsers):
     how.add_argument("--ratio", type=fraction, help="fraction of channels removed per layer, 0 <= r < 1 (paper CIFAR-10: 0.3)")
     how.add_argument("--target-macs", type=fraction,
                      help="fraction of the dense MACs to keep; the ratio is searched (default 0.5)")
+    how.add_argument("--target-ms", type=fraction, default=None, metavar="MS",
+                     help="prune to this time of one UNet call on --backend (milliseconds at --latency-batch): widths "
+                          "chosen per group under a latency table (`diffprune profile`), then measured")
+    how.add_argument("--target-speedup", type=fraction, default=None, metavar="S",
+                     help="prune to the dense call's measured time on --backend divided by S (e.g. 2)")
+    p.add_argument("--backend", type=backend_spec, default=None,
+                   help="with --target-ms/--target-speedup: the backend the latency is measured on (ort-cpu, "
+                        "openvino@f32, openvino, ort-cuda, ...; required, no auto)")
+    p.add_argument("--latency-table", default=None, metavar="TABLE.json",
+                   help="reuse this latency table (`diffprune profile`); default: the cached one, else measured now")
+    p.add_argument("--latency-batch", type=count, default=1, help="UNet batch the latency target is for (default 1)")
     p.add_argument("--thr", type=fraction, default=0.05,
                    help="stop summing gradients once loss < thr x max loss (default 0.05; 0 = all timesteps)")
     p.add_argument("--data", default=None,
@@ -116,13 +127,25 @@ def run(args) -> int:
 
     # Fail on bad options before minutes of work, not after.
     components = check_components(args.components)
+    latency = None
+    if args.target_ms is not None or args.target_speedup is not None:
+        from diffprune.latency import LatencyTarget
+
+        latency = LatencyTarget(backend=args.backend, target_ms=args.target_ms, speedup=args.target_speedup,
+                                table=args.latency_table, batch=args.latency_batch)
+        latency.check()
+    elif args.backend or args.latency_table:
+        from diffprune.errors import DiffPruneError
+
+        raise DiffPruneError("--backend and --latency-table belong to a latency target; add --target-ms MS or "
+                             "--target-speedup S (or drop them to prune to --ratio / --target-macs).")
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
                   args.num_images, args.micro_batch)
     prompts = read_prompts(args.prompts) if args.prompts else None
     check_guidance(args.guidance_scale, args.data, prompts)
     device = resolve_device(args.device)
     if "decoder" in components:
-        return _run_with_decoder(args, components, prompts, device)
+        return _run_with_decoder(args, components, prompts, device, latency)
     device, main = start_processes(device)
     if main:
         check_writable(args.out, args.overwrite)
@@ -131,7 +154,7 @@ def run(args) -> int:
         thr=args.thr, round_to=args.round_to, seed=args.seed, num_images=args.num_images, micro_batch=args.micro_batch,
         prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize, progress=not args.quiet,
         class_labels=args.class_labels, prompts=prompts,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=args.guidance_scale, latency=latency,
     )
     if not main:
         return 0  # every rank holds the same pruned model; the first one writes and prints it
@@ -144,8 +167,9 @@ def run(args) -> int:
     return 0
 
 
-def _run_with_decoder(args, components, prompts, device) -> int:
-    """--components with decoder: the UNet (when named) and the decoder pruned in one process, one pipeline OUT."""
+def _run_with_decoder(args, components, prompts, device, latency=None) -> int:
+    """--components with decoder: the UNet (when named) and the decoder pruned in one process, one pipeline OUT.
+    A latency target applies to the UNet; the decoder is pruned to --ratio / --target-macs (default half its MACs)."""
     from diffprune._io import check_writable
     from diffprune.pruning.recipe import prune_source, prune_source_decoder, save_pipeline
 
@@ -157,7 +181,7 @@ def _run_with_decoder(args, components, prompts, device) -> int:
             data=args.data, thr=args.thr, round_to=args.round_to, seed=args.seed, num_images=args.num_images,
             micro_batch=args.micro_batch, prune_heads=args.prune_heads, max_timesteps=args.max_timesteps,
             resize=args.resize, progress=not args.quiet, class_labels=args.class_labels, prompts=prompts,
-            guidance_scale=args.guidance_scale)
+            guidance_scale=args.guidance_scale, latency=latency)
     decoder = prune_source_decoder(
         args.src, device=device, method=args.method, ratio=args.ratio, target_macs=args.target_macs, data=args.data,
         num_images=args.num_images, micro_batch=args.micro_batch, round_to=args.round_to, seed=args.seed,

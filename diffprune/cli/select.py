@@ -47,6 +47,10 @@ def register(subparsers):
     p.add_argument("dense", metavar="DENSE", help="the dense model (source or export): the quality reference")
     p.add_argument("candidates", nargs="*", metavar="CANDIDATE", help="model folders, ONNX exports or engines")
     p.add_argument("--sweep", type=float_list, help="fractions of dense MACs to keep, e.g. 0.3,0.5,0.7")
+    p.add_argument("--target-speedup", type=float_list, default=None, metavar="S[,S...]",
+                   help="like --sweep, but each model pruned to that measured speedup of one UNet call on the first "
+                        "--backend at the first --batch (latency tables, cached; see `diffprune profile`), e.g. 1.5,2,3; "
+                        "the backend must be named (ort-cpu, openvino@f32, ...), not auto")
     p.add_argument("--budget-ms", type=float_list, required=True, metavar="MS[,MS...]",
                    help="latency budget in ms; several give one choice each (deploy.json is the first's)")
     p.add_argument("--per", default="image", choices=["image", "batch"], help="the budget is per image (default) or per batch")
@@ -90,7 +94,7 @@ def run(args) -> int:
     from diffprune.selection.decide import check_grid
 
     check_grid(args.scheduler, args.steps, args.backend, args.batch, args.budget_ms, args.per, args.n, args.runs)
-    if args.sweep:
+    if args.sweep or args.target_speedup:
         needs = EXPORT_NEEDS + (("accelerate",) if args.finetune_steps else ())
         require(*needs, why="Pruning the dense model for --sweep")
     for src in (args.dense, *args.candidates):
@@ -98,7 +102,8 @@ def run(args) -> int:
             require(*EXPORT_NEEDS, why=f"Exporting {src!r} to ONNX (it is not an export or engine folder)")
     from diffprune.selection.select import select
 
-    result = select(args.dense, candidates=args.candidates, sweep=args.sweep or (), budget_ms=args.budget_ms,
+    result = select(args.dense, candidates=args.candidates, sweep=args.sweep or (),
+                    speedups=args.target_speedup or (), budget_ms=args.budget_ms,
                     per=args.per, backend=args.backend, batch=args.batch, steps=args.steps, scheduler=args.scheduler,
                     reference=args.reference, n=args.n, runs=args.runs, probe_runs=args.probe_runs,
                     features=args.features, fid_reference=args.fid_reference, rank=args.rank,

@@ -50,6 +50,7 @@ class PruneReport:
     importance_seconds: float = 0.0
     processes: int = 1  # processes that shared the calibration images (accelerate launch / torchrun)
     guidance_scale: float | None = None  # classifier-free guidance of generate:N with prompts; None: not drawn so
+    latency: dict = field(default_factory=dict)  # pruned to a latency: target, predicted and measured (LatencyTarget.record)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +74,12 @@ class PruneReport:
         if c.get("kind", "none") != "none":
             text = f" ({c['text_inputs']})" if c.get("text_width") else ""
             lines.append(f"conditioning: {c['kind']}{text}; only the UNet is pruned")
+        if self.latency:
+            lat = self.latency
+            measured = (f", measured {lat['measured_ms']:.4g} ms ({lat['measured_speedup']:.2f}x)"
+                        if "measured_ms" in lat else "")
+            lines.append(f"latency on {lat['backend']} (batch {lat['batch']}): target {lat['budget_ms']:.4g} ms, dense "
+                         f"{lat['dense_ms']:.4g} ms, predicted {lat['predicted_ms']:.4g} ms{measured}")
         if self.no_gradient_groups:
             lines.append(f"{len(self.no_gradient_groups)} channel groups got no gradient and were ranked by weight magnitude")
         return "\n".join(lines)
@@ -157,6 +164,9 @@ class _Planner:
         self.no_signal = []
         # name of root module -> (importance per channel, channel groups, attention module or None, halves)
         self.plan = {}
+        # name of root module -> (Conv2d/Linear whose output width it sets, those whose input width it sets):
+        # what a latency table (diffprune.latency) charges each group's width to
+        self.layers = {}
         with torch.no_grad():
             for group in graph.get_all_groups(ignored_layers=self.ignored, root_module_types=[torch.nn.Conv2d, torch.nn.Linear]):
                 root = group[0].dep.target.module
@@ -187,9 +197,24 @@ class _Planner:
                     self.no_signal.append(self.names[root])
                     imp = fallback(group)
                 self.plan[self.names[root]] = (imp.detach().float().cpu(), groups, self.names.get(attn), halves)
+                self.layers[self.names[root]] = tuple(
+                    sorted({self.names[dep.target.module] for dep, _ in group if which(dep.handler)
+                            and isinstance(dep.target.module, (torch.nn.Conv2d, torch.nn.Linear))})
+                    for which in (graph.is_out_channel_pruning_fn, graph.is_in_channel_pruning_fn))
 
-    def apply(self, ratio: float):
-        """A pruned deep copy of the dense model at ``ratio``."""
+    def steps(self) -> dict:
+        """Group name -> (channel groups, channels per group, step): the per-group count a group may keep is a
+        multiple of ``step`` up to ``per`` (or ``per`` itself), as :func:`keep_count` rounds it."""
+        out = {}
+        for name, (imp, groups, _, halves) in self.plan.items():
+            per = imp.numel() // groups
+            step = self.round_to * halves // math.gcd(self.round_to * halves, groups)
+            out[name] = (groups, per, min(step, per))
+        return out
+
+    def apply(self, ratio: float = 0.0, keep: dict | None = None):
+        """A pruned deep copy of the dense model at ``ratio``, or with ``keep`` (group name -> channels kept per
+        channel-group, e.g. chosen under a latency budget by diffprune.latency.knapsack) where given."""
         import torch
         import torch_pruning as tp
 
@@ -198,7 +223,7 @@ class _Planner:
         model = copy.deepcopy(self.dense)
         for p in model.parameters():
             p.grad = None
-        if ratio <= 0:
+        if ratio <= 0 and not keep:
             return model
         modules = dict(model.named_modules())
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.inputs(model))
@@ -208,7 +233,13 @@ class _Planner:
             per = width // groups
             by_group = imp.view(groups, per)  # (groups, per): GroupNorm groups / heads are contiguous blocks
             attn = modules[attn_name] if attn_name else None
-            if attn is not None and self.prune_heads and attn.heads > 1:
+            if keep is not None:
+                n = min(per, int(keep.get(name, per)))
+                if n >= per:
+                    continue
+                drop = torch.argsort(by_group.mean(0))[: per - n]
+                idxs = (drop[None, :] + per * torch.arange(groups)[:, None]).flatten()
+            elif attn is not None and self.prune_heads and attn.heads > 1:
                 # Remove whole heads: rank heads by mean importance, keep the best ones in full.
                 head_imp = imp.view(attn.heads, -1).mean(1)
                 keep_heads = max(1, int(attn.heads * (1 - ratio) + 0.5))
@@ -218,11 +249,11 @@ class _Planner:
                 attn.heads = keep_heads
             else:
                 # round_to applies to the width after GEGLU's chunk: each half a multiple of it.
-                keep = keep_count(width, groups, ratio, self.round_to * halves)
-                if keep >= per:
+                kept = keep_count(width, groups, ratio, self.round_to * halves)
+                if kept >= per:
                     continue
                 # The same positions leave every group, so the groups stay equal in size.
-                drop = torch.argsort(by_group.mean(0))[: per - keep]
+                drop = torch.argsort(by_group.mean(0))[: per - kept]
                 idxs = (drop[None, :] + per * torch.arange(groups)[:, None]).flatten()
             if len(idxs) == 0:
                 continue
@@ -238,7 +269,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
           data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
           progress: bool = True, resize: str = "bilinear", class_labels=None, text_encoder=None, vae=None,
-          prompts=None, guidance_scale: float | None = None):
+          prompts=None, guidance_scale: float | None = None, latency=None):
     """Prune a diffusers ``UNet2DModel`` or ``UNet2DConditionModel``; return ``(pruned_model, PruneReport)``.
 
     ``method``: diff-pruning (paper), taylor, magnitude, random or reinit (random structure, fresh
@@ -260,6 +291,10 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     encoder, text inputs are the empty-prompt stand-in (zeros; SDXL's default time ids), which gives
     cross-attention no gradient. ``text_encoder`` and ``vae`` may be ``diffprune.sources.loader.FromSource``
     loaders, loaded only when needed. Params and MACs are counted with the default inputs.
+
+    ``latency`` (a :class:`diffprune.latency.LatencyTarget`) prunes to a latency on a backend instead: the widths
+    of each group are chosen under the latency table's prediction (diffprune.latency.knapsack), the pruned model is
+    exported and timed there, and the report's ``latency`` records target, prediction and measurement.
 
     Inside an initialised torch.distributed group (``accelerate launch``, torchrun) each rank takes a share
     of the calibration images and the gradients and losses are summed over the ranks
@@ -283,7 +318,13 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     guidance_scale = check_guidance(guidance_scale, data, prompts)
     if not CRITERIA[method].needs_data:
         guidance_scale = None  # nothing is drawn: magnitude, random and reinit read no data
-    if ratio is None and target_macs is None:
+    if latency is not None:
+        if ratio is not None or target_macs is not None or prune_heads:
+            raise DiffPruneError(
+                f"A latency target chooses every group's width itself; it cannot be combined with ratio ({ratio}), "
+                f"target_macs ({target_macs}) or prune_heads ({prune_heads}). Give the latency target alone.")
+        latency.check()
+    elif ratio is None and target_macs is None:
         target_macs = DEFAULT_TARGET_MACS
     started = time.perf_counter()
     criterion = CRITERIA[method](thr=thr)
@@ -309,7 +350,12 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         planner = _Planner(dense, criterion, round_to, prune_heads)
     importance_seconds = time.perf_counter() - importance_started
 
-    if ratio is None:
+    if latency is not None:
+        choice, table = latency.choose(planner, scheduler_config, None, text_tokens, progress)
+        model = planner.apply(keep=choice.keep)
+        steps = planner.steps()
+        ratio = 1.0 - sum(choice.keep[g] * v[0] for g, v in steps.items()) / sum(v[0] * v[1] for v in steps.values())
+    elif ratio is None:
         ratio, model, macs1 = _search_ratio(planner, target_macs * macs0, text_tokens)
     else:
         model = planner.apply(ratio)
@@ -335,6 +381,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         seconds=time.perf_counter() - started,
         importance_seconds=importance_seconds, processes=_distributed.world()[1], guidance_scale=guidance_scale,
     )
+    if latency is not None:
+        report.latency = latency.record(choice, table, model.eval(), scheduler_config, None, text_tokens)
     return model.eval(), report
 
 

@@ -36,7 +36,7 @@ from .report import deploy_record, plot, report
 from .sweep import sweep_member
 
 
-def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", backend="auto", batch=1,
+def select(dense, candidates=(), sweep=(), speedups=(), budget_ms=100.0, per: str = "image", backend="auto", batch=1,
            steps=50, scheduler="ddim", reference: str = "auto", n: int = 16, runs: int = 10, probe_runs: int = 5,
            features=None, method: str = "diff-pruning", data: str = "builtin:digits", finetune_steps: int = 0,
            calibration_images: int = 64, max_timesteps: int | None = None, threads: int | None = None,
@@ -52,6 +52,8 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     them instead of the dense reference images. ``rank``: "ssim" (default) or "fid" (needs ``features``).
     ``quality_from``: an earlier select.json whose quality scores are reused instead of sampling (matched by
     model name, backend, scheduler and steps): quality measured once, latency planned on each target machine.
+    ``speedups``: like ``sweep``, but each model pruned to that measured speedup of one UNet call on the first
+    backend at the first batch (diffprune.latency; the backend must be named, not auto).
     """
     from .._io import atomic_dir, check_writable
     from ..evaluation.benchmark import installed_versions
@@ -60,6 +62,14 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     budgets, schedulers, step_list, batches = as_list(budget_ms), as_list(scheduler), as_list(steps), as_list(batch)
     backends = check_grid(schedulers, step_list, as_list(backend), batches, budgets, per, n, runs)
     check_options(rank, features, quality_from, fid_reference, sweep)
+    targets = []
+    if speedups:
+        from ..latency import LatencyTarget
+
+        for s in speedups:
+            target = LatencyTarget(backend=as_list(backend)[0], speedup=float(s), batch=int(batches[0]), threads=threads)
+            target.check()
+            targets.append(target)
     check_writable(out, overwrite)
     default = {"scheduler": schedulers[0], "steps": max(step_list), "backend": backends[0], "batch": batches[0]}
     started = time.perf_counter()
@@ -73,6 +83,11 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     for f in sweep:
         artifacts[f"macs-{f:g}"] = sweep_member(dense, f, work, method, data, finetune_steps, calibration_images,
                                                 max_timesteps, export_batches, progress, log)
+    for target in targets:
+        from .sweep import sweep_name
+
+        artifacts[sweep_name(target)] = sweep_member(dense, None, work, method, data, finetune_steps, calibration_images,
+                                                     max_timesteps, export_batches, progress, log, latency=target)
 
     from ..runtime.artifact import describe
 
