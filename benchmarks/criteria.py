@@ -177,7 +177,7 @@ class Judge:
 
 
 def sample(spec: ModelSpec, folder) -> tuple:
-    """uint8 images (N, 28, 28, 1) from the study's fixed noise, and the prompted digits (text) or None."""
+    """uint8 images (N, H, W, 1) from the study's fixed noise, and the prompted digits (text) or None."""
     if spec.text:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from text_digits import sample as text_sample
@@ -190,7 +190,8 @@ def sample(spec: ModelSpec, folder) -> tuple:
     from diffprune.sources.loader import load_source
 
     unet, scheduler_config, _ = load_source(str(folder))
-    noise = torch.randn((spec.images, unet.config.in_channels, 28, 28), generator=torch.Generator().manual_seed(EVAL_SEED))
+    size = unet.config.sample_size
+    noise = torch.randn((spec.images, unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(EVAL_SEED))
     x = generate(unet.eval(), scheduler_config, spec.images, steps=spec.sampler_steps, noise=noise, progress=False)
     return to_uint8(x.numpy()), None
 

@@ -275,6 +275,11 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         raise DiffPruneError(f"uncond_fraction {uncond_fraction!r} is out of range; allowed 0 <= f <= 1 (the share of "
                              "calibration captions replaced by the empty prompt; 0.1 matches the usual caption dropout).")
     cond = conditioning(unet)
+    if uncond_fraction and not (cond.text_width and CRITERIA[method].needs_data and isinstance(data, (str, type(None)))
+                                and not str(data).startswith("generate:")):
+        raise DiffPruneError(f"uncond_fraction {uncond_fraction:g} replaces calibration captions by the empty prompt: it "
+                             "applies to a text-conditioned model pruned by diff-pruning or taylor on captioned data "
+                             f"(this is {method} on a {cond.kind}-conditioned model, data {str(data)[:60]!r}). Leave it at 0.")
     if class_labels is not None:
         class_labels = cond.check_labels(class_labels)
     if prompts is not None:
