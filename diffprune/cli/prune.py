@@ -94,6 +94,13 @@ def register(subparsers):
     p.add_argument("--max-timesteps", type=count, default=None,
                    help="cap on the timesteps summed, whatever --thr says (default: no cap)")
     p.add_argument("--num-images", type=count, default=64, help="calibration images used (default 64)")
+    p.add_argument("--uncond-fraction", type=fraction, default=0.0, metavar="F",
+                   help="text-conditioned models with captioned data: replace this share of the calibration captions "
+                        "by the empty prompt, so the gradients also see the unconditional branch classifier-free "
+                        "guidance samples with (default 0; benchmarks/results/criteria measures 0.1 and 0.5)")
+    p.add_argument("--score-norm", default="group", choices=("group", "layer"),
+                   help="diff-pruning/taylor: group (default, the paper's) averages the coupled layers' Taylor scores "
+                        "as they are; layer normalises each layer's scores first, so no single layer decides alone")
     p.add_argument("--micro-batch", type=count, default=16, help="images per backward pass; lower it if memory is short (default 16)")
     p.add_argument("--round-to", type=count, default=8, help="keep widths multiples of this (default 8, for tensor cores; 1 = off)")
     p.add_argument("--class-labels", type=_labels, default=None, metavar="L[,L...]",
@@ -154,7 +161,8 @@ def run(args) -> int:
         thr=args.thr, round_to=args.round_to, seed=args.seed, num_images=args.num_images, micro_batch=args.micro_batch,
         prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize, progress=not args.quiet,
         class_labels=args.class_labels, prompts=prompts,
-        guidance_scale=args.guidance_scale, latency=latency,
+        guidance_scale=args.guidance_scale, latency=latency, uncond_fraction=args.uncond_fraction,
+        score_norm=args.score_norm,
     )
     if not main:
         return 0  # every rank holds the same pruned model; the first one writes and prints it

@@ -34,11 +34,14 @@ def check_guidance(guidance_scale, data, prompts) -> float | None:
 
 
 def build_calibration(data, model, scheduler_config, n, micro_batch, seed, progress, resize="bilinear", class_labels=None,
-                 text_encoder=None, vae=None, prompts=None, guidance_scale=GUIDANCE_SCALE, text_tokens=None):
+                 text_encoder=None, vae=None, prompts=None, guidance_scale=GUIDANCE_SCALE, text_tokens=None,
+                 uncond_fraction=0.0):
     """Clean samples (latents for latent models) and the conditioning they are denoised under: class
     labels (given, else the data's, else drawn), text embeddings of the captions or prompts (the
     empty-prompt stand-in without a text encoder, ``text_tokens`` long: the pipeline tokenizer's length,
-    default 77). Returns (Calibration, what the text inputs were)."""
+    default 77). ``uncond_fraction`` of the captions (chosen with ``seed``) are replaced by the empty prompt,
+    so that the gradients also see the unconditional branch classifier-free guidance samples with.
+    Returns (Calibration, what the text inputs were)."""
     import torch
 
     from ..sources.conditioning import conditioning
@@ -79,8 +82,11 @@ def build_calibration(data, model, scheduler_config, n, micro_batch, seed, progr
         text, text_inputs = None, cond.text_inputs
         if cond.text_width:
             found.require_captions(data, "pruned", alternative="or use --data generate:N --prompts FILE")
-            text = _encode_text(text_encoder, found.captions, device_of(model))
+            captions = with_empty_prompts(found.captions, uncond_fraction, seed)
+            text = _encode_text(text_encoder, captions, device_of(model))
             text_inputs = f"captions through {text_encoder.source}"
+            if uncond_fraction:
+                text_inputs += f", {uncond_fraction:.0%} of them the empty prompt"
         if class_labels is None and cond.num_classes and found.labels is not None:
             try:
                 class_labels = cond.check_labels(found.labels)
@@ -92,6 +98,18 @@ def build_calibration(data, model, scheduler_config, n, micro_batch, seed, progr
     calib = Calibration(images=images, scheduler_config=scheduler_config, micro_batch=micro_batch,
                         seed=seed, progress=progress, description=describe(data), inputs=inputs)
     return calib, text_inputs
+
+
+def with_empty_prompts(captions, fraction: float, seed: int) -> list:
+    """``captions`` with round(fraction x N) of them, chosen with ``seed``, replaced by "" (the empty prompt that
+    caption dropout trains and classifier-free guidance samples with)."""
+    import numpy as np
+
+    captions = list(captions)
+    count = int(round(fraction * len(captions)))
+    for i in np.random.default_rng(seed).permutation(len(captions))[:count]:
+        captions[i] = ""
+    return captions
 
 
 def _with_tokens(cond, text_tokens):

@@ -51,6 +51,8 @@ class PruneReport:
     processes: int = 1  # processes that shared the calibration images (accelerate launch / torchrun)
     guidance_scale: float | None = None  # classifier-free guidance of generate:N with prompts; None: not drawn so
     latency: dict = field(default_factory=dict)  # pruned to a latency: target, predicted and measured (LatencyTarget.record)
+    uncond_fraction: float = 0.0  # share of the calibration captions replaced by the empty prompt
+    score_norm: str = "group"  # gradient criteria: how scores of coupled layers are combined (importance._gradients)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -269,7 +271,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
           data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
           progress: bool = True, resize: str = "bilinear", class_labels=None, text_encoder=None, vae=None,
-          prompts=None, guidance_scale: float | None = None, latency=None):
+          prompts=None, guidance_scale: float | None = None, latency=None, uncond_fraction: float = 0.0,
+          score_norm: str = "group"):
     """Prune a diffusers ``UNet2DModel`` or ``UNet2DConditionModel``; return ``(pruned_model, PruneReport)``.
 
     ``method``: diff-pruning (paper), taylor, magnitude, random or reinit (random structure, fresh
@@ -295,6 +298,10 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     ``latency`` (a :class:`diffprune.latency.LatencyTarget`) prunes to a latency on a backend instead: the widths
     of each group are chosen under the latency table's prediction (diffprune.latency.knapsack), the pruned model is
     exported and timed there, and the report's ``latency`` records target, prediction and measurement.
+    For text-conditioned models ``uncond_fraction`` of the calibration captions are replaced by the empty
+    prompt (the unconditional branch that classifier-free guidance samples with). ``score_norm`` (gradient
+    criteria): ``group`` averages the coupled layers' Taylor scores as they are (the reference), ``layer``
+    normalises each layer's scores first (diffprune.pruning.importance._gradients.taylor_scorer).
 
     Inside an initialised torch.distributed group (``accelerate launch``, torchrun) each rank takes a share
     of the calibration images and the gradients and losses are summed over the ranks
@@ -308,7 +315,15 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
 
     check_options(method, ratio, target_macs, thr, round_to, data, max_timesteps, num_images, micro_batch)
     check_resize(resize)
+    if not (isinstance(uncond_fraction, (int, float)) and 0 <= uncond_fraction <= 1):
+        raise DiffPruneError(f"uncond_fraction {uncond_fraction!r} is out of range; allowed 0 <= f <= 1 (the share of "
+                             "calibration captions replaced by the empty prompt; 0.1 matches the usual caption dropout).")
     cond = conditioning(unet)
+    if uncond_fraction and not (cond.text_width and CRITERIA[method].needs_data and isinstance(data, (str, type(None)))
+                                and not str(data).startswith("generate:")):
+        raise DiffPruneError(f"uncond_fraction {uncond_fraction:g} replaces calibration captions by the empty prompt: it "
+                             "applies to a text-conditioned model pruned by diff-pruning or taylor on captioned data "
+                             f"(this is {method} on a {cond.kind}-conditioned model, data {str(data)[:60]!r}). Leave it at 0.")
     if class_labels is not None:
         class_labels = cond.check_labels(class_labels)
     if prompts is not None:
@@ -327,7 +342,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     elif ratio is None and target_macs is None:
         target_macs = DEFAULT_TARGET_MACS
     started = time.perf_counter()
-    criterion = CRITERIA[method](thr=thr)
+    criterion = CRITERIA[method](thr=thr, score_norm=score_norm) if CRITERIA[method].needs_data else CRITERIA[method](thr=thr)
     scheduler_config = scheduler_config or dict(DEFAULT_SCHEDULER)
     dense = copy.deepcopy(unet).eval()
     text_tokens = _text_tokens(text_encoder) if cond.text_width else None
@@ -342,7 +357,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         if criterion.needs_data:
             calib, text_inputs = build_calibration(data, dense, scheduler_config, num_images, micro_batch, seed,
                                                    progress, resize, class_labels, text_encoder, vae, prompts,
-                                                   guidance_scale or GUIDANCE_SCALE, text_tokens=text_tokens)
+                                                   guidance_scale or GUIDANCE_SCALE, text_tokens=text_tokens,
+                                                   uncond_fraction=uncond_fraction)
             cond = dataclasses.replace(cond, text_inputs=text_inputs)
             calib.max_timesteps = max_timesteps
             with torch.enable_grad():
@@ -380,6 +396,7 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
         conditioning=cond.to_dict(), no_gradient_groups=list(planner.no_signal),
         seconds=time.perf_counter() - started,
         importance_seconds=importance_seconds, processes=_distributed.world()[1], guidance_scale=guidance_scale,
+        uncond_fraction=uncond_fraction, score_norm=score_norm if criterion.needs_data else "group",
     )
     if latency is not None:
         report.latency = latency.record(choice, table, model.eval(), scheduler_config, None, text_tokens)

@@ -154,9 +154,26 @@ def _warn_if_the_loss_will_not_fall(losses, stop_below: float, steps: int, pace:
         "a few hundred), or check --data and --resize.", file=sys.stderr)
 
 
-def taylor_scorer():
+SCORE_NORMS = ("group", "layer")
+
+
+def taylor_scorer(score_norm: str = "group"):
     """First-order Taylor |w * dL/dw|, summed per channel, averaged over the dependency group and
-    mean-normalised (Molchanov et al. 2019; the reference Diff-Pruning setting)."""
+    mean-normalised (Molchanov et al. 2019; the reference Diff-Pruning setting).
+
+    ``score_norm="layer"`` divides each coupled layer's scores by their mean before the group average, so
+    that every layer of a group (a conv, its GroupNorm, the next layer's inputs, cross-attention's to_q ...)
+    has one equal vote; with ``"group"`` (the reference) the layer with the largest |w * g| decides alone."""
     import torch_pruning as tp
 
-    return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer="mean")
+    if score_norm not in SCORE_NORMS:
+        raise DiffPruneError(f"score_norm {score_norm!r} is unknown; allowed: {', '.join(SCORE_NORMS)} (group: the "
+                             "reference Diff-Pruning scores; layer: each coupled layer normalised before the average).")
+    if score_norm == "group":
+        return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer="mean")
+
+    class LayerNormalisedTaylor(tp.importance.GroupTaylorImportance):
+        def _reduce(self, group_imp, group_idxs):
+            return super()._reduce([imp / imp.mean().clamp_min(1e-30) for imp in group_imp], group_idxs)
+
+    return LayerNormalisedTaylor(group_reduction="mean", normalizer="mean")

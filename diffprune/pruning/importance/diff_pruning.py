@@ -12,9 +12,9 @@ class DiffPruningImportance:
     name = "diff-pruning"
     needs_data = True
 
-    def __init__(self, thr: float = 0.05):
+    def __init__(self, thr: float = 0.05, score_norm: str = "group"):
         self.thr = thr
-        self._score = taylor_scorer()
+        self._score = taylor_scorer(score_norm)
 
     def prepare(self, model, calib: Calibration):
         return accumulate_gradients(model, calib, thr=self.thr)

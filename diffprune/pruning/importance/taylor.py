@@ -8,8 +8,8 @@ class TaylorImportance:
     name = "taylor"
     needs_data = True
 
-    def __init__(self, thr: float = 0.0):
-        self._score = taylor_scorer()
+    def __init__(self, thr: float = 0.0, score_norm: str = "group"):
+        self._score = taylor_scorer(score_norm)
 
     def prepare(self, model, calib: Calibration):
         return accumulate_gradients(model, calib, thr=0.0)
