@@ -1,0 +1,162 @@
+"""Attention fused for ONNX Runtime's CPU provider (export/attention.py): the tiny SD UNet's export carries
+model.ort.onnx beside model.onnx, with MultiHeadAttention in place of every Attention node, sharing the weights
+file; ort-cpu runs it, OpenVINO runs model.onnx, and both match diffusers within the export's 1e-3."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from diffprune.errors import DiffPruneError
+
+TOL = 1e-3  # the export's parity with diffusers (fp32 validation itself holds 1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_unet():
+    from diffprune.sources.unet import build_unet
+
+    return build_unet("tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def fused_export(tmp_path_factory, tiny_sd_unet):
+    from diffprune.export import export_unet
+    from diffprune.sources.architectures import SD_SCHEDULER
+
+    out = tmp_path_factory.mktemp("attn") / "unet"
+    export_unet(tiny_sd_unet, out, SD_SCHEDULER, {"source": "arch:tiny-sd"}, batch=(1, 2, 2), validate_batches=[2])
+    return out
+
+
+def _ops(path):
+    return [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+def _feeds(unet, batch=2, seed=1):
+    rng = np.random.default_rng(seed)
+    s = unet.config.sample_size
+    return {"sample": rng.standard_normal((batch, unet.config.in_channels, s, s)).astype(np.float32),
+            "timestep": np.array([1.0, 700.0][:batch], dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal((batch, 77, unet.config.cross_attention_dim)).astype(np.float32)}
+
+
+def _torch(unet, feeds):
+    with torch.no_grad():
+        return unet(torch.from_numpy(feeds["sample"]), torch.from_numpy(feeds["timestep"]),
+                    encoder_hidden_states=torch.from_numpy(feeds["encoder_hidden_states"])).sample.numpy()
+
+
+def test_export_writes_fused_graph_sharing_weights(fused_export, tiny_sd_unet):
+    meta = json.loads((fused_export / "model.json").read_text())
+    attentions = sum(isinstance(m, torch.nn.Module) and type(m).__name__ == "Attention" for m in tiny_sd_unet.modules())
+    record = meta["ort_cpu"]
+    assert record["file"] == "model.ort.onnx" and record["op"] == "com.microsoft.MultiHeadAttention"
+    assert record["fused"] == attentions == 8 and record["left"] == 0  # self- and cross-attention of 4 blocks
+    assert record["validation"]["passed"] and record["validation"]["max_abs_error"] <= 1e-4
+    assert meta["opset"] == 23
+    portable, fused = _ops(fused_export / "model.onnx"), _ops(fused_export / "model.ort.onnx")
+    assert portable.count("Attention") == 8 and "MultiHeadAttention" not in portable
+    assert fused.count("MultiHeadAttention") == 8 and "Attention" not in fused and "Softmax" not in fused
+    assert "GroupNormalization" not in fused and fused.count("InstanceNormalization") == portable.count("GroupNormalization")
+    # One weights file: the fused graph's tensors point into model.onnx.data.
+    assert sorted(p.name for p in fused_export.iterdir()) == ["model.json", "model.onnx", "model.onnx.data", "model.ort.onnx"]
+    graph = onnx.load(str(fused_export / "model.ort.onnx"), load_external_data=False)
+    locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+    assert (fused_export / "model.ort.onnx").stat().st_size < (fused_export / "model.onnx.data").stat().st_size / 4
+
+
+def test_ort_cpu_runs_fused_graph_and_matches_diffusers(fused_export, tiny_sd_unet):
+    from diffprune.runtime import open_runner
+
+    feeds = _feeds(tiny_sd_unet)
+    ref = _torch(tiny_sd_unet, feeds)
+    with open_runner(fused_export, "ort-cpu") as runner:
+        assert runner.graph_path.name == "model.ort.onnx"
+        got = runner.run_feeds(feeds)["out_sample"]
+    assert np.abs(got - ref).max() <= TOL
+    import onnxruntime as ort
+
+    unfused = ort.InferenceSession(str(fused_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(got - unfused.run(["out_sample"], feeds)[0]).max() <= 1e-4
+
+
+def test_openvino_reads_the_portable_graph(fused_export, tiny_sd_unet):
+    pytest.importorskip("openvino")
+    from diffprune.runtime import open_runner
+
+    feeds = _feeds(tiny_sd_unet, seed=2)
+    with open_runner(fused_export, "openvino@f32") as runner:
+        got = runner.run_feeds(feeds)["out_sample"]
+    assert np.abs(got - _torch(tiny_sd_unet, feeds)).max() <= TOL
+
+
+def test_no_fuse_attention_is_the_plain_graph(tmp_path, tiny_sd_unet):
+    from diffprune.export import export_unet
+    from diffprune.sources.architectures import SD_SCHEDULER
+
+    result = export_unet(tiny_sd_unet, tmp_path / "plain", SD_SCHEDULER, {"source": "arch:tiny-sd"}, batch=(1, 1, 1),
+                         validate_batches=[1], fuse_attention=False)
+    assert result.model_json["ort_cpu"] is None and result.model_json["opset"] == 18
+    assert not (tmp_path / "plain" / "model.ort.onnx").exists()
+    ops = _ops(tmp_path / "plain" / "model.onnx")
+    assert "Attention" not in ops and ops.count("Softmax") == 8
+
+
+def test_missing_fused_graph_is_refused(fused_export, tmp_path):
+    from diffprune.runtime import open_runner
+
+    broken = tmp_path / "broken"
+    shutil.copytree(fused_export, broken)
+    (broken / "model.ort.onnx").unlink()
+    with pytest.raises(DiffPruneError, match=r"model.ort.onnx' is missing; the export folder .* is incomplete"):
+        with open_runner(broken, "ort-cpu"):
+            pass
+
+
+def test_graph_file_per_backend():
+    from diffprune.runtime.formats import graph_file
+
+    meta = {"file": "model.onnx", "ort_cpu": {"file": "model.ort.onnx"}}
+    assert graph_file(meta, "ort-cpu") == "model.ort.onnx"
+    assert graph_file(meta, "openvino") == graph_file(meta, "ort-cuda") == "model.onnx"
+    assert graph_file({"file": "model.onnx", "ort_cpu": None}, "ort-cpu") == "model.onnx"
+
+
+def _attention_graph(**attrs):
+    """One ONNX Attention over BNSH inputs (B, 2 heads, S, 4), optionally with a mask input."""
+    mask = attrs.pop("mask", False)
+    shape = [1, 2, 6, 4]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "qkv"]
+    names = ["q", "k", "v"]
+    if mask:
+        inputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, [6, 6]))
+        names.append("m")
+    node = helper.make_node("Attention", names, ["o"], name="attn", **attrs)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("o", TensorProto.FLOAT, shape)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+
+
+@pytest.mark.parametrize("attrs, fused", [({}, 1), ({"scale": 0.3}, 1), ({"is_causal": 1}, 0), ({"mask": True}, 0)])
+def test_fuse_attention_rewrites_only_what_mha_computes_alike(attrs, fused):
+    import onnxruntime as ort
+
+    from diffprune.export.attention import fuse_attention
+
+    model = _attention_graph(**attrs)
+    out, report = fuse_attention(model)
+    assert (report["fused"], report["left"]) == (fused, 1 - fused)
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((1, 2, 6, 4)).astype(np.float32) for n in "qkv"}
+    if attrs.get("mask"):
+        feeds["m"] = np.zeros((6, 6), np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    after = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.abs(before - after).max() <= 1e-5
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("MultiHeadAttention") == fused and ops.count("Attention") == 1 - fused
