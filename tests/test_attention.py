@@ -96,16 +96,29 @@ def test_openvino_reads_the_portable_graph(fused_export, tiny_sd_unet):
     assert np.abs(got - _torch(tiny_sd_unet, feeds)).max() <= TOL
 
 
-def test_no_fuse_attention_is_the_plain_graph(tmp_path, tiny_sd_unet):
+def test_no_fuse_attention_keeps_the_plain_graph(tmp_path, monkeypatch):
+    """--no-fuse-attention (and fp16, and the TorchScript exporter) keep today's graph: the opset asked for, no
+    model.ort.onnx. Checked on the options given to the exporter, without a second minute-long export."""
+    import diffprune.export.onnx as onnx_export
     from diffprune.export import export_unet
     from diffprune.sources.architectures import SD_SCHEDULER
+    from diffprune.sources.unet import build_unet
 
-    result = export_unet(tiny_sd_unet, tmp_path / "plain", SD_SCHEDULER, {"source": "arch:tiny-sd"}, batch=(1, 1, 1),
-                         validate_batches=[1], fuse_attention=False)
-    assert result.model_json["ort_cpu"] is None and result.model_json["opset"] == 18
-    assert not (tmp_path / "plain" / "model.ort.onnx").exists()
-    ops = _ops(tmp_path / "plain" / "model.onnx")
-    assert "Attention" not in ops and ops.count("Softmax") == 8
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_export(wrapper, example, outputs, opset, batch, dynamic_hw, exporter, **kw):
+        seen.append(opset)
+        raise Stop
+
+    monkeypatch.setattr(onnx_export, "_export", fake_export)
+    unet = build_unet("tiny-sd")
+    for options in (dict(fuse_attention=False), dict(dtype="fp16"), dict(exporter="torchscript"), dict()):
+        with pytest.raises(Stop):
+            export_unet(unet, tmp_path / "x", SD_SCHEDULER, {}, opset=18, **options)
+    assert seen == [18, 18, 18, 23]
 
 
 def test_missing_fused_graph_is_refused(fused_export, tmp_path):
@@ -160,3 +173,11 @@ def test_fuse_attention_rewrites_only_what_mha_computes_alike(attrs, fused):
     assert np.abs(before - after).max() <= 1e-5
     ops = [n.op_type for n in out.graph.node]
     assert ops.count("MultiHeadAttention") == fused and ops.count("Attention") == 1 - fused
+
+
+def test_cli_fuses_attention_unless_told_not_to():
+    from diffprune.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["export", "arch:tiny-sd", "out"]).fuse_attention is True
+    assert parser.parse_args(["export", "arch:tiny-sd", "out", "--no-fuse-attention"]).fuse_attention is False
