@@ -7,6 +7,7 @@ The UNet is arch:sd15 (859.5M params) with random weights: time and memory do no
     python benchmarks/attention_cpu.py export WORK [--size 512] [--which fused|plain]  # WORK/unet-fused, unet-plain
     python benchmarks/attention_cpu.py validate WORK                       # both graphs vs torch; OpenVINO IR
     python benchmarks/attention_cpu.py measure WORK CONFIG... [--runs 2]   # each CONFIG in its own process
+    python benchmarks/attention_cpu.py ops WORK                            # one attention node alone: memory
     python benchmarks/attention_cpu.py report WORK                         # -> benchmarks/results/attention/
 
 Configurations (measure): ort-plain (the opset-18 export of --no-fuse-attention, the graph before this change:
@@ -193,6 +194,48 @@ def worker(work: Path, config: str, runs: int, threads: int):
                       "peak_mib": round(rss_mib()), "max_abs_vs_ort_plain": diff, **info}), flush=True)
 
 
+def op_worker(op: str):
+    """One attention of SD-1.5's first block alone (B 2, 8 heads, 4096 tokens, head size 40) as a one-node graph:
+    ONNX ``Attention`` (opset 23) or ``com.microsoft.MultiHeadAttention``; prints the peak RSS it adds (memory only,
+    no timing: it runs anywhere)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    b, heads, tokens, size = 2, 8, 4096, 40
+    shape = [b, tokens, heads * size]  # (B, S, N*H): both ops take 3-D inputs with the number of heads
+    if op == "Attention":
+        node = helper.make_node("Attention", ["q", "k", "v"], ["o"], q_num_heads=heads, kv_num_heads=heads)
+        opsets = [helper.make_opsetid("", 23)]
+    else:
+        node = helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["o"], domain="com.microsoft", num_heads=heads)
+        opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    graph = helper.make_graph([node], "attention", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "qkv"],
+                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, shape)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=opsets).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = {n: rng.standard_normal(shape).astype(np.float32) for n in "qkv"}
+    before = rss_mib()
+    session.run(None, x)
+    print(json.dumps({"op": op, "shape_bsd": shape, "heads": heads, "scores_mib": b * heads * tokens * tokens * 4 / 2**20,
+                      "peak_before_run_mib": round(before), "peak_mib": round(rss_mib()),
+                      "added_mib": round(rss_mib() - before), "onnx": onnx.__version__}), flush=True)
+
+
+def ops(work: Path):
+    with open(work / "ops.jsonl", "w") as log:
+        for op in ("Attention", "MultiHeadAttention"):
+            out = subprocess.run([sys.executable, __file__, "_op", str(work), op], capture_output=True, text=True,
+                                 check=True)
+            line = out.stdout.strip().splitlines()[-1]
+            print(line, flush=True)
+            log.write(line + "\n")
+
+
 def measure(work: Path, configs, runs: int, threads: int):
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": str(threads)}
     with open(work / "measure.jsonl", "a") as log:
@@ -206,6 +249,7 @@ def measure(work: Path, configs, runs: int, threads: int):
                 raise SystemExit(f"{config} failed (exit {out.returncode})")
             print(line, flush=True)
             log.write(line + "\n")
+            log.flush()  # kept if a later configuration runs past the piece's time limit
 
 
 def report(work: Path, out_dir: Path):
@@ -225,7 +269,9 @@ def report(work: Path, out_dir: Path):
                                                                if k != "validation"},
                               "export_seconds_without_validation": m["export_seconds"]} for n, m in exports.items()},
               "validation_vs_torch_batch2": json.loads((work / "validation.json").read_text())
-              if (work / "validation.json").is_file() else None}
+              if (work / "validation.json").is_file() else None,
+              "ops": [json.loads(x) for x in (work / "ops.jsonl").read_text().splitlines()]
+              if (work / "ops.jsonl").is_file() else []}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "attention.json").write_text(json.dumps(result, indent=1))
     base = rows.get("ort-plain")
@@ -248,7 +294,11 @@ def report(work: Path, out_dir: Path):
         diff = "-" if r["max_abs_vs_ort_plain"] is None else f"{r['max_abs_vs_ort_plain']:.1e}"
         lines.append(f"| {c} | {graph} | {r['load_s']} | {r['median_s']} | {', '.join(map(str, r['call_s']))} | "
                      f"{r['peak_mib']} | {peak} | {speed} | {diff} |")
-    lines += ["", "Exports (validation against torch deferred to the validate stage, see below):", ""]
+    lines += ["", "Reading it: peak is the whole process (weights 3.3 GiB included). openvino-bf16 asks for bf16; "
+              "without bf16 units (no avx512_bf16 / amx) the CPU plugin runs f32 (its 'ran' column), so the two OpenVINO "
+              "rows are the same computation and their time difference is run-to-run spread (each has 2 calls). "
+              "Absolute times are those of this shared VM when measured; compare rows, measured back to back.",
+              "", "Exports (validation against torch deferred to the validate stage, see below):", ""]
     for n, m in result["exports"].items():
         lines.append(f"- {n}: opset {m['opset']}"
                      + (f"; model.ort.onnx: {m['ort_cpu'].get('fused')} attentions fused, {m['ort_cpu'].get('left')} left, "
@@ -257,6 +307,11 @@ def report(work: Path, out_dir: Path):
     lines += ["", "Each graph vs the diffusers UNet in torch, batch 2, ONNX Runtime CPU (validate stage):", ""]
     for g, r in (result["validation_vs_torch_batch2"] or {}).items():
         lines.append(f"- {g}: max-abs {r['max_abs_error']:.1e} (allowed {r['tolerance']}, passed {r['passed']})")
+    if result["ops"]:
+        lines += ["", "One SD-1.5 self-attention alone (B 2, 8 heads, 4096 tokens, head size 40; its scores are "
+                  f"{result['ops'][0]['scores_mib']:.0f} MiB of float32), a one-node graph on ONNX Runtime CPU "
+                  "(memory only):", ""]
+        lines += [f"- {o['op']}: peak RSS +{o['added_mib']} MiB over the loaded session" for o in result["ops"]]
     lines += ["", "Commands:", "", *[f"    {c}" for c in COMMANDS], ""]
     (out_dir / "attention.md").write_text("\n".join(lines))
     print("\n".join(lines))
@@ -267,14 +322,16 @@ COMMANDS = [
     "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py export WORK --which plain",
     "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py validate WORK",
     "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py measure WORK ort-plain ort-attention ort-fused",
-    "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py measure WORK openvino-f32 openvino-bf16 torch-eager",
+    "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py measure WORK openvino-f32 openvino-bf16",
+    "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py measure WORK torch-eager",
+    "/work/bin/cpu-shared python benchmarks/attention_cpu.py ops WORK",
     "python benchmarks/attention_cpu.py report WORK",
 ]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("stage", choices=["export", "validate", "measure", "report", "_worker"])
+    p.add_argument("stage", choices=["export", "validate", "measure", "ops", "report", "_worker", "_op"])
     p.add_argument("work", type=Path, help="folder for the exports (about 7 GB at 512x512)")
     p.add_argument("configs", nargs="*", help=f"measure: any of {', '.join(CONFIGS)}")
     p.add_argument("--size", type=int, default=512, help="image size (latents size/8; default 512)")
@@ -295,6 +352,10 @@ def main(argv=None):
         measure(a.work, a.configs, a.runs, a.threads)
     elif a.stage == "_worker":
         worker(a.work, a.configs[0], a.runs, a.threads)
+    elif a.stage == "ops":
+        ops(a.work)
+    elif a.stage == "_op":
+        op_worker(a.configs[0])
     else:
         report(a.work, a.out)
 

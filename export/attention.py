@@ -6,9 +6,9 @@ diffusers UNet's self- and cross-attention.
 Why: torch.export writes ``scaled_dot_product_attention`` as one ONNX ``Attention`` node at opset >= 23
 (below it, as MatMul + Softmax + MatMul). ONNX Runtime 1.32's CPU kernel for either materialises the
 (B, heads, S, S) scores: at SD-1.5's 64x64 latents, guidance batch 2, 8 heads, S = 4096, that is 1 GiB of
-float32 per self-attention, twice over (scores and probabilities), the main reason the exported SD pipeline
-peaked at 8.6 GB where diffusers eager stays at 5.7 GB. One such node alone: +1056 MiB peak RSS for
-``Attention``, +30 MiB for ``MultiHeadAttention`` (benchmarks/results/attention).
+float32 per self-attention, a main reason why the exported SD pipeline
+peaked at 8.6 GB where diffusers eager stays at 5.7 GB. One such node alone: +1057 MiB peak RSS for
+``Attention``, +31 MiB for ``MultiHeadAttention`` (benchmarks/results/attention).
 
 onnxruntime's own optimizer (``onnxruntime.transformers.optimizer.optimize_model(model_type="unet")``) does this
 fusion for graphs of the TorchScript exporter only: on torch.export graphs its patterns find nothing, and on
