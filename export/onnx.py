@@ -58,9 +58,10 @@ class ExportResult:
 
     @property
     def files(self) -> list:
-        """The graph and, when the weights are external, ``model.onnx.data``."""
+        """The graph, ``model.onnx.data`` when the weights are external, and ``model.ort.onnx`` when there is one."""
         weights = self.model_json.get("weights_file")
-        return [self.onnx_path] + ([self.out_dir / weights] if weights else [])
+        ort_cpu = (self.model_json.get("ort_cpu") or {}).get("file")
+        return [self.onnx_path] + ([self.out_dir / weights] if weights else []) + ([self.out_dir / ort_cpu] if ort_cpu else [])
 
     @property
     def megabytes(self) -> float:
@@ -102,6 +103,12 @@ def _wrapper(unet):
             return self.unet(sample, timestep, **kwargs).sample
 
     return UNetForExport(unet).eval()
+
+
+def _has_attention(model) -> bool:
+    from diffusers.models.attention_processor import Attention
+
+    return any(isinstance(m, Attention) for m in model.modules())
 
 
 def weights_sha256(model) -> str:
@@ -240,7 +247,8 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     ``dtype="fp16"`` stores the graph in float16 with normalisation and softmax kept in float32.
     ``triton`` names a Triton model repository to write beside it. ``weights="external"`` (default)
     stores the tensors in ``model.onnx.data``, which runtimes load without a protobuf copy (less peak memory);
-    ``"inline"`` keeps one self-contained ``model.onnx``. ``fuse_attention`` (fp32, dynamo exporter): export at
+    ``"inline"`` keeps one self-contained ``model.onnx``. ``fuse_attention`` (fp32, dynamo exporter, external
+    weights, a UNet with attention): export at
     opset >= 23 and also write ``model.ort.onnx``, the graph ONNX Runtime's CPU provider runs, its attention
     fused (export/attention.py: no (B, heads, S, S) score matrices), sharing the weights file.
     """
@@ -311,7 +319,8 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
     feeds = unet_feeds(cond, size)
     example = {"sample": torch.randn(2, cfg.in_channels, *size), "timestep": torch.tensor([1.0, 500.0]),
                **{k: torch.from_numpy(v) for k, v in feeds(2, np.random.default_rng(0)).items()}}
-    ort_cpu = fuse_attention and dtype == "fp32" and exporter == "dynamo"  # the CPU kernel is float32 only
+    # The CPU kernel is float32 only; an inline export stays one file; a UNet without attention keeps its graph.
+    ort_cpu = fuse_attention and dtype == "fp32" and exporter == "dynamo" and weights == "external" and _has_attention(unet)
     if ort_cpu:
         opset = max(int(opset), ATTENTION_OPSET)
     with torch.no_grad(), _quiet_exporter():

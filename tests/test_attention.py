@@ -33,6 +33,13 @@ def fused_export(tmp_path_factory, tiny_sd_unet):
     return out
 
 
+def export_result_files(folder):
+    from diffprune.export import ExportResult
+
+    meta = json.loads((folder / "model.json").read_text())
+    return ExportResult(folder, folder / "model.onnx", meta, 0.0).files
+
+
 def _ops(path):
     return [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
 
@@ -65,6 +72,7 @@ def test_export_writes_fused_graph_sharing_weights(fused_export, tiny_sd_unet):
     assert "GroupNormalization" not in fused and fused.count("InstanceNormalization") == portable.count("GroupNormalization")
     # One weights file: the fused graph's tensors point into model.onnx.data.
     assert sorted(p.name for p in fused_export.iterdir()) == ["model.json", "model.onnx", "model.onnx.data", "model.ort.onnx"]
+    assert [p.name for p in export_result_files(fused_export)] == ["model.onnx", "model.onnx.data", "model.ort.onnx"]
     graph = onnx.load(str(fused_export / "model.ort.onnx"), load_external_data=False)
     locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"model.onnx.data"}
@@ -97,8 +105,9 @@ def test_openvino_reads_the_portable_graph(fused_export, tiny_sd_unet):
 
 
 def test_no_fuse_attention_keeps_the_plain_graph(tmp_path, monkeypatch):
-    """--no-fuse-attention (and fp16, and the TorchScript exporter) keep today's graph: the opset asked for, no
-    model.ort.onnx. Checked on the options given to the exporter, without a second minute-long export."""
+    """--no-fuse-attention (and fp16, the TorchScript exporter, inline weights, a UNet without attention) keep
+    today's graph: the opset asked for, no model.ort.onnx. Checked on the options given to the exporter, without
+    a second minute-long export."""
     import diffprune.export.onnx as onnx_export
     from diffprune.export import export_unet
     from diffprune.sources.architectures import SD_SCHEDULER
@@ -115,10 +124,18 @@ def test_no_fuse_attention_keeps_the_plain_graph(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_export, "_export", fake_export)
     unet = build_unet("tiny-sd")
-    for options in (dict(fuse_attention=False), dict(dtype="fp16"), dict(exporter="torchscript"), dict()):
+    cases = (dict(fuse_attention=False), dict(dtype="fp16"), dict(exporter="torchscript"), dict(weights="inline"), dict())
+    for options in cases:
         with pytest.raises(Stop):
             export_unet(unet, tmp_path / "x", SD_SCHEDULER, {}, opset=18, **options)
-    assert seen == [18, 18, 18, 23]
+    from diffusers import UNet2DModel
+
+    plain = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                        norm_num_groups=4, add_attention=False)
+    with pytest.raises(Stop):  # a UNet without attention keeps its graph too
+        export_unet(plain, tmp_path / "y", {}, {}, opset=18)
+    assert seen == [18, 18, 18, 18, 23, 18]
 
 
 def test_missing_fused_graph_is_refused(fused_export, tmp_path):
