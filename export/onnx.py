@@ -248,9 +248,9 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     ``triton`` names a Triton model repository to write beside it. ``weights="external"`` (default)
     stores the tensors in ``model.onnx.data``, which runtimes load without a protobuf copy (less peak memory);
     ``"inline"`` keeps one self-contained ``model.onnx``. ``fuse_attention`` (fp32, dynamo exporter, external
-    weights, a UNet with attention): export at
-    opset >= 23 and also write ``model.ort.onnx``, the graph ONNX Runtime's CPU provider runs, its attention
-    fused (export/attention.py: no (B, heads, S, S) score matrices), sharing the weights file.
+    weights, a UNet with attention): export at opset >= 23 and also write ``model.ort.onnx``, the graph ONNX
+    Runtime's CPU provider runs, its attention fused (export/attention.py: no (B, heads, S, S) score matrices),
+    sharing the weights file.
     """
     from diffprune._io import check_writable
     from diffprune.sources.loader import load_source

@@ -45,8 +45,9 @@ def register(subparsers):
                    help="external (default): tensors in model.onnx.data, which ONNX Runtime loads without a "
                         "protobuf copy (about 40%% less peak memory); inline: one self-contained model.onnx")
     p.add_argument("--fuse-attention", action=argparse.BooleanOptionalAction, default=True,
-                   help="fp32 UNets with attention and external weights (default on): export at opset >= 23 and also write model.ort.onnx, the graph "
-                        "ONNX Runtime's CPU provider (ort-cpu) runs, attention fused into MultiHeadAttention "
+                   help="fp32 UNets with attention and external weights (default on): export at opset >= 23 and "
+                        "also write model.ort.onnx, the graph ONNX Runtime's CPU provider (ort-cpu) runs, attention "
+                        "fused into MultiHeadAttention "
                         "(FlashAttention: no heads x S x S score matrices; SD-1.5 at 512x512 peaks GBs lower); "
                         "OpenVINO and TensorRT read model.onnx. --no-fuse-attention: model.onnx alone, at --opset")
     p.add_argument("--triton", metavar="REPO", help="also write a Triton model repository here")
