@@ -72,7 +72,7 @@ def _shapes(proto) -> dict:
     return out
 
 
-def group_norm_as_instance_norm(graph) -> int:
+def group_norm_as_instance_norm(graph, shapes: dict) -> int:
     """Rewrite each ``GroupNormalization`` (opset 21: per-channel scale and bias) in ``graph``, in place, as the
     InstanceNormalization over (B, G, C/G*H*W) that torch.export writes below opset 21; returns how many.
 
@@ -82,13 +82,19 @@ def group_norm_as_instance_norm(graph) -> int:
     import onnx
     from onnx import helper
 
-    nodes, count = [], 0
-    channel_axes = helper.make_tensor("gn_axes_hw", onnx.TensorProto.INT64, [2], [1, 2])
+    nodes, count, axes = [], 0, {}
     for node in graph.node:
-        if node.op_type != "GroupNormalization" or node.domain not in ("", "ai.onnx") or len(node.input) != 3:
+        rank = len(shapes.get(node.input[0]) or []) if node.input else 0
+        if node.op_type != "GroupNormalization" or node.domain not in ("", "ai.onnx") or len(node.input) != 3 or rank < 3:
             nodes.append(node)
             continue
         x, scale, bias = node.input
+        # scale, bias (C,) -> (C, 1, ...) against x (B, C, *spatial): (C, 1, 1) for images, (C, 1) for diffusers
+        # Attention's group norm over (B, C, H*W)
+        if rank not in axes:
+            axes[rank] = helper.make_tensor(f"gn_axes_rank{rank}", onnx.TensorProto.INT64, [rank - 2],
+                                            list(range(1, rank - 1)))
+        channel_axes = axes[rank]
         groups, eps = int(_attr(node, "num_groups")), float(_attr(node, "epsilon", 1e-5))
         tag = f"{node.name or node.output[0]}_in"
         ones = helper.make_tensor(f"{tag}_ones", onnx.TensorProto.FLOAT, [groups], [1.0] * groups)
@@ -108,7 +114,7 @@ def group_norm_as_instance_norm(graph) -> int:
         ]
         count += 1
     if count:
-        graph.initializer.append(channel_axes)
+        graph.initializer.extend(axes.values())
         del graph.node[:]
         graph.node.extend(nodes)
     return count
@@ -165,5 +171,5 @@ def ort_cpu_graph(proto):
     (:func:`fuse_attention`) and GroupNormalization as InstanceNormalization (:func:`group_norm_as_instance_norm`).
     ``report`` also counts the group norms rewritten."""
     out, report = fuse_attention(proto)
-    report["group_norms_as_instance_norm"] = group_norm_as_instance_norm(out.graph)
+    report["group_norms_as_instance_norm"] = group_norm_as_instance_norm(out.graph, _shapes(proto))
     return out, report

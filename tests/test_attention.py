@@ -198,3 +198,23 @@ def test_cli_fuses_attention_unless_told_not_to():
     parser = build_parser()
     assert parser.parse_args(["export", "arch:tiny-sd", "out"]).fuse_attention is True
     assert parser.parse_args(["export", "arch:tiny-sd", "out", "--no-fuse-attention"]).fuse_attention is False
+
+
+@pytest.mark.parametrize("shape", [[2, 8, 6], [2, 8, 3, 3]])  # diffusers Attention's norm over (B, C, H*W); images
+def test_group_norm_as_instance_norm_matches(shape):
+    import onnxruntime as ort
+
+    from diffprune.export.attention import ort_cpu_graph
+
+    rng = np.random.default_rng(0)
+    scale, bias = (helper.make_tensor(n, TensorProto.FLOAT, [8], rng.standard_normal(8).tolist()) for n in ("s", "b"))
+    node = helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=4, epsilon=1e-5)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], initializer=[scale, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    out, report = ort_cpu_graph(model)
+    assert report["group_norms_as_instance_norm"] == 1 and "GroupNormalization" not in [n.op_type for n in out.graph.node]
+    x = {"x": rng.standard_normal(shape).astype(np.float32)}
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    after = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert after.shape == before.shape and np.abs(before - after).max() <= 1e-5
