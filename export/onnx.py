@@ -35,12 +35,15 @@ import numpy as np
 
 from diffprune._io import atomic_dir
 from diffprune.errors import DiffPruneError
-from diffprune.runtime.formats import MODEL_JSON, ONNX_FORMAT, read_pruning_json
+from diffprune.runtime.formats import MODEL_JSON, ONNX_FORMAT, ORT_CPU_FILE, read_pruning_json
 
 from .graph_io import io_specs
 from .validate import validate
 
 TWO_GB = 2 * 1024**3
+# torch.export writes scaled_dot_product_attention as one ONNX Attention node from this opset on (below it, as
+# MatMul + Softmax + MatMul), which export/attention.py rewrites for ONNX Runtime's CPU FlashAttention.
+ATTENTION_OPSET = 23
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
 WEIGHTS = ("external", "inline")
@@ -55,9 +58,10 @@ class ExportResult:
 
     @property
     def files(self) -> list:
-        """The graph and, when the weights are external, ``model.onnx.data``."""
+        """The graph, ``model.onnx.data`` when the weights are external, and ``model.ort.onnx`` when there is one."""
         weights = self.model_json.get("weights_file")
-        return [self.onnx_path] + ([self.out_dir / weights] if weights else [])
+        ort_cpu = (self.model_json.get("ort_cpu") or {}).get("file")
+        return [self.onnx_path] + ([self.out_dir / weights] if weights else []) + ([self.out_dir / ort_cpu] if ort_cpu else [])
 
     @property
     def megabytes(self) -> float:
@@ -99,6 +103,12 @@ def _wrapper(unet):
             return self.unet(sample, timestep, **kwargs).sample
 
     return UNetForExport(unet).eval()
+
+
+def _has_attention(model) -> bool:
+    from diffusers.models.attention_processor import Attention
+
+    return any(isinstance(m, Attention) for m in model.modules())
 
 
 def weights_sha256(model) -> str:
@@ -226,7 +236,8 @@ def check_options(dtype: str, opset: int, batch, weights: str) -> tuple:
 
 def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batch=(1, 8, 64),
             dynamic_hw: bool = False, exporter: str = "dynamo", slim: bool = False, validate_batches=None,
-            triton=None, weights: str = "external", overwrite: bool = False) -> ExportResult:
+            triton=None, weights: str = "external", overwrite: bool = False,
+            fuse_attention: bool = True) -> ExportResult:
     """Export a UNet (or any model folder / hub id ``diffprune`` can load) to ``out_dir``.
 
     Writes ``model.onnx`` and ``model.json``; validation (onnx.checker, shape inference, ONNX Runtime
@@ -236,7 +247,10 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     ``dtype="fp16"`` stores the graph in float16 with normalisation and softmax kept in float32.
     ``triton`` names a Triton model repository to write beside it. ``weights="external"`` (default)
     stores the tensors in ``model.onnx.data``, which runtimes load without a protobuf copy (less peak memory);
-    ``"inline"`` keeps one self-contained ``model.onnx``.
+    ``"inline"`` keeps one self-contained ``model.onnx``. ``fuse_attention`` (fp32, dynamo exporter, external
+    weights, a UNet with attention): export at opset >= 23 and also write ``model.ort.onnx``, the graph ONNX
+    Runtime's CPU provider runs, its attention fused (export/attention.py: no (B, heads, S, S) score matrices),
+    sharing the weights file.
     """
     from diffprune._io import check_writable
     from diffprune.sources.loader import load_source
@@ -251,7 +265,7 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
         pruning.pop("widths", None)
     result = export_unet(unet, out_dir, scheduler_config, source, pruning, dtype=dtype, opset=opset, batch=batch,
                          dynamic_hw=dynamic_hw, exporter=exporter, slim=slim, validate_batches=validate_batches,
-                         weights=weights, overwrite=overwrite, started=started)
+                         weights=weights, overwrite=overwrite, started=started, fuse_attention=fuse_attention)
     if triton:
         from .triton import write_repository
 
@@ -283,11 +297,12 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
                 opset: int = 18, batch=(1, 8, 64), dynamic_hw: bool = False, exporter: str = "dynamo",
                 slim: bool = False, validate_batches=None, weights: str = "external", overwrite: bool = False,
                 started=None, extra: dict | None = None, text_tokens: int | None = None,
-                validated: bool = True) -> ExportResult:
+                validated: bool = True, fuse_attention: bool = True) -> ExportResult:
     """Export the in-memory ``unet`` (pixel, class-conditional or text-conditioned) to ``out_dir``;
     ``extra`` joins model.json. ``text_tokens``: the length of ``encoder_hidden_states`` (the pipeline
-    tokenizer's; default CLIP's 77). :func:`to_onnx` loads a source and calls this. ``validated=False`` skips
-    the comparison with torch and the MAC count (graphs that are only timed: diffprune.latency's probes)."""
+    tokenizer's; default CLIP's 77). ``fuse_attention``: as :func:`to_onnx`'s. :func:`to_onnx` loads a source
+    and calls this. ``validated=False`` skips the comparison with torch and the MAC count (graphs that are only
+    timed: diffprune.latency's probes)."""
     import torch
 
     from diffprune.sources.conditioning import conditioning
@@ -305,6 +320,10 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
     feeds = unet_feeds(cond, size)
     example = {"sample": torch.randn(2, cfg.in_channels, *size), "timestep": torch.tensor([1.0, 500.0]),
                **{k: torch.from_numpy(v) for k, v in feeds(2, np.random.default_rng(0)).items()}}
+    # The CPU kernel is float32 only; an inline export stays one file; a UNet without attention keeps its graph.
+    ort_cpu = fuse_attention and dtype == "fp32" and exporter == "dynamo" and weights == "external" and _has_attention(unet)
+    if ort_cpu:
+        opset = max(int(opset), ATTENTION_OPSET)
     with torch.no_grad(), _quiet_exporter():
         proto = _export(wrapper, example, ["out_sample"], opset, (lo, opt, hi), dynamic_hw, exporter)
     macs, params = count_macs_params(unet, text_tokens=cond.text_tokens) if validated else (None, None)
@@ -329,16 +348,17 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
     }
     return write_graph(proto, out_dir, check, meta, dtype=dtype, batch=batch, opset=opset, exporter=exporter,
                        slim=slim, validate_batches=validate_batches, weights=weights, overwrite=overwrite,
-                       started=started)
+                       started=started, ort_cpu=ort_cpu)
 
 
 def write_graph(proto, out_dir, check, meta: dict, dtype: str, batch, opset: int, exporter: str,
                 slim: bool = False, validate_batches=None, weights: str = "external", overwrite: bool = False,
-                started=None, keep_fp32=None) -> ExportResult:
+                started=None, keep_fp32=None, ort_cpu: bool = False) -> ExportResult:
     """Convert (fp16, slim), save and validate ``proto`` into ``out_dir`` (atomically), with model.json
     = the common fields + ``meta``. ``check(onnx_path, batches)`` validates against torch and returns the
     report (it raises on a mismatch, and then nothing is written). ``keep_fp32`` adds ops to keep in
-    float32 in an fp16 graph."""
+    float32 in an fp16 graph. ``ort_cpu``: also write ``model.ort.onnx`` (:func:`write_ort_cpu_graph`), validated
+    the same way, when the graph has attention to fuse; model.json's "ort_cpu" describes it (else null)."""
     from diffprune.sources.unet import versions
 
     started = started or time.perf_counter()
@@ -358,6 +378,7 @@ def write_graph(proto, out_dir, check, meta: dict, dtype: str, batch, opset: int
         # Several batch sizes, capped at 8 so validation stays seconds on a CPU.
         batches = validate_batches or sorted({lo, min(max(lo, 2), hi), min(opt, 8), hi if hi <= 8 else lo})
         report = check(onnx_path, batches)
+        ort_graph = write_ort_cpu_graph(onnx_path, tmp / ORT_CPU_FILE, check, batches) if ort_cpu else None
         meta = {
             "format": ONNX_FORMAT,
             "file": ONNX_FILE,
@@ -370,6 +391,7 @@ def write_graph(proto, out_dir, check, meta: dict, dtype: str, batch, opset: int
             "exporter": exporter,
             **meta,
             "validation": report,
+            "ort_cpu": ort_graph,
             "slim": slim_report,
             "versions": {**versions(), **_onnx_versions()},
             "export_seconds": round(time.perf_counter() - started, 2),
@@ -377,6 +399,22 @@ def write_graph(proto, out_dir, check, meta: dict, dtype: str, batch, opset: int
         (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=1, default=str))
     out_dir = Path(out_dir)
     return ExportResult(out_dir, out_dir / ONNX_FILE, meta, time.perf_counter() - started)
+
+
+def write_ort_cpu_graph(onnx_path: Path, out_path: Path, check, batches) -> dict | None:
+    """Write beside ``onnx_path`` the graph ONNX Runtime's CPU provider runs (export/attention.py: attention as
+    com.microsoft.MultiHeadAttention, FlashAttention on CPU), reading the same weights file, and validate it with
+    ``check``. Returns model.json's "ort_cpu" record, or None (nothing written) when there is nothing to rewrite."""
+    import onnx
+
+    from .attention import ort_cpu_graph
+
+    graph, report = ort_cpu_graph(onnx.load(str(onnx_path), load_external_data=False))
+    if not (report["fused"] or report["group_norms_as_instance_norm"]):
+        return None
+    onnx.save_model(graph, str(out_path))  # external tensors keep their references to model.onnx.data
+    del graph
+    return {"file": out_path.name, "backends": ["ort-cpu"], **report, "validation": check(out_path, batches)}
 
 
 def _onnx_versions() -> dict:

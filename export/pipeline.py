@@ -288,7 +288,8 @@ def _latent_feeds(channels: int, size, scale: float):
 
 def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", opset: int = 18, batch=(1, 1, 8),
                     exporter: str = "dynamo", weights: str = "external", validate_batches=None,
-                    guidance_scale: float | None = None, overwrite: bool = False, progress=print) -> dict:
+                    guidance_scale: float | None = None, overwrite: bool = False, progress=print,
+                    fuse_attention: bool = True) -> dict:
     """Export every component of the pipeline ``src`` into ``out_dir`` + pipeline.json; returns pipeline.json.
 
     ``batch`` (min, opt, max) counts images per call: the UNet's range is doubled for classifier-free
@@ -296,6 +297,8 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
     encoded together). ``dtype`` applies to the text encoders and the UNet; ``vae_dtype`` to the VAE/VQ
     decoder (float32 unless asked: see the module docstring). Every component is validated against torch;
     any failure leaves nothing written. ``progress`` gets one line per component (None: silent).
+    ``fuse_attention``: the UNet also gets the graph ONNX Runtime's CPU provider runs with attention fused
+    (``model.ort.onnx``, export/attention.py), as :func:`diffprune.export.to_onnx`'s option.
     """
     lo, opt, hi = check_options(dtype, opset, batch, weights)
     if vae_dtype not in ("fp32", "fp16"):
@@ -348,7 +351,7 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
                     tokenizer.save(tokenizer_dir)  # arch: sources use the runtime's built-in CLIP BPE
         result = export_unet(pipe.unet, tmp / "unet", pipe.scheduler, pipe.source.get("unet", pipe.source), pipe.pruning,
                              dtype=dtype, batch=cfg_batch, extra={"component": "unet"}, text_tokens=pipe.text_tokens,
-                             **common)
+                             fuse_attention=fuse_attention, **common)
         reports["unet"], files["unet"] = result.model_json["validation"], result
         say(_line("unet", result))
         # The graphs together: the text encoders' hidden states are what the UNet graph reads.

@@ -30,16 +30,16 @@ def describe(path) -> tuple:
 
 
 def check_onnx_files(folder, meta: dict) -> None:
-    """The graph and, for exports with external weights, ``model.onnx.data`` must both be there."""
+    """The graph, for exports with external weights ``model.onnx.data``, and the ort-cpu graph
+    (``model.ort.onnx``) where model.json lists one, must all be there."""
     folder = Path(folder)
-    for key, default in (("file", "model.onnx"), ("weights_file", None)):
-        name = meta.get(key, default)
-        if name and not (folder / name).is_file():
+    ort_cpu = meta.get("ort_cpu") if isinstance(meta.get("ort_cpu"), dict) else {}
+    listed = [n for n in (meta.get("file", "model.onnx"), meta.get("weights_file"), ort_cpu.get("file")) if n]
+    for name in listed:
+        if not (folder / name).is_file():
             raise DiffPruneError(
                 f"{str(folder / name)!r} is missing; the export folder {str(folder)!r} is incomplete "
-                f"({MODEL_JSON} lists {meta.get('file', 'model.onnx')}"
-                f"{' and ' + meta['weights_file'] if meta.get('weights_file') else ''}). Copy the whole folder, "
-                "or re-run `diffprune export`."
+                f"({MODEL_JSON} lists {' and '.join(listed)}). Copy the whole folder, or re-run `diffprune export`."
             )
 
 

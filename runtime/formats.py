@@ -7,7 +7,8 @@ diffprune/) calls the reader here, so the two sides cannot drift apart (as trans
 
     file           format string              written by                        says
     model.json     diffprune.onnx/1           export/onnx.py (write_graph)      an ONNX export: graph inputs and
-                                                                                outputs, batch range, source
+                                                                                outputs, batch range, source; "ort_cpu":
+                                                                                the graph ort-cpu reads (graph_file)
                    diffprune.openvino/1       export/openvino_int8.py           an OpenVINO IR folder (INT8)
     engine.json    diffprune.tensorrt/1       export/tensorrt.py                a TensorRT engine, with the
                                                                                 export's model.json under "model"
@@ -41,6 +42,9 @@ ENGINE_JSON = "engine.json"
 PIPELINE_JSON = "pipeline.json"
 DEPLOY_JSON = "deploy.json"
 PRUNING_JSON = "pruning.json"
+# The graph ONNX Runtime's CPU provider reads, beside model.onnx and sharing its weights file: attention fused
+# into com.microsoft.MultiHeadAttention (FlashAttention on CPU); model.json's "ort_cpu" names it (export/attention.py).
+ORT_CPU_FILE = "model.ort.onnx"
 
 # -- format strings -----------------------------------------------------------------------------------
 ONNX_FORMAT = "diffprune.onnx/1"
@@ -153,6 +157,15 @@ def check_spec(meta, path, prefix: str = "") -> None:
     if meta["batch"]["min"] > meta["batch"]["max"]:
         raise DiffPruneError(f"{str(path)!r}: {prefix}batch.min {meta['batch']['min']} is above batch.max "
                              f"{meta['batch']['max']}; re-create the artifact with `diffprune export`.")
+
+
+def graph_file(meta: dict, backend: str) -> str:
+    """The graph file of an ONNX export (its model.json ``meta``) that ``backend`` runs: model.json's "ort_cpu"
+    file for ort-cpu when the export has one (attention fused for ONNX Runtime's CPU provider), else "file"."""
+    ort_cpu = meta.get("ort_cpu")
+    if backend == "ort-cpu" and isinstance(ort_cpu, dict) and isinstance(ort_cpu.get("file"), str):
+        return ort_cpu["file"]
+    return meta.get("file", "model.onnx")
 
 
 def read_model_json(path) -> dict:
@@ -370,7 +383,7 @@ def read_latency_table(path) -> dict:
 
 
 __all__ = [
-    "MODEL_JSON", "ENGINE_JSON", "PIPELINE_JSON", "DEPLOY_JSON", "PRUNING_JSON",
+    "MODEL_JSON", "ENGINE_JSON", "PIPELINE_JSON", "DEPLOY_JSON", "PRUNING_JSON", "ORT_CPU_FILE", "graph_file",
     "ONNX_FORMAT", "OPENVINO_FORMAT", "TENSORRT_FORMAT", "PIPELINE_FORMAT", "DEPLOY_FORMAT", "PRUNED_UNET_FORMAT",
     "PRUNED_DECODER_FORMAT", "LATENCY_TABLE_FORMAT", "LATENCY_TABLE_FIELDS", "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS",
     "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",

@@ -44,6 +44,12 @@ def register(subparsers):
     p.add_argument("--weights", default="external", choices=["external", "inline"],
                    help="external (default): tensors in model.onnx.data, which ONNX Runtime loads without a "
                         "protobuf copy (about 40%% less peak memory); inline: one self-contained model.onnx")
+    p.add_argument("--fuse-attention", action=argparse.BooleanOptionalAction, default=True,
+                   help="fp32 UNets with attention and external weights (default on): export at opset >= 23 and "
+                        "also write model.ort.onnx, the graph ONNX Runtime's CPU provider (ort-cpu) runs, attention "
+                        "fused into MultiHeadAttention "
+                        "(FlashAttention: no heads x S x S score matrices; SD-1.5 at 512x512 peaks GBs lower); "
+                        "OpenVINO and TensorRT read model.onnx. --no-fuse-attention: model.onnx alone, at --opset")
     p.add_argument("--triton", metavar="REPO", help="also write a Triton model repository here")
     p.add_argument("--unet-only", action="store_true", help="export only the UNet (OUT_DIR/model.onnx), even of a pipeline")
     p.add_argument("--pipeline", action="store_true", help="write the pipeline layout even for a pixel UNet")
@@ -82,7 +88,8 @@ def run(args) -> int:
         record = export_pipeline(args.src, args.out_dir, dtype="fp16" if args.fp16 else "fp32",
                                  vae_dtype="fp16" if args.vae_fp16 else "fp32", opset=args.opset,
                                  batch=(args.min_batch, opt, args.max_batch), exporter=args.exporter,
-                                 weights=args.weights, guidance_scale=args.guidance_scale, overwrite=args.overwrite)
+                                 weights=args.weights, guidance_scale=args.guidance_scale, overwrite=args.overwrite,
+                                 fuse_attention=args.fuse_attention)
         print(f"pipeline ({record['kind']}): {args.out_dir}/pipeline.json, {record['export_seconds']:.1f} s")
         if args.triton:
             from diffprune.export import write_pipeline_repository
@@ -93,7 +100,7 @@ def run(args) -> int:
     result = to_onnx(args.src, args.out_dir, dtype="fp16" if args.fp16 else "fp32", opset=args.opset,
                      batch=(args.min_batch, opt, args.max_batch), dynamic_hw=args.dynamic_hw,
                      exporter=args.exporter, slim=args.slim, triton=args.triton, weights=args.weights,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, fuse_attention=args.fuse_attention)
     meta = result.model_json
     v = meta["validation"]
     print(f"exported {' + '.join(str(f) for f in result.files)} ({meta['dtype']}, {result.megabytes:.1f} MB, batch {meta['batch']['min']}..{meta['batch']['max']}, "

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..cache import cache_dir
 from ..errors import DiffPruneError
+from ..formats import graph_file
 from .base import Runner
 
 PROVIDERS = {
@@ -100,7 +101,8 @@ class OnnxRuntimeRunner(Runner):
         from ..artifact import check_onnx_files
 
         check_onnx_files(self.folder, self.meta)
-        path = self.folder / self.meta.get("file", "model.onnx")
+        # ort-cpu reads the export's graph with attention fused for its CPU kernel where there is one (formats.graph_file)
+        path = self.graph_path = self.folder / graph_file(self.meta, self.backend)
         providers = PROVIDERS[self.device]
         if self.device == "tensorrt":
             cache_dir("ort-trt", create=True)
