@@ -63,6 +63,10 @@ NEEDS = {"text-to-image": ("text_encoder", "unet", "decoder"),
 SCHEDULER_CLASSES = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpm-solver++",
                      "EulerDiscreteScheduler": "euler"}
 DIFFUSERS_SCHEDULERS = {name: cls for cls, name in SCHEDULER_CLASSES.items()}  # and back
+# Named variants: a runtime scheduler with settings of its diffusers config. "-karras" is Karras et al.'s
+# (2022, Eq. 5, rho = 7) sigmas, diffusers' use_karras_sigmas=True ("DPM++ 2M Karras" in SD front ends).
+SCHEDULER_VARIANTS = {"euler-karras": ("euler", {"use_karras_sigmas": True}),
+                      "dpm-solver++-karras": ("dpm-solver++", {"use_karras_sigmas": True})}
 
 # -- deploy.json --------------------------------------------------------------------------------------
 DEPLOY_FIELDS = {"artifact": str, "backend": str, "scheduler": str, "steps": int, "batch": int}
@@ -249,14 +253,27 @@ def check_text_fits(components: dict, where) -> None:
 
 
 def scheduler_name(config: dict) -> str:
-    """The runtime scheduler for a diffusers scheduler config (its ``_class_name``)."""
+    """The runtime scheduler for a diffusers scheduler config (its ``_class_name``; a config that sets
+    use_karras_sigmas names the "-karras" variant)."""
     cls = (config or {}).get("_class_name")
     if cls in SCHEDULER_CLASSES:
-        return SCHEDULER_CLASSES[cls]
+        name = SCHEDULER_CLASSES[cls]
+        karras = f"{name}-karras"
+        return karras if config.get("use_karras_sigmas") and karras in SCHEDULER_VARIANTS else name
     raise DiffPruneError(
         f"The pipeline's scheduler is {cls or 'unnamed'}, which the runtime does not implement; it has "
         f"{', '.join(f'{v} ({k})' for k, v in SCHEDULER_CLASSES.items())}. Choose one (--scheduler / scheduler=): "
         "it is built from the same noise schedule (betas, prediction type), as diffusers' from_config does.")
+
+
+def scheduler_variant(name: str, config: dict) -> tuple:
+    """``(base scheduler, config)`` for the runtime scheduler ``name``: a variant's base with its settings
+    applied; a base name that has variants (euler, dpm-solver++) with them off, as the name says."""
+    if name in SCHEDULER_VARIANTS:
+        base, settings = SCHEDULER_VARIANTS[name]
+        return base, {**(config or {}), **settings}
+    off = {key: False for base, settings in SCHEDULER_VARIANTS.values() if base == name for key in settings}
+    return name, {**(config or {}), **off}
 
 
 # -- deploy.json --------------------------------------------------------------------------------------
@@ -326,7 +343,9 @@ def read_pruning_json(path) -> dict:
 __all__ = [
     "MODEL_JSON", "ENGINE_JSON", "PIPELINE_JSON", "DEPLOY_JSON", "PRUNING_JSON",
     "ONNX_FORMAT", "OPENVINO_FORMAT", "TENSORRT_FORMAT", "PIPELINE_FORMAT", "DEPLOY_FORMAT", "PRUNED_UNET_FORMAT",
-    "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS", "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",
+    "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS", "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "SCHEDULER_VARIANTS",
+    "DEPLOY_FIELDS",
     "read_json", "read_model_json", "read_engine_json", "read_pipeline_json", "read_deploy_json", "read_pruning_json",
     "check_spec", "check_fields", "check_text_fits", "deploy_file", "is_pipeline", "scheduler_name",
+    "scheduler_variant",
 ]

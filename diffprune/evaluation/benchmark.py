@@ -73,12 +73,13 @@ def diffusers_pipeline(src, scheduler: str | None = None, device: str = "cpu", d
     from transformers import CLIPTokenizer
 
     from ..export import load_pipeline
-    from ..runtime.formats import DIFFUSERS_SCHEDULERS, scheduler_name
+    from ..runtime.formats import DIFFUSERS_SCHEDULERS, scheduler_name, scheduler_variant
 
     parts = load_pipeline(src)
     config = {k: v for k, v in dict(parts.scheduler).items()}
     name = scheduler or scheduler_name(config)
-    sched = getattr(diffusers, DIFFUSERS_SCHEDULERS[name]).from_config(config)
+    base, variant_config = scheduler_variant(name, config)  # euler-karras: EulerDiscreteScheduler, use_karras_sigmas
+    sched = getattr(diffusers, DIFFUSERS_SCHEDULERS[base]).from_config(variant_config)
 
     def tokenizer(i):
         if parts.tokenizer_dirs:
