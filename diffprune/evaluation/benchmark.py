@@ -246,7 +246,7 @@ def _describe(path) -> dict:
 def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, scheduler: str | None = "ddim",
               runs: int = 10, warmup: int = 1, threads: int | None = None, torch_baseline: str | None = "auto",
               memory: bool = True, progress: bool = True, prompt: str | None = None,
-              guidance: float | None = None) -> dict:
+              guidance: float | None = None, cache_interval: int = 1) -> dict:
     """Measure every artifact on every backend (and the torch baseline) at every batch size.
 
     ``backend`` is one backend spec or a list of them (``["ort-cpu", "openvino"]``): each artifact is
@@ -331,7 +331,8 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
                     cases.append(worker_case(case_name(path, spec), path, spec, scheduler, steps, batch, threads,
                                              info={"artifact": str(path), "params": meta.get("params"),
                                                    "macs": meta.get("macs")},
-                                             prompt=prompt if pipeline else None, guidance=guidance))
+                                             prompt=prompt if pipeline else None, guidance=guidance,
+                                             cache_interval=cache_interval))
                     bar.update(1)
             if baseline_src:
                 cases.append(torch_worker_case(baseline_src, batch, steps, device, threads if device == "cpu" else None,
@@ -373,7 +374,7 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
             row["speedup_vs_eager"] = eager["e2e_ms"]["median"] / row["e2e_ms"]["median"] if eager else None
     results.update({
         "backend": backends[0] if len(backends) == 1 else ",".join(backends), "backends": backends,
-        "steps": steps, "scheduler": scheduler, "runs": runs, "warmup": warmup,
+        "steps": steps, "scheduler": scheduler, "cache_interval": cache_interval, "runs": runs, "warmup": warmup,
         "pipeline": pipeline, "prompt": prompt, "guidance": guidance,
         "threads": threads, "artifacts": [str(a) for a in artifacts], "torch_baseline": baseline_src,
         "torch_baseline_note": baseline_note,
