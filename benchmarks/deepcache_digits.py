@@ -3,7 +3,8 @@ trained here: the text-conditioned digits pipeline (builtin:digits-text) and the
 
     python benchmarks/deepcache_digits.py export    # both exported with --step-cache into /tmp/deepcache-work
     python benchmarks/deepcache_digits.py quality   # prompt accuracy + FID (text), FID (DDPM) at intervals 1, 2, 3
-    /work/bin/cpu-exclusive python benchmarks/deepcache_digits.py time     # end-to-end latency, same intervals
+    /work/bin/cpu-exclusive python benchmarks/deepcache_digits.py time --model text   # end-to-end latency,
+    /work/bin/cpu-exclusive python benchmarks/deepcache_digits.py time --model ddpm   # same intervals
     python benchmarks/deepcache_digits.py report    # -> benchmarks/results/deepcache/deepcache.{md,json}
 
 Quality is judged as benchmarks/text_digits.py judges it (its ``judge``): the digits classifier
@@ -59,14 +60,14 @@ def _judges():
     return OnnxFeatures("builtin:digits-features"), OnnxFeatures("builtin:digits-features", output="logits")
 
 
-def quality() -> None:
+def quality(per_digit: int = PER_DIGIT) -> None:
     from text_digits import WORDS, judge
 
     from diffprune.runtime import Pipeline, Sampler, make_scheduler, open_runner
     from diffprune.runtime.formats import read_model_json
 
     features, classifier = _judges()
-    labels = np.array([i % 10 for i in range(10 * PER_DIGIT)])
+    labels = np.array([i % 10 for i in range(10 * per_digit)])
     prompts = [f"a handwritten digit {WORDS[d]}" for d in labels]
     rows = []
     with Pipeline(WORK / "text", "ort-cpu") as pipe:
@@ -78,7 +79,7 @@ def quality() -> None:
     with open_runner(WORK / "ddpm", "ort-cpu") as runner:
         for interval in INTERVALS:
             with Sampler(runner, make_scheduler("ddim", runner.scheduler_config), cache_interval=interval) as sampler:
-                images = sampler.generate(10 * PER_DIGIT, seed=0, steps=STEPS, batch=100)
+                images = sampler.generate(10 * per_digit, seed=0, steps=STEPS, batch=100)
             scores = judge(images, labels, features, classifier)  # the DDPM has no prompt: FID only
             rows.append({"model": "digits-ddpm", "cache_interval": interval, "fid": scores["fid"], "n": scores["n"]})
             print(json.dumps(rows[-1]), flush=True)
@@ -87,7 +88,7 @@ def quality() -> None:
         macs[name] = {"full": read_model_json(folder)["macs"], "shallow": read_model_json(folder / "shallow")["macs"]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "quality.json").write_text(json.dumps({"rows": rows, "macs": macs, "steps": STEPS, "guidance": GUIDANCE,
-                                                  "images": 10 * PER_DIGIT}, indent=1))
+                                                  "images": 10 * per_digit}, indent=1))
 
 
 def _stats(values) -> dict:
@@ -96,49 +97,65 @@ def _stats(values) -> dict:
             "runs": len(ms)}
 
 
-def timing(runs: int = 15, batches=(1, 16)) -> None:
-    """Alternating intervals per model and batch; one ONNX Runtime thread per core of this host."""
+def _alternate(generate, runs: int) -> dict:
+    """interval -> seconds of ``runs`` end-to-end runs of ``generate(interval, seed)``, the intervals taking turns
+    (A B C A B C ...) after two untimed rounds."""
+    times = {i: [] for i in INTERVALS}
+    for r in range(runs + 2):
+        for interval in INTERVALS:
+            seconds = generate(interval, r)
+            if r >= 2:
+                times[interval].append(seconds)
+    return times
+
+
+def timing(model: str, runs: int = 10, batches=(1, 8)) -> None:
+    """Alternating intervals per batch for ``model`` (text or ddpm); one ONNX Runtime thread per core of this
+    host. Each model is its own short exclusive run (results/deepcache/timing-MODEL.json)."""
     from text_digits import WORDS
 
     from diffprune.runtime import Pipeline, Sampler, make_scheduler, open_runner
 
     threads = len(__import__("os").sched_getaffinity(0))
     out = []
-    with Pipeline(WORK / "text", "ort-cpu", threads=threads) as pipe:
-        for b in batches:
-            prompts = [f"a handwritten digit {WORDS[i % 10]}" for i in range(b)]
-            times = {i: [] for i in INTERVALS}
-            for r in range(runs + 2):  # two warm-up rounds
-                for interval in INTERVALS:
-                    pipe.generate(prompts, guidance=GUIDANCE, steps=STEPS, scheduler="ddim", seed=r, batch=b,
+    if model == "text":
+        with Pipeline(WORK / "text", "ort-cpu", threads=threads) as pipe:
+            for b in batches:
+                prompts = [f"a handwritten digit {WORDS[i % 10]}" for i in range(b)]
+
+                def generate(interval, seed, b=b, prompts=prompts):
+                    pipe.generate(prompts, guidance=GUIDANCE, steps=STEPS, scheduler="ddim", seed=seed, batch=b,
                                   cache_interval=interval)
-                    if r >= 2:
-                        times[interval].append(pipe.last_timing["total_s"])
-            for interval in INTERVALS:
-                out.append({"model": "digits-text", "batch": b, "cache_interval": interval, **_stats(times[interval])})
-                print(json.dumps(out[-1]), flush=True)
-    with open_runner(WORK / "ddpm", "ort-cpu", threads=threads) as runner:
-        samplers = {i: Sampler(runner, make_scheduler("ddim", runner.scheduler_config), cache_interval=i) for i in INTERVALS}
-        for b in batches:
-            times = {i: [] for i in INTERVALS}
-            for r in range(runs + 2):
-                for interval, sampler in samplers.items():
-                    sampler.generate(b, seed=r, steps=STEPS, batch=b)
-                    if r >= 2:
-                        times[interval].append(sampler.last_timing["total_s"])
-            for interval in INTERVALS:
-                out.append({"model": "digits-ddpm", "batch": b, "cache_interval": interval, **_stats(times[interval])})
-                print(json.dumps(out[-1]), flush=True)
-        for sampler in samplers.values():
-            sampler.close()
+                    return pipe.last_timing["total_s"]
+
+                for interval, values in _alternate(generate, runs).items():
+                    out.append({"model": "digits-text", "batch": b, "cache_interval": interval, **_stats(values)})
+                    print(json.dumps(out[-1]), flush=True)
+    else:
+        with open_runner(WORK / "ddpm", "ort-cpu", threads=threads) as runner:
+            samplers = {i: Sampler(runner, make_scheduler("ddim", runner.scheduler_config), cache_interval=i)
+                        for i in INTERVALS}
+            for b in batches:
+                def generate(interval, seed, b=b):
+                    samplers[interval].generate(b, seed=seed, steps=STEPS, batch=b)
+                    return samplers[interval].last_timing["total_s"]
+
+                for interval, values in _alternate(generate, runs).items():
+                    out.append({"model": "digits-ddpm", "batch": b, "cache_interval": interval, **_stats(values)})
+                    print(json.dumps(out[-1]), flush=True)
+            for sampler in samplers.values():
+                sampler.close()
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "timing.json").write_text(json.dumps({"rows": out, "threads": threads, "cpu": cpu_model(), "steps": STEPS,
-                                                 "guidance": GUIDANCE, "backend": "ort-cpu"}, indent=1))
+    (OUT / f"timing-{model}.json").write_text(json.dumps({"rows": out, "threads": threads, "cpu": cpu_model(),
+                                                          "steps": STEPS, "guidance": GUIDANCE, "backend": "ort-cpu",
+                                                          "runs": runs}, indent=1))
 
 
 def report() -> None:
     q = json.loads((OUT / "quality.json").read_text())
-    t = json.loads((OUT / "timing.json").read_text())
+    parts = [json.loads((OUT / f"timing-{m}.json").read_text()) for m in ("text", "ddpm")
+             if (OUT / f"timing-{m}.json").is_file()]
+    t = {**parts[0], "rows": [r for p in parts for r in p["rows"]]}
     base = {(r["model"], r["batch"]): r["median_ms"] for r in t["rows"] if r["cache_interval"] == 1}
     lines = [
         "# Step caching (DeepCache) on the digits models",
@@ -149,7 +166,8 @@ def report() -> None:
         f"{t['rows'][0]['runs']} runs after 2 warm-up rounds.",
         "",
         "Commands: `python benchmarks/deepcache_digits.py export`, `python benchmarks/deepcache_digits.py quality`, "
-        "`/work/bin/cpu-exclusive python benchmarks/deepcache_digits.py time`, `python benchmarks/deepcache_digits.py report`.",
+        "`/work/bin/cpu-exclusive python benchmarks/deepcache_digits.py time --model text` (and `--model ddpm`), "
+        "`python benchmarks/deepcache_digits.py report`.",
         "",
         "UNet MACs per call: " + "; ".join(f"{m}: full {v['full'] / 1e6:.0f}M, shallow {v['shallow'] / 1e6:.0f}M "
                                            f"({v['shallow'] / v['full']:.0%})" for m, v in q["macs"].items()) + ".",
@@ -173,9 +191,15 @@ def report() -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["export", "quality", "time", "report"])
-    parser.add_argument("--runs", type=int, default=15, help="time: timed runs per interval and batch (default 15)")
+    parser.add_argument("--runs", type=int, default=10, help="time: timed runs per interval and batch (default 10)")
+    parser.add_argument("--batches", default="1,8", help="time: comma-separated batch sizes (default 1,8)")
+    parser.add_argument("--model", default="text", choices=["text", "ddpm"], help="time: which model (default text)")
+    parser.add_argument("--per-digit", type=int, default=PER_DIGIT,
+                        help=f"quality: images per digit (default {PER_DIGIT})")
     a = parser.parse_args(argv)
-    {"export": export, "quality": quality, "time": lambda: timing(a.runs), "report": report}[a.stage]()
+    batches = tuple(int(b) for b in a.batches.split(","))
+    {"export": export, "quality": lambda: quality(a.per_digit), "time": lambda: timing(a.model, a.runs, batches),
+     "report": report}[a.stage]()
     return 0
 
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from .errors import DiffPruneError
-from .formats import CACHE_FEATURE
+from .formats import CACHE_FEATURE, read_step_cache
 
 
 def initial_noise(shape, indices, seed: int, sigma: float = 1.0) -> np.ndarray:
@@ -64,8 +64,6 @@ class Sampler:
     the UNet's deep feature for N - 1 steps (the export's shallow graph, opened on first use; ``close()``)."""
 
     def __init__(self, runner, scheduler, cache_interval: int = 1):
-        from .formats import read_step_cache
-
         self.runner = runner
         self.scheduler = scheduler
         if cache_interval != 1:  # a bad interval, or an export without the shallow graph: an error now
