@@ -124,12 +124,15 @@ def test_cached_sampling_equals_the_torch_reference(exports, scheduler, interval
         ours = sampler.generate(2, steps=7, noise=noise, output="float")
         timing = sampler.last_timing
         calls = runner.calls, sampler.shallow.calls
-    ref = np.clip(_reference(unet, scheduler, noise, 7, interval), -1, 1)
-    assert np.abs(ours - ref).max() <= TOLERANCE
+    ref = _reference(unet, scheduler, noise, 7, interval)
+    # The random-weight UNet leaves [-1, 1] (values ~50): compare the images, and the samples before clipping
+    # relative to their scale, so saturated pixels hide nothing.
+    assert np.abs(np.clip(ours, -1, 1) - np.clip(ref, -1, 1)).max() <= TOLERANCE
+    assert np.abs(ours - ref).max() <= TOLERANCE * max(1.0, float(np.abs(ref).max()))
     full_steps = len(range(0, 7, interval))
     assert calls == (full_steps, 7 - full_steps) and timing["unet_shallow_s"] > 0
-    plain_ref = np.clip(_reference(unet, scheduler, noise, 7, 1), -1, 1)
-    assert np.abs(ref - plain_ref).max() > 10 * TOLERANCE  # caching changed the images: nothing trivial matched
+    plain_ref = _reference(unet, scheduler, noise, 7, 1)
+    assert np.abs(ref - plain_ref).max() > 10 * TOLERANCE * max(1.0, float(np.abs(ref).max()))  # caching changed them
 
 
 def test_interval_1_is_todays_sampling_exactly(exports):
