@@ -8,6 +8,10 @@ Graph contract (what the runtime and TensorRT rely on):
              [text_embeds float32 (B, P), time_ids float32 (B, 6)]   SDXL's added conditioning
              [class_labels int64 (B,)]                 class-conditional UNets
     output   out_sample float32 (B, C, H, W)  the model's prediction (epsilon, v or x0)
+With step caching (``step_cache=K``, DeepCache, diffprune/sources/deepcache.py) the full graph also outputs
+deep_feature (B, C_f, H_f, W_f), the up-block output at the cache branch K blocks deep, and ``shallow/`` beside
+model.onnx holds the shallow graph: the same inputs plus deep_feature, output out_sample; model.json's
+"step_cache" records them (runtime/formats.py).
 B is dynamic; H and W are fixed unless ``dynamic_hw``. fp16 graphs keep float32 I/O and cast inside.
 The pixel UNet2DModel is the case without conditioning; the other components of a pipeline (text
 encoders, VAE/VQ decoders) go through the same writer (:func:`write_graph`) from export/pipeline.py.
@@ -35,7 +39,8 @@ import numpy as np
 
 from diffprune._io import atomic_dir
 from diffprune.errors import DiffPruneError
-from diffprune.runtime.formats import MODEL_JSON, ONNX_FORMAT, ORT_CPU_FILE, read_pruning_json
+from diffprune.runtime.formats import (CACHE_FEATURE, MODEL_JSON, ONNX_FORMAT, ORT_CPU_FILE, SHALLOW_DIR,
+                                       read_pruning_json, step_cache_record)
 
 from .graph_io import io_specs
 from .validate import validate
@@ -81,7 +86,9 @@ def unet_input_names(cond) -> list:
     return names
 
 
-def _wrapper(unet):
+def _wrapper(unet, cache=None, role: str = "plain"):
+    """The UNet as a graph: ``role`` plain (``unet``), or with ``cache`` (a DeepCache of ``unet``) full (outputs
+    also the deep feature) or shallow (takes the deep feature as its last input)."""
     import torch
 
     from diffprune.sources.conditioning import conditioning
@@ -97,12 +104,16 @@ def _wrapper(unet):
             self.unet = unet
 
         def forward(self, sample, timestep, *cond):
+            if role == "shallow":
+                *cond, cache.store["feature"] = cond  # deep_feature, the graph's last input
             kwargs = dict(zip(extra, cond))
             if "time_ids" in kwargs:  # SDXL takes its pooled text and time ids as one dict
                 kwargs["added_cond_kwargs"] = {k: kwargs.pop(k) for k in ("text_embeds", "time_ids")}
-            return self.unet(sample, timestep, **kwargs).sample
+            out = self.unet(sample, timestep, **kwargs).sample
+            return (out, cache.store.pop("feature")) if role == "full" else out
 
-    return UNetForExport(unet).eval()
+    model = {"plain": unet, "full": getattr(cache, "full_unet", None), "shallow": getattr(cache, "shallow_unet", None)}
+    return UNetForExport(model[role]).eval()
 
 
 def _has_attention(model) -> bool:
@@ -237,7 +248,7 @@ def check_options(dtype: str, opset: int, batch, weights: str) -> tuple:
 def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batch=(1, 8, 64),
             dynamic_hw: bool = False, exporter: str = "dynamo", slim: bool = False, validate_batches=None,
             triton=None, weights: str = "external", overwrite: bool = False,
-            fuse_attention: bool = True) -> ExportResult:
+            fuse_attention: bool = True, step_cache: int = 0) -> ExportResult:
     """Export a UNet (or any model folder / hub id ``diffprune`` can load) to ``out_dir``.
 
     Writes ``model.onnx`` and ``model.json``; validation (onnx.checker, shape inference, ONNX Runtime
@@ -248,9 +259,10 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     ``triton`` names a Triton model repository to write beside it. ``weights="external"`` (default)
     stores the tensors in ``model.onnx.data``, which runtimes load without a protobuf copy (less peak memory);
     ``"inline"`` keeps one self-contained ``model.onnx``. ``fuse_attention`` (fp32, dynamo exporter, external
-    weights, a UNet with attention): export at opset >= 23 and also write ``model.ort.onnx``, the graph ONNX
-    Runtime's CPU provider runs, its attention fused (export/attention.py: no (B, heads, S, S) score matrices),
-    sharing the weights file.
+    weights, a UNet with attention, no step cache): export at opset >= 23 and also write ``model.ort.onnx``, the
+    graph ONNX Runtime's CPU provider runs, its attention fused (export/attention.py: no (B, heads, S, S) score
+    matrices), sharing the weights file. ``step_cache=K`` also writes DeepCache's shallow graph
+    (:func:`export_unet`); such exports keep the unfused graph (the two together are not validated yet).
     """
     from diffprune._io import check_writable
     from diffprune.sources.loader import load_source
@@ -265,7 +277,8 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
         pruning.pop("widths", None)
     result = export_unet(unet, out_dir, scheduler_config, source, pruning, dtype=dtype, opset=opset, batch=batch,
                          dynamic_hw=dynamic_hw, exporter=exporter, slim=slim, validate_batches=validate_batches,
-                         weights=weights, overwrite=overwrite, started=started, fuse_attention=fuse_attention)
+                         weights=weights, overwrite=overwrite, started=started, fuse_attention=fuse_attention,
+                         step_cache=step_cache)
     if triton:
         from .triton import write_repository
 
@@ -297,12 +310,13 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
                 opset: int = 18, batch=(1, 8, 64), dynamic_hw: bool = False, exporter: str = "dynamo",
                 slim: bool = False, validate_batches=None, weights: str = "external", overwrite: bool = False,
                 started=None, extra: dict | None = None, text_tokens: int | None = None,
-                validated: bool = True, fuse_attention: bool = True) -> ExportResult:
+                validated: bool = True, fuse_attention: bool = True, step_cache: int = 0) -> ExportResult:
     """Export the in-memory ``unet`` (pixel, class-conditional or text-conditioned) to ``out_dir``;
     ``extra`` joins model.json. ``text_tokens``: the length of ``encoder_hidden_states`` (the pipeline
-    tokenizer's; default CLIP's 77). ``fuse_attention``: as :func:`to_onnx`'s. :func:`to_onnx` loads a source
-    and calls this. ``validated=False`` skips the comparison with torch and the MAC count (graphs that are only
-    timed: diffprune.latency's probes)."""
+    tokenizer's; default CLIP's 77). ``fuse_attention``: as :func:`to_onnx`'s. ``validated=False`` skips the
+    comparison with torch and the MAC count (graphs that are only timed: diffprune.latency's probes).
+    ``step_cache=K`` (K >= 1) also writes the shallow graph of DeepCache at the branch K blocks deep into
+    ``out_dir/shallow`` (see the module docstring). :func:`to_onnx` loads a source and calls this."""
     import torch
 
     from diffprune.sources.conditioning import conditioning
@@ -316,16 +330,25 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
     if text_tokens is not None and cond.text_width:
         cond = dataclasses.replace(cond, text_tokens=int(text_tokens))
     size = (cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
-    wrapper = _wrapper(unet)
     feeds = unet_feeds(cond, size)
     example = {"sample": torch.randn(2, cfg.in_channels, *size), "timestep": torch.tensor([1.0, 500.0]),
                **{k: torch.from_numpy(v) for k, v in feeds(2, np.random.default_rng(0)).items()}}
-    # The CPU kernel is float32 only; an inline export stays one file; a UNet without attention keeps its graph.
-    ort_cpu = fuse_attention and dtype == "fp32" and exporter == "dynamo" and weights == "external" and _has_attention(unet)
+    cache = shallow = None
+    if step_cache:
+        from diffprune.sources.deepcache import DeepCache
+
+        cache = DeepCache(unet, step_cache)
+    wrapper = _wrapper(unet, cache, "full" if cache else "plain")
+    outputs = ["out_sample", CACHE_FEATURE] if cache else ["out_sample"]
+    # The CPU kernel is float32 only; an inline export stays one file; a UNet without attention keeps its graph;
+    # a step-cache export keeps its graphs unfused (the fused rewrite of a two-output graph is not validated yet).
+    ort_cpu = (fuse_attention and not cache and dtype == "fp32" and exporter == "dynamo" and weights == "external"
+               and _has_attention(unet))
     if ort_cpu:
         opset = max(int(opset), ATTENTION_OPSET)
     with torch.no_grad(), _quiet_exporter():
-        proto = _export(wrapper, example, ["out_sample"], opset, (lo, opt, hi), dynamic_hw, exporter)
+        proto = _export(wrapper, example, outputs, opset, (lo, opt, hi), dynamic_hw, exporter,
+                        spatial=("sample", *outputs))
     macs, params = count_macs_params(unet, text_tokens=cond.text_tokens) if validated else (None, None)
     steps = scheduler_config.get("num_train_timesteps", 1000)
 
@@ -333,6 +356,11 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
         if not validated:
             return {"skipped": "a timing probe: not compared with torch"}
         return validate(path, wrapper, dtype, batches, steps, conditioning=feeds if cond.kind != "none" else None)
+
+    if cache:
+        shallow = _shallow_graph(unet, cache, wrapper, example, feeds, cond, dtype, opset, batch, dynamic_hw,
+                                 exporter, steps)
+        extra = {**(extra or {}), "step_cache": step_cache_record(step_cache, shallow["feature_shape"])}
 
     meta = {
         "sample_size": list(size),
@@ -346,19 +374,63 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
         "pruning": pruning,
         **(extra or {}),
     }
+    inside = None
+    if shallow:
+        def inside(tmp):  # the shallow graph inside the export's folder, validated before either is written
+            shallow_meta = {**meta, "macs": shallow["macs"], "step_cache": {**meta["step_cache"], "role": "shallow"}}
+            write_graph(shallow["proto"], tmp / SHALLOW_DIR, shallow["check"], shallow_meta, dtype=dtype, batch=batch,
+                        opset=opset, exporter=exporter, slim=slim, validate_batches=validate_batches, weights=weights)
     return write_graph(proto, out_dir, check, meta, dtype=dtype, batch=batch, opset=opset, exporter=exporter,
                        slim=slim, validate_batches=validate_batches, weights=weights, overwrite=overwrite,
-                       started=started, ort_cpu=ort_cpu)
+                       started=started, ort_cpu=ort_cpu, inside=inside)
+
+
+def _shallow_graph(unet, cache, full_wrapper, example: dict, feeds, cond, dtype, opset, batch, dynamic_hw,
+                   exporter, steps) -> dict:
+    """DeepCache's shallow graph: ``{proto, check, macs, feature_shape}``; it takes the full graph's deep
+    feature as its last input, and is validated against torch on features of unit scale."""
+    import torch
+
+    from diffprune.sources.unet import count_macs_params
+
+    from .validate import validate_graph
+
+    shallow = _wrapper(unet, cache, "shallow")
+    with torch.no_grad():
+        _, feature = full_wrapper(*example.values())  # (2, C_f, H_f, W_f)
+    with torch.no_grad(), _quiet_exporter():
+        proto = _export(shallow, {**example, CACHE_FEATURE: feature}, ["out_sample"], opset, batch, dynamic_hw,
+                        exporter, spatial=("sample", CACHE_FEATURE, "out_sample"))
+    cache.store["feature"] = feature[:1]  # what the shallow copy reads while its MACs are counted at batch 1
+    try:
+        macs, _ = count_macs_params(cache.shallow_unet, text_tokens=cond.text_tokens)
+    finally:
+        cache.store.clear()
+
+    def make_inputs(b, rng, session):
+        sample = rng.standard_normal((b, *example["sample"].shape[1:])).astype(np.float32)
+        timestep = np.linspace(0, steps - 1, b).round().astype(np.float32) if b > 1 else \
+            rng.integers(0, steps, 1).astype(np.float32)
+        extra = feeds(b, rng) if cond.kind != "none" else {}
+        deep = rng.standard_normal((b, *feature.shape[1:])).astype(np.float32)
+        return {"sample": sample, "timestep": timestep, **extra, CACHE_FEATURE: deep}
+
+    def check(path, batches):
+        return validate_graph(path, shallow, make_inputs, dtype, batches, what="shallow UNet graph (step caching)",
+                              describe=lambda f: {"timesteps": [int(t) for t in f["timestep"][:4]]})
+
+    return {"proto": proto, "check": check, "macs": macs, "feature_shape": ["batch", *feature.shape[1:]]}
 
 
 def write_graph(proto, out_dir, check, meta: dict, dtype: str, batch, opset: int, exporter: str,
                 slim: bool = False, validate_batches=None, weights: str = "external", overwrite: bool = False,
-                started=None, keep_fp32=None, ort_cpu: bool = False) -> ExportResult:
+                started=None, keep_fp32=None, ort_cpu: bool = False, inside=None) -> ExportResult:
     """Convert (fp16, slim), save and validate ``proto`` into ``out_dir`` (atomically), with model.json
     = the common fields + ``meta``. ``check(onnx_path, batches)`` validates against torch and returns the
     report (it raises on a mismatch, and then nothing is written). ``keep_fp32`` adds ops to keep in
     float32 in an fp16 graph. ``ort_cpu``: also write ``model.ort.onnx`` (:func:`write_ort_cpu_graph`), validated
-    the same way, when the graph has attention to fuse; model.json's "ort_cpu" describes it (else null)."""
+    the same way, when the graph has attention to fuse; model.json's "ort_cpu" describes it (else null).
+    ``inside(tmp)`` writes more into the folder before it is renamed into place (the shallow graph of step caching)."""
     from diffprune.sources.unet import versions
 
     started = started or time.perf_counter()
@@ -379,6 +451,8 @@ def write_graph(proto, out_dir, check, meta: dict, dtype: str, batch, opset: int
         batches = validate_batches or sorted({lo, min(max(lo, 2), hi), min(opt, 8), hi if hi <= 8 else lo})
         report = check(onnx_path, batches)
         ort_graph = write_ort_cpu_graph(onnx_path, tmp / ORT_CPU_FILE, check, batches) if ort_cpu else None
+        if inside is not None:
+            inside(tmp)
         meta = {
             "format": ONNX_FORMAT,
             "file": ONNX_FILE,

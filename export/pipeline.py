@@ -289,7 +289,7 @@ def _latent_feeds(channels: int, size, scale: float):
 def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", opset: int = 18, batch=(1, 1, 8),
                     exporter: str = "dynamo", weights: str = "external", validate_batches=None,
                     guidance_scale: float | None = None, overwrite: bool = False, progress=print,
-                    fuse_attention: bool = True) -> dict:
+                    fuse_attention: bool = True, step_cache: int = 0) -> dict:
     """Export every component of the pipeline ``src`` into ``out_dir`` + pipeline.json; returns pipeline.json.
 
     ``batch`` (min, opt, max) counts images per call: the UNet's range is doubled for classifier-free
@@ -299,6 +299,8 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
     any failure leaves nothing written. ``progress`` gets one line per component (None: silent).
     ``fuse_attention``: the UNet also gets the graph ONNX Runtime's CPU provider runs with attention fused
     (``model.ort.onnx``, export/attention.py), as :func:`diffprune.export.to_onnx`'s option.
+    ``step_cache=K`` also exports the UNet's shallow graph for step caching (DeepCache, K blocks deep: see
+    :func:`diffprune.export.export_unet`); pipeline.json then records it under "step_cache".
     """
     lo, opt, hi = check_options(dtype, opset, batch, weights)
     if vae_dtype not in ("fp32", "fp16"):
@@ -351,13 +353,15 @@ def export_pipeline(src, out_dir, dtype: str = "fp32", vae_dtype: str = "fp32", 
                     tokenizer.save(tokenizer_dir)  # arch: sources use the runtime's built-in CLIP BPE
         result = export_unet(pipe.unet, tmp / "unet", pipe.scheduler, pipe.source.get("unet", pipe.source), pipe.pruning,
                              dtype=dtype, batch=cfg_batch, extra={"component": "unet"}, text_tokens=pipe.text_tokens,
-                             fuse_attention=fuse_attention, **common)
+                             fuse_attention=fuse_attention, step_cache=step_cache, **common)
         reports["unet"], files["unet"] = result.model_json["validation"], result
         say(_line("unet", result))
         # The graphs together: the text encoders' hidden states are what the UNet graph reads.
         check_text_fits({name: f.model_json for name, f in files.items()}, str(source.given))
         unet_sha = result.model_json["source"]["weights_sha256"]
         record = _record(pipe, latent, image, guidance_scale, reports, files, unet_sha, started)
+        if step_cache:  # the UNet folder holds the shallow graph; its model.json is what the runtime reads
+            record["step_cache"] = result.model_json["step_cache"]
         (tmp / PIPELINE_JSON).write_text(json.dumps(record, indent=1, default=str))
     return record
 

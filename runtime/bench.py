@@ -107,8 +107,9 @@ def measure(cases, batch: int, runs: int = 10, warmup: int = 1, progress=None, s
     return out
 
 
-def runtime_case(name, runner, scheduler_name: str, steps: int, batch: int, info=None) -> Case:
-    """A case sampling with an open runner in this process (see ``worker_case`` for timing several)."""
+def runtime_case(name, runner, scheduler_name: str, steps: int, batch: int, info=None, cache_interval: int = 1) -> Case:
+    """A case sampling with an open runner in this process (see ``worker_case`` for timing several); a run's
+    settings may change the scheduler, steps and cache interval (step caching)."""
     from .sampler import Sampler
     from .schedulers import make_scheduler
 
@@ -117,9 +118,10 @@ def runtime_case(name, runner, scheduler_name: str, steps: int, batch: int, info
 
     def run(settings=None):
         name = (settings or {}).get("scheduler", scheduler_name)
-        if name not in samplers:
-            samplers[name] = Sampler(runner, make_scheduler(name, runner.scheduler_config))
-        sampler = samplers[name]
+        interval = int((settings or {}).get("cache_interval", cache_interval))
+        if (name, interval) not in samplers:
+            samplers[name, interval] = Sampler(runner, make_scheduler(name, runner.scheduler_config), cache_interval=interval)
+        sampler = samplers[name, interval]
         sampler.generate(batch, seed=next(counter), steps=int((settings or {}).get("steps", steps)), batch=batch)
         return sampler.last_timing["total_s"], sampler.last_timing["unet_s"]
 
@@ -131,7 +133,7 @@ PIPELINE_PARTS = ("text_encoder_s", "unet_s", "decoder_s", "sampler_s")
 
 
 def pipeline_case(name, pipe, prompt: str, steps: int, batch: int, guidance=None, scheduler=None,
-                  negative_prompt=None, info=None) -> Case:
+                  negative_prompt=None, info=None, cache_interval: int = 1) -> Case:
     """A case running an open :class:`~diffprune.runtime.pipeline.Pipeline`: ``batch`` prompts -> uint8 images,
     its run returning ``(e2e_s, unet_s, {component: seconds})``."""
     counter = iter(range(10**9))
@@ -140,7 +142,8 @@ def pipeline_case(name, pipe, prompt: str, steps: int, batch: int, guidance=None
         settings = settings or {}
         pipe.generate(prompt, n=batch, negative_prompt=negative_prompt, guidance=guidance,
                       steps=int(settings.get("steps", steps)), scheduler=settings.get("scheduler", scheduler),
-                      seed=next(counter), batch=batch)
+                      seed=next(counter), batch=batch,
+                      cache_interval=int(settings.get("cache_interval", cache_interval)))
         t = pipe.last_timing
         return t["total_s"], t["unet_s"], {k[:-2]: t[k] for k in PIPELINE_PARTS}
 
@@ -199,7 +202,8 @@ class WorkerCase:
 
 
 def worker_case(name, artifact, backend: str, scheduler: str | None, steps: int, batch: int, threads=None,
-                info=None, prompt: str | None = None, guidance: float | None = None) -> WorkerCase:
+                info=None, prompt: str | None = None, guidance: float | None = None,
+                cache_interval: int = 1) -> WorkerCase:
     """An exported model (ONNX folder or TensorRT engine) sampling in its own process; a pipeline export
     (pipeline.json) generating ``batch`` images of ``prompt`` (scheduler None: the pipeline's own)."""
     argv = [sys.executable, "-m", "diffprune.runtime.bench", "--serve", str(artifact), "--backend", backend,
@@ -212,6 +216,8 @@ def worker_case(name, artifact, backend: str, scheduler: str | None, steps: int,
         argv += ["--prompt", prompt]
     if guidance is not None:
         argv += ["--guidance", str(guidance)]
+    if cache_interval != 1:
+        argv += ["--cache-interval", str(cache_interval)]
     return WorkerCase(name, argv, info)
 
 
@@ -292,7 +298,7 @@ def rss_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; macOS reports bytes
 
 
-def _runtime_worker(artifact, backend, batch, steps, scheduler, threads, prompt=None, guidance=None):
+def _runtime_worker(artifact, backend, batch, steps, scheduler, threads, prompt=None, guidance=None, cache_interval=1):
     from .pipeline import Pipeline, is_pipeline
     from .runners import open_runner, parse_backend, resolve_backend
 
@@ -311,7 +317,7 @@ def _runtime_worker(artifact, backend, batch, steps, scheduler, threads, prompt=
     def make_pipeline_case():
         pipe = Pipeline(artifact, backend, threads=threads).open()
         case = pipeline_case(os.path.basename(str(artifact)), pipe, prompt or "a photo of an astronaut riding a horse",
-                             steps, batch, guidance=guidance, scheduler=scheduler,
+                             steps, batch, guidance=guidance, scheduler=scheduler, cache_interval=cache_interval,
                              info={"threads": threads, **getattr(pipe.runners["unet"], "info", {})})
         return replace(case, close=pipe.close)
 
@@ -319,7 +325,7 @@ def _runtime_worker(artifact, backend, batch, steps, scheduler, threads, prompt=
         pinned = None if name == "trt" else batch  # TensorRT engines keep their profile
         runner = open_runner(artifact, backend, threads=threads, batch=pinned).open()
         case = runtime_case(os.path.basename(str(artifact)), runner, scheduler or "ddim", steps, batch,
-                            info={"threads": threads, **getattr(runner, "info", {})})
+                            info={"threads": threads, **getattr(runner, "info", {})}, cache_interval=cache_interval)
         return replace(case, close=runner.close)
 
     serve(make_pipeline_case if is_pipeline(artifact) else make_case)
@@ -337,9 +343,11 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--prompt", default=None, help="pipelines: the prompt of every image")
     parser.add_argument("--guidance", type=float, default=None, help="pipelines: guidance scale (default theirs)")
+    parser.add_argument("--cache-interval", type=int, default=1, help="step caching: full UNet every N-th step")
     a = parser.parse_args()
     try:
-        _runtime_worker(a.serve, a.backend, a.batch, a.steps, a.scheduler, a.threads, a.prompt, a.guidance)
+        _runtime_worker(a.serve, a.backend, a.batch, a.steps, a.scheduler, a.threads, a.prompt, a.guidance,
+                        a.cache_interval)
     except DiffPruneError as e:
         print(e, file=sys.stderr)
         sys.exit(2)

@@ -22,8 +22,9 @@ diffprune/) calls the reader here, so the two sides cannot drift apart (as trans
     (any name)     diffprune.latency-table/1  diffprune/latency/profile.py      a UNet's call time as a function of
                                                                                 its group widths, on one backend
 
-Also owned here: the pipeline kinds and the components each needs, and which runtime scheduler runs
-each diffusers scheduler class.
+Also owned here: the pipeline kinds and the components each needs, which runtime scheduler runs
+each diffusers scheduler class (and the named variants, euler-karras ...), and the names of step caching's
+records (model.json "step_cache": the full graph's deep_feature output and the shallow/ graph beside it).
 
 Each reader raises one :class:`DiffPruneError` naming the file when it is missing, is not JSON, carries
 another format string, or lacks what the runtime reads. model.json, engine.json and pruning.json
@@ -73,6 +74,16 @@ NEEDS = {"text-to-image": ("text_encoder", "unet", "decoder"),
 SCHEDULER_CLASSES = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "DPMSolverMultistepScheduler": "dpm-solver++",
                      "EulerDiscreteScheduler": "euler"}
 DIFFUSERS_SCHEDULERS = {name: cls for cls, name in SCHEDULER_CLASSES.items()}  # and back
+# Named variants: a runtime scheduler with settings of its diffusers config. "-karras" is Karras et al.'s
+# (2022, Eq. 5, rho = 7) sigmas, diffusers' use_karras_sigmas=True ("DPM++ 2M Karras" in SD front ends).
+SCHEDULER_VARIANTS = {"euler-karras": ("euler", {"use_karras_sigmas": True}),
+                      "dpm-solver++-karras": ("dpm-solver++", {"use_karras_sigmas": True})}
+
+# -- step caching (DeepCache) ----------------------------------------------------------------------------
+# A UNet export with step caching: the full graph also outputs CACHE_FEATURE, and SHALLOW_DIR inside its folder
+# holds the shallow graph that takes it; model.json's "step_cache" records both (``read_step_cache``).
+CACHE_FEATURE = "deep_feature"
+SHALLOW_DIR = "shallow"
 
 # -- deploy.json --------------------------------------------------------------------------------------
 DEPLOY_FIELDS = {"artifact": str, "backend": str, "scheduler": str, "steps": int, "batch": int}
@@ -268,14 +279,53 @@ def check_text_fits(components: dict, where) -> None:
 
 
 def scheduler_name(config: dict) -> str:
-    """The runtime scheduler for a diffusers scheduler config (its ``_class_name``)."""
+    """The runtime scheduler for a diffusers scheduler config (its ``_class_name``; a config that sets
+    use_karras_sigmas names the "-karras" variant)."""
     cls = (config or {}).get("_class_name")
     if cls in SCHEDULER_CLASSES:
-        return SCHEDULER_CLASSES[cls]
+        name = SCHEDULER_CLASSES[cls]
+        karras = f"{name}-karras"
+        return karras if config.get("use_karras_sigmas") and karras in SCHEDULER_VARIANTS else name
     raise DiffPruneError(
         f"The pipeline's scheduler is {cls or 'unnamed'}, which the runtime does not implement; it has "
         f"{', '.join(f'{v} ({k})' for k, v in SCHEDULER_CLASSES.items())}. Choose one (--scheduler / scheduler=): "
         "it is built from the same noise schedule (betas, prediction type), as diffusers' from_config does.")
+
+
+def scheduler_variant(name: str, config: dict) -> tuple:
+    """``(base scheduler, config)`` for the runtime scheduler ``name``: a variant's base with its settings
+    applied; a base name that has variants (euler, dpm-solver++) with them off, as the name says."""
+    if name in SCHEDULER_VARIANTS:
+        base, settings = SCHEDULER_VARIANTS[name]
+        return base, {**(config or {}), **settings}
+    off = {key: False for base, settings in SCHEDULER_VARIANTS.values() if base == name for key in settings}
+    return name, {**(config or {}), **off}
+
+
+def step_cache_record(blocks: int, feature_shape: list) -> dict:
+    """model.json's "step_cache" of a full UNet graph (export/onnx.py writes it; pipeline.json repeats it)."""
+    return {"method": "DeepCache (Ma, Fang, Wang, CVPR 2024, arXiv 2312.00858)", "blocks": int(blocks),
+            "feature": CACHE_FEATURE, "feature_shape": list(feature_shape), "shallow": SHALLOW_DIR}
+
+
+def read_step_cache(folder, meta: dict, interval: int = 2) -> dict | None:
+    """The step cache of the UNet export in ``folder`` (its model.json ``meta``) for ``interval``: None when the
+    interval is 1 (no caching); else the record with ``shallow`` the shallow graph's folder. A clear error when
+    the interval is not a positive integer or the export has no shallow graph."""
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise DiffPruneError(f"cache interval {interval!r} is not allowed; give an integer >= 1 (1: every step runs "
+                             "the whole UNet; N: the whole UNet every N-th step, the shallow graph between).")
+    if interval == 1:
+        return None
+    record = meta.get("step_cache") if isinstance(meta, dict) else None
+    shallow = Path(str(folder)) / (record or {}).get("shallow", SHALLOW_DIR)
+    if not isinstance(record, dict) or not (shallow / MODEL_JSON).is_file():
+        raise DiffPruneError(
+            f"cache interval {interval} needs a UNet exported with step caching, but {str(folder)!r} has "
+            f"{'no shallow graph at ' + repr(str(shallow)) if isinstance(record, dict) else 'none'}. Re-export with "
+            "`diffprune export ... --step-cache` (it writes the shallow UNet beside the full one), or use "
+            "--cache-interval 1.")
+    return {**record, "shallow": str(shallow)}
 
 
 # -- deploy.json --------------------------------------------------------------------------------------
@@ -386,8 +436,9 @@ __all__ = [
     "MODEL_JSON", "ENGINE_JSON", "PIPELINE_JSON", "DEPLOY_JSON", "PRUNING_JSON", "ORT_CPU_FILE", "graph_file",
     "ONNX_FORMAT", "OPENVINO_FORMAT", "TENSORRT_FORMAT", "PIPELINE_FORMAT", "DEPLOY_FORMAT", "PRUNED_UNET_FORMAT",
     "PRUNED_DECODER_FORMAT", "LATENCY_TABLE_FORMAT", "LATENCY_TABLE_FIELDS", "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS",
-    "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",
+    "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "SCHEDULER_VARIANTS", "DEPLOY_FIELDS",
     "read_json", "read_model_json", "read_engine_json", "read_pipeline_json", "read_deploy_json", "read_pruning_json",
     "read_latency_table",
     "check_spec", "check_fields", "check_text_fits", "deploy_file", "is_pipeline", "scheduler_name",
+    "scheduler_variant", "CACHE_FEATURE", "SHALLOW_DIR", "step_cache_record", "read_step_cache",
 ]

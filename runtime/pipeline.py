@@ -14,6 +14,8 @@ runtime's runners and numpy schedulers:
   4. per step: ``scale_model_input``, the UNet on [x; x] with [uncond; cond] conditioning, then
      eps = eps_u + g (eps_c - eps_u) (Eq. 6 of Ho & Salimans; g <= 1 runs the prompts alone, as diffusers'
      ``do_classifier_free_guidance = g > 1``), then the scheduler's step
+     With ``cache_interval`` N > 1 (step caching, DeepCache): the full UNet at steps 0, N, 2N, ..., keeping its
+     deep feature, and the export's shallow UNet graph on it between (runtime/sampler.py's ``StepCache``)
   5. decode latents / scaling_factor (+ shift_factor) with the VAE (or VQ) decoder; clip to [-1, 1], uint8.
      Pixel-space pipelines (pixel, class-conditional without a VAE, text-to-image-pixel: builtin:digits-text) have
      no decoder: the UNet's samples are the images, clipped and mapped to uint8 as runtime/sampler.py does
@@ -29,7 +31,7 @@ import numpy as np
 
 from .errors import DiffPruneError
 from .formats import TEXT_KINDS, check_text_fits, is_pipeline, read_pipeline_json, scheduler_name  # noqa: F401 (is_pipeline re-exported)
-from .sampler import initial_noise, step_noise, step_rngs, to_uint8
+from .sampler import StepCache, initial_noise, step_noise, step_rngs, to_uint8
 
 
 class PromptTruncated(UserWarning):
@@ -169,7 +171,8 @@ class Pipeline:
 
     def generate(self, prompt=None, n: int | None = None, negative_prompt=None, guidance: float | None = None,
                  steps: int = 50, scheduler: str | None = None, seed: int = 0, batch: int | None = None,
-                 noise: np.ndarray | None = None, class_labels=None, eta: float = 0.0, output: str = "uint8"):
+                 noise: np.ndarray | None = None, class_labels=None, eta: float = 0.0, output: str = "uint8",
+                 cache_interval: int = 1):
         """Images for ``prompt`` (a string for all ``n`` images, or one per image): uint8 (N, H, W, C), or float32
         (N, C, H, W) in [-1, 1] with ``output="float"``.
 
@@ -177,14 +180,25 @@ class Pipeline:
         pipeline's, 7.5 for Stable Diffusion; <= 1 turns guidance off), ``scheduler`` (ddim, ddpm,
         dpm-solver++, euler; default the pipeline's own class), ``batch`` images per UNet call (doubled with
         guidance), ``noise`` (N, C, h, w) standard normal starting latents in place of the seeded draw (scaled
-        by init_noise_sigma, as diffusers scales its ``latents=``), ``class_labels`` for class-conditional UNets.
+        by init_noise_sigma, as diffusers scales its ``latents=``), ``class_labels`` for class-conditional UNets,
+        ``cache_interval`` N > 1: the whole UNet every N-th step, its shallow graph between (an export made with
+        step caching; the shallow graph opens on first use, as component "unet_shallow").
         """
         from .schedulers import make_scheduler
 
         if not self.runners:
             raise DiffPruneError("The pipeline is not open; use `with Pipeline(folder) as pipe:` (or call open()).")
+        if cache_interval != 1 and "unet_shallow" not in self.runners:
+            from .runners import open_shallow
+
+            self.runners["unet_shallow"] = open_shallow(self.runners["unet"], cache_interval)
+        elif cache_interval != 1:
+            from .formats import read_step_cache
+
+            read_step_cache(self.runners["unet"].folder, self.runners["unet"].meta, cache_interval)  # checks N
         started = time.perf_counter()
         before = {name: r.seconds for name, r in self.runners.items()}
+        shallow_calls = self.runners["unet_shallow"].calls if "unet_shallow" in self.runners else 0
         calls_before = self.runners["unet"].calls
         text = self.kind in TEXT_KINDS
         # 1. what to generate
@@ -262,26 +276,31 @@ class Pipeline:
             cond = self.conditioning([prompts[i] for i in rows], [negatives[i] for i in rows], cfg) if text else {}
             if labels is not None:
                 cond = {"class_labels": labels[rows]}
-            x = self._denoise(sched, steps, x, cond, g if cfg else None, step_rngs(idx, seed, pad))
+            x = self._denoise(sched, steps, x, cond, g if cfg else None, step_rngs(idx, seed, pad), cache_interval)
             out.append(self.decode(x)[: len(idx)])
         images = np.concatenate(out)
         total = time.perf_counter() - started
         spent = {name: r.seconds - before[name] for name, r in self.runners.items()}
         text_s = sum(v for k, v in spent.items() if k.startswith("text_encoder"))
         decoder_s = spent.get(self.decoder, 0.0) if self.decoder else 0.0
-        self.last_timing = {"total_s": total, "text_encoder_s": text_s, "unet_s": spent["unet"], "decoder_s": decoder_s,
-                            "sampler_s": total - text_s - spent["unet"] - decoder_s,
-                            "unet_calls": unet.calls - calls_before, "guidance": g, "scheduler": name, "steps": steps}
+        unet_s = spent["unet"] + spent.get("unet_shallow", 0.0)
+        shallow = self.runners.get("unet_shallow")
+        self.last_timing = {"total_s": total, "text_encoder_s": text_s, "unet_s": unet_s, "decoder_s": decoder_s,
+                            "sampler_s": total - text_s - unet_s - decoder_s,
+                            "unet_calls": unet.calls - calls_before + ((shallow.calls - shallow_calls) if shallow else 0),
+                            "unet_shallow_s": spent.get("unet_shallow", 0.0), "cache_interval": cache_interval,
+                            "guidance": g, "scheduler": name, "steps": steps}
         return images if output == "float" else to_uint8(images)
 
-    def _denoise(self, sched, steps: int, x: np.ndarray, cond: dict, guidance, rngs) -> np.ndarray:
+    def _denoise(self, sched, steps: int, x: np.ndarray, cond: dict, guidance, rngs, cache_interval: int = 1) -> np.ndarray:
         unet = self.runners["unet"]
+        cached = StepCache(unet, self.runners.get("unet_shallow"), cache_interval)
         sched.set_timesteps(steps)
         for k, t in enumerate(sched.timesteps):
             x_in = sched.scale_model_input(x, t)  # (B, C, h, w)
             if guidance is not None:
                 x_in = np.concatenate([x_in, x_in])  # (2B, C, h, w): [uncond; cond]
-            eps = unet(x_in, np.full((len(x_in),), float(t), np.float32), **cond)
+            eps = cached(k, x_in, np.full((len(x_in),), float(t), np.float32), **cond)
             if guidance is not None:
                 eps_u, eps_c = np.split(eps, 2)
                 eps = eps_u + np.float32(guidance) * (eps_c - eps_u)

@@ -3,6 +3,10 @@
 Randomness is per image: image i draws its starting noise (and any per-step noise) from
 ``numpy.random.default_rng([seed, i])``, so a seed gives the same images on every machine and at
 every batch size, for the same backend.
+
+Step caching (DeepCache, Ma, Fang, Wang, CVPR 2024): with ``cache_interval=N`` > 1, steps 0, N, 2N, ... run the
+full UNet graph, which also returns the deep feature, and the steps between run the export's shallow graph on
+that feature (runtime/formats.py ``read_step_cache``); N = 1 is the plain loop, call for call.
 """
 
 import time
@@ -10,6 +14,7 @@ import time
 import numpy as np
 
 from .errors import DiffPruneError
+from .formats import CACHE_FEATURE, read_step_cache
 
 
 def initial_noise(shape, indices, seed: int, sigma: float = 1.0) -> np.ndarray:
@@ -35,11 +40,48 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return ((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+class StepCache:
+    """DeepCache's uniform schedule over one sampling loop: ``unet(k, sample, timestep, **conditioning)`` runs
+    the full graph at steps k % interval == 0 (keeping its deep feature) and the shallow graph between.
+    The pixel sampler and the pipelines (runtime/pipeline.py) share it."""
+
+    def __init__(self, full, shallow, interval: int):
+        self.full, self.shallow, self.interval = full, shallow, int(interval)
+        self.feature = None
+
+    def __call__(self, k: int, sample, timestep, **conditioning):
+        if self.interval == 1:
+            return self.full(sample, timestep, **conditioning)
+        if k % self.interval == 0:
+            out = self.full.infer(sample=sample, timestep=timestep, **conditioning)
+            self.feature = out[CACHE_FEATURE]  # (B, C_f, H_f, W_f)
+            return out[self.full.outputs[0]]
+        return self.shallow(sample, timestep, **conditioning, **{CACHE_FEATURE: self.feature})
+
+
 class Sampler:
-    def __init__(self, runner, scheduler):
+    """Noise -> images with ``runner`` (an open UNet runner) and ``scheduler``; ``cache_interval`` N > 1 caches
+    the UNet's deep feature for N - 1 steps (the export's shallow graph, opened on first use; ``close()``)."""
+
+    def __init__(self, runner, scheduler, cache_interval: int = 1):
         self.runner = runner
         self.scheduler = scheduler
+        if cache_interval != 1:  # a bad interval, or an export without the shallow graph: an error now
+            read_step_cache(getattr(runner, "folder", "the runner"), getattr(runner, "meta", {}), cache_interval)
+        self.cache_interval = cache_interval
+        self.shallow = None
         self.last_timing = {}
+
+    def close(self):
+        if self.shallow is not None:
+            self.shallow.close()
+            self.shallow = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def initial_noise(self, indices, seed: int) -> np.ndarray:
         c, (h, w) = self.runner.in_channels, self.runner.sample_size
@@ -62,6 +104,11 @@ class Sampler:
         batch = max(lo, min(n, hi)) if batch is None else batch
         if not lo <= batch <= hi:
             raise DiffPruneError(f"batch {batch} is outside the artifact's range {lo}..{hi}.")
+        if self.cache_interval > 1 and self.shallow is None:
+            from .runners import open_shallow
+
+            self.shallow = open_shallow(self.runner, self.cache_interval)
+        shallow_before = self.shallow.seconds if self.shallow is not None else 0.0
         started, unet_before = time.perf_counter(), self.runner.seconds
         self.scheduler.set_timesteps(steps)  # first: Euler's init_noise_sigma depends on the timesteps
         out = []
@@ -75,18 +122,21 @@ class Sampler:
             out.append(self._loop(x, steps, rngs)[: len(indices)])
         images = np.concatenate(out)
         total = time.perf_counter() - started
-        unet = self.runner.seconds - unet_before
+        shallow = (self.shallow.seconds - shallow_before) if self.shallow is not None else 0.0
+        unet = self.runner.seconds - unet_before + shallow
         self.last_timing = {"total_s": total, "unet_s": unet, "sampler_s": total - unet,
-                            "sampler_share": (total - unet) / total if total else 0.0}
+                            "sampler_share": (total - unet) / total if total else 0.0,
+                            "unet_shallow_s": shallow, "cache_interval": self.cache_interval}
         return images if output == "float" else to_uint8(images)
 
     def _loop(self, x: np.ndarray, steps: int, rngs) -> np.ndarray:
         scheduler = self.scheduler
         scheduler.set_timesteps(steps)
         b = x.shape[0]
+        unet = StepCache(self.runner, self.shallow, self.cache_interval)
         for k, t in enumerate(scheduler.timesteps):
             timestep = np.full((b,), float(t), dtype=np.float32)
-            out = self.runner(scheduler.scale_model_input(x, t), timestep)
+            out = unet(k, scheduler.scale_model_input(x, t), timestep)
             if not np.isfinite(out).all():
                 raise DiffPruneError(
                     f"The model produced NaN/Inf at step {k + 1} of {steps} (timestep {float(t):g}) on backend "

@@ -155,7 +155,7 @@ def test_the_shipped_models_pruning_json_reads():
 def test_scheduler_maps_name_the_runtime_schedulers():
     from diffprune.runtime.schedulers import SCHEDULERS
 
-    assert set(F.SCHEDULER_CLASSES.values()) == set(SCHEDULERS)
+    assert set(F.SCHEDULER_CLASSES.values()) | set(F.SCHEDULER_VARIANTS) == set(SCHEDULERS)
     assert all(F.SCHEDULER_CLASSES[cls] == name for name, cls in F.DIFFUSERS_SCHEDULERS.items())
     assert F.scheduler_name({"_class_name": "EulerDiscreteScheduler"}) == "euler"
     assert "PNDMScheduler, which the runtime" in _error(F.scheduler_name, {"_class_name": "PNDMScheduler"})

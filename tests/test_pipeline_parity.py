@@ -82,16 +82,18 @@ def _noise(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler-karras", "dpm-solver++-karras"])
 def test_stable_diffusion_matches_diffusers(exported, tmp_path, scheduler):
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
     folder, parts = exported("arch:tiny-sd")
     spec = json.loads((folder / "pipeline.json").read_text())
     (_, text_model), = parts.text.parts
-    classes = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
+    classes = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler-karras": EulerDiscreteScheduler,
+               "dpm-solver++-karras": DPMSolverMultistepScheduler}
+    karras = {"use_karras_sigmas": True} if scheduler.endswith("-karras") else {}
     pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=text_model, tokenizer=_tokenizer(folder / "tokenizer"),
-                                   unet=parts.unet, scheduler=classes[scheduler].from_config(spec["scheduler"]),
+                                   unet=parts.unet, scheduler=classes[scheduler].from_config({**spec["scheduler"], **karras}),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     prompts, negative = ["a photo of a cat", "a red house by the sea at night"], "blurry, low quality"

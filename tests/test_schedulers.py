@@ -111,6 +111,45 @@ def test_dpm_solver_pp_2m_matches_diffusers(extra, steps):
     assert np.abs(ours - ref).max() <= 1e-5
 
 
+@pytest.mark.parametrize("extra", [
+    dict(), dict(timestep_spacing="leading", steps_offset=1), dict(prediction_type="v_prediction"),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    # Not the cosine schedule: there diffusers' own Karras loop starts at its second timestep (the first two
+    # are both 999) and runs off its sigmas (IndexError in diffusers 0.42).
+])
+@pytest.mark.parametrize("steps", [4, 10, 25])
+def test_dpm_solver_pp_2m_karras_matches_diffusers(extra, steps):
+    # "DPM++ 2M Karras": the sigmas of Karras et al. Eq. 5 between the schedule's ends.
+    config = {**BASE, **extra}
+    x, noises = _inputs(steps)
+    t_ours, ours = _loop_ours("dpm-solver++-karras", config, steps, x, noises)
+    t_ref, ref = _loop_diffusers(DPMSolverMultistepScheduler, {**config, "algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                                "use_karras_sigmas": True}, steps, x, noises)
+    np.testing.assert_array_equal(t_ours, t_ref)
+    assert np.abs(ours - ref).max() <= 1e-5
+    plain = make_scheduler("dpm-solver++", {**config, "use_karras_sigmas": True})  # the name wins over the config
+    plain.set_timesteps(steps)
+    assert not np.array_equal(plain.timesteps, t_ours)
+
+
+def test_karras_sigmas_are_eq_5():
+    # Karras et al. Eq. 5 by hand at N = 3, rho = 7: the ends, and the middle at the mean of sigma^(1/7).
+    from diffprune.runtime.schedulers._common import karras_sigmas
+
+    s = karras_sigmas(0.1, 10.0, 3)
+    assert s[0] == pytest.approx(10.0) and s[-1] == pytest.approx(0.1)
+    assert s[1] == pytest.approx(((0.1 ** (1 / 7) + 10.0 ** (1 / 7)) / 2) ** 7)
+
+
+def test_scheduler_names_pick_the_karras_variant():
+    from diffprune.runtime.formats import scheduler_name
+
+    assert scheduler_name({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True}) == "euler-karras"
+    assert scheduler_name({"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True}) == "dpm-solver++-karras"
+    assert scheduler_name({"_class_name": "DDIMScheduler", "use_karras_sigmas": True}) == "ddim"
+    assert make_scheduler("euler-karras", BASE).name == "euler-karras"
+
+
 EULER_CASES = [
     dict(),  # linspace spacing: fractional timesteps, sigmas interpolated between training steps
     dict(timestep_spacing="leading", steps_offset=1),  # SD-1.x's config: init_noise_sigma = sqrt(sigma_max^2 + 1)
@@ -122,17 +161,29 @@ EULER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("extra", EULER_CASES)
+KARRAS_EULER_CASES = [
+    dict(),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading", steps_offset=1),
+    dict(timestep_spacing="trailing", prediction_type="v_prediction"),
+    dict(sigma_min=0.05, sigma_max=10.0),  # the config's ends instead of the schedule's
+]
+
+
+@pytest.mark.parametrize("extra, name", [(e, "euler") for e in EULER_CASES]
+                         + [({**e, "use_karras_sigmas": True}, "euler-karras") for e in KARRAS_EULER_CASES])
 @pytest.mark.parametrize("steps", [4, 25])
-def test_euler_matches_diffusers(extra, steps):
+def test_euler_matches_diffusers(extra, name, steps):
     # The loop as StableDiffusionPipeline runs it: noise * init_noise_sigma, scale_model_input, step.
     config = {**BASE, **extra}
     x, _ = _inputs(steps)
-    ours = make_scheduler("euler", config)
+    ours = make_scheduler(name, config)
     ours.set_timesteps(steps)
     ref = EulerDiscreteScheduler.from_config(config)
     ref.set_timesteps(steps)
-    np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+    if name == "euler-karras":  # fractional timesteps from log sigma: float32 rounding of the table, 1e-7 apart
+        np.testing.assert_allclose(ours.timesteps, ref.timesteps.numpy(), rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
     assert abs(ours.init_noise_sigma - float(ref.init_noise_sigma)) <= 1e-6 * float(ref.init_noise_sigma)
     a, b = x * np.float32(ours.init_noise_sigma), torch.from_numpy(x) * ref.init_noise_sigma
     # Relative to the starting latents: with the cosine schedule sigma_max is 2e4, and float32 rounding of
@@ -148,7 +199,7 @@ def test_euler_matches_diffusers(extra, steps):
 
 
 def test_euler_refuses_what_it_does_not_implement():
-    for extra, fragment in [(dict(use_karras_sigmas=True), "use_karras_sigmas"),
+    for extra, fragment in [(dict(use_exponential_sigmas=True), "use_exponential_sigmas"),
                             (dict(interpolation_type="log_linear"), "interpolation_type 'log_linear'"),
                             (dict(timestep_type="continuous"), "timestep_type 'continuous'"),
                             (dict(final_sigmas_type="one"), "final_sigmas_type 'one'")]:

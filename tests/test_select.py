@@ -257,3 +257,26 @@ def test_a_conditional_model_is_refused_clearly(tmp_path):
         select("arch:tiny-class", sweep=[0.5], budget_ms=100, backend="ort-cpu", out=tmp_path / "sel",
                progress=False, log=lambda *a: None)
     assert not (tmp_path / "sel").exists()
+
+
+def test_cache_interval_is_an_axis_of_the_latency_model_and_the_rows():
+    from diffprune.selection.decide import check_grid, make_rows
+
+    # 10 steps at interval 3: full calls at steps 0, 3, 6, 9 (4 x 10 ms), shallow at the other 6 (6 x 4 ms).
+    lm = LatencyModel(unet_ms=10.0, other_ms=1.0, sampler_ms={"ddim": (2.0, 0.5)}, shallow_ms=4.0)
+    assert lm.predict("ddim", 10) == 10 * 10.0 + 2.0 + 10 * 0.5 + 1.0
+    assert lm.predict("ddim", 10, 3) == 4 * 10.0 + 6 * 4.0 + 2.0 + 10 * 0.5 + 1.0
+    with pytest.raises(DiffPruneError, match="no shallow UNet time"):
+        LatencyModel(10.0, 1.0, {"ddim": (2.0, 0.5)}).predict("ddim", 10, 2)
+    quality = {("dense", "ort-cpu", "ddim", 10, 1): {"ssim": 1.0, "psnr_db": None},
+               ("dense", "ort-cpu", "ddim", 10, 3): {"ssim": 0.9, "psnr_db": 30.0}}
+    rows = make_rows(quality, {("dense", "ort-cpu"): {1: lm}}, ["ddim"], [10], "image", "ssim",
+                     {"dense": {"params": 1, "macs": 2}}, {"dense": "x"}, intervals=(1, 3))
+    assert [(r.cache_interval, r.latency_ms, r.quality) for r in rows] == [(1, 108.0, 1.0), (3, 72.0, 0.9)]
+    assert rows[1].name == "dense · ort-cpu · ddim x10 · cache 3 · b1" and rows[0].name == config_name(
+        "dense", "ort-cpu", "ddim", 10, 1)
+    # the naive "dense, fewer steps" family keeps caching off; the joint choice may take it
+    d = decide(rows, [80], {"scheduler": "ddim", "steps": 10, "backend": "ort-cpu", "batch": 1})["80"]
+    assert d["joint"]["choice"] == rows[1].name and d["dense, fewer steps"]["choice"] is None
+    with pytest.raises(DiffPruneError, match="cache interval 0"):
+        check_grid(["ddim"], [10], ["ort-cpu"], [1], [100], intervals=[0])

@@ -44,6 +44,9 @@ def register(subparsers):
                                                   "(default 'a photo of an astronaut riding a horse on mars')")
     p.add_argument("--guidance", type=float, default=None,
                    help="pipeline exports: classifier-free guidance scale (default the pipeline's, SD 7.5; <= 1 off)")
+    p.add_argument("--cache-interval", type=count, default=1, metavar="N",
+                   help="step caching (DeepCache): the whole UNet every N-th step, the export's shallow graph between "
+                        "(exports made with --step-cache; default 1: off); the PyTorch baseline stays uncached")
     p.add_argument("--runs", type=count, default=10, help="timed runs per model and batch (default 10)")
     p.add_argument("--warmup", type=count_or_zero, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--threads", type=count, default=None, help="CPU threads for every process, the PyTorch baseline too (default: the CPUs this process may use)")
@@ -67,7 +70,7 @@ def run(args) -> int:
     results = run_bench(args.artifacts, backend=args.backend, batches=args.batch, steps=args.steps,
                         scheduler=args.scheduler, runs=args.runs, warmup=args.warmup, threads=args.threads,
                         torch_baseline=args.torch_baseline, memory=not args.no_memory, progress=not args.quiet,
-                        prompt=args.prompt, guidance=args.guidance)
+                        prompt=args.prompt, guidance=args.guidance, cache_interval=args.cache_interval)
     command = "diffprune " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("diffprune") else ""
     write_report(results, args.out, command=command, overwrite=args.overwrite)
     print(markdown(results, command))

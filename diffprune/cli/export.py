@@ -57,6 +57,10 @@ def register(subparsers):
                    help="with --fp16, also the VAE/VQ decoder in float16 (validated; SD's VAE overflows fp16)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="default guidance scale written to pipeline.json (default: SD 7.5, SDXL 5.0, others 1)")
+    p.add_argument("--step-cache", action="store_true",
+                   help="also export the UNet's shallow graph for step caching (DeepCache, Ma et al. CVPR 2024): the "
+                        "full graph then also outputs the deep feature the shallow one reuses; sample with "
+                        "--cache-interval N")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     p.set_defaults(func=run)
     return p
@@ -89,7 +93,7 @@ def run(args) -> int:
                                  vae_dtype="fp16" if args.vae_fp16 else "fp32", opset=args.opset,
                                  batch=(args.min_batch, opt, args.max_batch), exporter=args.exporter,
                                  weights=args.weights, guidance_scale=args.guidance_scale, overwrite=args.overwrite,
-                                 fuse_attention=args.fuse_attention)
+                                 fuse_attention=args.fuse_attention, step_cache=int(args.step_cache))
         print(f"pipeline ({record['kind']}): {args.out_dir}/pipeline.json, {record['export_seconds']:.1f} s")
         if args.triton:
             from diffprune.export import write_pipeline_repository
@@ -100,13 +104,16 @@ def run(args) -> int:
     result = to_onnx(args.src, args.out_dir, dtype="fp16" if args.fp16 else "fp32", opset=args.opset,
                      batch=(args.min_batch, opt, args.max_batch), dynamic_hw=args.dynamic_hw,
                      exporter=args.exporter, slim=args.slim, triton=args.triton, weights=args.weights,
-                     overwrite=args.overwrite, fuse_attention=args.fuse_attention)
+                     overwrite=args.overwrite, fuse_attention=args.fuse_attention, step_cache=int(args.step_cache))
     meta = result.model_json
     v = meta["validation"]
     print(f"exported {' + '.join(str(f) for f in result.files)} ({meta['dtype']}, {result.megabytes:.1f} MB, batch {meta['batch']['min']}..{meta['batch']['max']}, "
           f"{result.seconds:.1f} s)")
     print(f"validated against torch on ONNX Runtime CPU at batch {', '.join(str(c['batch']) for c in v['cases'])}: "
           f"max-abs {v['max_abs_error']:.2e}, relative {v['max_rel_error']:.2e} (allowed {v['tolerance']})")
+    if meta.get("step_cache"):
+        print(f"step caching: shallow UNet graph in {args.out_dir}/shallow ({meta['step_cache']['feature']} "
+              f"{meta['step_cache']['feature_shape']}); sample with --cache-interval N")
     if args.triton:
         print(f"Triton model repository: {args.triton}")
     return 0

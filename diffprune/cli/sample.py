@@ -38,6 +38,9 @@ def register(subparsers):
     p.add_argument("--scheduler", default=None, choices=list(SCHEDULERS),
                    help="default ddim, or deploy.json's; for pipelines the one their scheduler config names")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic, default)")
+    p.add_argument("--cache-interval", type=count, default=None, metavar="N",
+                   help="step caching (DeepCache): the whole UNet every N-th step, its shallow graph on the cached deep "
+                        "feature between; needs an export made with --step-cache (default 1: off, or deploy.json's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
     p.add_argument("--batch", type=count, default=None, help="images per UNet call (default: as many as the artifact allows)")
     add_backend_argument(p, default=None)
@@ -71,18 +74,21 @@ def run(args) -> int:
     # Only what was not given comes from deploy.json (argparse already refused 0 and negative counts).
     for key, default in (("scheduler", "ddim"), ("steps", 50), ("batch", None), ("backend", "auto")):
         setattr(args, key, settings[key] if settings[key] is not None else default)
+    if args.cache_interval is None:
+        args.cache_interval = int((deploy or {}).get("cache_interval") or 1)
     kwargs = {"eta": args.eta} if args.scheduler == "ddim" else {}
     if args.eta and args.scheduler != "ddim":
         raise DiffPruneError(f"--eta applies to the ddim scheduler only, not {args.scheduler}.")
     with open_runner(artifact, args.backend, threads=args.threads) as runner:
         scheduler = make_scheduler(args.scheduler, runner.scheduler_config, **kwargs)
-        sampler = Sampler(runner, scheduler)
-        images = sampler.generate(args.n, seed=args.seed, steps=args.steps, batch=args.batch)
+        with Sampler(runner, scheduler, cache_interval=args.cache_interval) as sampler:
+            images = sampler.generate(args.n, seed=args.seed, steps=args.steps, batch=args.batch)
     save_png(args.out, grid(images))
     t = sampler.last_timing
     precision = getattr(runner, "info", {}).get("precision")
     backend = runner.backend + (f" ({precision})" if precision else "")
-    print(f"wrote {args.out}: {args.n} images, {args.steps} {args.scheduler} steps on {backend}, "
+    cached = f" (cache interval {args.cache_interval})" if args.cache_interval > 1 else ""
+    print(f"wrote {args.out}: {args.n} images, {args.steps} {args.scheduler} steps{cached} on {backend}, "
           f"{t['total_s']:.2f} s ({t['unet_s']:.2f} s in the UNet, sampler share {t['sampler_share']:.1%})"
           + (f"; settings from {deploy['file']}" if deploy else ""))
     return 0
@@ -93,16 +99,18 @@ def run_pipeline(args) -> int:
     from diffprune.runtime.image import grid, save_png
     from diffprune.runtime.pipeline import Pipeline
 
+    args.cache_interval = args.cache_interval or 1
     with Pipeline(args.artifact, "auto" if args.backend is None else args.backend, threads=args.threads) as pipe:
         images = pipe.generate(args.prompt, n=args.n, negative_prompt=args.negative_prompt, guidance=args.guidance,
                                steps=50 if args.steps is None else args.steps, scheduler=args.scheduler, seed=args.seed, batch=args.batch,
-                               class_labels=args.class_label, eta=args.eta)
+                               class_labels=args.class_label, eta=args.eta, cache_interval=args.cache_interval)
         backend = pipe.runners["unet"].backend
     save_png(args.out, grid(images))
     t = pipe.last_timing
     for note in pipe.notes:
         print(f"note: {note}")
-    print(f"wrote {args.out}: {len(images)} images, {t['steps']} {t['scheduler']} steps, guidance {t['guidance']:g} "
+    cached = f" (cache interval {args.cache_interval})" if args.cache_interval > 1 else ""
+    print(f"wrote {args.out}: {len(images)} images, {t['steps']} {t['scheduler']} steps{cached}, guidance {t['guidance']:g} "
           f"on {backend}, {t['total_s']:.2f} s (text encoder {t['text_encoder_s']:.2f} s, UNet {t['unet_s']:.2f} s "
           f"in {t['unet_calls']} calls, decoder {t['decoder_s']:.2f} s, sampler {t['sampler_s']:.2f} s)")
     return 0

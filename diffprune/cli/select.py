@@ -18,7 +18,7 @@ NAME = "select"
 
 def register(subparsers):
     p = subparsers.add_parser(
-        NAME, help="pick model x scheduler x steps x backend x batch within a latency budget (Pareto table, plot, deploy.json)",
+        NAME, help="pick model x scheduler x steps x backend x batch x cache interval within a latency budget (Pareto table, plot, deploy.json)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Choose the deployment configuration with the best quality within a latency budget on this
@@ -59,6 +59,9 @@ def register(subparsers):
     p.add_argument("--scheduler", type=scheduler_list, default=["ddim"], metavar="NAME[,NAME...]",
                    help="comma-separated: ddim, dpm-solver++, ddpm (default ddim)")
     p.add_argument("--steps", type=int_list, default=[50], metavar="N[,N...]", help="comma-separated step counts (default 50)")
+    p.add_argument("--cache-interval", type=int_list, default=[1], metavar="N[,N...]",
+                   help="step caching intervals to choose among (DeepCache: the whole UNet every N-th step, its shallow "
+                        "graph between); above 1, models are exported with --step-cache (default 1: off)")
     p.add_argument("--reference", default="auto", metavar="SCHEDULER:STEPS",
                    help="the dense setting quality is measured against (default auto: ddim or the model's "
                         "deterministic scheduler, 100 steps)")
@@ -93,7 +96,8 @@ def register(subparsers):
 def run(args) -> int:
     from diffprune.selection.decide import check_grid
 
-    check_grid(args.scheduler, args.steps, args.backend, args.batch, args.budget_ms, args.per, args.n, args.runs)
+    check_grid(args.scheduler, args.steps, args.backend, args.batch, args.budget_ms, args.per, args.n, args.runs,
+               args.cache_interval)
     if args.sweep or args.target_speedup:
         needs = EXPORT_NEEDS + (("accelerate",) if args.finetune_steps else ())
         require(*needs, why="Pruning the dense model for --sweep")
@@ -109,7 +113,8 @@ def run(args) -> int:
                     features=args.features, fid_reference=args.fid_reference, rank=args.rank,
                     quality_from=args.quality_from, method=args.method, data=args.data, finetune_steps=args.finetune_steps,
                     calibration_images=args.calibration_images, max_timesteps=args.max_timesteps,
-                    threads=args.threads, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+                    threads=args.threads, out=args.out, overwrite=args.overwrite, progress=not args.quiet,
+                    cache_interval=args.cache_interval)
     print(f"wrote {args.out}/select.md, select.json, select.png" + (", deploy.json" if result["choice"] else ""))
     # 3 = measured fine, but nothing fits the budget: scripts can tell this from an error (2).
     return 0 if result["choice"] else 3

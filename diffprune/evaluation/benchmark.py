@@ -73,12 +73,13 @@ def diffusers_pipeline(src, scheduler: str | None = None, device: str = "cpu", d
     from transformers import CLIPTokenizer
 
     from ..export import load_pipeline
-    from ..runtime.formats import DIFFUSERS_SCHEDULERS, scheduler_name
+    from ..runtime.formats import DIFFUSERS_SCHEDULERS, scheduler_name, scheduler_variant
 
     parts = load_pipeline(src)
     config = {k: v for k, v in dict(parts.scheduler).items()}
     name = scheduler or scheduler_name(config)
-    sched = getattr(diffusers, DIFFUSERS_SCHEDULERS[name]).from_config(config)
+    base, variant_config = scheduler_variant(name, config)  # euler-karras: EulerDiscreteScheduler, use_karras_sigmas
+    sched = getattr(diffusers, DIFFUSERS_SCHEDULERS[base]).from_config(variant_config)
 
     def tokenizer(i):
         if parts.tokenizer_dirs:
@@ -245,7 +246,7 @@ def _describe(path) -> dict:
 def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, scheduler: str | None = "ddim",
               runs: int = 10, warmup: int = 1, threads: int | None = None, torch_baseline: str | None = "auto",
               memory: bool = True, progress: bool = True, prompt: str | None = None,
-              guidance: float | None = None) -> dict:
+              guidance: float | None = None, cache_interval: int = 1) -> dict:
     """Measure every artifact on every backend (and the torch baseline) at every batch size.
 
     ``backend`` is one backend spec or a list of them (``["ort-cpu", "openvino"]``): each artifact is
@@ -330,7 +331,8 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
                     cases.append(worker_case(case_name(path, spec), path, spec, scheduler, steps, batch, threads,
                                              info={"artifact": str(path), "params": meta.get("params"),
                                                    "macs": meta.get("macs")},
-                                             prompt=prompt if pipeline else None, guidance=guidance))
+                                             prompt=prompt if pipeline else None, guidance=guidance,
+                                             cache_interval=cache_interval))
                     bar.update(1)
             if baseline_src:
                 cases.append(torch_worker_case(baseline_src, batch, steps, device, threads if device == "cpu" else None,
@@ -372,7 +374,7 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
             row["speedup_vs_eager"] = eager["e2e_ms"]["median"] / row["e2e_ms"]["median"] if eager else None
     results.update({
         "backend": backends[0] if len(backends) == 1 else ",".join(backends), "backends": backends,
-        "steps": steps, "scheduler": scheduler, "runs": runs, "warmup": warmup,
+        "steps": steps, "scheduler": scheduler, "cache_interval": cache_interval, "runs": runs, "warmup": warmup,
         "pipeline": pipeline, "prompt": prompt, "guidance": guidance,
         "threads": threads, "artifacts": [str(a) for a in artifacts], "torch_baseline": baseline_src,
         "torch_baseline_note": baseline_note,

@@ -21,17 +21,18 @@ def is_artifact(src) -> bool:
     return path.is_dir() and ((path / MODEL_JSON).is_file() or (path / ENGINE_JSON).is_file())
 
 
-def as_artifact(src, export_dir: Path, batches, log) -> Path:
+def as_artifact(src, export_dir: Path, batches, log, step_cache: int = 0) -> Path:
     """An ONNX export or engine folder for ``src``: ``src`` itself when it is one, else ``export_dir``, which a
     model source is exported to (once; an existing ``export_dir`` is reused). ``batches``: the export's batch
-    range, as :func:`diffprune.export.to_onnx` takes it."""
+    range, as :func:`diffprune.export.to_onnx` takes it; ``step_cache`` as it takes it (the shallow graph of
+    step caching)."""
     if is_artifact(src):
         return Path(str(src))
     if not export_dir.exists():
         from ..export import to_onnx
 
         log(f"exporting {src} -> {export_dir}")
-        to_onnx(src, export_dir, batch=batches)
+        to_onnx(src, export_dir, batch=batches, step_cache=step_cache)
     return export_dir
 
 

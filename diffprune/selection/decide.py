@@ -35,14 +35,16 @@ class Row:
     measured_ms: float | None = None
     fid: float | None = None
     ssim: float | None = None
+    cache_interval: int = 1  # step caching (DeepCache): the whole UNet every N-th step; 1 is off
 
     @property
     def measured(self) -> bool:
         return self.measured_ms is not None
 
 
-def config_name(model, backend, scheduler, steps, batch) -> str:
-    return f"{model} · {backend} · {scheduler} x{steps} · b{batch}"  # no "|": names go into markdown tables
+def config_name(model, backend, scheduler, steps, batch, cache_interval: int = 1) -> str:
+    cached = f" · cache {cache_interval}" if cache_interval > 1 else ""
+    return f"{model} · {backend} · {scheduler} x{steps}{cached} · b{batch}"  # no "|": names go into markdown tables
 
 
 def pareto(rows) -> list:
@@ -88,7 +90,7 @@ def naive_families(rows, default: dict) -> dict:
     - "pruned, default steps": any pruned model at the default scheduler, steps, backend and batch.
     """
     same = [r for r in rows if r.scheduler == default["scheduler"] and r.backend == default["backend"]
-            and r.batch == default["batch"]]
+            and r.batch == default["batch"] and r.cache_interval == 1]
     return {"dense, fewer steps": [r for r in same if r.model == "dense"],
             "pruned, default steps": [r for r in same if r.model != "dense" and r.steps == default["steps"]]}
 
@@ -113,38 +115,48 @@ class LatencyModel:
     """End-to-end time of one batch, from one probe of a model on a backend (see selection/select.py):
 
         predicted(scheduler, steps) = steps x unet_call + sampler(scheduler, steps) + other
+
+    With step caching at interval N, the steps 0, N, 2N, ... are full UNet calls and the rest shallow ones
+    (``shallow_ms``, from a second probe):
+
+        predicted(scheduler, steps, N) = full(steps, N) x unet_call + (steps - full) x shallow_call + ...
     """
 
     unet_ms: float  # one UNet call at this batch
     other_ms: float  # model-side time outside the UNet calls, per batch
     sampler_ms: dict  # scheduler -> (fixed ms, ms per step), from a model that costs nothing
+    shallow_ms: float | None = None  # one shallow UNet call (step caching), where probed
 
-    def predict(self, scheduler: str, steps: int) -> float:
+    def predict(self, scheduler: str, steps: int, cache_interval: int = 1) -> float:
         fixed, per_step = self.sampler_ms[scheduler]
-        return steps * self.unet_ms + fixed + steps * per_step + self.other_ms
+        full = len(range(0, steps, cache_interval))
+        if full < steps and self.shallow_ms is None:
+            raise DiffPruneError("This latency model has no shallow UNet time; probe with the cache intervals.")
+        unet = full * self.unet_ms + (steps - full) * (self.shallow_ms or 0.0)
+        return unet + fixed + steps * per_step + self.other_ms
 
 
 def make_rows(quality: dict, latency: dict, schedulers, step_list, per: str, rank: str, metas: dict,
-              artifacts: dict, quality_from=None) -> list:
-    """One :class:`Row` per (model, backend, batch, scheduler, steps): the quality scores
-    ``(model, backend, scheduler, steps) -> {"ssim", "psnr_db"[, "fid"]}`` beside the latency each
-    ``latency[(model, backend)][batch]`` predicts, per image or per batch as ``per`` says."""
+              artifacts: dict, quality_from=None, intervals=(1,)) -> list:
+    """One :class:`Row` per (model, backend, batch, scheduler, steps, cache interval): the quality scores
+    ``(model, backend, scheduler, steps, interval) -> {"ssim", "psnr_db"[, "fid"]}`` (the interval may be left
+    out where it is 1) beside the latency each ``latency[(model, backend)][batch]`` predicts, per image or per
+    batch as ``per`` says."""
     rows = []
     for (m, b), model in latency.items():
         for batch_size, lm in model.items():
-            for s in schedulers:
-                for k in step_list:
-                    q = quality[(m, b, s, k)]
-                    divisor = batch_size if per == "image" else 1
-                    predicted = lm.predict(s, k) / divisor
-                    if rank == "fid" and q.get("fid") is None:
-                        raise DiffPruneError(f"rank fid: {quality_from} holds no FID scores; rank ssim, or "
-                                             "measure quality again with --features.")
-                    score = q["ssim"] if rank == "ssim" else -q["fid"]
-                    rows.append(Row(config_name(m, b, s, k, batch_size), predicted, score,
-                                    metas[m].get("params"), metas[m].get("macs"), str(artifacts[m]),
-                                    q["psnr_db"], m, b, s, k, batch_size, None, predicted, None, q.get("fid"),
-                                    q["ssim"]))
+            for s, k, c in ((s, k, c) for s in schedulers for k in step_list for c in intervals):
+                q = quality[(m, b, s, k, c)] if (m, b, s, k, c) in quality or c > 1 else quality[(m, b, s, k)]
+                divisor = batch_size if per == "image" else 1
+                predicted = lm.predict(s, k, c) / divisor
+                if rank == "fid" and q.get("fid") is None:
+                    raise DiffPruneError(f"rank fid: {quality_from} holds no FID scores; rank ssim, or "
+                                         "measure quality again with --features.")
+                score = q["ssim"] if rank == "ssim" else -q["fid"]
+                rows.append(Row(config_name(m, b, s, k, batch_size, c), predicted, score,
+                                metas[m].get("params"), metas[m].get("macs"), str(artifacts[m]),
+                                q["psnr_db"], m, b, s, k, batch_size, None, predicted, None, q.get("fid"),
+                                q["ssim"], c))
     return rows
 
 
@@ -190,7 +202,7 @@ def parse_reference(text: str, scheduler_config: dict) -> tuple:
     return name, int(steps)
 
 
-def check_grid(schedulers, steps, backends, batches, budgets, per="image", n=16, runs=10) -> list:
+def check_grid(schedulers, steps, backends, batches, budgets, per="image", n=16, runs=10, intervals=(1,)) -> list:
     """Refuse a bad grid before anything is exported or measured; returns the backends resolved and
     checked to be runnable here (auto -> openvino where installed, else ort-cpu)."""
     from ..runtime.runners import check_available
@@ -203,11 +215,11 @@ def check_grid(schedulers, steps, backends, batches, budgets, per="image", n=16,
     unknown = [s for s in schedulers if s not in SCHEDULERS]
     if unknown:
         raise DiffPruneError(f"Unknown scheduler {unknown[0]!r} in the grid; allowed: {', '.join(SCHEDULERS)}.")
-    for name, values in (("steps", steps), ("batch", batches)):
-        bad = [v for v in values if not isinstance(v, (int, np.integer)) or v < 1]
-        if bad:
-            raise DiffPruneError(f"{name} {bad[0]!r} in the grid is invalid: give whole numbers >= 1, e.g. "
-                                 f"{'10,20,50' if name == 'steps' else '1,8'}.")
+    for name, values in (("steps", steps), ("batch", batches), ("cache interval", intervals)):
+        bad = [v for v in values if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1]
+        if bad or not values:
+            raise DiffPruneError(f"{name} {bad[0] if bad else values!r} in the grid is invalid: give whole numbers >= 1, "
+                                 f"e.g. {dict(steps='10,20,50', batch='1,8').get(name, '1,2,3')}.")
     bad = [b for b in budgets if not b > 0]
     if bad:
         raise DiffPruneError(f"budget {bad[0]} ms must be positive.")

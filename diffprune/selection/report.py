@@ -18,6 +18,7 @@ def deploy_record(row: Row, budget_ms: float, per: str, out: Path) -> dict:
         "format": DEPLOY_FORMAT,
         "artifact": _portable(Path(row.artifact), out),
         "backend": row.backend, "scheduler": row.scheduler, "steps": row.steps, "batch": row.batch,
+        "cache_interval": row.cache_interval,
         "guidance": row.guidance, "model": row.model, "budget_ms": budget_ms, "per": per,
         "latency_ms": {"measured": row.measured_ms, "predicted": row.predicted_ms},
         "quality": {"ssim_vs_dense": row.ssim, "psnr_db": row.psnr_db, "fid": row.fid},

@@ -1,5 +1,5 @@
 """Latency-budgeted selection over the whole deployment configuration: model (pruning level) x
-scheduler x steps x backend x batch. This module owns the orchestration, :func:`select`; the choices
+scheduler x steps x backend x batch x cache interval (step caching, DeepCache). This module owns the orchestration, :func:`select`; the choices
 are made in decide.py (pure), fed by measure.py, sweep.py adds pruned models, report.py writes the report.
 
 1. Quality. Every model samples the same seeds with every scheduler and step count on every
@@ -40,7 +40,8 @@ def select(dense, candidates=(), sweep=(), speedups=(), budget_ms=100.0, per: st
            steps=50, scheduler="ddim", reference: str = "auto", n: int = 16, runs: int = 10, probe_runs: int = 5,
            features=None, method: str = "diff-pruning", data: str = "builtin:digits", finetune_steps: int = 0,
            calibration_images: int = 64, max_timesteps: int | None = None, threads: int | None = None,
-           quality_from=None, fid_reference=None, rank: str = "ssim", out="select", overwrite: bool = False, progress: bool = True, log=print) -> dict:
+           quality_from=None, fid_reference=None, rank: str = "ssim", out="select", overwrite: bool = False, progress: bool = True, log=print,
+           cache_interval=1) -> dict:
     """Choose the configuration with the best quality within each budget; write ``out``/select.{json,md,png}
     and deploy.json (the choice for the first budget; one deploy-<budget>ms.json per budget when several).
 
@@ -54,13 +55,18 @@ def select(dense, candidates=(), sweep=(), speedups=(), budget_ms=100.0, per: st
     model name, backend, scheduler and steps): quality measured once, latency planned on each target machine.
     ``speedups``: like ``sweep``, but each model pruned to that measured speedup of one UNet call on the first
     backend at the first batch (diffprune.latency; the backend must be named, not auto).
+    ``cache_interval``: step caching intervals (1 = off; above 1 every model is exported with its shallow graph,
+    and a given export must have one).
     """
     from .._io import atomic_dir, check_writable
     from ..evaluation.benchmark import installed_versions
 
     as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
     budgets, schedulers, step_list, batches = as_list(budget_ms), as_list(scheduler), as_list(steps), as_list(batch)
-    backends = check_grid(schedulers, step_list, as_list(backend), batches, budgets, per, n, runs)
+    intervals = as_list(cache_interval)
+    backends = check_grid(schedulers, step_list, as_list(backend), batches, budgets, per, n, runs, intervals)
+    step_cache = int(max(intervals) > 1)
+    cache_tag = "-cache" if step_cache else ""
     check_options(rank, features, quality_from, fid_reference, sweep)
     targets = []
     if speedups:
@@ -77,17 +83,18 @@ def select(dense, candidates=(), sweep=(), speedups=(), budget_ms=100.0, per: st
     work = Path(str(out) + ".work")  # exports and sweep models, reusable across runs
     work.mkdir(parents=True, exist_ok=True)
     export_batches = (1, max(max(batches), 8), max(max(batches), 16))
-    artifacts = {"dense": as_artifact(dense, work / "dense-onnx", export_batches, log)}
+    artifacts = {"dense": as_artifact(dense, work / f"dense{cache_tag}-onnx", export_batches, log, step_cache)}
     for c in candidates:
-        artifacts[Path(c).name] = as_artifact(c, work / f"{Path(c).name}-onnx", export_batches, log)
+        artifacts[Path(c).name] = as_artifact(c, work / f"{Path(c).name}{cache_tag}-onnx", export_batches, log, step_cache)
     for f in sweep:
         artifacts[f"macs-{f:g}"] = sweep_member(dense, f, work, method, data, finetune_steps, calibration_images,
-                                                max_timesteps, export_batches, progress, log)
+                                                max_timesteps, export_batches, progress, log, step_cache=step_cache)
     for target in targets:
         from .sweep import sweep_name
 
         artifacts[sweep_name(target)] = sweep_member(dense, None, work, method, data, finetune_steps, calibration_images,
-                                                     max_timesteps, export_batches, progress, log, latency=target)
+                                                     max_timesteps, export_batches, progress, log, latency=target,
+                                                     step_cache=step_cache)
 
     from ..runtime.artifact import describe
 
@@ -102,16 +109,17 @@ def select(dense, candidates=(), sweep=(), speedups=(), budget_ms=100.0, per: st
     mark = time.perf_counter()
     timing = {"models_s": mark - started}  # exports, and the sweep's pruning and fine-tuning
     if quality_from:
-        quality, ref_setting, earlier = reuse_quality(quality_from, pairs, schedulers, step_list)
+        quality, ref_setting, earlier = reuse_quality(quality_from, pairs, schedulers, step_list, intervals)
         n, features, fid_reference = earlier.get("n", n), earlier.get("features"), earlier.get("fid_reference")
     else:
         quality = measure_quality(artifacts, pairs, schedulers, step_list, ref_setting, n, threads, features,
-                                  fid_reference, progress, log)
+                                  fid_reference, progress, log, intervals)
     timing["quality_s"], mark = time.perf_counter() - mark, time.perf_counter()
-    latency, processes = probe(artifacts, pairs, batches, schedulers, step_list, metas, probe_runs, threads, log)
+    latency, processes = probe(artifacts, pairs, batches, schedulers, step_list, metas, probe_runs, threads, log,
+                               intervals)
     timing["probe_s"], mark = time.perf_counter() - mark, time.perf_counter()
     try:
-        rows = make_rows(quality, latency, schedulers, step_list, per, rank, metas, artifacts, quality_from)
+        rows = make_rows(quality, latency, schedulers, step_list, per, rank, metas, artifacts, quality_from, intervals)
         by_name = {r.name: r for r in rows}
         to_measure = first_to_measure(rows, budgets, default)
         rounds = 0
@@ -128,7 +136,7 @@ def select(dense, candidates=(), sweep=(), speedups=(), budget_ms=100.0, per: st
     decisions = decide(rows, budgets, default)
     result = {
         "budgets_ms": budgets, "per": per, "backends": backends, "batches": batches, "steps": step_list,
-        "schedulers": schedulers, "reference": {"model": "dense", "backend": backends[0], "scheduler": ref_setting[0],
+        "schedulers": schedulers, "cache_intervals": intervals, "reference": {"model": "dense", "backend": backends[0], "scheduler": ref_setting[0],
                                                 "steps": ref_setting[1]},
         "quality_from": str(quality_from) if quality_from else None, "rank": rank,
         "fid_reference": str(fid_reference) if fid_reference else None, "default": default, "n": n, "runs": runs, "probe_runs": probe_runs, "features": str(features) if features else None,

@@ -10,10 +10,11 @@ from ..evaluation.evaluate import as_artifact
 
 
 def sweep_member(dense, fraction, work: Path, method, data, finetune_steps, calibration_images, max_timesteps,
-                 batches, progress, log, latency=None) -> Path:
+                 batches, progress, log, latency=None, step_cache: int = 0) -> Path:
     """The export of ``dense`` pruned to keep ``fraction`` of its MACs (``work``/macs-FRACTION[-ftSTEPS]-onnx), or,
     with ``latency`` (a diffprune.latency.LatencyTarget), to its speedup on its backend
-    (``work``/speedup-S-BACKEND-bB[-ftSTEPS]-onnx; ``fraction`` is then unused)."""
+    (``work``/speedup-S-BACKEND-bB[-ftSTEPS]-onnx; ``fraction`` is then unused). ``step_cache``: export with the
+    shallow graph of step caching too (``-cache-onnx``)."""
     from ..pruning.recipe import prune_source
     from ..sources.unet import require_unconditional
 
@@ -37,7 +38,8 @@ def sweep_member(dense, fraction, work: Path, method, data, finetune_steps, cali
             finetune(folder, model_dir, data=data, steps=finetune_steps, batch_size=32,
                      warmup_steps=min(50, max(1, finetune_steps // 5)), ema_decay=0.995, teacher=str(dense),
                      kd_weight=1.0, checkpoint_every=0, progress=progress)
-    return as_artifact(model_dir, work / f"{model_dir.name}-onnx", batches, log)
+    return as_artifact(model_dir, work / f"{model_dir.name}{'-cache' if step_cache else ''}-onnx", batches, log,
+                       step_cache=step_cache)
 
 
 def sweep_name(latency) -> str:

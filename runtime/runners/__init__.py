@@ -107,6 +107,7 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
     refused.
     Use it as a context manager: ``with open_runner(path) as run: out = run(sample, timestep)``.
     """
+    opened_with = {"backend": backend, "threads": threads, "cuda_graph": cuda_graph, "batch": batch}
     backend, device, precision = parse_backend(resolve_backend(backend))
     kind, folder, meta = describe(Path(artifact))
     why = incompatibility(kind, backend, folder)
@@ -115,16 +116,32 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
     if backend == "trt":
         from .tensorrt import TensorRTRunner
 
-        return TensorRTRunner(folder, meta, cuda_graph=cuda_graph)
-    if backend == "openvino":
+        runner = TensorRTRunner(folder, meta, cuda_graph=cuda_graph)
+    elif backend == "openvino":
         from .openvino import OpenVINORunner
 
-        return OpenVINORunner(folder, meta, device=device or "CPU", threads=threads, batch=batch,
-                              precision=precision or "auto")
-    from .onnxruntime import OnnxRuntimeRunner
+        runner = OpenVINORunner(folder, meta, device=device or "CPU", threads=threads, batch=batch,
+                                precision=precision or "auto")
+    else:
+        from .onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(folder, meta, device={"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[backend],
-                             threads=threads, batch=batch)
+        runner = OnnxRuntimeRunner(folder, meta, threads=threads, batch=batch,
+                                   device={"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[backend])
+    runner.opened_with = opened_with  # what open_shallow opens the step-caching graph with
+    return runner
 
 
-__all__ = ["BACKENDS", "auto_backend", "check_available", "incompatibility", "open_runner", "parse_backend", "resolve_backend"]
+def open_shallow(runner, interval: int):
+    """The shallow UNet graph of step caching (DeepCache) beside ``runner``'s export, opened on the same backend
+    with the same settings, for ``interval`` (None at interval 1, which needs none). A clear error when the export
+    has no shallow graph (runtime/formats.py's ``read_step_cache``)."""
+    from ..formats import read_step_cache
+
+    record = read_step_cache(runner.folder, runner.meta, interval)
+    if record is None:
+        return None
+    return open_runner(record["shallow"], **getattr(runner, "opened_with", {"backend": "ort-cpu"})).open()
+
+
+__all__ = ["BACKENDS", "auto_backend", "check_available", "incompatibility", "open_runner", "open_shallow", "parse_backend",
+           "resolve_backend"]

@@ -69,6 +69,26 @@ def spaced_timesteps(spacing: str, num_train: int, steps: int, offset: int = 0) 
     return np.round(np.arange(num_train, 0, -ratio)).astype(np.int64) - 1
 
 
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int) -> np.ndarray:
+    """(steps,) float64 sigmas, descending: Karras et al. 2022 (arXiv 2206.00364), Eq. 5 with rho = 7,
+    sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, as diffusers'
+    ``_convert_to_karras`` (from k-diffusion) computes it."""
+    rho = 7.0  # the paper's choice, and diffusers'
+    ramp = np.linspace(0, 1, steps)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional training timesteps of ``sigmas``: linear interpolation in log sigma between the two training
+    timesteps around each (diffusers' ``_sigma_to_t``, vectorised; ``log_sigmas`` (T,) ascending with t)."""
+    log_sigma = np.log(np.maximum(np.asarray(sigmas, dtype=np.float64), 1e-10))  # (N,)
+    dists = log_sigma - log_sigmas[:, np.newaxis]  # (T, N)
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)  # (N,)
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
+    return (1 - w) * low + w * (low + 1)
+
+
 def predicted_x0_and_eps(prediction: str, model_output, sample, alpha_prod_t: float):
     """x0 and epsilon from the model's output (DDIM paper Eq. 12; v from Salimans & Ho 2022, Eq. 5)."""
     beta_prod_t = 1.0 - alpha_prod_t

@@ -1,6 +1,8 @@
 """DPM-Solver++(2M) (Lu et al., 2022, arXiv 2211.01095, Algorithm 2), in numpy, matching diffusers'
 DPMSolverMultistepScheduler with algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
-lower_order_final=True and final_sigmas_type="zero".
+lower_order_final=True and final_sigmas_type="zero", with or without use_karras_sigmas (Karras et al. 2022,
+Eq. 5, rho = 7, from the training schedule's smallest to its largest sigma; timesteps the nearest training
+step in log sigma, rounded as diffusers rounds them except for the cosine schedule, where it truncates).
 
 In the data-prediction form, with lambda = log(alpha / sigma) and h = lambda_t - lambda_s:
   first order  x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D0
@@ -9,7 +11,7 @@ In the data-prediction form, with lambda = log(alpha / sigma) and h = lambda_t -
 
 import numpy as np
 
-from ._common import PREDICTIONS, SPACINGS, alphas_cumprod, check_choice
+from ._common import PREDICTIONS, SPACINGS, alphas_cumprod, check_choice, karras_sigmas, sigma_to_t
 from .ddim import SchedulerOutput
 from ..errors import DiffPruneError
 
@@ -44,6 +46,12 @@ class DPMSolverMultistepScheduler:
         self.spacing = config.get("timestep_spacing", "linspace")
         check_choice("timestep_spacing", self.spacing, SPACINGS)
         self.steps_offset = int(config.get("steps_offset", 0))
+        self.karras = bool(config.get("use_karras_sigmas"))
+        for key in ("use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas"):
+            if config.get(key):
+                raise DiffPruneError(f"The DPM-Solver++ config sets {key}=True, which the runtime does not support; "
+                                     "it supports the default and Karras sigmas (use_karras_sigmas). Set "
+                                     f"{key} to false in the export's scheduler config, or choose another scheduler.")
         self.init_noise_sigma = 1.0
         self.timesteps = None
 
@@ -58,8 +66,15 @@ class DPMSolverMultistepScheduler:
             timesteps = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64) + self.steps_offset
         else:
             timesteps = np.arange(n_train, 0, -n_train / steps).round().copy().astype(np.int64) - 1
-        sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+        train = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5  # (T,) float32, ascending with t
+        if self.karras:  # from sigma_min to sigma_max of the training schedule, spaced by Eq. 5
+            sigmas = karras_sigmas(float(train[0]), float(train[-1]), steps)
+            timesteps = sigma_to_t(sigmas, np.log(train))
+            if self.config.get("beta_schedule", "linear") != "squaredcos_cap_v2":
+                timesteps = timesteps.round()
+            timesteps = timesteps.astype(np.int64)  # torch's .to(int64), which truncates
+        else:
+            sigmas = np.interp(timesteps, np.arange(0, len(train)), train)
         self.sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)  # final_sigmas_type="zero"
         self.timesteps = timesteps
         self.num_inference_steps = len(timesteps)

@@ -11,13 +11,15 @@ them between the training timesteps, and sigma is interpolated linearly there.
 
 Supported as diffusers configures it: timestep_spacing linspace (its default) / leading / trailing,
 interpolation_type "linear", final_sigmas_type zero / sigma_min, prediction_type epsilon / v_prediction /
-sample. Not supported (a clear error): Karras, exponential and beta sigmas, log-linear interpolation,
-continuous timesteps, and churn (s_churn > 0, which diffusers' pipelines never pass).
+sample, and use_karras_sigmas (Karras et al. Eq. 5, rho = 7, between the interpolated sigmas' ends or the
+config's sigma_min / sigma_max; the timesteps the UNet sees are those sigmas' fractional training timesteps).
+Not supported (a clear error): exponential and beta sigmas, log-linear interpolation, continuous timesteps,
+and churn (s_churn > 0, which diffusers' pipelines never pass).
 """
 
 import numpy as np
 
-from ._common import PREDICTIONS, SPACINGS, alphas_cumprod, check_choice
+from ._common import PREDICTIONS, SPACINGS, alphas_cumprod, check_choice, karras_sigmas, sigma_to_t
 from .ddim import SchedulerOutput
 from ..errors import DiffPruneError
 
@@ -30,7 +32,8 @@ class EulerDiscreteScheduler:
 
     def __init__(self, config: dict):
         self.config = dict(config)
-        for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+        self.karras = bool(config.get("use_karras_sigmas"))
+        for key in ("use_exponential_sigmas", "use_beta_sigmas"):
             if config.get(key):
                 raise DiffPruneError(f"The Euler scheduler config sets {key}=True, which the runtime does not support; "
                                      "it supports the default sigmas (interpolated from the training schedule). Set "
@@ -72,6 +75,10 @@ class EulerDiscreteScheduler:
             timesteps = np.arange(n_train, 0, -n_train / steps).round().copy().astype(np.float32) - 1
         # sigma between training timesteps: linear interpolation (in float64, as numpy's interp computes it)
         sigmas = np.interp(timesteps, np.arange(n_train), self.train_sigmas)
+        if self.karras:  # the same ends, spaced by Eq. 5; the UNet sees each sigma's (fractional) timestep
+            lo, hi = self.config.get("sigma_min"), self.config.get("sigma_max")
+            sigmas = karras_sigmas(float(sigmas[-1]) if lo is None else lo, float(sigmas[0]) if hi is None else hi, steps)
+            timesteps = sigma_to_t(sigmas, np.log(self.train_sigmas))
         last = float(self.train_sigmas[0]) if self.final_sigmas_type == "sigma_min" else 0.0
         self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)  # (steps + 1,), the last one 0
         self.timesteps = timesteps.astype(np.float32)
