@@ -139,12 +139,17 @@ def test_interval_1_is_todays_sampling_exactly(exports):
     from diffprune.runtime import Sampler, make_scheduler, open_runner
 
     plain, cached, _ = exports
-    images = []
-    for folder in (plain, cached):
-        with open_runner(folder, "ort-cpu") as runner:
-            images.append(Sampler(runner, make_scheduler("ddim", runner.scheduler_config), cache_interval=1).generate(
-                2, steps=5, output="float"))
-    np.testing.assert_array_equal(images[0], images[1])
+    with open_runner(plain, "ort-cpu") as runner:
+        today = Sampler(runner, make_scheduler("ddim", runner.scheduler_config)).generate(2, steps=5, output="float")
+        off = Sampler(runner, make_scheduler("ddim", runner.scheduler_config), cache_interval=1).generate(
+            2, steps=5, output="float")
+    np.testing.assert_array_equal(today, off)  # interval 1 is the same loop over the same graph
+    with open_runner(cached, "ort-cpu") as runner:
+        full = Sampler(runner, make_scheduler("ddim", runner.scheduler_config), cache_interval=1).generate(
+            2, steps=5, output="float")
+    # The step-cache export's full graph also outputs the deep feature (and keeps attention unfused, where the plain
+    # export's ort-cpu graph fuses it): the same maths, float32 rounding apart (values reach ~40 on this random UNet).
+    np.testing.assert_allclose(full, today, rtol=0, atol=1e-3 * max(1.0, float(np.abs(today).max())))
 
 
 def test_interval_needs_the_shallow_graph(exports):
