@@ -38,7 +38,7 @@ class DemoOptions:
     bench_batches: tuple = (1, 16)  # the largest is the headline setting
     threads: int | None = None
     seed: int = 0
-    backend: str = "auto"  # openvino where installed, else ort-cpu
+    backend: str = "auto"  # measured: the fastest backend here whose images agree with float32 (runtime/auto.py)
 
 
 def _stage(name, path: Path, log, make, progress: bool = True):
@@ -117,7 +117,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
             s, d, batch=(1, 8, max(16, o.n, *o.bench_batches))), progress)
 
     # Sampling both from the same seeds, torch-free, on the backend the latency is measured on.
-    backend = resolve_backend(o.backend)
+    backend = resolve_backend(o.backend, exports["pruned"], o.threads, log=log)  # auto: measured on the pruned export
     images = {}
     for name, path in exports.items():
         with heartbeat(f"demo: [sample {name}]", enabled=progress), open_runner(path, backend, threads=o.threads) as runner:

@@ -16,6 +16,8 @@ diffprune/) calls the reader here, so the two sides cannot drift apart (as trans
     deploy.json    diffprune.deploy/1         diffprune/selection/report.py     one deployment configuration
     pruning.json   diffprune.pruned-unet/1    diffprune/sources/checkpoint.py   a pruned UNet's layer widths and
                                                                                 what made it
+    <key>.json     diffprune.auto-choice/1    runtime/auto.py (in the cache     what ``--backend auto`` measured and
+                   (cache folder "auto")      folder, not in an artifact)       chose for one artifact on one host
 
 Also owned here: the pipeline kinds and the components each needs, and which runtime scheduler runs
 each diffusers scheduler class.
@@ -45,6 +47,7 @@ TENSORRT_FORMAT = "diffprune.tensorrt/1"
 PIPELINE_FORMAT = "diffprune.pipeline/1"
 DEPLOY_FORMAT = "diffprune.deploy/1"
 PRUNED_UNET_FORMAT = "diffprune.pruned-unet/1"
+AUTO_FORMAT = "diffprune.auto-choice/1"
 MODEL_FORMATS = (ONNX_FORMAT, OPENVINO_FORMAT)  # what a model.json may say
 
 # -- pipelines ----------------------------------------------------------------------------------------
@@ -323,10 +326,27 @@ def read_pruning_json(path) -> dict:
     return info
 
 
+# -- auto choices (cache) ------------------------------------------------------------------------------
+AUTO_FIELDS = {"key": str, "chosen": str, "reason": str, "trials": list}
+
+
+def read_auto_choice(path) -> dict | None:
+    """A cached ``--backend auto`` choice (runtime/auto.py writes it), or None when there is none to trust: a
+    cache entry that is missing, damaged or of another format is measured again, never an error."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != AUTO_FORMAT or any(
+            not isinstance(record.get(k), t) for k, t in AUTO_FIELDS.items()):
+        return None
+    return record
+
+
 __all__ = [
     "MODEL_JSON", "ENGINE_JSON", "PIPELINE_JSON", "DEPLOY_JSON", "PRUNING_JSON",
     "ONNX_FORMAT", "OPENVINO_FORMAT", "TENSORRT_FORMAT", "PIPELINE_FORMAT", "DEPLOY_FORMAT", "PRUNED_UNET_FORMAT",
-    "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS", "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",
+    "AUTO_FORMAT", "AUTO_FIELDS", "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS", "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "DEPLOY_FIELDS",
     "read_json", "read_model_json", "read_engine_json", "read_pipeline_json", "read_deploy_json", "read_pruning_json",
-    "check_spec", "check_fields", "check_text_fits", "deploy_file", "is_pipeline", "scheduler_name",
+    "read_auto_choice", "check_spec", "check_fields", "check_text_fits", "deploy_file", "is_pipeline", "scheduler_name",
 ]

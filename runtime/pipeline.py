@@ -62,6 +62,7 @@ class Pipeline:
         self.latent = self.spec.get("latent")
         self.decoder = next((n for n in ("vae_decoder", "vq_decoder") if n in self.spec["components"]), None)
         self.last_timing, self.notes = {}, []
+        self.auto = None  # with backend "auto": what was measured and chosen (runtime/auto.py)
 
     def __enter__(self):
         return self.open()
@@ -76,6 +77,11 @@ class Pipeline:
         from .runners import open_runner
         from .text import ClipTokenizer
 
+        if self.backend == "auto":  # one choice for every component, measured on the UNet (it runs every step)
+            from .auto import auto_choice
+
+            self.auto = auto_choice(self.folder, threads=self.threads)
+            self.backend = self.auto["chosen"]
         try:
             for name, sub in self.spec["components"].items():
                 given = (runners or {}).get(name)
