@@ -208,13 +208,12 @@ def sample_probe(runner, batch: int, steps: int = PROBE_STEPS, seed: int = 0, cl
     return np.clip(x, -1.0, 1.0), seconds
 
 
-def probe(artifact, specs, threads: int | None = None, batch: int = PROBE_BATCH, steps: int = PROBE_STEPS,
-          open_runner=None, clock=time.perf_counter, progress=None) -> list:
+def probe(artifact, specs, open_runner, threads: int | None = None, batch: int = PROBE_BATCH, steps: int = PROBE_STEPS,
+          clock=time.perf_counter, progress=None) -> list:
     """One :class:`Trial` per backend spec in ``specs`` (the first is the float32 reference): sample ``steps``
     DDIM steps of ``batch`` images on each, time the calls after the first, compare the images with the
-    reference's. ``open_runner`` and ``clock`` are replaceable (tests inject fake runners and time)."""
-    if open_runner is None:
-        from .runners import open_runner
+    reference's. ``open_runner(artifact, spec, threads=...)`` opens a runner (runtime/runners' own, which calls
+    this module, so it is passed in; tests pass fake runners) and ``clock`` reads the time."""
     trials, reference = [], None
     for spec in specs:
         if progress:
@@ -242,14 +241,16 @@ def probe(artifact, specs, threads: int | None = None, batch: int = PROBE_BATCH,
 # -- the choice, cached -------------------------------------------------------------------------------------
 
 def auto_choice(artifact, threads: int | None = None, batch: int | None = None, steps: int = PROBE_STEPS,
-                tolerance: float = TOLERANCE, refresh: bool = False, specs=None, measure=None, log=None) -> dict:
+                tolerance: float = TOLERANCE, refresh: bool = False, specs=None, open_runner=None, measure=None,
+                log=None) -> dict:
     """What ``auto`` means for ``artifact`` on this host: the cached choice, else one measured now and cached.
 
     Returns the record: ``chosen`` (a backend spec), ``reason`` (one line with the times), ``trials``, ``fields``
     (what the key hashes), ``cached`` (whether it came from the cache) and ``line`` (what the CLI prints).
     ``artifact``: an export folder, OpenVINO IR folder, engine folder or pipeline export (its UNet decides, as the
     component that runs every step). ``refresh`` measures again; ``specs`` replaces :func:`candidates`;
-    ``measure`` replaces :func:`probe` (same arguments), for tests.
+    ``open_runner`` is what :func:`probe` opens runners with (``diffprune.runtime.runners.choose_auto`` passes
+    the runtime's); ``measure`` replaces :func:`probe` altogether (tests).
     """
     from .artifact import describe
     from .formats import is_pipeline, read_pipeline_json
@@ -276,7 +277,12 @@ def auto_choice(artifact, threads: int | None = None, batch: int | None = None, 
                 log(line)
             return {**record, "cached": True, "line": line}
     specs = list(specs) if specs is not None else candidates(kind)
-    trials = (measure or probe)(folder, specs, threads=threads, batch=batch, steps=steps)
+    if measure is None:
+        if open_runner is None:
+            raise DiffPruneError("auto_choice needs open_runner or measure; call diffprune.runtime.runners.choose_auto.")
+        trials = probe(folder, specs, open_runner, threads=threads, batch=batch, steps=steps)
+    else:
+        trials = measure(folder, specs, threads=threads, batch=batch, steps=steps)
     chosen, reason = choose(trials, tolerance)
     record = {"format": AUTO_FORMAT, "key": key, "fields": fields, "artifact": str(Path(artifact).resolve()),
               "chosen": chosen, "reason": reason, "trials": [asdict(t) if isinstance(t, Trial) else dict(t) for t in trials],

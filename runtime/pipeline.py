@@ -78,9 +78,9 @@ class Pipeline:
         from .text import ClipTokenizer
 
         if self.backend == "auto":  # one choice for every component, measured on the UNet (it runs every step)
-            from .auto import auto_choice
+            from .runners import choose_auto
 
-            self.auto = auto_choice(self.folder, threads=self.threads)
+            self.auto = choose_auto(self.folder, threads=self.threads)
             self.backend = self.auto["chosen"]
         try:
             for name, sub in self.spec["components"].items():

@@ -81,7 +81,7 @@ def fakes(clock, **specs):
 def test_probe_times_every_call_but_the_first_and_compares_images_with_the_reference():
     clock = Clock()
     runners, opener = fakes(clock, **{"ort-cpu": (0.010,), "openvino_f32": (0.004,), "openvino_bf16": (0.002, 0.3)})
-    trials = probe("unused", list(runners), batch=8, steps=4, open_runner=opener, clock=clock)
+    trials = probe("unused", list(runners), opener, batch=8, steps=4, clock=clock)
     assert [t.backend for t in trials] == ["ort-cpu", "openvino@f32", "openvino@bf16"]
     assert [t.ms for t in trials] == pytest.approx([10.0, 4.0, 2.0])
     assert trials[0].diff == 0.0 and trials[1].diff == 0.0 and trials[2].diff > TOLERANCE
@@ -92,7 +92,7 @@ def test_probe_times_every_call_but_the_first_and_compares_images_with_the_refer
 def test_a_backend_that_fails_is_recorded_and_passed_over():
     clock = Clock()
     runners, opener = fakes(clock, **{"ort-cpu": (0.010,), "openvino_f32": (0.001, 0.0, True)})
-    trials = probe("unused", list(runners), steps=3, open_runner=opener, clock=clock)
+    trials = probe("unused", list(runners), opener, steps=3, clock=clock)
     assert trials[1].error == "Backend x cannot compile this graph" and trials[1].ms is None
     assert choose(trials)[0] == "ort-cpu"
 

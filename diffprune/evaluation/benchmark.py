@@ -274,10 +274,10 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
     threads = threads or default_threads()
     auto = None
     if "auto" in backends:  # measured once, on the first artifact (dense), and used for all: like against like
-        from ..runtime.auto import auto_choice
+        from ..runtime.runners import choose_auto
 
         first = artifacts[0]
-        auto = auto_choice(first, threads=threads)
+        auto = choose_auto(first, threads=threads)
         auto = {"artifact": str(first), **{k: auto[k] for k in ("chosen", "reason", "trials", "cached", "line")}}
     backends = list(dict.fromkeys(auto["chosen"] if spec == "auto" else resolve_backend(spec) for spec in backends))
     metas = {str(path): _describe(path) for path in artifacts}

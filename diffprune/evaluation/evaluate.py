@@ -80,9 +80,9 @@ def evaluate(model, dense=None, n: int = 64, steps: int = 50, scheduler: str = "
                 continue
             artifact = as_artifact(src, Path(work) / f"{role}-onnx", batch, log=lambda m: None)
             if backend == "auto":  # measured on the model, then the same backend for the dense model
-                from ..runtime.auto import auto_choice
+                from ..runtime.runners import choose_auto
 
-                auto = auto_choice(artifact, log=log)
+                auto = choose_auto(artifact, log=log)
             backend = resolve_backend(auto["chosen"] if auto else backend)  # recorded as what ran, not as "auto"
             with open_runner(artifact, backend) as runner:
                 sampler = Sampler(runner, make_scheduler(scheduler, runner.scheduler_config))

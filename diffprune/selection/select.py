@@ -69,9 +69,9 @@ def select(dense, candidates=(), sweep=(), budget_ms=100.0, per: str = "image", 
     artifacts = {"dense": as_artifact(dense, work / "dense-onnx", export_batches, log)}
     auto = None
     if "auto" in backends:  # measured on the dense export, cached per artifact and host (runtime/auto.py)
-        from ..runtime.auto import auto_choice
+        from ..runtime.runners import choose_auto
 
-        auto = auto_choice(artifacts["dense"], threads=threads, log=log)
+        auto = choose_auto(artifacts["dense"], threads=threads, log=log)
         backends = list(dict.fromkeys(auto["chosen"] if b == "auto" else b for b in backends))
     default = {"scheduler": schedulers[0], "steps": max(step_list), "backend": backends[0], "batch": batches[0]}
     for c in candidates:

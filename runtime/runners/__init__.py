@@ -25,11 +25,17 @@ def resolve_backend(text: str, artifact=None, threads: int | None = None, log=No
     if text == "auto":
         if artifact is None:
             return auto_backend()
-        from ..auto import auto_choice
-
-        return auto_choice(artifact, threads=threads, log=log)["chosen"]
+        return choose_auto(artifact, threads=threads, log=log)["chosen"]
     parse_backend(text)
     return text
+
+
+def choose_auto(artifact, threads: int | None = None, **options) -> dict:
+    """What ``auto`` is for ``artifact`` here: :func:`diffprune.runtime.auto.auto_choice` (cached, else measured
+    on this package's runners); ``options``: batch, steps, tolerance, refresh, specs, log."""
+    from ..auto import auto_choice
+
+    return auto_choice(artifact, threads=threads, open_runner=open_runner, **options)
 
 
 def parse_backend(text: str) -> tuple:
@@ -116,9 +122,7 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
     """
     auto = None
     if backend == "auto":
-        from ..auto import auto_choice
-
-        auto = auto_choice(artifact, threads=threads)
+        auto = choose_auto(artifact, threads=threads)
         backend = auto["chosen"]
     runner = _open_runner(artifact, backend, threads, cuda_graph, batch)
     runner.auto = auto
@@ -146,4 +150,4 @@ def _open_runner(artifact, backend, threads, cuda_graph, batch):
                              threads=threads, batch=batch)
 
 
-__all__ = ["BACKENDS", "auto_backend", "check_available", "incompatibility", "open_runner", "parse_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "auto_backend", "check_available", "choose_auto", "incompatibility", "open_runner", "parse_backend", "resolve_backend"]
