@@ -70,8 +70,8 @@ def measure(work: Path, names) -> dict:
 def markdown(r: dict) -> str:
     lines = ["# What `--backend auto` picks on this machine", "",
              f"Host: {r['host']['cpu']}, {r['host']['cpus']} CPUs; candidates here: {', '.join(r['candidates'])}. "
-             "Each probe: 6 DDIM steps from the same noise on each candidate, the first call a warm-up, median of the "
-             "other five UNet calls; images compared with ort-cpu's (mean |difference| in [-1, 1] units, "
+             "Each probe: 6 DDIM steps from the same noise on each candidate, the first call a warm-up, then the "
+             "last call repeated until 1 s is timed (at most 50 calls); median ms per UNet call; images compared with ort-cpu's (mean |difference| in [-1, 1] units, "
              "tolerance 0.02).", "",
              f"Command: `python benchmarks/auto_probe.py prepare && {r['command']}`", "",
              "| model | batch | chosen | " + " | ".join(f"{c} ms/call (diff)" for c in r["candidates"]) + " |",

@@ -72,7 +72,10 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     from .runtime.image import grid, save_png
     from .runtime.runners import resolve_backend
 
+    from .threads import check_threads
+
     o = options or DemoOptions()
+    check_threads(o.threads)  # before minutes of work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = {}
@@ -93,7 +96,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     def make_pruned():
         pruned = prune_source(str(dense_dir), method=o.method, target_macs=o.target_macs, data=o.data,
                               num_images=o.calibration_images, max_timesteps=o.max_timesteps, round_to=o.round_to,
-                              seed=o.seed, progress=progress)
+                              seed=o.seed, progress=progress, threads=o.threads)
         t = pruned.report.timesteps_used
         if t:
             log(f"[prune] Diff-Pruning summed gradients over {len(t)} timesteps (t = {t[0]}..{t[-1]}) until the loss "
@@ -108,7 +111,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         pruned_dir, tuned_dir, data=o.data, steps=o.finetune_steps, batch_size=o.finetune_batch, lr=o.finetune_lr,
         warmup_steps=min(50, max(1, o.finetune_steps // 5)), ema_decay=0.995, teacher=str(dense_dir),
         kd_weight=o.kd_weight, checkpoint_every=0, checkpoint_dir=ckpt, seed=o.seed,
-        resume=latest_checkpoint(ckpt) is not None, device="auto", progress=progress), progress)
+        resume=latest_checkpoint(ckpt) is not None, device="auto", progress=progress, threads=o.threads), progress)
 
     exports = {}
     for name, src in (("dense", dense_dir), ("pruned", tuned_dir)):

@@ -8,8 +8,9 @@ units but no AMX, OpenVINO's default bf16 ran the CIFAR-10 UNet 1.5x slower than
      openvino@f16 where the CPU plugin reports those units, an OpenVINO GPU, ONNX Runtime's CUDA and TensorRT
      providers where installed, the native TensorRT runner for an engine folder.
   2. :func:`probe` samples a few DDIM steps from the same noise on each (timing every UNet call but the first,
-     a warm-up) and compares the images with the float32 reference's (ort-cpu, or openvino@f32 for an
-     OpenVINO IR): the mean absolute difference, in the images' [-1, 1] units.
+     a warm-up, and calling a fast model again until a second is timed; the median counts) and compares the
+     images with the float32 reference's (ort-cpu, or openvino@f32 for an OpenVINO IR): the mean absolute
+     difference, in the images' [-1, 1] units.
   3. :func:`choose` is the decision, a function of those numbers alone: the fastest candidate whose images
      agree within ``tolerance``. Reduced precision is therefore chosen only where it is faster and still agrees.
   4. :func:`auto_choice` keeps the measurement in the cache folder (``$DIFFPRUNE_CACHE/auto/<key>.json``,
@@ -37,6 +38,10 @@ from .formats import AUTO_FORMAT, read_auto_choice
 # another backend differs by ~1e-6; a graph computed in a wrong precision or a broken kernel by far more.
 TOLERANCE = 0.02
 PROBE_STEPS = 6  # the first call warms up, the other five are timed (median)
+# ... and fast models are called again on the last step's input until this much time is timed (at most
+# PROBE_CALLS calls): five calls of a 10 ms UNet are too few to rank two backends 10 % apart on a shared VM.
+PROBE_SECONDS = 1.0
+PROBE_CALLS = 50
 PROBE_BATCH = 8  # at most; the artifact's batch range clips it
 
 
@@ -172,7 +177,7 @@ def key_fields(digest: str, threads: int, batch: int, steps: int, tolerance: flo
                installed: dict | None = None) -> dict:
     return {"artifact_sha256": digest, "cpu": cpu if cpu is not None else cpu_model(), "threads": int(threads),
             "versions": installed if installed is not None else versions(), "batch": int(batch), "steps": int(steps),
-            "tolerance": float(tolerance)}
+            "tolerance": float(tolerance), "timed": [PROBE_SECONDS, PROBE_CALLS]}
 
 
 # -- measuring ----------------------------------------------------------------------------------------------
@@ -202,9 +207,14 @@ def sample_probe(runner, batch: int, steps: int = PROBE_STEPS, seed: int = 0, cl
     seconds = []
     for t in scheduler.timesteps:
         started = clock()
-        eps = runner(scheduler.scale_model_input(x, t), np.full((batch,), float(t), np.float32), **cond)
+        x_in, t_in = scheduler.scale_model_input(x, t), np.full((batch,), float(t), np.float32)
+        eps = runner(x_in, t_in, **cond)
         seconds.append(clock() - started)
         x = scheduler.step(eps, t, x).prev_sample
+    while sum(seconds[1:]) < PROBE_SECONDS and len(seconds) < PROBE_CALLS:  # more timings, same images
+        started = clock()
+        runner(x_in, t_in, **cond)
+        seconds.append(clock() - started)
     return np.clip(x, -1.0, 1.0), seconds
 
 

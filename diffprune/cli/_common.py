@@ -118,6 +118,15 @@ def add_backend_argument(parser, default: str | None = "auto", multiple: bool = 
              "f32 gives ONNX Runtime's images; bf16, f16)")
 
 
+def add_threads_argument(parser):
+    """``--threads`` of the torch commands (prune, finetune, demo): see diffprune.threads."""
+    return parser.add_argument(
+        "--threads", type=count, default=None,
+        help="torch CPU threads (default: the cores this process may use, os.sched_getaffinity). Waiting threads "
+             "sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so the run slows in proportion when "
+             "other jobs share the cores; DIFFPRUNE_THREAD_POLICY=torch-default keeps PyTorch's own settings")
+
+
 def resolve_device(name: str):
     import torch
 
