@@ -60,7 +60,7 @@ def run(policy: str, competitors: int, steps: int, limit: float) -> dict:
             pruned, tuned = Path(work) / "pruned", Path(work) / "tuned"
             record = {
                 "prune": stage(["prune", str(DIGITS), str(pruned), "--method", "diff-pruning", "--data", "builtin:digits",
-                                "--target-macs", "0.5", "--num-images", "32", "--max-timesteps", "100", "--quiet"], env),
+                                "--target-macs", "0.5", "--num-images", "32", "--max-timesteps", "20", "--quiet"], env),
                 "finetune": stage(["finetune", str(pruned), str(tuned), "--data", "builtin:digits", "--steps", str(steps),
                                    "--batch-size", "32", "--warmup-steps", "5", "--checkpoint-every", "0",
                                    "--checkpoint-minutes", "0", "--device", "cpu", "--quiet"], env),
@@ -98,7 +98,7 @@ def report(records: list) -> str:
     host = records[0]["host"] if records else {"cpu": "?", "usable_cpus": "?"}
     lines = ["# Prune + fine-tune on a shared CPU", "",
              f"Host: {host['cpu']}, {host['usable_cpus']} usable cores. Workload: Diff-Pruning of the digits DDPM to 0.5 "
-             f"of its MACs (32 calibration images, <= 100 timesteps), then {records[0]['finetune_steps'] if records else '?'} "
+             f"of its MACs (32 calibration images, <= 20 timesteps), then {records[0]['finetune_steps'] if records else '?'} "
              "fine-tuning steps at batch 32, each a `diffprune` command; competitors are busy single-threaded Python "
              "loops. A fair share of the cores predicts wall x (K + threads) / cores and no change in CPU time.", "",
              "Commands: see the docstring of benchmarks/shared_cpu.py (each piece under /work/bin/cpu-exclusive).", "",
