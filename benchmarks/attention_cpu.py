@@ -16,7 +16,7 @@ Attention node per attention), ort-fused (model.ort.onnx: com.microsoft.MultiHea
 now), openvino-f32 and openvino-bf16 (the fused export's model.onnx, the IR cached in WORK/cache by a first
 unmeasured load), torch-eager (the diffusers UNet itself). Each runs in a fresh process: load, 1 warm-up call,
 ``--runs`` timed calls; peak RSS is the process's VmHWM, "before" the same with the libraries imported. Outputs
-are compared with ort-plain's (saved in WORK). Run export and each measure group under /work/bin/cpu-exclusive.
+are compared with ort-plain's (saved in WORK). Run export and each measure group alone on the machine.
 """
 
 import argparse
@@ -318,13 +318,13 @@ def report(work: Path, out_dir: Path):
 
 
 COMMANDS = [
-    "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py export WORK --which fused",
-    "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py export WORK --which plain",
-    "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py validate WORK",
-    "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py measure WORK ort-plain ort-attention ort-fused",
-    "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py measure WORK openvino-f32 openvino-bf16",
-    "/work/bin/cpu-exclusive python benchmarks/attention_cpu.py measure WORK torch-eager",
-    "/work/bin/cpu-shared python benchmarks/attention_cpu.py ops WORK",
+    "python benchmarks/attention_cpu.py export WORK --which fused",
+    "python benchmarks/attention_cpu.py export WORK --which plain",
+    "python benchmarks/attention_cpu.py validate WORK",
+    "python benchmarks/attention_cpu.py measure WORK ort-plain ort-attention ort-fused",
+    "python benchmarks/attention_cpu.py measure WORK openvino-f32 openvino-bf16",
+    "python benchmarks/attention_cpu.py measure WORK torch-eager",
+    "python benchmarks/attention_cpu.py ops WORK",
     "python benchmarks/attention_cpu.py report WORK",
 ]
 

@@ -8,7 +8,7 @@ measured without other work (each stage is also runnable by itself):
     # 1. train the autoencoder, writes $DECODER_DIGITS_WORK/pipeline (default /tmp/diffprune_decoder_digits)
     # 2. prune (diffprune prune --components decoder) + distil (diffprune finetune --component decoder) + score;
     #    writes benchmarks/results/decoder/decoder_digits.{json,md}
-    OMP_NUM_THREADS=2 /work/bin/cpu-exclusive timeout 290 bash -c "python benchmarks/decoder_digits.py train --steps 300 \
+    OMP_NUM_THREADS=2 timeout 290 bash -c "python benchmarks/decoder_digits.py train --steps 300 \
         && python benchmarks/decoder_digits.py prune --steps 300"
 
 The pipeline folder holds the autoencoder in vae/ and, in unet/, a UNet2DModel over its 4x7x7 latents with random

@@ -3,8 +3,8 @@ trained here: the text-conditioned digits pipeline (builtin:digits-text) and the
 
     python benchmarks/deepcache_digits.py export    # both exported with --step-cache into /tmp/deepcache-work
     python benchmarks/deepcache_digits.py quality   # prompt accuracy + FID (text), FID (DDPM) at intervals 1, 2, 3
-    /work/bin/cpu-exclusive python benchmarks/deepcache_digits.py time --model text   # end-to-end latency,
-    /work/bin/cpu-exclusive python benchmarks/deepcache_digits.py time --model ddpm   # same intervals
+    python benchmarks/deepcache_digits.py time --model text   # end-to-end latency,
+    python benchmarks/deepcache_digits.py time --model ddpm   # same intervals
     python benchmarks/deepcache_digits.py report    # -> benchmarks/results/deepcache/deepcache.{md,json}
 
 Quality is judged as benchmarks/text_digits.py judges it (its ``judge``): the digits classifier
@@ -166,7 +166,7 @@ def report() -> None:
         f"{t['rows'][0]['runs']} runs after 2 warm-up rounds.",
         "",
         "Commands: `python benchmarks/deepcache_digits.py export`, `python benchmarks/deepcache_digits.py quality`, "
-        "`/work/bin/cpu-exclusive python benchmarks/deepcache_digits.py time --model text` (and `--model ddpm`), "
+        "`python benchmarks/deepcache_digits.py time --model text` (and `--model ddpm`), "
         "`python benchmarks/deepcache_digits.py report`.",
         "",
         "UNet MACs per call: " + "; ".join(f"{m}: full {v['full'] / 1e6:.0f}M, shallow {v['shallow'] / 1e6:.0f}M "

@@ -4,9 +4,9 @@ architecture, on ort-cpu and openvino@f32, batch 1 and 8.
 Phases, so that only timing runs on a quiet machine (each timing phase is short):
 
     python benchmarks/latency_prune.py export WORK                 # probes + 10 random checks (shared CPU)
-    /work/bin/cpu-exclusive python benchmarks/latency_prune.py time WORK --backend ort-cpu --batch 1
+    python benchmarks/latency_prune.py time WORK --backend ort-cpu --batch 1
     python benchmarks/latency_prune.py prune WORK --backend ort-cpu --batch 1 --speedup 2   # export both models
-    /work/bin/cpu-exclusive python benchmarks/latency_prune.py time-pruned WORK --backend ort-cpu --batch 1
+    python benchmarks/latency_prune.py time-pruned WORK --backend ort-cpu --batch 1
     python benchmarks/latency_prune.py report WORK benchmarks/results/latency
 
 ``time`` fits the table to the probes (diffprune.latency.profile.probe_configs) and checks it on 10 random width
@@ -126,9 +126,9 @@ def report(work: Path, out: Path, command: str):
     out.mkdir(parents=True, exist_ok=True)
     results = {"host": cpu_name(), "arch": ARCH, "command": command, "tables": {}, "pruned": {}}
     lines = ["# Latency tables and pruning to a latency (CIFAR-10 architecture, random weights)\n",
-             f"Host: {cpu_name()} (2 cores), every timing under /work/bin/cpu-exclusive; backend default threads.  ",
+             f"Host: {cpu_name()} (2 cores), every timing alone on the machine; backend default threads.  ",
              "Made by the phases of `benchmarks/latency_prune.py` (its docstring lists them; export and prune "
-             "phases ran under /work/bin/cpu-exclusive too, the shared queue being starved); this file: "
+             "phases ran alone on the machine too, the shared queue being starved); this file: "
              + f"`{command}`\n",
              "## Prediction of a whole UNet call (10 random width configurations not used to fit)\n",
              "| backend | batch | fit probes | fit median err | checks median err | checks max err | per-check errors |",

@@ -41,7 +41,7 @@ class DemoOptions:
     bench_batches: tuple = (1, 16)  # the largest is the headline setting
     threads: int | None = None
     seed: int = 0
-    backend: str = "auto"  # openvino where installed, else ort-cpu
+    backend: str = "auto"  # measured: the fastest backend here whose images agree with float32 (runtime/auto.py)
 
 
 def _stage(name, path: Path, log, make, progress: bool = True):
@@ -75,7 +75,10 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
     from .runtime.image import grid, save_png
     from .runtime.runners import resolve_backend
 
+    from .threads import check_threads
+
     o = options or DemoOptions()
+    check_threads(o.threads)  # before minutes of work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = {}
@@ -90,6 +93,10 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         save(model, dense_dir, info=info, scheduler_config=scheduler_config)
 
     stages["dense"] = _stage("dense model", dense_dir, log, make_dense, progress)
+    exports = {name: out / f"{name}-onnx" for name in ("dense", "pruned")}
+    export_batches = (1, 8, max(16, o.n, *o.bench_batches))
+    stages["export-dense"] = _stage("export dense", exports["dense"], log, lambda: to_onnx(
+        dense_dir, exports["dense"], batch=export_batches), progress)
 
     pruned_dir = out / "pruned"
 
@@ -97,12 +104,13 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         latency = None
         if o.target_speedup:
             from .latency import LatencyTarget
-            from .runtime.runners import resolve_backend as resolve
 
-            latency = LatencyTarget(backend=resolve(o.backend), speedup=o.target_speedup, threads=o.threads)
+            # auto: measured on the dense export (runtime/auto.py), so the latency is the one the demo runs on
+            backend = resolve_backend(o.backend, exports["dense"], o.threads, log=log)
+            latency = LatencyTarget(backend=backend, speedup=o.target_speedup, threads=o.threads)
         pruned = prune_source(str(dense_dir), method=o.method, target_macs=None if latency else o.target_macs,
                               data=o.data, num_images=o.calibration_images, max_timesteps=o.max_timesteps,
-                              round_to=o.round_to, seed=o.seed, progress=progress, latency=latency)
+                              round_to=o.round_to, seed=o.seed, progress=progress, latency=latency, threads=o.threads)
         if latency:
             lat = pruned.report.latency
             log(f"[prune] to {o.target_speedup:g}x on {latency.backend}: dense {lat['dense_ms']:.2f} ms, predicted "
@@ -121,16 +129,13 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         pruned_dir, tuned_dir, data=o.data, steps=o.finetune_steps, batch_size=o.finetune_batch, lr=o.finetune_lr,
         warmup_steps=min(50, max(1, o.finetune_steps // 5)), ema_decay=0.995, teacher=str(dense_dir),
         kd_weight=o.kd_weight, checkpoint_every=0, checkpoint_dir=ckpt, seed=o.seed,
-        resume=latest_checkpoint(ckpt) is not None, device="auto", progress=progress), progress)
+        resume=latest_checkpoint(ckpt) is not None, device="auto", progress=progress, threads=o.threads), progress)
 
-    exports = {}
-    for name, src in (("dense", dense_dir), ("pruned", tuned_dir)):
-        exports[name] = out / f"{name}-onnx"
-        stages[f"export-{name}"] = _stage(f"export {name}", exports[name], log, lambda s=src, d=exports[name]: to_onnx(
-            s, d, batch=(1, 8, max(16, o.n, *o.bench_batches))), progress)
+    stages["export-pruned"] = _stage("export pruned", exports["pruned"], log, lambda: to_onnx(
+        tuned_dir, exports["pruned"], batch=export_batches), progress)
 
     # Sampling both from the same seeds, torch-free, on the backend the latency is measured on.
-    backend = resolve_backend(o.backend)
+    backend = resolve_backend(o.backend, exports["pruned"], o.threads, log=log)  # auto: measured on the pruned export
     images = {}
     for name, path in exports.items():
         with heartbeat(f"demo: [sample {name}]", enabled=progress), open_runner(path, backend, threads=o.threads) as runner:

@@ -302,7 +302,7 @@ def _runtime_worker(artifact, backend, batch, steps, scheduler, threads, prompt=
     from .pipeline import Pipeline, is_pipeline
     from .runners import open_runner, parse_backend, resolve_backend
 
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, artifact, threads)
     name, _, _ = parse_backend(backend)
     # The backend's import belongs to the baseline memory, not to the model.
     if name.startswith("ort"):

@@ -21,6 +21,8 @@ diffprune/) calls the reader here, so the two sides cannot drift apart (as trans
                                                                                 vqvae/ whose decoder is pruned
     (any name)     diffprune.latency-table/1  diffprune/latency/profile.py      a UNet's call time as a function of
                                                                                 its group widths, on one backend
+    <key>.json     diffprune.auto-choice/1    runtime/auto.py (in the cache     what ``--backend auto`` measured and
+                   (cache folder "auto")      folder, not in an artifact)       chose for one artifact on one host
 
 Also owned here: the pipeline kinds and the components each needs, which runtime scheduler runs
 each diffusers scheduler class (and the named variants, euler-karras ...), and the names of step caching's
@@ -56,6 +58,7 @@ DEPLOY_FORMAT = "diffprune.deploy/1"
 PRUNED_UNET_FORMAT = "diffprune.pruned-unet/1"
 PRUNED_DECODER_FORMAT = "diffprune.pruned-decoder/1"  # an autoencoder (vae/, vqvae/) whose decoder is pruned
 LATENCY_TABLE_FORMAT = "diffprune.latency-table/1"
+AUTO_FORMAT = "diffprune.auto-choice/1"
 MODEL_FORMATS = (ONNX_FORMAT, OPENVINO_FORMAT)  # what a model.json may say
 
 # -- pipelines ----------------------------------------------------------------------------------------
@@ -430,15 +433,30 @@ def read_latency_table(path) -> dict:
         raise DiffPruneError(f"Latency table {str(file)!r} is damaged: {', '.join(bad)} missing or of the wrong "
                              f"type; {remedy}.")
     return table
+# -- auto choices (cache) ------------------------------------------------------------------------------
+AUTO_FIELDS = {"key": str, "chosen": str, "reason": str, "trials": list}
+
+
+def read_auto_choice(path) -> dict | None:
+    """A cached ``--backend auto`` choice (runtime/auto.py writes it), or None when there is none to trust: a
+    cache entry that is missing, damaged or of another format is measured again, never an error."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != AUTO_FORMAT or any(
+            not isinstance(record.get(k), t) for k, t in AUTO_FIELDS.items()):
+        return None
+    return record
 
 
 __all__ = [
     "MODEL_JSON", "ENGINE_JSON", "PIPELINE_JSON", "DEPLOY_JSON", "PRUNING_JSON", "ORT_CPU_FILE", "graph_file",
     "ONNX_FORMAT", "OPENVINO_FORMAT", "TENSORRT_FORMAT", "PIPELINE_FORMAT", "DEPLOY_FORMAT", "PRUNED_UNET_FORMAT",
-    "PRUNED_DECODER_FORMAT", "LATENCY_TABLE_FORMAT", "LATENCY_TABLE_FIELDS", "MODEL_FORMATS", "KINDS", "TEXT_KINDS", "NEEDS",
-    "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "SCHEDULER_VARIANTS", "DEPLOY_FIELDS",
+    "PRUNED_DECODER_FORMAT", "LATENCY_TABLE_FORMAT", "LATENCY_TABLE_FIELDS", "AUTO_FORMAT", "AUTO_FIELDS", "MODEL_FORMATS",
+    "KINDS", "TEXT_KINDS", "NEEDS", "SCHEDULER_CLASSES", "DIFFUSERS_SCHEDULERS", "SCHEDULER_VARIANTS", "DEPLOY_FIELDS",
     "read_json", "read_model_json", "read_engine_json", "read_pipeline_json", "read_deploy_json", "read_pruning_json",
-    "read_latency_table",
+    "read_latency_table", "read_auto_choice",
     "check_spec", "check_fields", "check_text_fits", "deploy_file", "is_pipeline", "scheduler_name",
     "scheduler_variant", "CACHE_FEATURE", "SHALLOW_DIR", "step_cache_record", "read_step_cache",
 ]

@@ -64,6 +64,7 @@ class Pipeline:
         self.latent = self.spec.get("latent")
         self.decoder = next((n for n in ("vae_decoder", "vq_decoder") if n in self.spec["components"]), None)
         self.last_timing, self.notes = {}, []
+        self.auto = None  # with backend "auto": what was measured and chosen (runtime/auto.py)
 
     def __enter__(self):
         return self.open()
@@ -78,6 +79,11 @@ class Pipeline:
         from .runners import open_runner
         from .text import ClipTokenizer
 
+        if self.backend == "auto":  # one choice for every component, measured on the UNet (it runs every step)
+            from .runners import choose_auto
+
+            self.auto = choose_auto(self.folder, threads=self.threads)
+            self.backend = self.auto["chosen"]
         try:
             for name, sub in self.spec["components"].items():
                 given = (runners or {}).get(name)

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from diffprune.threads import prepare_environment
+
+    prepare_environment()  # before any command imports torch: waiting OpenMP threads yield the cores
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

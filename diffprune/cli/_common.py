@@ -9,7 +9,7 @@ import importlib.util
 
 from diffprune.errors import DiffPruneError
 from diffprune.pruning.importance import CRITERIA
-from diffprune.runtime.runners import BACKENDS, auto_backend, parse_backend
+from diffprune.runtime.runners import BACKENDS, parse_backend
 
 EPILOG = """\
 pipeline:  prune -> (fine-tune) -> export -> run
@@ -110,10 +110,21 @@ def add_backend_argument(parser, default: str | None = "auto", multiple: bool = 
     return parser.add_argument(
         "--backend", default=[default] if multiple and default else default, type=backend_list if multiple else backend_spec,
         metavar="BACKEND" + (",..." if multiple else ""),
-        help=f"{what}: auto (default: openvino where installed, else ort-cpu; here {auto_backend()}), "
+        help=f"{what}: auto (default: the fastest backend and precision installed here whose images agree with "
+             "float32's, measured on the artifact once per host by a short sampling run and cached; it prints what it "
+             "chose and the times), "
              f"{', '.join(BACKENDS)}; openvino[:DEVICE][@PRECISION] picks an OpenVINO device (CPU by default, GPU, "
              "NPU, AUTO) and compute precision (auto by default: OpenVINO's choice, bf16 on CPUs with bf16 units; "
              "f32 gives ONNX Runtime's images; bf16, f16)")
+
+
+def add_threads_argument(parser):
+    """``--threads`` of the torch commands (prune, finetune, demo): see diffprune.threads."""
+    return parser.add_argument(
+        "--threads", type=count, default=None,
+        help="torch CPU threads (default: the cores this process may use, os.sched_getaffinity). Waiting threads "
+             "sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so the run slows in proportion when "
+             "other jobs share the cores; DIFFPRUNE_THREAD_POLICY=torch-default keeps PyTorch's own settings")
 
 
 def resolve_device(name: str):

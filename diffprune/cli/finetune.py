@@ -6,7 +6,7 @@ import textwrap
 
 from diffprune.data.images import RESIZE_MODES
 
-from ._common import TOOLCHAIN, count, count_or_zero, missing_note, require
+from ._common import TOOLCHAIN, add_threads_argument, count, count_or_zero, missing_note, require
 
 NAME = "finetune"
 NEEDS = TOOLCHAIN + ("accelerate",)
@@ -95,6 +95,7 @@ def register(subparsers):
                    help="continue from the latest checkpoint in OUT.ckpt (or --checkpoint-dir), with the same options")
     p.add_argument("--log-every", type=count, default=10, help="steps between loss-log rows (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batches, noise and timesteps (default 0)")
+    add_threads_argument(p)
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
@@ -118,7 +119,7 @@ def run(args) -> int:
         checkpoint_minutes=args.checkpoint_minutes, resume=args.resume, log_every=args.log_every, seed=args.seed,
         device=args.device, caption_dropout=args.caption_dropout, precompute=args.precompute, stream=args.stream,
         feature_kd_weight=args.feature_kd_weight, prompts=read_prompts(args.prompts) if args.prompts else None,
-        guidance_scale=args.guidance_scale, pixel_loss=args.pixel_loss,
+        guidance_scale=args.guidance_scale, pixel_loss=args.pixel_loss, threads=args.threads,
     )
     try:
         if args.component == "decoder":

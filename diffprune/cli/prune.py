@@ -5,7 +5,8 @@ import textwrap
 
 from diffprune.data.images import RESIZE_MODES
 
-from ._common import CRITERIA_NAMES, EPILOG, TOOLCHAIN, backend_spec, count, fraction, missing_note, require, resolve_device
+from ._common import (CRITERIA_NAMES, EPILOG, TOOLCHAIN, add_threads_argument, backend_spec, count, fraction,
+                      missing_note, require, resolve_device)
 
 NAME = "prune"
 NEEDS = TOOLCHAIN
@@ -108,6 +109,7 @@ def register(subparsers):
                         "(default: drawn uniformly with --seed)")
     p.add_argument("--prune-heads", action="store_true", help="in attention, remove whole heads instead of shrinking every head")
     p.add_argument("--seed", type=int, default=0, help="seed for noise, data subset and random criteria (default 0)")
+    add_threads_argument(p)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -131,6 +133,7 @@ def run(args) -> int:
     from diffprune.pruning.recipe import check_components, prune_source
     from diffprune.sources.resolve import pipeline_source
     from diffprune.sources.text import read_prompts
+    from diffprune.threads import check_threads
 
     # Fail on bad options before minutes of work, not after.
     components = check_components(args.components)
@@ -148,6 +151,7 @@ def run(args) -> int:
                              "--target-speedup S (or drop them to prune to --ratio / --target-macs).")
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
                   args.num_images, args.micro_batch)
+    check_threads(args.threads)
     prompts = read_prompts(args.prompts) if args.prompts else None
     check_guidance(args.guidance_scale, args.data, prompts)
     device = resolve_device(args.device)
@@ -162,7 +166,7 @@ def run(args) -> int:
         prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize, progress=not args.quiet,
         class_labels=args.class_labels, prompts=prompts,
         guidance_scale=args.guidance_scale, latency=latency, uncond_fraction=args.uncond_fraction,
-        score_norm=args.score_norm,
+        score_norm=args.score_norm, threads=args.threads,
     )
     if not main:
         return 0  # every rank holds the same pruned model; the first one writes and prints it

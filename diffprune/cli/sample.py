@@ -80,6 +80,8 @@ def run(args) -> int:
     if args.eta and args.scheduler != "ddim":
         raise DiffPruneError(f"--eta applies to the ddim scheduler only, not {args.scheduler}.")
     with open_runner(artifact, args.backend, threads=args.threads) as runner:
+        if runner.auto:
+            print(runner.auto["line"])
         scheduler = make_scheduler(args.scheduler, runner.scheduler_config, **kwargs)
         with Sampler(runner, scheduler, cache_interval=args.cache_interval) as sampler:
             images = sampler.generate(args.n, seed=args.seed, steps=args.steps, batch=args.batch)
@@ -105,6 +107,8 @@ def run_pipeline(args) -> int:
                                steps=50 if args.steps is None else args.steps, scheduler=args.scheduler, seed=args.seed, batch=args.batch,
                                class_labels=args.class_label, eta=args.eta, cache_interval=args.cache_interval)
         backend = pipe.runners["unet"].backend
+    if pipe.auto:
+        print(pipe.auto["line"])
     save_png(args.out, grid(images))
     t = pipe.last_timing
     for note in pipe.notes:

@@ -272,8 +272,15 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
     backends = [backend] if isinstance(backend, str) else list(backend)
     if not backends:
         raise DiffPruneError("Give at least one backend to measure on (e.g. ort-cpu, or ort-cpu,openvino).")
-    backends = [resolve_backend(spec) for spec in backends]
     threads = threads or default_threads()
+    auto = None
+    if "auto" in backends:  # measured once, on the first artifact (dense), and used for all: like against like
+        from ..runtime.runners import choose_auto
+
+        first = artifacts[0]
+        auto = choose_auto(first, threads=threads)
+        auto = {"artifact": str(first), **{k: auto[k] for k in ("chosen", "reason", "trials", "cached", "line")}}
+    backends = list(dict.fromkeys(auto["chosen"] if spec == "auto" else resolve_backend(spec) for spec in backends))
     metas = {str(path): _describe(path) for path in artifacts}
     pipelines = {bool(m.get("pipeline")) for m in metas.values()}
     if len(pipelines) > 1:
@@ -377,7 +384,7 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
         "steps": steps, "scheduler": scheduler, "cache_interval": cache_interval, "runs": runs, "warmup": warmup,
         "pipeline": pipeline, "prompt": prompt, "guidance": guidance,
         "threads": threads, "artifacts": [str(a) for a in artifacts], "torch_baseline": baseline_src,
-        "torch_baseline_note": baseline_note,
+        "torch_baseline_note": baseline_note, "auto": auto,
         "isolation": "one process per model and backend, runs alternating", "worker_env": WORKER_ENV,
         "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpus": os.cpu_count()},
         "versions": installed_versions(),
@@ -420,6 +427,9 @@ def markdown(results: dict, command: str = "") -> str:
                  "each model in its own process, runs alternating between them"
                  + "".join(f", {k}={v}" for k, v in (results.get("worker_env") or {}).items())
                  + (" for the runtime" if results.get("worker_env") else "") + ".\n")
+    if results.get("auto"):
+        lines.append(f"Backend chosen by `--backend auto` on {Path(results['auto']['artifact']).name}: "
+                     f"{results['auto']['reason']}.\n")
     multi = len(results.get("backends", [results["backend"]])) > 1
     lines += ["| batch | model | backend | params (M) | MACs (G) | e2e median ms | p90 ms | min ms | UNet ms | sampler share | "
               f"images/s | speedup | paired |{' vs dense, same backend |' if multi else ''} vs PyTorch eager |",

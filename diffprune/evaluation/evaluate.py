@@ -76,17 +76,23 @@ def evaluate(model, dense=None, n: int = 64, steps: int = 50, scheduler: str = "
     from ..runtime.runners import resolve_backend
     from .metrics import OnnxFeatures, consistency, feature_statistics, fid
 
-    backend = resolve_backend(backend)  # recorded as what ran, not as "auto"
-    images = {}
+    images, auto = {}, None
     with tempfile.TemporaryDirectory(prefix="diffprune-eval-") as work:
         for role, src in (("model", model), ("dense", dense)):
             if src is None:
                 continue
             artifact = as_artifact(src, Path(work) / f"{role}-onnx", batch, log=lambda m: None)
+            if backend == "auto":  # measured on the model, then the same backend for the dense model
+                from ..runtime.runners import choose_auto
+
+                auto = choose_auto(artifact, log=log)
+            backend = resolve_backend(auto["chosen"] if auto else backend)  # recorded as what ran, not as "auto"
             with open_runner(artifact, backend) as runner:
                 sampler = Sampler(runner, make_scheduler(scheduler, runner.scheduler_config))
                 images[role] = sampler.generate(n, seed=seed, steps=steps, batch=batch)
     result = {"n": n, "steps": steps, "scheduler": scheduler, "backend": backend}
+    if auto:
+        result["auto"] = {k: auto[k] for k in ("chosen", "reason", "trials", "cached")}
     if "dense" in images:
         result["consistency"] = consistency(images["model"], images["dense"])
         log(f"consistency with the dense model (same seeds): SSIM {result['consistency']['ssim']:.4f}, "

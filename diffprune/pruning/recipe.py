@@ -21,11 +21,13 @@ class Pruned:
     scheduler_config: dict
     source: dict
     src: object
+    threads: dict | None = None  # the torch threads and wait policy it was pruned with (diffprune.threads)
 
     def record(self) -> dict:
         """pruning.json's part that says what made the model."""
         report = {k: v for k, v in self.report.to_dict().items() if k != "layer_widths"}
-        return {"source": self.source, "pruning": report}
+        return {"source": self.source, "pruning": {**report, **({"threads": self.threads["threads"],
+                                                                   "thread_policy": self.threads} if self.threads else {})}}
 
     def save(self, out, overwrite: bool = False) -> Path:
         """Write the pruned model at ``out`` (atomically; a pipeline folder when the source is a pipeline)."""
@@ -35,12 +37,16 @@ class Pruned:
                     pipeline=self.src)
 
 
-def prune_source(src, device="cpu", check=None, **options) -> Pruned:
+def prune_source(src, device="cpu", check=None, threads: int | None = None, **options) -> Pruned:
     """Load ``src`` (any model source: diffprune.sources.resolve) on ``device`` and prune it with ``options``
     (the keywords of :func:`diffprune.prune`). The source's text encoder and VAE are passed on, loaded only if
-    the calibration needs them. ``check(model)``, when given, may refuse the loaded model before any work."""
+    the calibration needs them. ``check(model)``, when given, may refuse the loaded model before any work.
+    ``threads``: torch CPU threads (default: the cores this process may use), under diffprune.threads' policy."""
     from ..sources.loader import FromSource, load_source
+    from ..threads import apply_thread_policy
     from .pruner import prune
+
+    thread_policy = apply_thread_policy(threads)
 
     model, scheduler_config, source = load_source(src, device=device)
     if check is not None:
@@ -48,7 +54,7 @@ def prune_source(src, device="cpu", check=None, **options) -> Pruned:
     options.setdefault("text_encoder", FromSource(src, "text_encoder", device))
     options.setdefault("vae", FromSource(src, "vae", device))
     pruned, report = prune(model, scheduler_config=scheduler_config, **options)
-    return Pruned(pruned, report, scheduler_config, source, src)
+    return Pruned(pruned, report, scheduler_config, source, src, thread_policy)
 
 
 COMPONENTS = ("unet", "decoder")  # what `diffprune prune --components` may name

@@ -203,8 +203,8 @@ def parse_reference(text: str, scheduler_config: dict) -> tuple:
 
 
 def check_grid(schedulers, steps, backends, batches, budgets, per="image", n=16, runs=10, intervals=(1,)) -> list:
-    """Refuse a bad grid before anything is exported or measured; returns the backends resolved and
-    checked to be runnable here (auto -> openvino where installed, else ort-cpu)."""
+    """Refuse a bad grid before anything is exported or measured; returns the backends checked to be runnable
+    here (``auto`` kept as it is: :func:`diffprune.selection.select` measures it on the dense export)."""
     from ..runtime.runners import check_available
     from ..runtime.schedulers import SCHEDULERS
 
@@ -229,7 +229,7 @@ def check_grid(schedulers, steps, backends, batches, budgets, per="image", n=16,
         raise DiffPruneError(f"n {n} and runs {runs} must be at least 1.")
     resolved = []
     for b in backends:
-        spec = check_available(b)
+        spec = b if b == "auto" else check_available(b)  # auto is measured later, on the dense export
         if spec not in resolved:
             resolved.append(spec)
     return resolved

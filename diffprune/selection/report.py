@@ -49,6 +49,8 @@ def report(result: dict, rows) -> str:
              (f"FID in the feature space of {result['features']} against "
               f"{result['fid_reference'] or 'the dense reference images'}; " if result["features"] else "")
              + f"choices rank by {result['rank'].upper()}.", "",
+             *([f"Backend chosen by `--backend auto` on the dense export: {result['auto']['reason']}.", ""]
+               if result.get("auto") else []),
              "| budget ms | which | configuration | SSIM | FID | latency ms (measured) |", "|---|---|---|---|---|---|"]
     by_name = {r.name: r for r in rows}
     for budget, entry in result["decisions"].items():

@@ -77,13 +77,19 @@ def select(dense, candidates=(), sweep=(), speedups=(), budget_ms=100.0, per: st
             target.check()
             targets.append(target)
     check_writable(out, overwrite)
-    default = {"scheduler": schedulers[0], "steps": max(step_list), "backend": backends[0], "batch": batches[0]}
     started = time.perf_counter()
 
     work = Path(str(out) + ".work")  # exports and sweep models, reusable across runs
     work.mkdir(parents=True, exist_ok=True)
     export_batches = (1, max(max(batches), 8), max(max(batches), 16))
     artifacts = {"dense": as_artifact(dense, work / f"dense{cache_tag}-onnx", export_batches, log, step_cache)}
+    auto = None
+    if "auto" in backends:  # measured on the dense export, cached per artifact and host (runtime/auto.py)
+        from ..runtime.runners import choose_auto
+
+        auto = choose_auto(artifacts["dense"], threads=threads, log=log)
+        backends = list(dict.fromkeys(auto["chosen"] if b == "auto" else b for b in backends))
+    default = {"scheduler": schedulers[0], "steps": max(step_list), "backend": backends[0], "batch": batches[0]}
     for c in candidates:
         artifacts[Path(c).name] = as_artifact(c, work / f"{Path(c).name}{cache_tag}-onnx", export_batches, log, step_cache)
     for f in sweep:
@@ -142,6 +148,7 @@ def select(dense, candidates=(), sweep=(), speedups=(), budget_ms=100.0, per: st
         "fid_reference": str(fid_reference) if fid_reference else None, "default": default, "n": n, "runs": runs, "probe_runs": probe_runs, "features": str(features) if features else None,
         "rows": [asdict(r) for r in rows], "pareto": pareto(rows), "pareto_measured": pareto(measured),
         "decisions": decisions, "verification_rounds": rounds,
+        "auto": {k: auto[k] for k in ("chosen", "reason", "trials", "cached")} if auto else None,
         "prediction_error": prediction_error(measured),
         "seconds": time.perf_counter() - started, "timing": timing, "versions": installed_versions(),
         "latency_model": {f"{m} · {b} · b{bs}": asdict(lm) for (m, b), model in latency.items() for bs, lm in model.items()},

@@ -44,6 +44,7 @@ class FinetuneConfig:
     mixed_precision: str = "auto"  # auto (bf16 where the GPU has it, else fp16; fp32 on the CPU), no, bf16, fp16
     seed: int = 0  # batches, noise and timesteps of step k on rank r come from (seed, k, r)
     device: str = "auto"  # auto (cuda if available), cpu, cuda
+    threads: int | None = None  # torch CPU threads (None: the cores this process may use; diffprune.threads)
 
     # Distillation from the dense model.
     teacher: object = None  # a model source: the dense model the student learns from
@@ -114,6 +115,9 @@ class FinetuneConfig:
         if self.pixel_loss not in PIXEL_LOSSES:
             raise DiffPruneError(f"pixel_loss {self.pixel_loss!r} is unknown; allowed: {', '.join(PIXEL_LOSSES)} (the "
                                  "decoder distillation's error between the student's and the dense decoder's images).")
+        from ..threads import check_threads
+
+        check_threads(self.threads)
         if self.mixed_precision not in MIXED_PRECISION:
             raise DiffPruneError(f"mixed_precision {self.mixed_precision!r} is unknown; allowed: {', '.join(MIXED_PRECISION)}.")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -141,7 +141,10 @@ def finetune(model_or_folder, out, config: FinetuneConfig | None = None, *, text
     from ..sources.unet import versions
     from ..data.stream import is_shards
 
+    from ..threads import apply_thread_policy
+
     c = FinetuneConfig.of(config, **options)
+    thread_policy = apply_thread_policy(c.threads)  # yielding waits where torch is not loaded yet (the CLI)
     out = Path(out)
     checkpoint_dir = checkpoint_folder(out, c.checkpoint_dir)
     device = c.device
@@ -349,7 +352,8 @@ def finetune(model_or_folder, out, config: FinetuneConfig | None = None, *, text
         if source.get("format") == "diffprune":
             info = {k: v for k, v in read_info(source["source"]).items() if k not in ("widths", "params", "macs", "versions", "dtype", "format")}
         info.setdefault("source", source)
-        info["finetune"] = {**config, **{k: v for k, v in report.to_dict().items() if k != "losses"}, "versions": versions()}
+        info["finetune"] = {**config, **{k: v for k, v in report.to_dict().items() if k != "losses"}, "versions": versions(),
+                            "threads": thread_policy["threads"], "thread_policy": thread_policy}
         text = io.StringIO()
         writer = csv.writer(text)
         writer.writerow(["step", "loss", "lr"] + (["feature_kd"] if projector is not None else []))

@@ -9,21 +9,33 @@ BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "trt", "openvino")
 
 
 def auto_backend() -> str:
-    """What ``"auto"`` means on this machine: openvino where the package is installed, else ort-cpu.
+    """What ``"auto"`` means where no artifact is at hand (``--help``): openvino where installed, else ort-cpu.
 
-    On this project's 2-core x86 CPU OpenVINO in its default precision (bf16 there) ran the CIFAR-10
-    UNet about 2x faster than ONNX Runtime, and as fast in float32 (benchmarks/README.md)."""
+    With an artifact, ``auto`` is measured instead (:func:`resolve_backend`, diffprune.runtime.auto): the
+    fastest installed backend and precision whose images agree with float32's on that artifact and host."""
     import importlib.util
 
     return "openvino" if importlib.util.find_spec("openvino") is not None else "ort-cpu"
 
 
-def resolve_backend(text: str) -> str:
-    """``"auto"`` -> :func:`auto_backend`; any other spec is checked and returned as given."""
+def resolve_backend(text: str, artifact=None, threads: int | None = None, log=None) -> str:
+    """``"auto"`` -> the backend measured fastest for ``artifact`` among those agreeing with float32
+    (diffprune.runtime.auto.auto_choice: cached per artifact and host; ``log`` gets its one line of times), or
+    :func:`auto_backend` without an artifact; any other spec is checked and returned as given."""
     if text == "auto":
-        return auto_backend()
+        if artifact is None:
+            return auto_backend()
+        return choose_auto(artifact, threads=threads, log=log)["chosen"]
     parse_backend(text)
     return text
+
+
+def choose_auto(artifact, threads: int | None = None, **options) -> dict:
+    """What ``auto`` is for ``artifact`` here: :func:`diffprune.runtime.auto.auto_choice` (cached, else measured
+    on this package's runners); ``options``: batch, steps, tolerance, refresh, specs, log."""
+    from ..auto import auto_choice
+
+    return auto_choice(artifact, threads=threads, open_runner=open_runner, **options)
 
 
 def parse_backend(text: str) -> tuple:
@@ -101,12 +113,23 @@ def open_runner(artifact, backend: str = "ort-cpu", threads: int | None = None, 
 
     ``backend``: ort-cpu, ort-cuda, ort-trt (ONNX Runtime execution providers), trt (native engine),
     openvino[:DEVICE][@PRECISION] (OpenVINO: CPU and its default precision; see ``parse_backend``), or auto
-    (openvino where installed, else ort-cpu).
+    (measured: the fastest here whose images agree with float32's; the choice is ``runner.auto``, see
+    diffprune.runtime.auto).
     ``batch`` pins the session to one batch size, which lets the backend fold the graph's shape
     arithmetic (1-3 % faster on the CIFAR-10 UNet on CPU with ONNX Runtime); other batch sizes are then
     refused.
     Use it as a context manager: ``with open_runner(path) as run: out = run(sample, timestep)``.
     """
+    auto = None
+    if backend == "auto":
+        auto = choose_auto(artifact, threads=threads)
+        backend = auto["chosen"]
+    runner = _open_runner(artifact, backend, threads, cuda_graph, batch)
+    runner.auto = auto
+    return runner
+
+
+def _open_runner(artifact, backend, threads, cuda_graph, batch):
     opened_with = {"backend": backend, "threads": threads, "cuda_graph": cuda_graph, "batch": batch}
     backend, device, precision = parse_backend(resolve_backend(backend))
     kind, folder, meta = describe(Path(artifact))
@@ -143,5 +166,5 @@ def open_shallow(runner, interval: int):
     return open_runner(record["shallow"], **getattr(runner, "opened_with", {"backend": "ort-cpu"})).open()
 
 
-__all__ = ["BACKENDS", "auto_backend", "check_available", "incompatibility", "open_runner", "open_shallow", "parse_backend",
-           "resolve_backend"]
+__all__ = ["BACKENDS", "auto_backend", "check_available", "choose_auto", "incompatibility", "open_runner", "open_shallow",
+           "parse_backend", "resolve_backend"]

@@ -36,6 +36,7 @@ class Runner:
         self.calls = 0
         self.seconds = 0.0  # wall time inside the backend, synchronised
         self.fixed_batch = None
+        self.auto = None  # what ``--backend auto`` measured and chose (runtime/auto.py), when it chose this runner
 
     @property
     def conditioning(self) -> list:
