@@ -30,27 +30,26 @@ def test_threads_in_range_or_none_pass():
     assert check_threads(None) is None and check_threads(1) == 1 and check_threads(usable_cpus()) == usable_cpus()
 
 
-def test_the_environment_makes_waiting_threads_sleep_unless_told_otherwise():
-    env = {}
+def test_the_yield_policy_makes_waiting_threads_sleep_unless_told_otherwise():
+    env = {POLICY_ENV: "yield"}
     prepare_environment(env)
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}  # the user's own choice stays
+    assert env == {POLICY_ENV: "yield", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {POLICY_ENV: "yield", "OMP_WAIT_POLICY": "ACTIVE"}  # the user's own choice stays
     prepare_environment(env)
-    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
-    env = {POLICY_ENV: "torch-default"}  # PyTorch's defaults, to compare against
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+    env = {}  # the default, torch-default: PyTorch's own (the measurement does not support yielding yet)
     prepare_environment(env)
-    assert env == {POLICY_ENV: "torch-default"}
+    assert env == {}
 
 
 def test_apply_sets_torch_threads_and_records_them(keep_torch_threads, monkeypatch):
     monkeypatch.delenv(POLICY_ENV, raising=False)
     record = apply_thread_policy(1)
-    assert torch.get_num_threads() == 1 and record["threads"] == 1 and record["policy"] == "yield"
-    assert apply_thread_policy(None)["threads"] == usable_cpus()  # the default: every usable core
-    monkeypatch.setenv(POLICY_ENV, "torch-default")
-    torch.set_num_threads(1)
-    record = apply_thread_policy(None)  # PyTorch's own count, left alone
+    assert torch.get_num_threads() == 1 and record["threads"] == 1 and record["policy"] == "torch-default"
+    record = apply_thread_policy(None)  # the default policy leaves PyTorch's own count alone
     assert record["threads"] == 1 and record["policy"] == "torch-default"
+    monkeypatch.setenv(POLICY_ENV, "yield")
+    assert apply_thread_policy(None)["threads"] == usable_cpus()  # yield: every usable core
     monkeypatch.setenv(POLICY_ENV, "spin")
     with pytest.raises(DiffPruneError, match="DIFFPRUNE_THREAD_POLICY='spin' is unknown; allowed: yield, torch-default"):
         apply_thread_policy(None)
@@ -73,6 +72,7 @@ def test_cli_refuses_bad_threads_before_any_work(tmp_path, capsys):
 def test_prune_command_applies_the_policy_and_records_it(tmp_path):
     """In a fresh process, as a user runs it: the wait policy is set before torch loads and recorded."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", POLICY_ENV)}
+    env[POLICY_ENV] = "yield"
     out = tmp_path / "pruned"
     proc = subprocess.run([sys.executable, "-m", "diffprune", "prune", "arch:tiny", str(out), "--method", "magnitude",
                            "--ratio", "0.5", "--threads", "1", "--quiet"], env=env, capture_output=True, text=True)

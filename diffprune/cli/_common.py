@@ -122,9 +122,9 @@ def add_threads_argument(parser):
     """``--threads`` of the torch commands (prune, finetune, demo): see diffprune.threads."""
     return parser.add_argument(
         "--threads", type=count, default=None,
-        help="torch CPU threads (default: the cores this process may use, os.sched_getaffinity). Waiting threads "
-             "sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so the run slows in proportion when "
-             "other jobs share the cores; DIFFPRUNE_THREAD_POLICY=torch-default keeps PyTorch's own settings")
+        help="torch CPU threads, at most the cores this process may use (os.sched_getaffinity; default: PyTorch's own "
+             "count). DIFFPRUNE_THREAD_POLICY=yield also makes waiting OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) "
+             "and defaults to every usable core; not the default, as it was slower alone (benchmarks/shared_cpu.py)")
 
 
 def resolve_device(name: str):
