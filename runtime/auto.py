@@ -197,7 +197,7 @@ def _conditioning(runner, batch: int, seed: int) -> dict:
 
 def sample_probe(runner, batch: int, steps: int = PROBE_STEPS, seed: int = 0, clock=time.perf_counter) -> tuple:
     """``(images (B, C, H, W) in [-1, 1], seconds of each UNet call)``: DDIM from seeded noise on ``runner``."""
-    from .sampler import initial_noise
+    from .noise import initial_noise
     from .schedulers import make_scheduler
 
     scheduler = make_scheduler("ddim", runner.scheduler_config or {})

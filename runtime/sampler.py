@@ -15,24 +15,7 @@ import numpy as np
 
 from .errors import DiffPruneError
 from .formats import CACHE_FEATURE, read_step_cache
-
-
-def initial_noise(shape, indices, seed: int, sigma: float = 1.0) -> np.ndarray:
-    """(len(indices), *shape) float32 starting noise: image i from ``default_rng([seed, i])``, times ``sigma``
-    (the scheduler's ``init_noise_sigma``). The pixel sampler and the pipelines (runtime/pipeline.py) share it."""
-    return np.stack([np.random.default_rng([seed, int(i)]).standard_normal(tuple(shape), dtype=np.float32)
-                     for i in indices]) * np.float32(sigma)
-
-
-def step_rngs(indices, seed: int, pad: int = 0) -> list:
-    """Per-image generators for the noise a stochastic scheduler adds at each step (``default_rng([seed, i, 1])``),
-    plus ``pad`` throw-away ones for the padding rows of a short batch."""
-    return [np.random.default_rng([seed, int(i), 1]) for i in indices] + [np.random.default_rng(0)] * pad
-
-
-def step_noise(rngs, shape) -> np.ndarray:
-    """(len(rngs), *shape) float32: one draw per image, so an image's noise does not depend on its batch."""
-    return np.stack([r.standard_normal(tuple(shape), dtype=np.float32) for r in rngs])
+from .noise import initial_noise, step_noise, step_rngs  # noqa: F401  (initial_noise: re-exported)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
