@@ -111,7 +111,7 @@ def reference(prompts, negative, guidance, steps, seed):
 
 def test_guidance_runs_one_doubled_batch_and_matches_the_written_out_maths(fake_sd):
     prompts = ["a photo of a cat", "a red house by the sea"]
-    with rp.Pipeline(fake_sd) as pipe:
+    with rp.Pipeline(fake_sd, backend="ort-cpu") as pipe:  # a named backend: auto's probe would call the UNet too
         images = pipe.generate(prompts, negative_prompt="blurry", guidance=5.0, steps=4, seed=3, output="float")
         timing = pipe.last_timing
     np.testing.assert_allclose(images, reference(prompts, "blurry", 5.0, 4, 3), atol=1e-5)
@@ -123,14 +123,14 @@ def test_guidance_runs_one_doubled_batch_and_matches_the_written_out_maths(fake_
 
 
 def test_guidance_of_one_or_less_runs_the_prompt_alone(fake_sd):
-    with rp.Pipeline(fake_sd) as pipe:
+    with rp.Pipeline(fake_sd, backend="ort-cpu") as pipe:
         plain = pipe.generate("a cat", guidance=1.0, steps=3, output="float")
     assert [b for c, b in FakeRunner.seen if c == "unet"] == [1] * 3
     np.testing.assert_allclose(plain, reference(["a cat"], "", 1.0, 3, 0), atol=1e-5)  # g = 1: eps = eps_c
 
 
 def test_same_seed_same_images_at_any_batch(fake_sd):
-    with rp.Pipeline(fake_sd) as pipe:
+    with rp.Pipeline(fake_sd, backend="ort-cpu") as pipe:
         one = pipe.generate("a cat", n=3, steps=3, seed=7, batch=1)
         three = pipe.generate("a cat", n=3, steps=3, seed=7, batch=3)
         other = pipe.generate("a cat", n=1, steps=3, seed=8)
@@ -141,7 +141,7 @@ def test_same_seed_same_images_at_any_batch(fake_sd):
 
 def test_noise_replaces_the_seeded_draw_like_diffusers_latents(fake_sd):
     noise = np.random.default_rng([5, 0]).standard_normal((1, 4, 8, 8), dtype=np.float32)
-    with rp.Pipeline(fake_sd) as pipe:
+    with rp.Pipeline(fake_sd, backend="ort-cpu") as pipe:
         a = pipe.generate("a cat", steps=3, seed=5, scheduler="euler")
         b = pipe.generate("a cat", steps=3, seed=99, scheduler="euler", noise=noise)  # scaled by init_noise_sigma
     np.testing.assert_array_equal(a, b)
@@ -149,7 +149,7 @@ def test_noise_replaces_the_seeded_draw_like_diffusers_latents(fake_sd):
 
 def test_long_prompts_are_truncated_with_a_warning(fake_sd):
     long = "a very detailed painting of " + "a cat and " * 60
-    with rp.Pipeline(fake_sd) as pipe:
+    with rp.Pipeline(fake_sd, backend="ort-cpu") as pipe:
         with pytest.warns(rp.PromptTruncated, match="longer than 77 tokens were truncated"):
             cut = pipe.generate(long, steps=2)
         with warnings.catch_warnings():
@@ -169,7 +169,7 @@ def test_long_prompts_are_truncated_with_a_warning(fake_sd):
     (dict(prompt="a cat", noise=np.zeros((1, 4, 4, 4), np.float32)), r"noise has shape \(1, 4, 4, 4\)"),
 ])
 def test_bad_arguments_are_clear_errors(fake_sd, kwargs, fragment):
-    with rp.Pipeline(fake_sd) as pipe:
+    with rp.Pipeline(fake_sd, backend="ort-cpu") as pipe:
         with pytest.raises(DiffPruneError, match=fragment):
             pipe.generate(steps=2, **kwargs)
 
@@ -186,18 +186,18 @@ def test_bad_pipeline_folders_are_clear_errors(fake_sd, tmp_path):
     ]:
         (fake_sd / "pipeline.json").write_text(json.dumps({**spec, **change}))
         with pytest.raises(DiffPruneError, match=fragment):
-            rp.Pipeline(fake_sd)
+            rp.Pipeline(fake_sd, backend="ort-cpu")
     (fake_sd / "pipeline.json").write_text(json.dumps({**spec, "kind": "latent"}))
     with pytest.raises(DiffPruneError, match="takes encoder_hidden_states, but the pipeline is latent"):
-        rp.Pipeline(fake_sd).open()
+        rp.Pipeline(fake_sd, backend="ort-cpu").open()
     (fake_sd / "pipeline.json").write_text(json.dumps({**spec, "scheduler": {"_class_name": "PNDMScheduler"}}))
-    with rp.Pipeline(fake_sd) as pipe, pytest.raises(DiffPruneError, match="PNDMScheduler, which the runtime"):
+    with rp.Pipeline(fake_sd, backend="ort-cpu") as pipe, pytest.raises(DiffPruneError, match="PNDMScheduler, which the runtime"):
         pipe.generate("a cat", steps=2)
     (fake_sd / "pipeline.json").write_text(json.dumps(spec))
     (fake_sd / "tokenizer" / "tokenizer_config.json").unlink()
     (fake_sd / "tokenizer").rmdir()
     with pytest.raises(DiffPruneError, match="tokenizer folder .* is missing"):
-        rp.Pipeline(fake_sd).open()
+        rp.Pipeline(fake_sd, backend="ort-cpu").open()
 
 
 def test_scheduler_names_follow_the_config_class():
