@@ -79,7 +79,8 @@ class Pipeline:
         from .runners import open_runner
         from .text import ClipTokenizer
 
-        if self.backend == "auto":  # one choice for every component, measured on the UNet (it runs every step)
+        opens_any = any(name not in (runners or {}) for name in self.spec["components"])
+        if self.backend == "auto" and opens_any:  # one choice for every component, measured on the UNet (it runs every step)
             from .runners import choose_auto
 
             self.auto = choose_auto(self.folder, threads=self.threads)
