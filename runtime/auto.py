@@ -33,6 +33,7 @@ import numpy as np
 from .cache import cache_dir
 from .errors import DiffPruneError
 from .formats import AUTO_FORMAT, read_auto_choice
+from .host import cpu_name as cpu_model
 
 # Mean |image - float32 image| in [-1, 1] units after the probe's steps: 0.02 is 2.5 levels of 255. float32 on
 # another backend differs by ~1e-6; a graph computed in a wrong precision or a broken kernel by far more.
@@ -129,19 +130,6 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return found
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def usable_cpus() -> int:

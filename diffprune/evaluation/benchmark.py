@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .._io import atomic_dir, quiet
 from ..errors import DiffPruneError
+from ..runtime.host import cpu_name
 
 
 def torch_eager_case(src, batch: int, steps: int, device: str = "cpu", name: str = "dense (diffusers, PyTorch eager)"):
@@ -386,7 +387,7 @@ def run_bench(artifacts, backend="ort-cpu", batches=(1,), steps: int = 50, sched
         "threads": threads, "artifacts": [str(a) for a in artifacts], "torch_baseline": baseline_src,
         "torch_baseline_note": baseline_note, "auto": auto,
         "isolation": "one process per model and backend, runs alternating", "worker_env": WORKER_ENV,
-        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "processor": f"{cpu_name()} ({platform.machine()})", "cpus": os.cpu_count()},
         "versions": installed_versions(),
     })
     return results
@@ -405,17 +406,6 @@ def installed_versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return found
-
-
-def _cpu_name() -> str:
-    """The CPU's model name where Linux tells it (platform.processor() is often just "x86_64")."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def markdown(results: dict, command: str = "") -> str:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .._io import quiet
+from ..runtime.host import cpu_name
 from ..errors import DiffPruneError
 from ..runtime.formats import LATENCY_TABLE_FORMAT, read_latency_table
 from . import model as latency_model
@@ -30,17 +31,6 @@ PROBES_JSON = "probes.json"
 UNIFORM = (0.7, 0.45)  # kept fractions of the uniform probes (with dense: three points along the MAC curve)
 STAGE_FRACTION = 0.5  # each stage's groups at half width, the others dense: separates the stages' costs
 RANDOM_PROBES = 6  # random widths teach the fit what the stage probes do not (mixed widths across groups)
-
-
-def cpu_name() -> str:
-    """The CPU's model name where Linux tells it (platform.processor() is often just "x86_64")."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def host() -> dict:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from diffprune.runtime.errors import DiffPruneError
+from diffprune.runtime.host import cpu_name as cpu_model
 
 from .client import Client
 
@@ -232,13 +233,3 @@ def plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
