@@ -29,16 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+from diffprune.runtime.host import cpu_name as cpu_model  # the one reader of the CPU's name
+
 RESULTS = Path(__file__).resolve().parent / "results" / "attention"
 CONFIGS = ("ort-plain", "ort-attention", "ort-fused", "openvino-f32", "openvino-bf16", "torch-eager")
 TOKENS = 77
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def cpu_flags() -> list:

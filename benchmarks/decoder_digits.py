@@ -19,7 +19,6 @@ pipeline the CLI prunes); nothing here samples from it. Digits 0..9743 train, 97
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 import diffprune
+from diffprune.runtime.host import cpu_name as cpu_model  # the one reader of the CPU's name
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "decoder"
@@ -39,13 +39,6 @@ AUTOENCODER = dict(in_channels=1, out_channels=1, latent_channels=4, layers_per_
                    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                    norm_num_groups=8, sample_size=28, scaling_factor=1.0)
 KL_WEIGHT = 1e-6  # Stable Diffusion's VAE weighs its KL term this lightly: the latents stay near-deterministic
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def digits():

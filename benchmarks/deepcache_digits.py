@@ -18,13 +18,13 @@ model (warm-up first), median and p90 over the runs, on one pinned thread count.
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from diffprune.runtime.host import cpu_name as cpu_model  # the one reader of the CPU's name
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,13 +34,6 @@ TEXT_ASSET = ROOT / "diffprune" / "assets" / "digits-text"
 DDPM_ASSET = ROOT / "diffprune" / "assets" / "digits-ddpm"
 INTERVALS = (1, 2, 3)
 STEPS, GUIDANCE, PER_DIGIT = 25, 1.5, 50
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def export() -> None:

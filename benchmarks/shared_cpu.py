@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from diffprune.runtime.host import cpu_name as _cpu  # the one reader of the CPU's name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -84,13 +85,6 @@ def run(policy: str, competitors: int, steps: int, limit: float) -> dict:
             "command": f"python benchmarks/shared_cpu.py run --policy {policy} "
                        f"--competitors {competitors} --steps {steps}",
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "?"
 
 
 def report(records: list) -> str:

@@ -219,7 +219,7 @@ def finetune(model_or_folder, out, config: FinetuneConfig | None = None, *, text
     if c.resume:
         path = latest_checkpoint(checkpoint_dir)
         if path is None:
-            raise DiffPruneError(f"--c.resume found no checkpoint in {str(checkpoint_dir)!r}. Start without --c.resume, "
+            raise DiffPruneError(f"--resume found no checkpoint in {str(checkpoint_dir)!r}. Start without --resume, "
                                  "or point --checkpoint-dir at the earlier run's checkpoints.")
         start_step = resumed_from = load_checkpoint(path, unwrapped, ema, optimizer, lr_scheduler, unwrapped_projector)
         restore_data(path, streamed)
