@@ -47,6 +47,10 @@ VARIANTS = {
     "calib128": dict(num_images=128),
     "t100": dict(max_timesteps=100),
     "thr0.2": dict(thr=0.2),
+    # Pruned to a measured latency instead of the MAC level (issue 23): the widths of every group chosen under the
+    # latency table given by --latency-table, its budget --latency-ms (the MAC-level model's measured time, so the
+    # two are compared at equal latency); the run key keeps the MAC level it is compared with.
+    "latency": dict(),
 }
 
 
@@ -104,6 +108,8 @@ class Study:
     results: Path = RESULTS
     work: Path = Path("/tmp/criteria-work")
     models: dict = field(default_factory=lambda: dict(MODELS))
+    latency_table: Path | None = None  # the "+latency" variant's table (diffprune profile) and budget
+    latency_ms: float | None = None
 
     @property
     def runs(self) -> Path:
@@ -230,6 +236,9 @@ def run_one(run: Run, study: Study, judge: Judge, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     spec = study.models[run.model]
     criterion, options = parse_method(run.method)
+    target = {"target_macs": run.macs}
+    if run.method.endswith("+latency"):
+        target = {"latency": latency_target(study)}
     options.setdefault("num_images", spec.calibration)
     if spec.max_timesteps is not None:
         options.setdefault("max_timesteps", spec.max_timesteps)
@@ -239,7 +248,7 @@ def run_one(run: Run, study: Study, judge: Judge, threads: int = 1) -> dict:
     folder = study.work / run.key
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    pruned = prune_source(spec.source, method=criterion, target_macs=run.macs, seed=run.seed,
+    pruned = prune_source(spec.source, method=criterion, **target, seed=run.seed,
                                     data=data if criterion in ("diff-pruning", "taylor") else None,
                                        progress=False, **options)
     pruned.save(folder / "pruned")
@@ -261,9 +270,62 @@ def run_one(run: Run, study: Study, judge: Judge, threads: int = 1) -> dict:
               "wall_s": round(time.perf_counter() - wall0, 1), "cpu_s": round(time.process_time() - cpu0, 1),
               "threads": threads, "images": spec.images, "sampler": f"DDIM {spec.sampler_steps}",
               "guidance": spec.guidance, "recipe": spec.recipe, "host": host(), "versions": versions()}
+    if report.latency:
+        record["latency"] = {k: v for k, v in report.latency.items() if k != "keep"}
+        record["widths"] = report.latency["keep"]
     _write_json(study.runs / f"{run.key}.json", record)
-    shutil.rmtree(folder, ignore_errors=True)  # the scores are the result; the models are cheap to remake
+    shutil.rmtree(folder / "tuned", ignore_errors=True)  # the scores are the result; the models are cheap to remake
+    if not report.latency:  # a latency-targeted model's widths differ per seed: kept to be timed (`time` stage)
+        shutil.rmtree(folder, ignore_errors=True)
     return record
+
+
+def latency_target(study: Study):
+    """The "+latency" variant's target: the study's table and budget, not measured here (the ``time`` stage times
+    the kept models on a quiet machine)."""
+    from diffprune import DiffPruneError
+    from diffprune.latency import LatencyTarget
+    from diffprune.runtime.formats import read_latency_table
+
+    if study.latency_table is None or study.latency_ms is None:
+        raise DiffPruneError("The +latency variant prunes to a measured latency: give --latency-table TABLE.json (made "
+                             "by `diffprune profile`) and --latency-ms MS (the budget: the MAC-level model's measured "
+                             "call time on that table's backend and batch).")
+    table = read_latency_table(study.latency_table)
+    return LatencyTarget(backend=table["backend"], target_ms=study.latency_ms, table=str(study.latency_table),
+                         batch=table["batch"], measure=False)
+
+
+def time_latency_runs(study: Study, backend_batch=None) -> list:
+    """The ``time`` stage: one UNet call of each kept "+latency" model and of the MAC-level model it is compared
+    with (the same widths for every seed and criterion: a MAC level prunes every group at one ratio), on the
+    latency table's backend and batch; the times go into the records. Run it alone on the machine."""
+    from diffprune.latency.profile import measure
+    from diffprune.pruning.recipe import prune_source
+    from diffprune.runtime.formats import read_latency_table
+    from diffprune.sources.loader import load_source
+
+    out = []
+    for path in sorted(study.runs.glob("*+latency_*.json")):
+        record = json.loads(path.read_text())
+        folder = study.work / record["key"] / "pruned"
+        if not folder.is_dir():
+            print(f"criteria time: {record['key']}: its pruned model is gone ({folder}); rerun the run", flush=True)
+            continue
+        table = read_latency_table(record["latency"]["table"])
+        backend, batch = table["backend"], table["batch"]
+        model, scheduler_config, _ = load_source(str(folder))
+        ms, _ = measure(model, backend, batch)
+        base_key = record["key"].replace("+latency", "")
+        mac = prune_source(study.models[record["model"]].source, method="magnitude", target_macs=record["macs"],
+                           progress=False)
+        mac_ms, _ = measure(mac.model, backend, batch, scheduler_config=scheduler_config)
+        record["latency"].update(measured_ms=round(ms, 3), mac_model_ms=round(mac_ms, 3), compared_with=base_key)
+        _write_json(path, record)
+        print(f"criteria time: {record['key']}: {ms:.1f} ms vs the {record['macs']:g}-MACs model {mac_ms:.1f} ms "
+              f"({backend}, batch {batch})", flush=True)
+        out.append(record)
+    return out
 
 
 def host() -> str:
@@ -313,6 +375,11 @@ def summarise(records: list) -> dict:
         rows = {}
         for method, by_seed in sorted(methods.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             row = {"seeds": sorted(by_seed), "cpu_s": sum(r["cpu_s"] for r in by_seed.values())}
+            timed = [r["latency"] for r in by_seed.values() if "measured_ms" in r.get("latency", {})]
+            if timed:  # "+latency" runs: their measured call time beside the MAC-level model's
+                row["latency"] = {"backend": timed[0]["backend"], "batch": timed[0]["batch"],
+                                  "budget_ms": timed[0]["budget_ms"], "measured_ms": [t["measured_ms"] for t in timed],
+                                  "mac_model_ms": [t["mac_model_ms"] for t in timed]}
             for key, _, higher in SCORES:
                 values = [r[key] for r in by_seed.values() if key in r]
                 if not values:
@@ -390,6 +457,13 @@ def markdown(result: dict) -> str:
                     diff = f"{100 * v['mean_diff']:+.1f} pt" if k == "prompt_accuracy" else f"{v['mean_diff']:+.3g}"
                     versus.append(f"{label} {diff} ({v['method_wins']}/{len(v['diffs'])} better{p})")
             lines.append(f"| {method} | {len(row['seeds'])} | " + " | ".join(cols) + f" | {'; '.join(versus) or '-'} |")
+        for method, row in cell["methods"].items():
+            if "latency" in row:
+                lat = row["latency"]
+                lines.append(f"\n{method}: one UNet call on {lat['backend']} at batch {lat['batch']}, budget "
+                             f"{lat['budget_ms']:.1f} ms; measured " + ", ".join(f"{m:.1f}" for m in lat["measured_ms"])
+                             + " ms (per seed) against the MAC-level model's "
+                             + ", ".join(f"{m:.1f}" for m in lat["mac_model_ms"]) + " ms, timed in the same `time` stage.")
     return "\n".join(lines) + "\n"
 
 
@@ -426,7 +500,7 @@ def _list(text, kind=str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["run", "report"])
+    parser.add_argument("stage", choices=["run", "time", "report"])
     parser.add_argument("--models", default="pixel", help="comma-separated: pixel, text (default pixel)")
     parser.add_argument("--methods", default="diff-pruning,magnitude,taylor,random,reinit",
                         help="criteria, each optionally +variant (" + ", ".join(VARIANTS) + ")")
@@ -436,14 +510,20 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--work", type=Path, default=Study.work, help="models and cached dense images (default /tmp/criteria-work)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="records and report (default benchmarks/results/criteria)")
+    parser.add_argument("--latency-table", type=Path, default=None,
+                        help="the +latency variant's latency table (diffprune profile SRC --backend B --batch N --out T)")
+    parser.add_argument("--latency-ms", type=float, default=None,
+                        help="the +latency variant's budget: one UNet call in ms on the table's backend and batch")
     args = parser.parse_args(argv)
-    study = Study(results=args.results, work=args.work)
+    study = Study(results=args.results, work=args.work, latency_table=args.latency_table, latency_ms=args.latency_ms)
     if args.stage == "run":
         runs = grid(_list(args.models), _list(args.methods), _list(args.seeds, int), _list(args.macs, float),
                     _list(args.budgets, float))
         for r in runs:
             parse_method(r.method)
         run_study(runs, study, args.threads)
+    if args.stage == "time":
+        time_latency_runs(study)
     result = report(study)
     print((study.results / "criteria.md").read_text() if result["runs"] else "criteria: no runs recorded yet")
     return 0

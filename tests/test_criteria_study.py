@@ -129,3 +129,47 @@ def test_prune_command_takes_the_variants():
     assert (args.uncond_fraction, args.score_norm) == (0.1, "layer")
     defaults = build_parser().parse_args(["prune", "SRC", "OUT"])
     assert (defaults.uncond_fraction, defaults.score_norm) == (0.0, "group")
+
+
+def test_latency_variant_prunes_to_the_table_and_keeps_the_model(tiny_digits, tmp_path):
+    """"+latency": widths chosen under a latency table (made-up coefficients: nothing is timed here) to the budget
+    given, the prediction recorded with the widths, the pruned model kept for the `time` stage; without a table the
+    variant is refused with what to give."""
+    import diffprune
+    from diffprune import DiffPruneError
+    from diffprune.latency import model as lm
+    from diffprune.latency.profile import layer_rows, planner_for, stages, structure_hash
+    from diffprune.runtime.formats import LATENCY_TABLE_FORMAT
+    from diffprune.sources.loader import load_source
+
+    unet, _, _ = load_source(str(tiny_digits))
+    planner = planner_for(unet)
+    rows = layer_rows(planner, 1)
+    table = {"format": LATENCY_TABLE_FORMAT, "key": "k", "backend": "ort-cpu", "batch": 1, "threads": None,
+             "host": {"cpu": "test"}, "versions": {}, "model": {"structure": structure_hash(unet)}, "resolution": [28, 28],
+             "layers": rows, "groups": {g: list(v[:2]) for g, v in planner.steps().items()},
+             "coefficients": {"constant_ms": 1.0, "ms_per_gmac": {s: 1000.0 for s in stages(rows)}, "ms_per_melement": 1.0}}
+    table["dense_ms"] = lm.predict_ms(table, {})
+    (tmp_path / "t.json").write_text(json.dumps(table))
+
+    spec = criteria.ModelSpec("tiny", str(tiny_digits), "builtin:digits", trained_steps=10,
+                              recipe=dict(batch_size=4, lr=1e-3, warmup_steps=1, ema_decay=0.0, kd_weight=1.0),
+                              images=10, sampler_steps=2, calibration=4, max_timesteps=2)
+    run = criteria.Run("tiny", "diff-pruning+latency", 0, 0.5, 0.1)
+    study = criteria.Study(results=tmp_path / "results", work=tmp_path / "work", models={"tiny": spec})
+    with pytest.raises(DiffPruneError, match="--latency-table"):
+        criteria.run_one(run, study, criteria.Judge())
+
+    budget = 0.6 * table["dense_ms"]
+    study = criteria.Study(results=tmp_path / "results", work=tmp_path / "work", models={"tiny": spec},
+                           latency_table=tmp_path / "t.json", latency_ms=budget)
+    record = criteria.run_one(run, study, criteria.Judge())
+    assert record["latency"]["budget_ms"] == pytest.approx(budget, rel=1e-3)
+    assert record["latency"]["predicted_ms"] <= budget and "measured_ms" not in record["latency"]
+    steps = planner.steps()
+    assert record["latency"]["predicted_ms"] == pytest.approx(
+        lm.predict_ms(table, lm.fractions(record["widths"], steps)), rel=1e-3)
+    kept = study.work / run.key / "pruned"
+    assert kept.is_dir() and not (study.work / run.key / "tuned").exists()
+    pruned, _, _ = load_source(str(kept))
+    assert diffprune.sources.unet.count_macs_params(pruned)[0] < diffprune.sources.unet.count_macs_params(unet)[0]
