@@ -114,15 +114,19 @@ def layer_rows(planner, batch: int = 1, text_tokens: int | None = None) -> list:
         elements = 1
         for d in shape:
             elements *= d
-        per_output = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, torch.nn.Conv2d) else m.in_features
+        conv = isinstance(m, torch.nn.Conv2d)
+        per_output = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] if conv else m.in_features
         rows.append({"name": name, "stage": stage(shape), "macs": elements * per_output, "elements": elements,
-                     "out_group": out_group.get(name), "in_group": in_group.get(name)})
+                     "out_group": out_group.get(name), "in_group": in_group.get(name),
+                     "out_channels": m.out_channels if conv else m.out_features,
+                     "in_channels": m.in_channels // m.groups if conv else m.in_features})
     for name, m in model.named_modules():
         if isinstance(m, Attention) and f"{name}.to_q" in shapes and f"{name}.to_k" in shapes:
             q, k = shapes[f"{name}.to_q"], shapes[f"{name}.to_k"]  # (B, Tq, inner), (B, Tk, inner)
+            # Both products contract or produce the heads' width (inner // heads per head), which to_q's group sets.
             rows.append({"name": f"{name}.(qk,av)", "stage": stage(q), "macs": 2 * q[0] * q[1] * k[1] * q[2],
                          "elements": q[0] * m.heads * q[1] * k[1], "out_group": out_group.get(f"{name}.to_q"),
-                         "in_group": None})
+                         "in_group": None, "out_channels": q[2], "in_channels": q[2]})
     small = min(conv_stages.values(), key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1])) if conv_stages else None
     for r in rows:  # the time embedding's few MACs: charged at the smallest stage, too few to fit on their own
         if r["stage"] not in conv_stages.values() and small:
