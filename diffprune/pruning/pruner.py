@@ -57,7 +57,9 @@ class PruneReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def table(self) -> str:
+    def table(self, pruned: tuple = ("the UNet",)) -> str:
+        """The report as a markdown table and lines. ``pruned``: what the run pruned, as the conditioning line
+        names it (``("the UNet", "the VAE decoder")`` when ``prune --components unet,decoder`` pruned both)."""
         def row(label, before, after, unit):
             return f"| {label:<6} | {before / unit:>9.2f} | {after / unit:>9.2f} | {after / max(before, 1):>6.1%} |"
 
@@ -75,7 +77,9 @@ class PruneReport:
         c = self.conditioning
         if c.get("kind", "none") != "none":
             text = f" ({c['text_inputs']})" if c.get("text_width") else ""
-            lines.append(f"conditioning: {c['kind']}{text}; only the UNet is pruned")
+            what = (f"only {pruned[0]} is pruned" if len(pruned) == 1
+                    else f"{', '.join(pruned[:-1])} and {pruned[-1]} are pruned, the other components are not")
+            lines.append(f"conditioning: {c['kind']}{text}; {what}")
         if self.latency:
             lat = self.latency
             measured = (f", measured {lat['measured_ms']:.4g} ms ({lat['measured_speedup']:.2f}x)"
