@@ -62,8 +62,9 @@ def structure_hash(model) -> str:
 
 def cache_key(structure: str, backend: str, batch: int, threads, host_info: dict, version: str) -> str:
     """The table's cache key: model structure + backend (with its precision) + batch + threads + host + the
-    backend package's version. Pure."""
-    text = json.dumps({"format": LATENCY_TABLE_FORMAT, "structure": structure, "backend": backend, "batch": int(batch),
+    backend package's version + the latency model's form (a table fitted by an older form is read, not reused
+    from the cache). Pure."""
+    text = json.dumps({"format": LATENCY_TABLE_FORMAT, "method": latency_model.METHOD, "structure": structure, "backend": backend, "batch": int(batch),
                        "threads": threads, "host": host_info, "version": version}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
