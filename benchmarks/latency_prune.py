@@ -8,6 +8,11 @@ Phases, so that only timing runs on a quiet machine (each timing phase is short)
     python benchmarks/latency_prune.py prune WORK --backend ort-cpu --batch 1 --speedup 2   # export both models
     python benchmarks/latency_prune.py time-pruned WORK --backend ort-cpu --batch 1
     python benchmarks/latency_prune.py report WORK benchmarks/results/latency
+    python benchmarks/latency_prune.py refit benchmarks/results/latency/latency.json   # offline, times nothing
+
+``refit`` reads saved timings (a report's latency.json, or a WORK folder's table-*.json), rebuilds the probe and
+check configurations from their seeds, refits each model form of FORMS to the probes alone and prints the check
+errors: how a change to diffprune.latency.model is judged without timing anything again.
 
 ``time`` fits the table to the probes (diffprune.latency.profile.probe_configs) and checks it on 10 random width
 configurations drawn with another seed (not used to fit). ``prune`` chooses widths at the speedup with the table
@@ -158,16 +163,130 @@ def report(work: Path, out: Path, command: str):
     print("\n".join(lines))
 
 
+# -- refit: model forms judged offline on saved timings ------------------------------------------------------
+
+def _extra_narrow_out(layer, frac, fo, fi):
+    # A GEMM's efficiency falls with its width C: time ~ MACs * (1 + w0 / (C_out * f_out)); the w0 part is
+    # MACs * f_in / C_out (one coefficient for all layers).
+    return layer["macs"] * fi / layer["out_channels"] / 1e9
+
+
+def _extra_narrow_in(layer, frac, fo, fi):
+    return layer["macs"] * fo / layer["in_channels"] / 1e9
+
+
+def _padded(layer, frac, fo, fi, to=16):
+    # MACs with the pruned widths rounded up to a multiple of ``to`` (vector-register padding), no new coefficient
+    co, ci = layer["out_channels"], layer["in_channels"]
+    pad_o = -(-round(co * fo) // to) * to if layer["out_group"] is not None else co
+    pad_i = -(-round(ci * fi) // to) * to if fi < 1 else ci
+    return layer["macs"] / co / ci * min(co, pad_o) * min(ci, pad_i) / 1e9
+
+
+# name -> (use the rows' in_parts, extra regressors, replace each layer's GMACs by this)
+FORMS = {
+    "largest input part only": (False, (), None),
+    "concat parts (the model's form)": (True, (), None),
+    "parts + narrow out": (True, (_extra_narrow_out,), None),
+    "parts + narrow in": (True, (_extra_narrow_in,), None),
+    "parts + narrow out + in": (True, (_extra_narrow_out, _extra_narrow_in), None),
+    "parts + padded to 16": (True, (), _padded),
+}
+
+
+def _form_features(rows, order, frac, form):
+    from diffprune.latency import model as lm
+
+    parts, extras, gmacs = form
+    if not parts:
+        rows = [{k: v for k, v in r.items() if k != "in_parts"} for r in rows]
+    index = {s: i + 1 for i, s in enumerate(order)}
+    x = [1.0] + [0.0] * len(order) + [0.0] * (1 + len(extras))
+    for layer in rows:
+        fo, fi = frac.get(layer["out_group"], 1.0), lm.input_fraction(layer, frac)
+        g, m = lm.layer_terms(layer, frac)
+        x[index[layer["stage"]]] += gmacs(layer, frac, fo, fi) if gmacs else g
+        x[len(order) + 1] += m
+        for j, extra in enumerate(extras):
+            x[len(order) + 2 + j] += extra(layer, frac, fo, fi)
+    return x
+
+
+def _fit_form(rows, order, fracs, measured, form):
+    import numpy as np
+    from scipy.optimize import nnls
+
+    x = np.array([_form_features(rows, order, f, form) for f in fracs])
+    y = np.array(measured, dtype=np.float64)
+    solution, _ = nnls(x / y[:, None], np.ones_like(y))  # relative error, as diffprune.latency.model.fit
+    return solution
+
+
+def refit(source: Path, tables=None):
+    """Each model form of FORMS refitted to the saved probe timings of every table in ``source``; prints the
+    errors on the checks, the fit's and leave-one-out's on the probes, and the largest when the form is fitted
+    to probes and checks together (large there: no coefficients of the form explain those timings). Times
+    nothing."""
+    import numpy as np
+
+    from diffprune.latency import model as lm
+    from diffprune.latency.profile import keep_at, layer_rows, probe_configs, random_configs, stages
+
+    if source.is_dir():
+        saved = {f.stem: json.loads(f.read_text()) for f in sorted(source.glob("table-*.json"))}
+    else:
+        saved = json.loads(source.read_text())["tables"]
+    planner = _planner()
+    steps = planner.steps()
+    rows1 = layer_rows(planner, 1)
+    order = stages(rows1)
+    lines = ["| table | form | coefficients | checks median | checks max | fit median | fit max | LOO median | LOO max "
+             "| max, fitted to probes + checks |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t in saved.items():
+        if tables and name not in tables:
+            continue
+        batch = t["batch"]
+        rows = [{**r, "macs": r["macs"] * batch, "elements": r["elements"] * batch} for r in rows1]
+        randoms = sum(p["label"].startswith("random") for p in t["table"]["probes"])
+        probes = dict(probe_configs(steps, rows1, seed=0, randoms=randoms))
+        checks = {label: keep_at(steps, f) for label, f in random_configs(steps, seed=1, n=len(t["checks"]))}
+        pf = [lm.fractions(probes[p["label"]], steps) for p in t["table"]["probes"]]
+        py = [p["measured_ms"] for p in t["table"]["probes"]]
+        cf = [lm.fractions(checks[c["label"]], steps) for c in t["checks"]]
+        cy = [c["measured_ms"] for c in t["checks"]]
+        recorded = t["check_errors"]
+        lines.append(f"| {name} | as recorded | | {recorded['median_abs']:.1%} | {recorded['max_abs']:.1%} | "
+                     f"{t['table']['fit']['median_abs']:.1%} | {t['table']['fit']['max_abs']:.1%} | | | |")
+        for label, form in FORMS.items():
+            def predict(train_f, train_y, test_f):
+                w = _fit_form(rows, order, train_f, train_y, form)
+                return [float(np.dot(w, _form_features(rows, order, f, form))) for f in test_f], w
+            checked, w = predict(pf, py, cf)
+            fitted, _ = predict(pf, py, pf)
+            loo = [predict(pf[:i] + pf[i + 1:], py[:i] + py[i + 1:], [pf[i]])[0][0] for i in range(len(pf))]
+            both, _ = predict(pf + cf, py + cy, pf + cf)  # can the form represent the checks at all?
+            e, f, o, a = lm.errors(checked, cy), lm.errors(fitted, py), lm.errors(loo, py), lm.errors(both, py + cy)
+            lines.append(f"| {name} | {label} | {len(w)} ({sum(w > 0)} > 0) | {e['median_abs']:.1%} | {e['max_abs']:.1%} "
+                         f"| {f['median_abs']:.1%} | {f['max_abs']:.1%} | {o['median_abs']:.1%} | {o['max_abs']:.1%} "
+                         f"| {a['max_abs']:.1%} |")
+            if label.startswith("concat parts"):
+                lines.append(f"|  | per-check errors | | " + ", ".join(f"{r:+.1%}" for r in e["relative"]) + " | | | | | | |")
+    print("\n".join(lines))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["export", "time", "prune", "time-pruned", "report"])
-    p.add_argument("work", type=Path)
+    p.add_argument("phase", choices=["export", "time", "prune", "time-pruned", "report", "refit"])
+    p.add_argument("work", type=Path, help="the work folder (refit: a report's latency.json, or a work folder)")
     p.add_argument("out", type=Path, nargs="?", default=Path("benchmarks/results/latency"))
     p.add_argument("--backend", default="ort-cpu")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--speedup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=2, help="passes over the probes; each probe's fastest pass is kept")
+    p.add_argument("--table", action="append", help="refit: only this table of the file (e.g. table-ort-cpu-8); repeatable")
     args = p.parse_args(argv)
+    if args.phase == "refit":
+        return refit(args.work, args.table)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.phase == "export":
         export(args.work)

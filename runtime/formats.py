@@ -402,6 +402,20 @@ def read_pruning_json(path, format: str = PRUNED_UNET_FORMAT) -> dict:
 LATENCY_TABLE_FIELDS = {"key": str, "backend": str, "batch": int, "host": dict, "versions": dict, "model": dict,
                         "resolution": list, "layers": list, "groups": dict, "coefficients": dict, "dense_ms": float}
 LATENCY_LAYER_FIELDS = ("name", "stage", "macs", "elements", "out_group", "in_group")
+# Recorded since the fit weighs a concatenation's input by its parts; a table without them predicts with
+# in_group alone, as it was fitted (format unchanged: both read the same).
+LATENCY_LAYER_OPTIONAL = {"in_channels": int, "out_channels": int, "in_parts": dict}
+
+
+def _bad_layer(layer) -> bool:
+    if not isinstance(layer, dict) or any(k not in layer for k in LATENCY_LAYER_FIELDS):
+        return True
+    if any(k in layer and not isinstance(layer[k], kind) for k, kind in LATENCY_LAYER_OPTIONAL.items()):
+        return True
+    parts = layer.get("in_parts") or {}
+    return bool(parts) and (not isinstance(layer.get("in_channels"), int) or layer["in_channels"] <= 0
+                            or not all(isinstance(n, int) and n >= 0 for n in parts.values())
+                            or sum(parts.values()) > layer["in_channels"])
 
 
 def read_latency_table(path) -> dict:
@@ -420,8 +434,7 @@ def read_latency_table(path) -> dict:
     bad = [k for k, kind in LATENCY_TABLE_FIELDS.items()
            if not isinstance(table.get(k), (int, float) if kind is float else kind)]
     layers = table.get("layers") if isinstance(table.get("layers"), list) else []
-    bad += [f"layers[{i}]" for i, layer in enumerate(layers)
-            if not isinstance(layer, dict) or any(k not in layer for k in LATENCY_LAYER_FIELDS)][:3]
+    bad += [f"layers[{i}]" for i, layer in enumerate(layers) if _bad_layer(layer)][:3]
     coefficients = table.get("coefficients") if isinstance(table.get("coefficients"), dict) else {}
     per_stage = coefficients.get("ms_per_gmac") if isinstance(coefficients.get("ms_per_gmac"), dict) else {}
     if not all(isinstance(coefficients.get(k), (int, float)) for k in ("constant_ms", "ms_per_melement")):

@@ -73,10 +73,35 @@ def test_bad_decoder_options_are_clear_errors():
 @pytest.fixture(scope="module")
 def pruned_sd(tmp_path_factory):
     """arch:tiny-sd with its UNet and decoder pruned by the CLI."""
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("decoder") / "pruned"
-    assert main(["prune", "arch:tiny-sd", str(out), "--components", "unet,decoder", "--method", "magnitude",
-                 "--ratio", "0.5", "--round-to", "4", "--quiet"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["prune", "arch:tiny-sd", str(out), "--components", "unet,decoder", "--method", "magnitude",
+                     "--ratio", "0.5", "--round-to", "4", "--quiet"]) == 0
+    (out.parent / "printed.txt").write_text(printed.getvalue())  # the reports the CLI printed
     return out
+
+
+def test_the_unet_report_names_both_pruned_components(pruned_sd):
+    """The UNet's report line on conditioning said "only the UNet is pruned" when the decoder was pruned too."""
+    printed = (pruned_sd.parent / "printed.txt").read_text()
+    assert "conditioning: text (empty-prompt zeros); the UNet and the VAE decoder are pruned, the other components " \
+           "are not" in printed
+    assert "only the UNet" not in printed and "vae_decoder:" in printed
+
+
+def test_report_table_names_what_was_pruned():
+    from diffprune.pruning.pruner import PruneReport
+
+    report = PruneReport(method="magnitude", ratio=0.5, target_macs=None, thr=0.05, round_to=8, seed=0,
+                         params_before=10, params_after=5, macs_before=100, macs_after=50, layer_widths={},
+                         conditioning={"kind": "class"})
+    assert "conditioning: class; only the UNet is pruned" in report.table()
+    assert "conditioning: class; the UNet and the VQ decoder are pruned, the other components are not" in \
+        report.table(pruned=("the UNet", "the VQ decoder"))
 
 
 def test_a_pruned_decoder_is_saved_in_the_pipeline_and_loads_back(pruned_sd, tmp_path):

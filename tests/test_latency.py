@@ -43,6 +43,99 @@ def test_fit_recovers_coefficients():
     assert lm.errors(again, measured)["max_abs"] < 1e-6
 
 
+# A layer fed a concatenation: 24 input channels, 8 set by g1, 12 by g2, 4 fixed (the image's, say).
+CONCAT = {"name": "d", "stage": "8x8", "macs": 4e8, "elements": 2e4, "out_group": None, "in_group": "g2",
+          "in_channels": 24, "out_channels": 4, "in_parts": {"g1": 8, "g2": 12}}
+
+
+def test_concat_input_fraction_pinned():
+    assert lm.input_fraction(CONCAT, {"g1": 0.5, "g2": 0.25}) == pytest.approx((4 + 8 * 0.5 + 12 * 0.25) / 24)
+    assert lm.input_fraction(CONCAT, {}) == 1.0
+    assert lm.groups_of(CONCAT) == {"g1", "g2"}
+    # The whole call: the old layers as in test_predict_pinned, plus d's 0.4 GMAC at 11/24 of its input.
+    f = {"g1": 0.5, "g2": 0.25}
+    expected = 5 + 10 * 2 * 0.5 + 20 * 1 * 0.25 * 0.5 + 20 * 0.1 * 0.25 + 20 * 0.4 * 11 / 24 + 2 * (0.5 + 0.5 * 0.25 + 0.01 + 0.02)
+    assert lm.predict_ms(table(layers=LAYERS + [CONCAT]), f) == pytest.approx(expected)
+
+
+def test_table_without_in_parts_predicts_as_before():
+    """Rows written before in_parts was recorded (no in_parts, no channel counts) charge the input to in_group
+    alone, as their coefficients were fitted: the old formula, to the last digit."""
+    old = {k: v for k, v in CONCAT.items() if k not in ("in_parts", "in_channels", "out_channels")}
+    f = {"g1": 0.5, "g2": 0.25}
+    c = COEF
+    by_hand = c["constant_ms"] + sum(c["ms_per_gmac"][r["stage"]] * r["macs"] * f.get(r["out_group"], 1.0)
+                                     * f.get(r["in_group"], 1.0) / 1e9 + c["ms_per_melement"] * r["elements"]
+                                     * f.get(r["out_group"], 1.0) / 1e6 for r in LAYERS + [old])
+    assert lm.predict_ms(table(layers=LAYERS + [old]), f) == by_hand
+    assert lm.predict_ms(table(layers=LAYERS + [{**old, "in_parts": {}}]), f) == by_hand
+
+
+def test_fit_recovers_coefficients_with_concat_layer():
+    layers = LAYERS + [CONCAT]
+    configs = [{}, {"g1": 0.5}, {"g2": 0.5}, {"g1": 0.25, "g2": 0.75}, {"g1": 0.75, "g2": 0.25}, {"g1": 0.4, "g2": 0.4}]
+    measured = [lm.predict_ms(table(layers=layers), f) for f in configs]
+    fitted = lm.fit(layers, ["16x16", "8x8"], configs, measured)
+    assert fitted["constant_ms"] == pytest.approx(COEF["constant_ms"], rel=1e-6)
+    assert fitted["ms_per_gmac"] == pytest.approx(COEF["ms_per_gmac"], rel=1e-6)
+    assert fitted["ms_per_melement"] == pytest.approx(COEF["ms_per_melement"], rel=1e-6)
+
+
+def test_knapsack_charges_every_part_of_a_concatenation():
+    """g1 reaches the big concatenated layer only through in_parts: the greedy's running total must count it, or
+    it stops above the budget."""
+    big = {**CONCAT, "macs": 4e9}
+    t = table(layers=LAYERS + [big])
+    flat = {"g1": [1.0] * 8, "g2": [1.0] * 16}
+    for budget in (60.0, 75.0, 90.0, 110.0):
+        choice = choose_widths(t, STEPS, flat, budget_ms=budget)
+        assert choice.predicted_ms <= budget + 1e-9
+        assert choice.predicted_ms == pytest.approx(lm.predict_ms(t, lm.fractions(choice.keep, STEPS)))
+    # Dense 130.06 ms. g2's step (16 -> 8) goes first (31.5 ms for 8 channels) and reaches 98.5 ms; one step of g1
+    # (8 -> 6 per channel-group) then saves a's 5.5, b's 2.5 and d's 80 * (8 * 0.25 / 24) = 6.67 ms: 83.8 <= 90.
+    # Without d's part, it would count 8 ms, see 90.5 > 90 and take a second step.
+    choice = choose_widths(t, STEPS, flat, budget_ms=90.0)
+    assert choice.keep == {"g1": 6, "g2": 8} and choice.predicted_ms == pytest.approx(130.06 - 31.5 - 5.5 - 2.5 - 80 / 12)
+
+
+def test_layer_rows_match_the_pruned_model(tiny_attn):
+    """The rows' channel counts and input parts, checked against a real pruning: every Conv2d/Linear of the
+    pruned model has out_channels * f_out outputs and in_channels * input_fraction inputs, concatenations too."""
+    import torch
+
+    from diffprune.latency.profile import layer_rows, planner_for
+
+    planner = planner_for(tiny_attn)
+    rows = layer_rows(planner, 1)
+    steps = planner.steps()
+    assert any(len(r["in_parts"]) == 2 for r in rows)  # the up blocks' skip concatenations
+    keep = keep_at(steps, {g: (0.5, 0.75)[i % 2] for i, g in enumerate(sorted(steps))})
+    frac = lm.fractions(keep, steps)
+    pruned = dict(planner.apply(keep=keep).named_modules())
+    checked = 0
+    for r in rows:
+        m = pruned.get(r["name"])
+        if not isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue  # attention's products have no module
+        out_now = m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features
+        in_now = m.in_channels if isinstance(m, torch.nn.Conv2d) else m.in_features
+        assert out_now == round(r["out_channels"] * frac.get(r["out_group"], 1.0)), r["name"]
+        assert in_now == round(r["in_channels"] * lm.input_fraction(r, frac)), r["name"]
+        checked += 1
+    assert checked > 10
+
+
+def test_reader_checks_in_parts(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(table(layers=LAYERS + [CONCAT])))
+    assert read_latency_table(path)["layers"][-1]["in_parts"] == {"g1": 8, "g2": 12}
+    for bad in ({**CONCAT, "in_parts": {"g1": 20, "g2": 12}}, {k: v for k, v in CONCAT.items() if k != "in_channels"},
+                {**CONCAT, "in_parts": ["g1", "g2"]}):
+        path.write_text(json.dumps(table(layers=LAYERS + [bad])))
+        with pytest.raises(DiffPruneError, match=r"damaged: layers\[3\]"):
+            read_latency_table(path)
+
+
 def test_errors_median_and_max():
     e = lm.errors([110, 95, 100], [100, 100, 100])
     assert e["relative"] == [0.1, -0.05, 0.0] and e["median_abs"] == 0.05 and e["max_abs"] == 0.1

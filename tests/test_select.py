@@ -280,3 +280,42 @@ def test_cache_interval_is_an_axis_of_the_latency_model_and_the_rows():
     assert d["joint"]["choice"] == rows[1].name and d["dense, fewer steps"]["choice"] is None
     with pytest.raises(DiffPruneError, match="cache interval 0"):
         check_grid(["ddim"], [10], ["ort-cpu"], [1], [100], intervals=[0])
+
+
+def test_select_target_speedup_prunes_with_the_cached_table(tmp_path, tiny, capsys):
+    """--target-speedup end to end on the tiny UNet: the latency table is found in the cache (a hand-made table
+    of the model's real layers and groups, written where `diffprune profile` caches it), the sweep member is
+    pruned to its prediction, measured, and selected among."""
+    from diffprune.cli import main
+    from diffprune.latency import model as lm
+    from diffprune.latency.profile import (backend_version, cache_key, host, layer_rows, planner_for, stages,
+                                           structure_hash, write_table)
+    from diffprune.runtime.formats import LATENCY_TABLE_FORMAT, read_pruning_json
+
+    planner = planner_for(tiny)
+    rows = layer_rows(planner, 1)
+    key = cache_key(structure_hash(tiny), "ort-cpu", 1, None, host(), backend_version("ort-cpu"))
+    table = {"format": LATENCY_TABLE_FORMAT, "key": key, "backend": "ort-cpu", "batch": 1, "threads": None,
+             "host": host(), "versions": {}, "model": {"structure": structure_hash(tiny)}, "resolution": [16, 16],
+             "layers": rows, "groups": {g: list(v[:2]) for g, v in planner.steps().items()},
+             "coefficients": {"constant_ms": 1.0, "ms_per_gmac": {s: 1000.0 for s in stages(rows)},
+                              "ms_per_melement": 1.0}}
+    table["dense_ms"] = lm.predict_ms(table, {})
+    write_table(table)  # into the test session's private cache (conftest's DIFFPRUNE_CACHE)
+
+    out = tmp_path / "sel"
+    assert main(["select", "arch:tiny", "--target-speedup", "1.5", "--backend", "ort-cpu", "--budget-ms", "100000",
+                 "--steps", "2", "--n", "4", "--runs", "1", "--probe-runs", "1", "--method", "magnitude",
+                 "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "select.json").read_text())
+    assert {r["model"] for r in result["rows"]} == {"dense", "speedup-1.5-ort-cpu-b1"}
+    record = read_pruning_json(tmp_path / "sel.work" / "speedup-1.5-ort-cpu-b1")
+    lat = record["pruning"]["latency"]
+    assert lat["table_key"] == key and lat["speedup"] == 1.5 and lat["backend"] == "ort-cpu"
+    assert lat["budget_ms"] == pytest.approx(table["dense_ms"] / 1.5, abs=1e-3)
+    assert lat["predicted_ms"] <= lat["budget_ms"] + 1e-3
+    steps = planner.steps()
+    assert lat["predicted_ms"] == pytest.approx(lm.predict_ms(table, lm.fractions(lat["keep"], steps)), abs=1e-3)
+    assert any(lat["keep"][g] < per for g, (_, per, _) in steps.items())  # something was pruned
+    assert lat["measured_ms"] > 0
+    assert result["decisions"]["100000"]["pruned, default steps"]["choice"].startswith("speedup-1.5-ort-cpu-b1")

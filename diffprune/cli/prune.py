@@ -200,7 +200,8 @@ def _run_with_decoder(args, components, prompts, device, latency=None) -> int:
         resize=args.resize, progress=not args.quiet)
     save_pipeline(args.out, args.src, unet=pruned, decoder=decoder, overwrite=args.overwrite)
     if pruned is not None:
-        print(pruned.report.table())
+        decoder_name = "the VQ decoder" if decoder.report.component == "vq_decoder" else "the VAE decoder"
+        print(pruned.report.table(pruned=("the UNet", decoder_name)))
     print(decoder.report.table())
     print(f"saved {args.out} (a pipeline folder: {' and '.join(components)} pruned, the decoder in {decoder.folder}/, "
           f"the other components of {args.src})")

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import DiffPruneError
+from . import model as latency_model
 
 MIN_FRACTION = 0.25  # no group below a quarter of its width: one-channel bottlenecks ruin fine-tuning
 
@@ -54,19 +55,15 @@ def choose_widths(table: dict, steps: dict, scores: dict, budget_ms: float,
     ``scores``: group -> importance of each position within a channel-group (``per`` numbers; higher = keep).
     Groups without scores stay dense. Raises DiffPruneError when even the floor is over budget."""
     c = table["coefficients"]
-    a, b = c["ms_per_gmac"], c["ms_per_melement"]
     steps = {g: tuple(v) for g, v in steps.items() if g in scores}
     frac = {g: 1.0 for g in steps}
     touching = {g: [] for g in steps}  # group -> the layers whose cost its width changes
     for layer in table["layers"]:
-        if layer["out_group"] in touching:
-            touching[layer["out_group"]].append(layer)
-        if layer["in_group"] in touching and layer["in_group"] != layer["out_group"]:
-            touching[layer["in_group"]].append(layer)
+        for g in sorted(latency_model.groups_of(layer) & touching.keys()):
+            touching[g].append(layer)
 
     def layer_ms(layer, f):
-        fo, fi = f.get(layer["out_group"], 1.0), f.get(layer["in_group"], 1.0)  # None (fixed width): 1
-        return a[layer["stage"]] * layer["macs"] * fo * fi / 1e9 + b * layer["elements"] * fo / 1e6
+        return latency_model.layer_ms(c, layer, f)
 
     def total_ms(f):
         return c["constant_ms"] + sum(layer_ms(layer, f) for layer in table["layers"])

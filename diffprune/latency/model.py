@@ -12,6 +12,12 @@ With ``f_g`` the fraction of group ``g``'s channels kept, one call takes
 
     T(f) = c0 + sum_L a[stage(L)] * MACs_L * f_out(L) * f_in(L) + b * elements_L * f_out(L)
 
+where ``f_out(L)`` is the fraction of the group setting L's output and ``f_in(L)`` the kept fraction of L's input
+channels. A layer fed a concatenation (an up block's upsampled path and its skip connection) has its input set
+by several groups: its row's ``in_parts`` (group -> input channels it sets) make ``f_in(L)`` their
+channel-weighted mean, the rest of ``in_channels`` fixed; a row without ``in_parts`` (tables written before
+they were recorded) takes ``in_group``'s fraction alone, as those tables were fitted with.
+
 milliseconds: ``c0`` the fixed cost (runtime overhead, the layers no group reaches), ``a[s]`` milliseconds per
 GMAC at stage ``s`` (a CPU runs the 4x4 stage's small matrices far less efficiently than the 32x32 one's),
 ``b`` milliseconds per million activations (GroupNorm, SiLU, additions and copies, which move memory rather
@@ -24,6 +30,8 @@ fusion saves.
 import math
 
 FIXED = None  # a width no group sets (the image's channels, the text embedding's)
+METHOD = ("whole-UNet calls timed at probe widths; per-stage ms/GMAC + ms/Melement + constant, NNLS, inputs of "
+          "concatenations weighted by their parts (diffprune.latency.model)")
 
 
 def fractions(keep: dict, steps: dict) -> dict:
@@ -32,14 +40,41 @@ def fractions(keep: dict, steps: dict) -> dict:
     return {g: min(1.0, keep.get(g, per) / per) for g, (_, per, _) in steps.items()}
 
 
+def input_fraction(layer: dict, frac: dict) -> float:
+    """The kept fraction of ``layer``'s input channels under group fractions ``frac`` (missing groups: dense)."""
+    parts = layer.get("in_parts")
+    if not parts:  # one group (or none: a fixed width, 1) sets the whole input
+        return frac.get(layer["in_group"], 1.0)
+    total = layer["in_channels"]
+    fixed = total - sum(parts.values())  # channels no group sets (the image's, in a concatenation)
+    return (fixed + sum(n * frac.get(g, 1.0) for g, n in parts.items())) / total
+
+
+def groups_of(layer: dict) -> set:
+    """The groups whose widths change ``layer``'s cost."""
+    return ({layer["out_group"], layer["in_group"]} | set(layer.get("in_parts") or ())) - {FIXED}
+
+
+def layer_terms(layer: dict, frac: dict) -> tuple:
+    """(GMACs, M elements) of ``layer`` under group fractions ``frac``."""
+    fo = frac.get(layer["out_group"], 1.0)  # None (fixed width): 1
+    return layer["macs"] * fo * input_fraction(layer, frac) / 1e9, layer["elements"] * fo / 1e6
+
+
+def layer_ms(coefficients: dict, layer: dict, frac: dict) -> float:
+    """Milliseconds ``layer`` adds to a call under group fractions ``frac`` (the constant not included)."""
+    gmac, melements = layer_terms(layer, frac)
+    return coefficients["ms_per_gmac"][layer["stage"]] * gmac + coefficients["ms_per_melement"] * melements
+
+
 def features(layers: list, stages: list, frac: dict) -> list:
     """The regressors of one configuration: ``[1, GMAC at each stage (in ``stages``' order), M elements]``."""
     row = [1.0] + [0.0] * len(stages) + [0.0]
     index = {s: i + 1 for i, s in enumerate(stages)}
     for layer in layers:
-        fo, fi = frac.get(layer["out_group"], 1.0), frac.get(layer["in_group"], 1.0)  # None (fixed width): 1
-        row[index[layer["stage"]]] += layer["macs"] * fo * fi / 1e9
-        row[-1] += layer["elements"] * fo / 1e6
+        gmac, melements = layer_terms(layer, frac)
+        row[index[layer["stage"]]] += gmac
+        row[-1] += melements
     return row
 
 

@@ -62,8 +62,9 @@ def structure_hash(model) -> str:
 
 def cache_key(structure: str, backend: str, batch: int, threads, host_info: dict, version: str) -> str:
     """The table's cache key: model structure + backend (with its precision) + batch + threads + host + the
-    backend package's version. Pure."""
-    text = json.dumps({"format": LATENCY_TABLE_FORMAT, "structure": structure, "backend": backend, "batch": int(batch),
+    backend package's version + the latency model's form (a table fitted by an older form is read, not reused
+    from the cache). Pure."""
+    text = json.dumps({"format": LATENCY_TABLE_FORMAT, "method": latency_model.METHOD, "structure": structure, "backend": backend, "batch": int(batch),
                        "threads": threads, "host": host_info, "version": version}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -78,7 +79,8 @@ def cache_path(key: str, create: bool = False) -> Path:
 
 def layer_rows(planner, batch: int = 1, text_tokens: int | None = None) -> list:
     """One row per Conv2d/Linear layer of ``planner``'s dense model and per attention's two matrix products,
-    counted at ``batch`` (diffprune.latency.model's ``layers``)."""
+    counted at ``batch`` (diffprune.latency.model's ``layers``), with its channel counts and the groups that set
+    parts of its input (``in_parts``, from the planner's dependency groups)."""
     import torch
     from diffusers.models.attention_processor import Attention
 
@@ -114,15 +116,21 @@ def layer_rows(planner, batch: int = 1, text_tokens: int | None = None) -> list:
         elements = 1
         for d in shape:
             elements *= d
-        per_output = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, torch.nn.Conv2d) else m.in_features
+        conv = isinstance(m, torch.nn.Conv2d)
+        per_output = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] if conv else m.in_features
+        parts = dict(sorted(planner.in_parts.get(name, {}).items()))
         rows.append({"name": name, "stage": stage(shape), "macs": elements * per_output, "elements": elements,
-                     "out_group": out_group.get(name), "in_group": in_group.get(name)})
+                     "out_group": out_group.get(name),
+                     "in_group": max(parts, key=parts.get) if parts else in_group.get(name),  # the largest part
+                     "out_channels": m.out_channels if conv else m.out_features,
+                     "in_channels": m.in_channels // m.groups if conv else m.in_features, "in_parts": parts})
     for name, m in model.named_modules():
         if isinstance(m, Attention) and f"{name}.to_q" in shapes and f"{name}.to_k" in shapes:
             q, k = shapes[f"{name}.to_q"], shapes[f"{name}.to_k"]  # (B, Tq, inner), (B, Tk, inner)
+            # Both products contract or produce the heads' width (inner // heads per head), which to_q's group sets.
             rows.append({"name": f"{name}.(qk,av)", "stage": stage(q), "macs": 2 * q[0] * q[1] * k[1] * q[2],
                          "elements": q[0] * m.heads * q[1] * k[1], "out_group": out_group.get(f"{name}.to_q"),
-                         "in_group": None})
+                         "in_group": None, "out_channels": q[2], "in_channels": q[2], "in_parts": {}})
     small = min(conv_stages.values(), key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1])) if conv_stages else None
     for r in rows:  # the time embedding's few MACs: charged at the smallest stage, too few to fit on their own
         if r["stage"] not in conv_stages.values() and small:
@@ -279,8 +287,7 @@ def fit_table(rows: list, steps: dict, timed: list, *, key: str, backend: str, b
     coefficients = latency_model.fit(rows, order, fracs, measured)
     table = {"format": LATENCY_TABLE_FORMAT, "key": key, "backend": backend, "batch": int(batch), "threads": threads,
              "resolution": list(resolution), "host": host(), "versions": {}, "model": model_info,
-             "method": "whole-UNet calls timed at probe widths; per-stage ms/GMAC + ms/Melement + constant, NNLS "
-                       "(diffprune.latency.model)",
+             "method": latency_model.METHOD,
              "layers": rows, "groups": {g: list(v[:2]) for g, v in steps.items()}, "coefficients": coefficients,
              "dense_ms": float(next(p["measured_ms"] for p in timed if not any(
                  p["keep"].get(g, v[1]) < v[1] for g, v in steps.items()))),

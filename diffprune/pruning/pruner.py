@@ -57,7 +57,9 @@ class PruneReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def table(self) -> str:
+    def table(self, pruned: tuple = ("the UNet",)) -> str:
+        """The report as a markdown table and lines. ``pruned``: what the run pruned, as the conditioning line
+        names it (``("the UNet", "the VAE decoder")`` when ``prune --components unet,decoder`` pruned both)."""
         def row(label, before, after, unit):
             return f"| {label:<6} | {before / unit:>9.2f} | {after / unit:>9.2f} | {after / max(before, 1):>6.1%} |"
 
@@ -75,7 +77,9 @@ class PruneReport:
         c = self.conditioning
         if c.get("kind", "none") != "none":
             text = f" ({c['text_inputs']})" if c.get("text_width") else ""
-            lines.append(f"conditioning: {c['kind']}{text}; only the UNet is pruned")
+            what = (f"only {pruned[0]} is pruned" if len(pruned) == 1
+                    else f"{', '.join(pruned[:-1])} and {pruned[-1]} are pruned, the other components are not")
+            lines.append(f"conditioning: {c['kind']}{text}; {what}")
         if self.latency:
             lat = self.latency
             measured = (f", measured {lat['measured_ms']:.4g} ms ({lat['measured_speedup']:.2f}x)"
@@ -169,6 +173,9 @@ class _Planner:
         # name of root module -> (Conv2d/Linear whose output width it sets, those whose input width it sets):
         # what a latency table (diffprune.latency) charges each group's width to
         self.layers = {}
+        # Conv2d/Linear name -> {group: input channels of it that the group sets}: a layer fed a concatenation
+        # (an up block's skip + upsampled path) has its input width set by two groups, in these parts
+        self.in_parts = {}
         with torch.no_grad():
             for group in graph.get_all_groups(ignored_layers=self.ignored, root_module_types=[torch.nn.Conv2d, torch.nn.Linear]):
                 root = group[0].dep.target.module
@@ -203,6 +210,12 @@ class _Planner:
                     sorted({self.names[dep.target.module] for dep, _ in group if which(dep.handler)
                             and isinstance(dep.target.module, (torch.nn.Conv2d, torch.nn.Linear))})
                     for which in (graph.is_out_channel_pruning_fn, graph.is_in_channel_pruning_fn))
+                for dep, idxs in group:
+                    target = dep.target.module
+                    if graph.is_in_channel_pruning_fn(dep.handler) and isinstance(target, (torch.nn.Conv2d, torch.nn.Linear)):
+                        parts = self.in_parts.setdefault(self.names[target], {}).setdefault(self.names[root], set())
+                        parts.update(int(i) for i in idxs)
+        self.in_parts = {layer: {g: len(idx) for g, idx in parts.items()} for layer, parts in self.in_parts.items()}
 
     def steps(self) -> dict:
         """Group name -> (channel groups, channels per group, step): the per-group count a group may keep is a
