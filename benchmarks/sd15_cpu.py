@@ -23,7 +23,7 @@ can run on a shared machine and the timing later, alone):
                               diffprune/sources/deepcache.py's default and DeepCache's for SD-1.5); with the cache
                               interval at 1 it is the "pruned UNet + decoder" row (the full graph's extra deep-feature
                               output costs a copy), at --cache-interval N the cached row.
-Bench (``--stages bench``), for each steps count and backend: one `diffprune bench` of dense, pruned-unet,
+Bench (``--stages bench``; ``--stages table`` only merges existing reports again), for each steps count and backend: one `diffprune bench` of dense, pruned-unet,
 pruned-unet-decoder and the eager baseline (uncached: bench's --cache-interval applies to every artifact), then one
 of pruned-unet-decoder at --cache-interval N with the eager baseline again (so "vs eager with caching" is measured
 within one run, alternating), each its own report folder; then :func:`table` merges the two reports (ratios of
@@ -97,12 +97,20 @@ def bench_stage(work: Path, arch: str, steps: int, backend: str, a, lock: str) -
               *common, "--out", uncached, exclusive=True, lock=lock)
     diffprune("bench", work / "pruned-unet-decoder-onnx", *common, "--cache-interval", a.cache_interval,
               "--out", cached, exclusive=True, lock=lock)
-    merged = table(json.loads((uncached / "bench.json").read_text()), json.loads((cached / "bench.json").read_text()),
-                   arch)
+    print(write_table(folder, a.cache_interval, arch).read_text(), flush=True)
+    return folder
+
+
+def write_table(folder: Path, interval: int, arch: str) -> Path:
+    """table.json and table.md in ``folder`` from its uncached/ and cache{interval}/ bench reports."""
+    reports = [folder / name / "bench.json" for name in ("uncached", f"cache{interval}")]
+    missing = [str(r) for r in reports if not r.is_file()]
+    if missing:
+        sys.exit(f"no bench report at {', '.join(missing)}: run --stages bench first")
+    merged = table(*(json.loads(r.read_text()) for r in reports), arch)
     (folder / "table.json").write_text(json.dumps(merged, indent=1))
     (folder / "table.md").write_text(markdown(merged))
-    print(markdown(merged), flush=True)
-    return folder
+    return folder / "table.md"
 
 
 def _paired(first_runs, runs) -> float | None:
@@ -170,12 +178,13 @@ def markdown(t: dict) -> str:
     def x(v):
         return "-" if v is None else f"{v:.2f}x"
 
-    lines = [f"# arch:{t['arch']}, prompt -> 512x512 image, {t['steps']} {t['scheduler']} steps, guidance {t['guidance']}, "
+    lines = [f"# arch:{t['arch']}, prompt -> image, {t['steps']} {t['scheduler']} steps, guidance {t['guidance']}, "
              f"batch 1, {t['backend']}", "",
              f"Machine: {t['machine']['processor']}; {t['threads']} threads; {t['runs']} timed runs after {t['warmup']} "
              f"warm-up, each model in its own process, runs alternating within each of two `diffprune bench` runs "
              f"(uncached/, cache{t['cache_interval']}/); medians, ms. Step caching: DeepCache branch "
-             f"{t['step_cache_blocks']}, the whole UNet every {t['cache_interval']}th step.", "",
+             f"{t['step_cache_blocks']}, the whole UNet at steps 0, {t['cache_interval']}, {2 * t['cache_interval']}, ... and the "
+             "shallow graph between.", "",
              "| model | run | text encoder | UNet | decoder | sampler | e2e | p90 | peak RSS MiB | vs dense | vs eager | "
              "vs eager, paired |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in t["rows"]:
@@ -198,8 +207,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("work", type=Path, help="folder for the pipelines and exports (about 12 GB at SD size)")
     p.add_argument("--arch", default="sd15", help="built-in architecture (default sd15; tiny-sd to try the script)")
-    p.add_argument("--stages", choices=("export", "bench", "all"), default="all",
-                   help="export: prune and export only; bench: time existing exports only; all (default)")
+    p.add_argument("--stages", choices=("export", "bench", "table", "all"), default="all",
+                   help="export: prune and export only; bench: time existing exports only (and merge); table: only "
+                        "merge existing bench reports again; all (default)")
     p.add_argument("--steps", default="4", help="comma-separated steps counts, one table each (default 4; e.g. 4,25)")
     p.add_argument("--backend", default="ort-cpu", help="comma-separated backends, one table each (ort-cpu, openvino)")
     p.add_argument("--cache-interval", type=int, default=3, help="step caching: the whole UNet every N-th step (default 3)")
@@ -216,6 +226,10 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     if a.stages in ("export", "all"):
         export_stages(work, a.arch, a.lock)
+    if a.stages == "table":
+        for steps in (int(s) for s in a.steps.split(",")):
+            for backend in a.backend.split(","):
+                print(f"wrote {write_table(a.out / f'steps{steps}_{backend}', a.cache_interval, a.arch)}", flush=True)
     if a.stages in ("bench", "all"):
         missing = [n for n in ("dense-onnx", "pruned-unet-onnx", "pruned-unet-decoder-onnx") if not (work / n).is_dir()]
         if missing:
