@@ -259,10 +259,10 @@ def to_onnx(model_or_folder, out_dir, dtype: str = "fp32", opset: int = 18, batc
     ``triton`` names a Triton model repository to write beside it. ``weights="external"`` (default)
     stores the tensors in ``model.onnx.data``, which runtimes load without a protobuf copy (less peak memory);
     ``"inline"`` keeps one self-contained ``model.onnx``. ``fuse_attention`` (fp32, dynamo exporter, external
-    weights, a UNet with attention, no step cache): export at opset >= 23 and also write ``model.ort.onnx``, the
+    weights, a UNet with attention): export at opset >= 23 and also write ``model.ort.onnx``, the
     graph ONNX Runtime's CPU provider runs, its attention fused (export/attention.py: no (B, heads, S, S) score
     matrices), sharing the weights file. ``step_cache=K`` also writes DeepCache's shallow graph
-    (:func:`export_unet`); such exports keep the unfused graph (the two together are not validated yet).
+    (:func:`export_unet`); with fused attention, shallow/ holds its own ``model.ort.onnx`` too.
     """
     from diffprune._io import check_writable
     from diffprune.sources.loader import load_source
@@ -340,9 +340,10 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
         cache = DeepCache(unet, step_cache)
     wrapper = _wrapper(unet, cache, "full" if cache else "plain")
     outputs = ["out_sample", CACHE_FEATURE] if cache else ["out_sample"]
-    # The CPU kernel is float32 only; an inline export stays one file; a UNet without attention keeps its graph;
-    # a step-cache export keeps its graphs unfused (the fused rewrite of a two-output graph is not validated yet).
-    ort_cpu = (fuse_attention and not cache and dtype == "fp32" and exporter == "dynamo" and weights == "external"
+    # The CPU kernel is float32 only; an inline export stays one file; a UNet without attention keeps its graph.
+    # With step caching the full graph (two outputs) and the shallow graph each get their fused copy, each
+    # validated against torch on every output like the portable graphs.
+    ort_cpu = (fuse_attention and dtype == "fp32" and exporter == "dynamo" and weights == "external"
                and _has_attention(unet))
     if ort_cpu:
         opset = max(int(opset), ATTENTION_OPSET)
@@ -379,7 +380,8 @@ def export_unet(unet, out_dir, scheduler_config: dict, source: dict, pruning=Non
         def inside(tmp):  # the shallow graph inside the export's folder, validated before either is written
             shallow_meta = {**meta, "macs": shallow["macs"], "step_cache": {**meta["step_cache"], "role": "shallow"}}
             write_graph(shallow["proto"], tmp / SHALLOW_DIR, shallow["check"], shallow_meta, dtype=dtype, batch=batch,
-                        opset=opset, exporter=exporter, slim=slim, validate_batches=validate_batches, weights=weights)
+                        opset=opset, exporter=exporter, slim=slim, validate_batches=validate_batches, weights=weights,
+                        ort_cpu=ort_cpu)
     return write_graph(proto, out_dir, check, meta, dtype=dtype, batch=batch, opset=opset, exporter=exporter,
                        slim=slim, validate_batches=validate_batches, weights=weights, overwrite=overwrite,
                        started=started, ort_cpu=ort_cpu, inside=inside)

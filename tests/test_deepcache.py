@@ -74,7 +74,7 @@ def test_deepcache_context_runs_full_then_shallow_calls():
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """(plain export, export with step caching) of the tiny pixel UNet."""
+    """(plain export, export with step caching) of the tiny pixel UNet; both with attention fused for ort-cpu."""
     from diffprune.export import export_unet
 
     unet, root = tiny_unet(), tmp_path_factory.mktemp("deepcache")
@@ -82,6 +82,17 @@ def exports(tmp_path_factory):
     export_unet(unet, root / "plain", SCHEDULER, {"source": "test"}, **common)
     export_unet(unet, root / "cached", SCHEDULER, {"source": "test"}, step_cache=1, **common)
     return root / "plain", root / "cached", unet
+
+
+@pytest.fixture(scope="module")
+def unfused_cached(exports, tmp_path_factory):
+    """The same step-cache export with --no-fuse-attention: model.onnx alone in both folders."""
+    from diffprune.export import export_unet
+
+    out = tmp_path_factory.mktemp("deepcache-unfused") / "cached"
+    export_unet(exports[2], out, SCHEDULER, {"source": "test"}, step_cache=1, fuse_attention=False, batch=(1, 2, 4),
+                validate_batches=[1, 2])
+    return out
 
 
 def test_export_writes_the_full_graph_with_the_feature_and_the_shallow_graph(exports):
@@ -93,6 +104,56 @@ def test_export_writes_the_full_graph_with_the_feature_and_the_shallow_graph(exp
     assert full["step_cache"]["blocks"] == 1 and full["step_cache"]["feature_shape"] == ["batch", 32, 16, 16]
     assert shallow["step_cache"]["role"] == "shallow" and shallow["validation"]["passed"]
     assert shallow["macs"] < 0.6 * full["macs"]  # the deep blocks are gone from the shallow graph
+
+
+def test_step_cache_export_fuses_attention_in_both_graphs(exports):
+    # The full graph keeps its two outputs in model.ort.onnx. This UNet's shallow graph (its outer blocks) has no
+    # attention, and still gets a model.ort.onnx for its group norms (export/attention.py's ort_cpu_graph).
+    import onnx
+
+    from diffprune.runtime import open_runner
+    from diffprune.runtime.runners import open_shallow
+
+    _, cached, unet = exports
+    full = json.loads((cached / "model.json").read_text())
+    shallow = json.loads((cached / "shallow" / "model.json").read_text())
+    attentions = sum(type(m).__name__ == "Attention" for m in unet.modules())
+    for folder, meta in ((cached, full), (cached / "shallow", shallow)):
+        record = meta["ort_cpu"]
+        assert meta["opset"] == 23 and record["file"] == "model.ort.onnx" and (folder / "model.ort.onnx").is_file()
+        assert record["validation"]["passed"] and record["validation"]["max_abs_error"] <= 1e-4
+        graph = onnx.load(str(folder / "model.ort.onnx"), load_external_data=False)
+        assert [o.name for o in graph.graph.output] == [o["name"] for o in meta["outputs"]]
+        ops = [n.op_type for n in graph.graph.node]
+        assert "Attention" not in ops and ops.count("MultiHeadAttention") == record["fused"]
+    assert full["ort_cpu"]["fused"] == attentions and full["ort_cpu"]["left"] == 0
+    # every validation case compared both outputs of the full graph: the feature is as exact as the sample
+    assert len(full["ort_cpu"]["validation"]["cases"]) == 2
+    with open_runner(cached, "ort-cpu") as runner:
+        assert runner.graph_path.name == "model.ort.onnx"
+        shallow_runner = open_shallow(runner, 2)
+        try:
+            assert shallow_runner.graph_path == cached / "shallow" / "model.ort.onnx"
+        finally:
+            shallow_runner.close()
+
+
+@pytest.mark.parametrize("interval", [2, 3])
+def test_cached_sampling_on_fused_graphs_equals_the_unfused_graphs(exports, unfused_cached, interval):
+    from diffprune.runtime import Sampler, make_scheduler, open_runner
+
+    _, cached, _ = exports
+    noise = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    out, graphs = [], []
+    for folder in (cached, unfused_cached):
+        with open_runner(folder, "ort-cpu") as runner, \
+                Sampler(runner, make_scheduler("ddim", runner.scheduler_config), cache_interval=interval) as sampler:
+            out.append(sampler.generate(2, steps=7, noise=noise, output="float"))
+            graphs.append((runner.graph_path.name, sampler.shallow.graph_path.name))
+    assert graphs == [("model.ort.onnx", "model.ort.onnx"), ("model.onnx", "model.onnx")]
+    fused, unfused = out
+    # float32 rounding only (the random UNet's samples reach ~50): 1e-4 of the scale
+    assert np.abs(fused - unfused).max() <= 1e-4 * max(1.0, float(np.abs(unfused).max()))
 
 
 def _reference(unet, scheduler_name, noise, steps, interval):
@@ -147,8 +208,8 @@ def test_interval_1_is_todays_sampling_exactly(exports):
     with open_runner(cached, "ort-cpu") as runner:
         full = Sampler(runner, make_scheduler("ddim", runner.scheduler_config), cache_interval=1).generate(
             2, steps=5, output="float")
-    # The step-cache export's full graph also outputs the deep feature (and keeps attention unfused, where the plain
-    # export's ort-cpu graph fuses it): the same maths, float32 rounding apart (values reach ~40 on this random UNet).
+    # The step-cache export's full graph also outputs the deep feature: the same maths, float32 rounding apart
+    # (values reach ~40 on this random UNet).
     np.testing.assert_allclose(full, today, rtol=0, atol=1e-3 * max(1.0, float(np.abs(today).max())))
 
 
@@ -187,6 +248,9 @@ def test_stable_diffusion_with_step_caching_equals_diffusers_with_deepcache(tmp_
         ours = runtime.generate(prompts, guidance=7.5, steps=6, scheduler="dpm-solver++-karras", noise=noise,
                                 output="float", cache_interval=3)
         assert runtime.last_timing["unet_calls"] == 6 and runtime.last_timing["unet_shallow_s"] > 0
+        # both graphs as ort-cpu runs them: attention fused (the shallow graph keeps tiny-sd's first cross-attention)
+        assert runtime.runners["unet"].graph_path.name == runtime.runners["unet_shallow"].graph_path.name == "model.ort.onnx"
+        assert json.loads((out / "unet" / "shallow" / "model.json").read_text())["ort_cpu"]["fused"] > 0
     with torch.no_grad(), deepcache(pipe.unet, 3):
         ref = pipe(prompts, guidance_scale=7.5, num_inference_steps=6, latents=torch.from_numpy(noise),
                    output_type="np").images  # (2, 32, 32, 3) in [0, 1]
