@@ -67,7 +67,12 @@ def time_tables(work: Path, backend: str, batch: int, rounds: int = 2):
     seconds = time.perf_counter() - started
     table = fit_table(rows, steps, probes, key=f"bench-{backend}-{batch}", backend=backend, batch=batch, threads=None,
                       model_info={"arch": ARCH}, resolution=[32, 32], seconds=seconds)
-    checks = time_probes(work / "checks", backend, batch, rounds=rounds)
+    checks = time_probes(work / "checks", backend, batch, rounds=rounds, reference=work / "probes" / "probe-00")
+    # Both sets are ratios to the same dense model timed beside them; put the checks on the probes' scale (the
+    # table's dense time), so that minutes of drift between the two sets do not count as prediction error.
+    scale = probes[0]["reference_ms"] / checks[0]["reference_ms"]
+    for c in checks:
+        c["measured_ms"] = round(c["measured_ms"] * scale, 3)
     predicted = [lm.predict_ms(table, lm.fractions(c["keep"], steps)) for c in checks]
     measured = [c["measured_ms"] for c in checks]
     out = {"backend": backend, "batch": batch, "table": table, "probe_seconds": round(seconds, 1),

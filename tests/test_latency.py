@@ -221,6 +221,7 @@ def test_keep_at_and_probes_on_the_lattice():
     labels = [label for label, _ in configs]
     assert labels[:3] == ["dense", "uniform 0.7", "uniform 0.45"]
     assert "stage 16x16 at 0.5" in labels and "stage 8x8 at 0.5" in labels
+    assert labels[-1] == "uniform 0.3"  # near the floor, appended last so earlier probes keep their numbers
     assert random_configs(STEPS, 1, 3) != random_configs(STEPS, 2, 3)  # checks are drawn apart from the probes
 
 
@@ -321,3 +322,15 @@ def test_measured_record_on_ort(tiny, tmp_path):
     _, report = prune(tiny, method="magnitude", latency=target, progress=False)
     assert report.latency["measured_ms"] > 0 and report.latency["measured_precision"] == "f32"
     assert "measured" in report.table()
+
+
+def test_drift_correction_divides_by_the_reference_at_each_moment():
+    """A reference drifting 100 -> 120 ms over a pass: probes timed at 0.5x and 0.8x of it come out as 0.5x and
+    0.8x of its median, not as what the clock read; without references each probe's fastest pass is kept."""
+    from diffprune.latency.profile import drift_corrected
+
+    one_pass = ([(1, 52.5), (3, 92.0)], [(0, 100.0), (2, 110.0), (4, 120.0)])
+    assert drift_corrected([one_pass]) == pytest.approx([55.0, 88.0])
+    second = ([(1, 50.0), (3, 80.0)], [(0, 100.0), (4, 100.0)])  # a quiet pass: ratios 0.5 and 0.8 again
+    assert drift_corrected([one_pass, second]) == pytest.approx([50.0, 80.0])  # the references' median: 100
+    assert drift_corrected([([(0, 5.0), (1, 7.0)], []), ([(0, 6.0), (1, 6.5)], [])]) == [5.0, 6.5]

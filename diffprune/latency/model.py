@@ -30,7 +30,7 @@ fusion saves.
 import math
 
 FIXED = None  # a width no group sets (the image's channels, the text embedding's)
-METHOD = ("whole-UNet calls timed at probe widths; per-stage ms/GMAC + ms/Melement + constant, NNLS, inputs of "
+METHOD = ("whole-UNet calls timed at probe widths (a narrow uniform probe, drift-corrected against dense); per-stage ms/GMAC + ms/Melement + constant, NNLS, inputs of "
           "concatenations weighted by their parts (diffprune.latency.model)")
 
 

@@ -31,6 +31,8 @@ PROBES_JSON = "probes.json"
 UNIFORM = (0.7, 0.45)  # kept fractions of the uniform probes (with dense: three points along the MAC curve)
 STAGE_FRACTION = 0.5  # each stage's groups at half width, the others dense: separates the stages' costs
 RANDOM_PROBES = 6  # random widths teach the fit what the stage probes do not (mixed widths across groups)
+NARROW = 0.3  # one uniform probe near the knapsack's floor (MIN_FRACTION 0.25): without it the narrowest
+# configurations are extrapolated, and ONNX Runtime at batch 1 ran them 12-15 % faster than predicted
 
 
 def host() -> dict:
@@ -180,6 +182,7 @@ def probe_configs(steps: dict, rows: list, seed: int = 0, randoms: int = RANDOM_
         if groups:
             configs.append((f"stage {s} at {STAGE_FRACTION:g}", {g: STAGE_FRACTION for g in groups}))
     configs += random_configs(steps, seed, randoms)
+    configs.append((f"uniform {NARROW:g}", {g: NARROW for g in steps}))  # last: earlier probes keep their numbers
     return [(label, keep_at(steps, f)) for label, f in configs]
 
 
@@ -258,24 +261,62 @@ def time_artifact(folder, backend: str, batch: int, threads=None, min_seconds: f
     return statistics.median(times), info
 
 
-def time_probes(folder, backend: str, batch: int, threads=None, progress: bool = True, rounds: int = 2) -> list:
-    """The milliseconds of every probe under ``folder`` (written by :func:`write_probes`), in order: each probe's
-    median call, taken in ``rounds`` passes over all probes, and the fastest pass kept (a burst of other work on
-    the machine slows one pass of a probe, not all)."""
+def time_probes(folder, backend: str, batch: int, threads=None, progress: bool = True, rounds: int = 2,
+                reference=None, every: int = 3) -> list:
+    """The milliseconds of every probe under ``folder`` (written by :func:`write_probes`), in order, corrected for
+    the machine's drift: a reference model (``reference``, default the folder's dense probe) is timed before every
+    ``every``-th probe and after the last, each probe's time is divided by the reference's time interpolated to
+    its moment, and the ratios (averaged over ``rounds`` passes) are multiplied by the reference's median time.
+    A shared or virtual CPU drifts by 10-20 % over minutes (measured: the same dense CIFAR-10 call 64-71 ms within
+    one pass), more than the differences between neighbouring probes; a ratio to a model timed seconds apart does
+    not drift. Without a reference, each probe's fastest pass is kept."""
     from tqdm.auto import tqdm
 
     folder = Path(folder)
     listed = json.loads((folder / PROBES_JSON).read_text())
     out = [dict(p) for p in listed]
+    if reference is None:
+        dense = next((p for p in listed if not p["keep"] or p["label"] == "dense"), None)
+        reference = folder / dense["path"] if dense else None
+    passes = []
     bar = tqdm(total=len(listed) * rounds, desc=f"time probes ({backend}, batch {batch})", disable=quiet(progress))
     for _ in range(rounds):
-        for probe in out:
+        samples, refs, moment = [], [], 0
+        for i, probe in enumerate(out):
+            if reference is not None and i % every == 0:
+                refs.append((moment, time_artifact(reference, backend, batch, threads)[0]))
+                moment += 1
             ms, info = time_artifact(folder / probe["path"], backend, batch, threads)
-            probe["measured_ms"] = round(min(ms, probe.get("measured_ms", ms)), 3)
+            samples.append((moment, ms))
+            moment += 1
             probe["runner"] = info
             bar.update()
+        if reference is not None:
+            refs.append((moment, time_artifact(reference, backend, batch, threads)[0]))
+        passes.append((samples, refs))
     bar.close()
+    reference_ms = statistics.median([ms for _, refs in passes for _, ms in refs]) if reference is not None else None
+    for probe, ms in zip(out, drift_corrected(passes)):
+        probe["measured_ms"] = round(ms, 3)
+        probe["reference_ms"] = reference_ms  # the scale of measured_ms: compare sets timed apart as ratios to it
     return out
+
+
+def drift_corrected(passes: list) -> list:
+    """Pure: per probe, milliseconds from ``passes`` (each ``(samples, refs)``: ``samples`` the probes' ``(moment,
+    ms)`` in order, ``refs`` the reference's ``(moment, ms)``). With references: the mean over passes of the
+    probe's ratio to the reference interpolated linearly at its moment, times the references' median; without:
+    the fastest pass."""
+    import numpy as np
+
+    all_refs = [ms for _, refs in passes for _, ms in refs]
+    if not all_refs:
+        return [min(ms for ms in column) for column in zip(*[[ms for _, ms in samples] for samples, _ in passes])]
+    ratios = []
+    for samples, refs in passes:
+        at, ms = np.array([m for m, _ in refs], dtype=float), np.array([r for _, r in refs], dtype=float)
+        ratios.append([t / float(np.interp(moment, at, ms)) for moment, t in samples])
+    return [float(np.mean(column)) * float(np.median(all_refs)) for column in zip(*ratios)]
 
 
 def fit_table(rows: list, steps: dict, timed: list, *, key: str, backend: str, batch: int, threads, model_info: dict,
