@@ -51,6 +51,7 @@ VARIANTS = {
     # latency table given by --latency-table, its budget --latency-ms (the MAC-level model's measured time, so the
     # two are compared at equal latency); the run key keeps the MAC level it is compared with.
     "latency": dict(),
+    "latency50": dict(),  # the same with no group below half its width (LatencyTarget.min_fraction 0.5)
 }
 
 
@@ -237,8 +238,8 @@ def run_one(run: Run, study: Study, judge: Judge, threads: int = 1) -> dict:
     spec = study.models[run.model]
     criterion, options = parse_method(run.method)
     target = {"target_macs": run.macs}
-    if run.method.endswith("+latency"):
-        target = {"latency": latency_target(study)}
+    if run.method.endswith(("+latency", "+latency50")):
+        target = {"latency": latency_target(study, 0.5 if run.method.endswith("50") else None)}
     options.setdefault("num_images", spec.calibration)
     if spec.max_timesteps is not None:
         options.setdefault("max_timesteps", spec.max_timesteps)
@@ -280,7 +281,7 @@ def run_one(run: Run, study: Study, judge: Judge, threads: int = 1) -> dict:
     return record
 
 
-def latency_target(study: Study):
+def latency_target(study: Study, min_fraction: float | None = None):
     """The "+latency" variant's target: the study's table and budget, not measured here (the ``time`` stage times
     the kept models on a quiet machine)."""
     from diffprune import DiffPruneError
@@ -292,8 +293,9 @@ def latency_target(study: Study):
                              "by `diffprune profile`) and --latency-ms MS (the budget: the MAC-level model's measured "
                              "call time on that table's backend and batch).")
     table = read_latency_table(study.latency_table)
+    floor = {} if min_fraction is None else {"min_fraction": min_fraction}
     return LatencyTarget(backend=table["backend"], target_ms=study.latency_ms, table=str(study.latency_table),
-                         batch=table["batch"], measure=False)
+                         batch=table["batch"], measure=False, **floor)
 
 
 def time_latency_runs(study: Study, backend_batch=None) -> list:
@@ -306,7 +308,7 @@ def time_latency_runs(study: Study, backend_batch=None) -> list:
     from diffprune.sources.loader import load_source
 
     out = []
-    for path in sorted(study.runs.glob("*+latency_*.json")):
+    for path in sorted(study.runs.glob("*+latency*_*.json")):
         record = json.loads(path.read_text())
         folder = study.work / record["key"] / "pruned"
         if not folder.is_dir():
@@ -316,7 +318,7 @@ def time_latency_runs(study: Study, backend_batch=None) -> list:
         backend, batch = table["backend"], table["batch"]
         model, scheduler_config, _ = load_source(str(folder))
         ms, _ = measure(model, backend, batch)
-        base_key = record["key"].replace("+latency", "")
+        base_key = record["key"].replace("+latency50", "").replace("+latency", "")
         mac = prune_source(study.models[record["model"]].source, method="magnitude", target_macs=record["macs"],
                            progress=False)
         mac_ms, _ = measure(mac.model, backend, batch, scheduler_config=scheduler_config)

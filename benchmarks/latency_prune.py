@@ -57,7 +57,7 @@ def _rows(work: Path, batch: int) -> tuple:
     return rows, {g: tuple(v) for g, v in saved["steps"].items()}
 
 
-def time_tables(work: Path, backend: str, batch: int, rounds: int = 2):
+def time_tables(work: Path, backend: str, batch: int, rounds: int | None = None):
     from diffprune.latency import model as lm
     from diffprune.latency.profile import fit_table, time_probes
 
@@ -75,7 +75,7 @@ def time_tables(work: Path, backend: str, batch: int, rounds: int = 2):
         c["measured_ms"] = round(c["measured_ms"] * scale, 3)
     predicted = [lm.predict_ms(table, lm.fractions(c["keep"], steps)) for c in checks]
     measured = [c["measured_ms"] for c in checks]
-    out = {"backend": backend, "batch": batch, "table": table, "probe_seconds": round(seconds, 1),
+    out = {"backend": backend, "batch": batch, "table": table, "probe_seconds": round(seconds, 1), "rounds": rounds or "auto",
            "checks": [{"label": c["label"], "measured_ms": m, "predicted_ms": round(p, 3)}
                       for c, m, p in zip(checks, measured, predicted)],
            "check_errors": lm.errors(predicted, measured)}
@@ -182,7 +182,7 @@ def report(work: Path, out: Path, command: str):
         t = json.loads(f.read_text())
         results["tables"][f.stem] = t
         e = t["check_errors"]
-        lines.append(f"| {t['backend']} | {t['batch']} | {len(t['table']['probes'])} ({t['probe_seconds']:.0f} s) | "
+        lines.append(f"| {t['backend']} | {t['batch']} | {len(t['table']['probes'])} x {t.get('rounds', 2)} passes ({t['probe_seconds']:.0f} s) | "
                      f"{t['table']['fit']['median_abs']:.1%} | {e['median_abs']:.1%} | {e['max_abs']:.1%} | "
                      + ", ".join(f"{r:+.1%}" for r in e["relative"]) + " |")
     lines += ["", "## --target-speedup 2.0 vs MAC-targeted (one ratio for every group)\n",
@@ -341,7 +341,8 @@ def main(argv=None):
     p.add_argument("--backend", default="ort-cpu")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--speedup", type=float, default=2.0)
-    p.add_argument("--rounds", type=int, default=2, help="passes over the probes; each probe's fastest pass is kept")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="passes over the probes (default: 2, or 4 where a dense call is under 0.2 s; see time_probes)")
     p.add_argument("--table", action="append", help="refit: only this table of the file (e.g. table-ort-cpu-8); repeatable")
     args = p.parse_args(argv)
     if args.phase == "refit":

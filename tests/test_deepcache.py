@@ -131,9 +131,13 @@ def test_step_cache_export_fuses_attention_in_both_graphs(exports):
     assert len(full["ort_cpu"]["validation"]["cases"]) == 2
     with open_runner(cached, "ort-cpu") as runner:
         assert runner.graph_path.name == "model.ort.onnx"
+        assert runner.spinning  # alone, ONNX Runtime's idle threads may spin
+        session = runner.session
         shallow_runner = open_shallow(runner, 2)
         try:
             assert shallow_runner.graph_path == cached / "shallow" / "model.ort.onnx"
+            # two sessions called in alternation: neither spins, the full one reopened without it
+            assert not runner.spinning and not shallow_runner.spinning and runner.session is not session
         finally:
             shallow_runner.close()
 

@@ -163,7 +163,15 @@ def open_shallow(runner, interval: int):
     record = read_step_cache(runner.folder, runner.meta, interval)
     if record is None:
         return None
-    return open_runner(record["shallow"], **getattr(runner, "opened_with", {"backend": "ort-cpu"})).open()
+    shallow = open_runner(record["shallow"], **getattr(runner, "opened_with", {"backend": "ort-cpu"}))
+    if getattr(runner, "spinning", None) is not None:  # ONNX Runtime: two sessions in alternation must not spin
+        shallow.spinning = False
+        if runner.spinning:
+            runner.spinning = False
+            if runner.session is not None:  # reopened without spinning threads
+                runner.close()
+                runner.open()
+    return shallow.open()
 
 
 __all__ = ["BACKENDS", "auto_backend", "check_available", "choose_auto", "incompatibility", "open_runner", "open_shallow",
