@@ -298,16 +298,18 @@ def latency_target(study: Study, min_fraction: float | None = None):
                          batch=table["batch"], measure=False, **floor)
 
 
-def time_latency_runs(study: Study, backend_batch=None) -> list:
+def time_latency_runs(study: Study, rounds: int = 3) -> list:
     """The ``time`` stage: one UNet call of each kept "+latency" model and of the MAC-level model it is compared
     with (the same widths for every seed and criterion: a MAC level prunes every group at one ratio), on the
-    latency table's backend and batch; the times go into the records. Run it alone on the machine."""
-    from diffprune.latency.profile import measure
+    latency table's backend and batch, exported once and timed in ``rounds`` alternating rounds (fastest kept);
+    the times go into the records. Run it alone on the machine."""
+    from diffprune.latency.profile import export_model, time_artifact
     from diffprune.pruning.recipe import prune_source
     from diffprune.runtime.formats import read_latency_table
     from diffprune.sources.loader import load_source
 
-    out = []
+    todo, exported = [], {}
+    (study.work / "timing").mkdir(parents=True, exist_ok=True)
     for path in sorted(study.runs.glob("*+latency*_*.json")):
         record = json.loads(path.read_text())
         folder = study.work / record["key"] / "pruned"
@@ -317,12 +319,27 @@ def time_latency_runs(study: Study, backend_batch=None) -> list:
         table = read_latency_table(record["latency"]["table"])
         backend, batch = table["backend"], table["batch"]
         model, scheduler_config, _ = load_source(str(folder))
-        ms, _ = measure(model, backend, batch)
-        base_key = record["key"].replace("+latency50", "").replace("+latency", "")
-        mac = prune_source(study.models[record["model"]].source, method="magnitude", target_macs=record["macs"],
-                           progress=False)
-        mac_ms, _ = measure(mac.model, backend, batch, scheduler_config=scheduler_config)
-        record["latency"].update(measured_ms=round(ms, 3), mac_model_ms=round(mac_ms, 3), compared_with=base_key)
+        onnx = study.work / "timing" / record["key"]
+        export_model(model, onnx, batch, scheduler_config, {})
+        mac_key = (record["model"], record["macs"], backend, batch)
+        if mac_key not in exported:
+            mac = prune_source(study.models[record["model"]].source, method="magnitude", target_macs=record["macs"],
+                               progress=False)
+            exported[mac_key] = study.work / "timing" / f"{record['model']}_m{record['macs']:g}_{backend}_b{batch}"
+            export_model(mac.model, exported[mac_key], batch, scheduler_config, {})
+        todo.append((path, record, onnx, exported[mac_key], backend, batch))
+    times = {}
+    for _ in range(rounds):
+        for path, record, onnx, mac_onnx, backend, batch in todo:
+            for folder in (onnx, mac_onnx):
+                ms, _ = time_artifact(folder, backend, batch)
+                times.setdefault(str(folder), []).append(round(ms, 3))
+    out = []
+    for path, record, onnx, mac_onnx, backend, batch in todo:
+        ms, mac_ms = min(times[str(onnx)]), min(times[str(mac_onnx)])
+        record["latency"].update(measured_ms=ms, mac_model_ms=mac_ms, measured_rounds_ms=times[str(onnx)],
+                                 mac_model_rounds_ms=times[str(mac_onnx)],
+                                 compared_with=record["key"].replace("+latency50", "").replace("+latency", ""))
         _write_json(path, record)
         print(f"criteria time: {record['key']}: {ms:.1f} ms vs the {record['macs']:g}-MACs model {mac_ms:.1f} ms "
               f"({backend}, batch {batch})", flush=True)

@@ -173,3 +173,8 @@ def test_latency_variant_prunes_to_the_table_and_keeps_the_model(tiny_digits, tm
     assert kept.is_dir() and not (study.work / run.key / "tuned").exists()
     pruned, _, _ = load_source(str(kept))
     assert diffprune.sources.unet.count_macs_params(pruned)[0] < diffprune.sources.unet.count_macs_params(unet)[0]
+
+    timed = criteria.time_latency_runs(study, rounds=1)  # exported once each, timed on the table's backend
+    assert [r["key"] for r in timed] == [run.key]
+    saved = json.loads((study.runs / f"{run.key}.json").read_text())["latency"]
+    assert saved["measured_ms"] > 0 and saved["mac_model_ms"] > 0 and saved["compared_with"] == "tiny_diff-pruning_m0.5_b0.1_s0"
