@@ -52,6 +52,7 @@ VARIANTS = {
     # two are compared at equal latency); the run key keeps the MAC level it is compared with.
     "latency": dict(),
     "latency50": dict(),  # the same with no group below half its width (LatencyTarget.min_fraction 0.5)
+    "latencyraw": dict(score_norm="none"),  # the same with Taylor scores comparable across groups (HALP's ranking)
 }
 
 
@@ -238,7 +239,7 @@ def run_one(run: Run, study: Study, judge: Judge, threads: int = 1) -> dict:
     spec = study.models[run.model]
     criterion, options = parse_method(run.method)
     target = {"target_macs": run.macs}
-    if run.method.endswith(("+latency", "+latency50")):
+    if run.method.endswith(("+latency", "+latency50", "+latencyraw")):
         target = {"latency": latency_target(study, 0.5 if run.method.endswith("50") else None)}
     options.setdefault("num_images", spec.calibration)
     if spec.max_timesteps is not None:
@@ -339,7 +340,7 @@ def time_latency_runs(study: Study, rounds: int = 3) -> list:
         ms, mac_ms = min(times[str(onnx)]), min(times[str(mac_onnx)])
         record["latency"].update(measured_ms=ms, mac_model_ms=mac_ms, measured_rounds_ms=times[str(onnx)],
                                  mac_model_rounds_ms=times[str(mac_onnx)],
-                                 compared_with=record["key"].replace("+latency50", "").replace("+latency", ""))
+                                 compared_with=record["key"].split("+latency")[0] + "_" + record["key"].split("+latency")[1].split("_", 1)[1])
         _write_json(path, record)
         print(f"criteria time: {record['key']}: {ms:.1f} ms vs the {record['macs']:g}-MACs model {mac_ms:.1f} ms "
               f"({backend}, batch {batch})", flush=True)

@@ -197,6 +197,18 @@ def test_knapsack_prunes_where_time_is_cheapest_in_importance():
     assert choose_widths(table(), STEPS, skewed, budget_ms=40.0).retained > choice.retained
 
 
+def test_knapsack_ranks_comparable_scores_as_they_are():
+    """normalise=False (un-normalised Taylor, score_norm="none"): a group whose channels matter 100x more keeps
+    its width and the other pays; normalised, both groups are worth the same and the time per channel decides
+    (g2 first, as above)."""
+    scores = {"g1": [0.01] * 8, "g2": [1.0] * 16}  # g1's channels barely matter, g2's do
+    assert choose_widths(table(), STEPS, scores, budget_ms=40.0).keep == {"g1": 8, "g2": 8}
+    raw = choose_widths(table(), STEPS, scores, budget_ms=40.0, normalise=False)
+    assert raw.keep["g2"] == 16 and raw.keep["g1"] < 8 and raw.predicted_ms <= 40.0
+    flipped = choose_widths(table(), STEPS, {"g1": [1.0] * 8, "g2": [0.01] * 16}, budget_ms=40.0, normalise=False)
+    assert flipped.keep["g1"] == 8 and flipped.keep["g2"] < 16
+
+
 def test_knapsack_keeps_dense_when_budget_allows():
     choice = choose_widths(table(), STEPS, {"g1": [1.0] * 8, "g2": [1.0] * 16}, budget_ms=100.0)
     assert choice.keep == {"g1": 8, "g2": 16} and choice.retained == 1.0

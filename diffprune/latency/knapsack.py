@@ -47,13 +47,15 @@ def _next_down(keep: int, step: int) -> int:
 
 
 def choose_widths(table: dict, steps: dict, scores: dict, budget_ms: float,
-                  min_fraction: float = MIN_FRACTION) -> Choice:
+                  min_fraction: float = MIN_FRACTION, normalise: bool = True) -> Choice:
     """Keep counts per group whose predicted time is at most ``budget_ms``, keeping the most importance.
 
     ``table``: a latency table (its ``layers`` and ``coefficients``). ``steps``: group -> (channel groups, channels
     per channel-group, step), as diffprune.pruning.pruner._Planner.steps gives them for a ``round_to``.
     ``scores``: group -> importance of each position within a channel-group (``per`` numbers; higher = keep).
-    Groups without scores stay dense. Raises DiffPruneError when even the floor is over budget."""
+    Groups without scores stay dense. Raises DiffPruneError when even the floor is over budget. ``normalise``:
+    each group's scores scaled to mean 1 per channel first (scores that do not compare across groups: magnitude,
+    mean-normalised Taylor); False ranks them as given (un-normalised Taylor, ``score_norm="none"``)."""
     c = table["coefficients"]
     steps = {g: tuple(v) for g, v in steps.items() if g in scores}
     frac = {g: 1.0 for g in steps}
@@ -75,7 +77,10 @@ def choose_widths(table: dict, steps: dict, scores: dict, budget_ms: float,
         if len(s) != per:
             raise ValueError(f"group {g}: {len(s)} scores for {per} positions")
         mean = sum(s) / per if sum(s) > 0 else 1.0
-        ranked[g] = sorted((x / mean if sum(s) > 0 else 1.0) * groups for x in s)
+        if normalise:
+            ranked[g] = sorted((x / mean if sum(s) > 0 else 1.0) * groups for x in s)
+        else:
+            ranked[g] = sorted(x * groups for x in s)
         worth += sum(ranked[g])
     keep = {g: per for g, (_, per, _) in steps.items()}
     lowest = {g: floor_keep(per, step, min_fraction) for g, (_, per, step) in steps.items()}

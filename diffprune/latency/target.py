@@ -49,8 +49,10 @@ class LatencyTarget:
 
             read_latency_table(self.table)
 
-    def choose(self, planner, scheduler_config=None, source=None, text_tokens=None, progress=True):
-        """(Choice, table): the widths of ``planner``'s groups under the target, with the table predicting it."""
+    def choose(self, planner, scheduler_config=None, source=None, text_tokens=None, progress=True, comparable=False):
+        """(Choice, table): the widths of ``planner``'s groups under the target, with the table predicting it.
+        ``comparable``: the planner's scores compare across groups (un-normalised Taylor), so the knapsack ranks
+        them as they are instead of normalising each group to mean 1."""
         from ..runtime.formats import read_latency_table
         from .profile import check_table, table_for
 
@@ -62,7 +64,7 @@ class LatencyTarget:
                               progress=progress)
         budget = self.target_ms if self.target_ms is not None else table["dense_ms"] / self.speedup
         scores = {g: imp.view(groups, -1).mean(0).tolist() for g, (imp, groups, _, _) in planner.plan.items()}
-        return choose_widths(table, planner.steps(), scores, budget, self.min_fraction), table
+        return choose_widths(table, planner.steps(), scores, budget, self.min_fraction, normalise=not comparable), table
 
     def record(self, choice, table, model=None, scheduler_config=None, source=None, text_tokens=None) -> dict:
         """pruning.json's ``latency``: the target, the prediction, and (``measure``) the pruned model's time."""

@@ -314,7 +314,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     For text-conditioned models ``uncond_fraction`` of the calibration captions are replaced by the empty
     prompt (the unconditional branch that classifier-free guidance samples with). ``score_norm`` (gradient
     criteria): ``group`` averages the coupled layers' Taylor scores as they are (the reference), ``layer``
-    normalises each layer's scores first (diffprune.pruning.importance._gradients.taylor_scorer).
+    normalises each layer's scores first, ``none`` leaves them comparable across groups, which a latency target's
+    knapsack then ranks as they are (diffprune.pruning.importance._gradients.taylor_scorer).
 
     Inside an initialised torch.distributed group (``accelerate launch``, torchrun) each rank takes a share
     of the calibration images and the gradients and losses are summed over the ranks
@@ -380,7 +381,8 @@ def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target
     importance_seconds = time.perf_counter() - importance_started
 
     if latency is not None:
-        choice, table = latency.choose(planner, scheduler_config, None, text_tokens, progress)
+        choice, table = latency.choose(planner, scheduler_config, None, text_tokens, progress,
+                                       comparable=criterion.needs_data and score_norm == "none")
         model = planner.apply(keep=choice.keep)
         steps = planner.steps()
         ratio = 1.0 - sum(choice.keep[g] * v[0] for g, v in steps.items()) / sum(v[0] * v[1] for v in steps.values())

@@ -154,7 +154,7 @@ def _warn_if_the_loss_will_not_fall(losses, stop_below: float, steps: int, pace:
         "a few hundred), or check --data and --resize.", file=sys.stderr)
 
 
-SCORE_NORMS = ("group", "layer")
+SCORE_NORMS = ("group", "layer", "none")
 
 
 def taylor_scorer(score_norm: str = "group"):
@@ -163,14 +163,21 @@ def taylor_scorer(score_norm: str = "group"):
 
     ``score_norm="layer"`` divides each coupled layer's scores by their mean before the group average, so
     that every layer of a group (a conv, its GroupNorm, the next layer's inputs, cross-attention's to_q ...)
-    has one equal vote; with ``"group"`` (the reference) the layer with the largest |w * g| decides alone."""
+    has one equal vote; with ``"group"`` (the reference) the layer with the largest |w * g| decides alone.
+    ``"none"``: the group average without the final mean-normalisation, so that scores compare across groups
+    (|w * dL/dw| estimates the loss change of removing a weight wherever it is; HALP ranks channels globally by
+    it) — what a latency target's knapsack needs to tell which group's channels matter (diffprune.latency.knapsack);
+    a MAC target prunes every group at one ratio, where it changes nothing."""
     import torch_pruning as tp
 
     if score_norm not in SCORE_NORMS:
         raise DiffPruneError(f"score_norm {score_norm!r} is unknown; allowed: {', '.join(SCORE_NORMS)} (group: the "
-                             "reference Diff-Pruning scores; layer: each coupled layer normalised before the average).")
+                             "reference Diff-Pruning scores; layer: each coupled layer normalised before the average; "
+                             "none: not normalised, comparable across groups, for latency targets).")
     if score_norm == "group":
         return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer="mean")
+    if score_norm == "none":
+        return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
 
     class LayerNormalisedTaylor(tp.importance.GroupTaylorImportance):
         def _reduce(self, group_imp, group_idxs):
