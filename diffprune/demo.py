@@ -107,10 +107,7 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
 
             # auto: measured on the dense export (runtime/auto.py), so the latency is the one the demo runs on
             backend = resolve_backend(o.backend, exports["dense"], o.threads, log=log)
-            # at the batch of the demo's headline row (its largest bench batch): at batch 1 the digits UNet's call is
-            # ~3 ms, mostly fixed cost, and a 2x target came out 1.52x measured
-            latency = LatencyTarget(backend=backend, speedup=o.target_speedup, threads=o.threads,
-                                    batch=max(o.bench_batches))
+            latency = LatencyTarget(backend=backend, speedup=o.target_speedup, threads=o.threads)
         pruned = prune_source(str(dense_dir), method=o.method, target_macs=None if latency else o.target_macs,
                               data=o.data, num_images=o.calibration_images, max_timesteps=o.max_timesteps,
                               round_to=o.round_to, seed=o.seed, progress=progress, latency=latency, threads=o.threads)
