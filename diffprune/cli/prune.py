@@ -99,10 +99,11 @@ def register(subparsers):
                    help="text-conditioned models with captioned data: replace this share of the calibration captions "
                         "by the empty prompt, so the gradients also see the unconditional branch classifier-free "
                         "guidance samples with (default 0; benchmarks/results/criteria measures 0.1 and 0.5)")
-    p.add_argument("--score-norm", default="group", choices=("group", "layer", "none"),
-                   help="diff-pruning/taylor: group (default, the paper's) averages the coupled layers' Taylor scores "
-                        "as they are; layer normalises each layer's scores first, so no single layer decides alone; "
-                        "none leaves scores comparable across groups, which a latency target then ranks as they are")
+    p.add_argument("--score-norm", default=None, choices=("group", "layer", "none"),
+                   help="diff-pruning/taylor: group (the paper's; the default with --target-macs/--ratio) averages the "
+                        "coupled layers' Taylor scores, each group normalised; layer normalises each layer's scores "
+                        "first, so no single layer decides alone; none (the default with --target-ms/--target-speedup) "
+                        "leaves scores comparable across groups, so the latency knapsack can tell which group matters")
     p.add_argument("--micro-batch", type=count, default=16, help="images per backward pass; lower it if memory is short (default 16)")
     p.add_argument("--round-to", type=count, default=8, help="keep widths multiples of this (default 8, for tensor cores; 1 = off)")
     p.add_argument("--class-labels", type=_labels, default=None, metavar="L[,L...]",
