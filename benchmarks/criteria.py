@@ -50,8 +50,8 @@ VARIANTS = {
     # Pruned to a measured latency instead of the MAC level (issue 23): the widths of every group chosen under the
     # latency table given by --latency-table, its budget --latency-ms (the MAC-level model's measured time, so the
     # two are compared at equal latency); the run key keeps the MAC level it is compared with.
-    "latency": dict(),
-    "latency50": dict(),  # the same with no group below half its width (LatencyTarget.min_fraction 0.5)
+    "latency": dict(score_norm="group"),  # scores normalised per group, as recorded (prune's latency default is now none)
+    "latency50": dict(score_norm="group"),  # the same with no group below half its width (LatencyTarget.min_fraction 0.5)
     "latencyraw": dict(score_norm="none"),  # the same with Taylor scores comparable across groups (HALP's ranking)
 }
 

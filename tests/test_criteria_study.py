@@ -120,6 +120,9 @@ def test_uncond_fraction_is_checked_and_recorded(tiny):
     _, report = diffprune.prune(tiny, method="taylor", ratio=0.5, data="builtin:digits", num_images=2, max_timesteps=2,
                                 score_norm="layer", progress=False)
     assert report.score_norm == "layer" and report.uncond_fraction == 0.0
+    _, report = diffprune.prune(tiny, method="taylor", ratio=0.5, data="builtin:digits", num_images=2, max_timesteps=2,
+                                progress=False)
+    assert report.score_norm == "group"  # the default without a latency target (with one: "none")
 
 
 def test_prune_command_takes_the_variants():
@@ -128,7 +131,8 @@ def test_prune_command_takes_the_variants():
     args = build_parser().parse_args(["prune", "SRC", "OUT", "--uncond-fraction", "0.1", "--score-norm", "layer"])
     assert (args.uncond_fraction, args.score_norm) == (0.1, "layer")
     defaults = build_parser().parse_args(["prune", "SRC", "OUT"])
-    assert (defaults.uncond_fraction, defaults.score_norm) == (0.0, "group")
+    # None: prune resolves it, "none" with a latency target (scores compared across groups), "group" otherwise
+    assert (defaults.uncond_fraction, defaults.score_norm) == (0.0, None)
 
 
 def test_latency_variant_prunes_to_the_table_and_keeps_the_model(tiny_digits, tmp_path):
