@@ -54,6 +54,8 @@ VARIANTS = {
     "latency50": dict(score_norm="group"),  # the same with no group below half its width (LatencyTarget.min_fraction 0.5)
     "latencyraw": dict(score_norm="none"),  # the same with Taylor scores comparable across groups (HALP's ranking)
 }
+# The variants above that prune to the study's latency target, with the LatencyTarget options each one sets.
+LATENCY_VARIANTS = {"latency": {}, "latency50": {"min_fraction": 0.5}, "latencyraw": {}}
 
 
 @dataclass
@@ -238,9 +240,10 @@ def run_one(run: Run, study: Study, judge: Judge, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     spec = study.models[run.model]
     criterion, options = parse_method(run.method)
+    variant = run.method.partition("+")[2]
     target = {"target_macs": run.macs}
-    if run.method.endswith(("+latency", "+latency50", "+latencyraw")):
-        target = {"latency": latency_target(study, 0.5 if run.method.endswith("50") else None)}
+    if variant in LATENCY_VARIANTS:
+        target = {"latency": latency_target(study, **LATENCY_VARIANTS[variant])}
     options.setdefault("num_images", spec.calibration)
     if spec.max_timesteps is not None:
         options.setdefault("max_timesteps", spec.max_timesteps)
@@ -294,7 +297,7 @@ def latency_target(study: Study, min_fraction: float | None = None):
                              "by `diffprune profile`) and --latency-ms MS (the budget: the MAC-level model's measured "
                              "call time on that table's backend and batch).")
     table = read_latency_table(study.latency_table)
-    floor = {} if min_fraction is None else {"min_fraction": min_fraction}
+    floor = {} if min_fraction is None else {"min_fraction": min_fraction}  # else LatencyTarget's own default
     return LatencyTarget(backend=table["backend"], target_ms=study.latency_ms, table=str(study.latency_table),
                          batch=table["batch"], measure=False, **floor)
 
@@ -340,7 +343,8 @@ def time_latency_runs(study: Study, rounds: int = 3) -> list:
         ms, mac_ms = min(times[str(onnx)]), min(times[str(mac_onnx)])
         record["latency"].update(measured_ms=ms, mac_model_ms=mac_ms, measured_rounds_ms=times[str(onnx)],
                                  mac_model_rounds_ms=times[str(mac_onnx)],
-                                 compared_with=record["key"].split("+latency")[0] + "_" + record["key"].split("+latency")[1].split("_", 1)[1])
+                                 compared_with=Run(record["model"], record["criterion"], record["seed"], record["macs"],
+                                                   record["budget"]).key)
         _write_json(path, record)
         print(f"criteria time: {record['key']}: {ms:.1f} ms vs the {record['macs']:g}-MACs model {mac_ms:.1f} ms "
               f"({backend}, batch {batch})", flush=True)
