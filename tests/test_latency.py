@@ -3,6 +3,7 @@ the fit, the knapsack under couplings (pure, fake tables), an unreachable target
 times anything; one test exports and times the tiny UNet on ONNX Runtime for the measured record."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -298,6 +299,27 @@ def test_table_of_another_model_is_refused(tiny, tiny_attn, tmp_path):
     target = LatencyTarget(backend="ort-cpu", speedup=1.5, table=str(tmp_path / "t.json"), measure=False)
     with pytest.raises(DiffPruneError, match="another model structure"):
         prune(tiny, method="magnitude", latency=target, progress=False)
+
+
+def test_structure_survives_save_and_load(tmp_path):
+    """A model built from its config, the same model saved and loaded, and the committed digits table's model
+    share one structure hash (saving adds _class_name to the config; a table profiled before saving still fits)."""
+    import diffprune
+    from diffprune.latency.profile import structure_hash
+    from diffprune.sources.loader import load_source
+    from diffprune.sources.unet import build_unet
+
+    model = build_unet("tiny")
+    before = structure_hash(model)
+    model.save_pretrained(tmp_path / "saved")
+    assert structure_hash(model) == before
+    loaded, _, _ = load_source(str(tmp_path / "saved"))
+    assert structure_hash(loaded) == before
+    assert structure_hash(build_unet("tiny-attn")) != before
+
+    digits, _, _ = load_source(str(Path(diffprune.__file__).parent / "assets" / "digits-ddpm"))
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "latency" / "digits-ort-b8.json"
+    assert json.loads(committed.read_text())["model"]["structure"] == structure_hash(digits)
 
 
 def test_cli_unreachable_target_writes_nothing(tiny_attn, tmp_path, capsys):

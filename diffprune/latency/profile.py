@@ -53,10 +53,13 @@ def backend_version(backend: str) -> str:
 
 
 def structure_hash(model) -> str:
-    """What a table depends on in the model: its class, config and every layer's width."""
+    """What a table depends on in the model: its class, config and every layer's width. The same for a model
+    built from its config and for that model saved and loaded again (saving adds ``_class_name`` and
+    ``_diffusers_version`` to the config; the class is always named, as a loaded model's config names it)."""
     from ..sources.structure import widths
 
-    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_") or k == "_class_name"}
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    config["_class_name"] = type(model).__name__
     text = json.dumps({"class": type(model).__name__, "config": config, "widths": widths(model)}, sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
