@@ -200,6 +200,24 @@ def test_cached_sampling_equals_the_torch_reference(exports, scheduler, interval
     assert np.abs(ref - plain_ref).max() > 10 * TOLERANCE * max(1.0, float(np.abs(ref).max()))  # caching changed them
 
 
+def test_cached_sampling_on_openvino_equals_onnx_runtime(exports):
+    """OpenVINO alternates the full and the shallow graph (two compiled models, one runner each) as ONNX Runtime
+    does: the same images, and the same split of calls."""
+    pytest.importorskip("openvino")
+    from diffprune.runtime import Sampler, make_scheduler, open_runner
+
+    _, cached, _ = exports
+    noise = np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    out, calls = [], []
+    for backend in ("ort-cpu", "openvino@f32"):
+        with open_runner(cached, backend) as runner, \
+                Sampler(runner, make_scheduler("ddim", runner.scheduler_config), cache_interval=3) as sampler:
+            out.append(sampler.generate(2, steps=7, noise=noise, output="float"))
+            calls.append((runner.calls, sampler.shallow.calls, type(sampler.shallow).__name__))
+    assert calls[0][:2] == calls[1][:2] == (3, 4) and calls[1][2] == "OpenVINORunner"
+    assert np.abs(out[0] - out[1]).max() <= TOLERANCE * max(1.0, float(np.abs(out[0]).max()))
+
+
 def test_interval_1_is_todays_sampling_exactly(exports):
     from diffprune.runtime import Sampler, make_scheduler, open_runner
 
