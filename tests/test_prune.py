@@ -108,6 +108,37 @@ def _attentions(model):
     return [m for m in model.modules() if isinstance(m, Attention)]
 
 
+@pytest.mark.parametrize("target, prune_heads", [(0.5, False), (0.3, True), (1.0, False)])
+def test_target_macs_search_builds_only_new_widths(tiny_attn, target, prune_heads):
+    """The MAC search skips midpoints that keep what an evaluated ratio kept: the same ratio, model and MACs as
+    the plain bisection, from fewer builds."""
+    from diffprune.pruning.importance import CRITERIA
+    from diffprune.pruning.pruner import _Planner, _search_ratio
+    from diffprune.sources.unet import count_macs_params
+
+    planner = _Planner(tiny_attn.eval(), CRITERIA["magnitude"](thr=0.05), 8, prune_heads=prune_heads)
+    budget = target * count_macs_params(tiny_attn)[0]
+    built = []
+    apply = planner.apply
+    planner.apply = lambda ratio, keep=None: built.append(ratio) or apply(ratio, keep)
+    ratio, model, macs = _search_ratio(planner, budget)
+
+    lo, hi = 0.0, 0.95  # the plain bisection: every midpoint built and counted
+    plain = []
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        plain.append(mid)
+        if count_macs_params(apply(mid))[0] <= budget:
+            hi = mid
+        else:
+            lo = mid
+    assert ratio == hi and macs == count_macs_params(apply(hi))[0] <= budget
+    assert planner.kept_at(ratio) == planner.kept_at(hi)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in apply(hi).named_parameters()]
+    assert all(a.shape == b.shape for a, b in zip(model.parameters(), apply(hi).parameters()))
+    assert len(built) < 1 + len(plain)
+
+
 def test_attention_heads_shrink_equally(tiny_attn, inputs):
     dense_heads = [a.heads for a in _attentions(tiny_attn)]
     assert max(dense_heads) > 1, "fixture should have multi-head attention"

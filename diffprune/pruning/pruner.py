@@ -227,6 +227,21 @@ class _Planner:
             out[name] = (groups, per, min(step, per))
         return out
 
+    def kept_at(self, ratio: float) -> tuple:
+        """What ``apply(ratio)`` keeps, without building it: per group the channels kept per channel-group (or the
+        heads kept, where whole heads go). Two ratios with the same value give the same model."""
+        from ..sources.structure import keep_count
+
+        modules = dict(self.dense.named_modules())
+        out = []
+        for name, (imp, groups, attn_name, halves) in self.plan.items():
+            attn = modules[attn_name] if attn_name else None
+            if attn is not None and self.prune_heads and attn.heads > 1:
+                out.append(("heads", max(1, int(attn.heads * (1 - ratio) + 0.5)) if ratio > 0 else attn.heads))
+            else:
+                out.append(keep_count(imp.numel(), groups, ratio, self.round_to * halves))
+        return tuple(out)
+
     def apply(self, ratio: float = 0.0, keep: dict | None = None):
         """A pruned deep copy of the dense model at ``ratio``, or with ``keep`` (group name -> channels kept per
         channel-group, e.g. chosen under a latency budget by diffprune.latency.knapsack) where given."""
@@ -461,14 +476,25 @@ def _search_ratio(planner, macs_budget: float, text_tokens: int | None = None, c
             f"{macs_budget / 1e9:.3g}G. Choose a larger target_macs or a smaller round_to."
         )
     best_ratio = hi
+    # Widths move in whole steps, so most of the late midpoints keep what an end already keeps: those are decided
+    # from the end's MACs without building the model again (a deep copy and a traced graph: minutes at SD size).
+    over = set()  # what keeps too much
     for _ in range(12):  # 0.95 / 2**12: finer than any width step
         mid = (lo + hi) / 2
+        kept = planner.kept_at(mid)
+        if kept == planner.kept_at(best_ratio):
+            hi, best_ratio = mid, mid  # the same model as the best one
+            continue
+        if kept in over:
+            lo = mid
+            continue
         model = planner.apply(mid)
         macs = count(model)
         if macs <= macs_budget:
             hi, best, best_ratio, best_macs = mid, model, mid, macs
         else:
             lo = mid
+            over.add(kept)
         del model
         # The copies sit in reference cycles (torch-pruning's graph). Without a collection each step the
         # SD-1.5 UNet's search reached 23 GB and swapped on a 24 GB machine; with it, 19.5 GB at most.
