@@ -17,7 +17,7 @@ can run on a shared machine and the timing later, alone):
   pruned-unet-pipeline        `diffprune prune arch:sd15 --method magnitude --target-macs 0.5` (UNet only)
   pruned-unet-decoder-pipeline  `diffprune prune pruned-unet-pipeline --components decoder` (magnitude, 0.5): the
                               same UNet (a second UNet prune would give the same widths: magnitude is deterministic,
-                              and it took 25.6 min and 18.1 GB at SD size), the decoder pruned as well
+                              and it took 459 s and 18.5 GB at SD size), the decoder pruned as well
   pruned-unet-onnx            its export
   pruned-unet-decoder-onnx    its export with --step-cache (DeepCache's cache branch K = 1, the shallowest:
                               diffprune/sources/deepcache.py's default and DeepCache's for SD-1.5); with the cache
