@@ -90,6 +90,10 @@ class Pipeline:
                 given = (runners or {}).get(name)
                 self.runners[name] = given if given is not None else open_runner(
                     self.folder / sub, self.backend, threads=self.threads).open()
+            for name, runner in self.runners.items():
+                # once per image: their pooled memory is given back after each call instead of held beside the UNet's
+                if name not in ("unet", "unet_shallow") and name not in (runners or {}):
+                    runner.release_after_call = True
             for encoder in ("text_encoder", "text_encoder_2"):
                 if encoder in self.runners:
                     sub = (self.spec.get("tokenizers") or {}).get(encoder, encoder.replace("text_encoder", "tokenizer"))
@@ -301,8 +305,9 @@ class Pipeline:
 
     def _denoise(self, sched, steps: int, x: np.ndarray, cond: dict, guidance, rngs, cache_interval: int = 1) -> np.ndarray:
         unet = self.runners["unet"]
-        cached = StepCache(unet, self.runners.get("unet_shallow"), cache_interval)
         sched.set_timesteps(steps)
+        # The UNet's pooled memory goes back after its last call, before the decoder runs (StepCache's steps)
+        cached = StepCache(unet, self.runners.get("unet_shallow"), cache_interval, steps=len(sched.timesteps))
         for k, t in enumerate(sched.timesteps):
             x_in = sched.scale_model_input(x, t)  # (B, C, h, w)
             if guidance is not None:

@@ -26,20 +26,41 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 class StepCache:
     """DeepCache's uniform schedule over one sampling loop: ``unet(k, sample, timestep, **conditioning)`` runs
     the full graph at steps k % interval == 0 (keeping its deep feature) and the shallow graph between.
-    The pixel sampler and the pipelines (runtime/pipeline.py) share it."""
+    The pixel sampler and the pipelines (runtime/pipeline.py) share it.
 
-    def __init__(self, full, shallow, interval: int):
+    ``steps`` given: each graph's last call of the loop gives back the memory its backend pooled for it
+    (``Runner.release_after_call``), so a pipeline's decoder does not run beside the UNet's idle activations
+    (the dense SD-1.5 pipeline on ort-cpu: peak 6.0 -> 5.2 GB)."""
+
+    def __init__(self, full, shallow, interval: int, steps: int | None = None):
         self.full, self.shallow, self.interval = full, shallow, int(interval)
         self.feature = None
+        self.last = None if steps is None else int(steps) - 1
 
     def __call__(self, k: int, sample, timestep, **conditioning):
+        if self.interval == 1 or k % self.interval == 0:
+            last_full = self.last is not None and k == self.last - self.last % self.interval
+            return self._release(self.full, last_full, self._full, sample, timestep, **conditioning)
+        last_shallow = self.last is not None and k == (self.last - 1 if self.last % self.interval == 0 else self.last)
+        return self._release(self.shallow, last_shallow, self.shallow, sample, timestep, **conditioning,
+                             **{CACHE_FEATURE: self.feature})
+
+    def _full(self, sample, timestep, **conditioning):
         if self.interval == 1:
             return self.full(sample, timestep, **conditioning)
-        if k % self.interval == 0:
-            out = self.full.infer(sample=sample, timestep=timestep, **conditioning)
-            self.feature = out[CACHE_FEATURE]  # (B, C_f, H_f, W_f)
-            return out[self.full.outputs[0]]
-        return self.shallow(sample, timestep, **conditioning, **{CACHE_FEATURE: self.feature})
+        out = self.full.infer(sample=sample, timestep=timestep, **conditioning)
+        self.feature = out[CACHE_FEATURE]  # (B, C_f, H_f, W_f)
+        return out[self.full.outputs[0]]
+
+    @staticmethod
+    def _release(runner, last: bool, call, *args, **kwargs):
+        if not last or getattr(runner, "release_after_call", True):
+            return call(*args, **kwargs)
+        runner.release_after_call = True
+        try:
+            return call(*args, **kwargs)
+        finally:
+            runner.release_after_call = False
 
 
 class Sampler:

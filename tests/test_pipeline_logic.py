@@ -51,12 +51,14 @@ SPECS = {
 class FakeRunner(Runner):
     backend = "fake"
     seen = []  # (component, batch) of every call, shared, to check the doubled batch
+    released = []  # (component, release_after_call) of every call
 
     def open(self):
         return self
 
     def run_feeds(self, feeds):
         FakeRunner.seen.append((self.component, len(next(iter(feeds.values())))))
+        FakeRunner.released.append((self.component, self.release_after_call))
         return FAKES[self.component](feeds)
 
 
@@ -85,6 +87,7 @@ def fake_sd(tmp_path, monkeypatch):
 
     monkeypatch.setattr("diffprune.runtime.runners.open_runner", fake_open_runner)
     FakeRunner.seen.clear()
+    FakeRunner.released.clear()
     return folder
 
 
@@ -120,6 +123,49 @@ def test_guidance_runs_one_doubled_batch_and_matches_the_written_out_maths(fake_
     assert [b for c, b in FakeRunner.seen if c == "text_encoder"] == [4]  # negatives and prompts in one call
     assert timing["unet_calls"] == 4 and timing["scheduler"] == "ddim" and timing["guidance"] == 5.0
     assert set(timing) >= {"text_encoder_s", "unet_s", "decoder_s", "sampler_s", "total_s"}
+
+
+def test_pooled_memory_is_given_back_after_the_last_unet_call_and_each_part_call(fake_sd):
+    """The UNet keeps its pooled memory between steps and gives it back at its last call, before the decoder;
+    the once-per-image components give theirs back after every call (Runner.release_after_call)."""
+    with rp.Pipeline(fake_sd) as pipe:
+        FakeRunner.released.clear()
+        pipe.generate("a cat", steps=3, guidance=7.5)
+        assert not pipe.runners["unet"].release_after_call  # restored after the loop
+    unet = [flag for name, flag in FakeRunner.released if name == "unet"]
+    parts = {(name, flag) for name, flag in FakeRunner.released if name != "unet"}
+    assert unet == [False, False, True] and parts == {("text_encoder", True), ("vae_decoder", True)}
+    assert FakeRunner.released[-1] == ("vae_decoder", True)
+
+
+@pytest.mark.parametrize("interval, steps, full_release, shallow_release", [
+    (1, 4, [3], []), (3, 7, [6], [5]), (3, 6, [3], [5]), (2, 5, [4], [3])])
+def test_step_cache_releases_each_graph_at_its_last_call(interval, steps, full_release, shallow_release):
+    from diffprune.runtime.sampler import CACHE_FEATURE, StepCache
+
+    calls = []
+
+    class Graph:
+        outputs = ["out_sample"]
+        release_after_call = False
+
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, sample, timestep, **kw):
+            calls.append((self.name, self.release_after_call))
+            return sample
+
+        def infer(self, sample, timestep, **kw):
+            calls.append((self.name, self.release_after_call))
+            return {"out_sample": sample, CACHE_FEATURE: sample}
+
+    cache = StepCache(Graph("full"), Graph("shallow"), interval, steps=steps)
+    for k in range(steps):
+        cache(k, np.zeros(1, np.float32), np.zeros(1, np.float32))
+    released = {name: [k for k, (n, flag) in enumerate(calls) if n == name and flag] for name in ("full", "shallow")}
+    assert released == {"full": full_release, "shallow": shallow_release}
+    assert not cache.full.release_after_call and not cache.shallow.release_after_call
 
 
 def test_guidance_of_one_or_less_runs_the_prompt_alone(fake_sd):

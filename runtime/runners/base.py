@@ -37,6 +37,10 @@ class Runner:
         self.seconds = 0.0  # wall time inside the backend, synchronised
         self.fixed_batch = None
         self.auto = None  # what ``--backend auto`` measured and chose (runtime/auto.py), when it chose this runner
+        # Give the memory a call used back to the system after each call, where the backend pools it across calls
+        # (ONNX Runtime's CPU arena): a pipeline's once-per-image components (text encoder, decoder) set it, so
+        # their activations do not stay resident beside the UNet's.
+        self.release_after_call = False
 
     @property
     def conditioning(self) -> list:

@@ -140,15 +140,26 @@ class OnnxRuntimeRunner(Runner):
     def close(self):
         self.session = None
 
+    def _run_options(self):
+        """ONNX Runtime's run options for a call: none, or (``release_after_call`` on the CPU) the arena shrunk
+        back after the call."""
+        if not self.release_after_call or self.device != "cpu":
+            return None
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return options
+
     def run(self, sample, timestep):
         if self._binding is None:
-            return self.session.run(["out_sample"], {"sample": sample, "timestep": timestep})[0]
+            return self.session.run(["out_sample"], {"sample": sample, "timestep": timestep}, self._run_options())[0]
         return self.run_feeds({"sample": sample, "timestep": timestep})["out_sample"]
 
     def run_feeds(self, feeds: dict) -> dict:
         names = [o.name for o in self.session.get_outputs()]
         if self._binding is None:
-            return dict(zip(names, self.session.run(names, feeds)))
+            return dict(zip(names, self.session.run(names, feeds, self._run_options())))
         # GPU: bind inputs from host once per call and let ORT allocate the outputs on the device,
         # copying them back in one transfer (no intermediate host buffers per op).
         binding = self._binding
