@@ -365,6 +365,9 @@ def run_study(runs: list, study: Study, threads: int = 1) -> list:
     print(f"criteria: {len(runs)} runs, {len(runs) - len(todo)} recorded already, {len(todo)} to do", flush=True)
     judge, done = Judge(), []
     for i, run in enumerate(todo, 1):
+        if (study.runs / f"{run.key}.json").is_file():  # recorded meanwhile by another study process
+            print(f"criteria: [{i}/{len(todo)}] {run.key}: recorded meanwhile, skipped", flush=True)
+            continue
         print(f"criteria: [{i}/{len(todo)}] {run.key} ...", flush=True)
         record = run_one(run, study, judge, threads)
         extra = f", prompt accuracy {record['prompt_accuracy']:.1%}" if "prompt_accuracy" in record else ""
