@@ -30,7 +30,7 @@ class StepCache:
 
     ``steps`` given: each graph's last call of the loop gives back the memory its backend pooled for it
     (``Runner.release_after_call``), so a pipeline's decoder does not run beside the UNet's idle activations
-    (the dense SD-1.5 pipeline on ort-cpu: peak 6.0 -> 5.2 GB)."""
+    (the dense SD-1.5 pipeline on ort-cpu: peak 6.0 -> 5.3 GB)."""
 
     def __init__(self, full, shallow, interval: int, steps: int | None = None):
         self.full, self.shallow, self.interval = full, shallow, int(interval)

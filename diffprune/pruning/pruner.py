@@ -478,11 +478,11 @@ def _search_ratio(planner, macs_budget: float, text_tokens: int | None = None, c
     best_ratio = hi
     # Widths move in whole steps, so most of the late midpoints keep what an end already keeps: those are decided
     # from the end's MACs without building the model again (a deep copy and a traced graph: minutes at SD size).
-    over = set()  # what keeps too much
+    over, best_kept = set(), planner.kept_at(hi)  # what keeps too much; what the best model keeps
     for _ in range(12):  # 0.95 / 2**12: finer than any width step
         mid = (lo + hi) / 2
         kept = planner.kept_at(mid)
-        if kept == planner.kept_at(best_ratio):
+        if kept == best_kept:
             hi, best_ratio = mid, mid  # the same model as the best one
             continue
         if kept in over:
@@ -491,7 +491,7 @@ def _search_ratio(planner, macs_budget: float, text_tokens: int | None = None, c
         model = planner.apply(mid)
         macs = count(model)
         if macs <= macs_budget:
-            hi, best, best_ratio, best_macs = mid, model, mid, macs
+            hi, best, best_ratio, best_macs, best_kept = mid, model, mid, macs, kept
         else:
             lo = mid
             over.add(kept)
