@@ -134,6 +134,11 @@ def _unet_inputs(model):
     return example_inputs(model, device=device_of(model))
 
 
+def _heads_kept(heads: int, ratio: float) -> int:
+    """Whole attention heads kept at ``ratio`` (at least one): what ``_Planner.apply`` keeps and ``kept_at`` reports."""
+    return max(1, int(heads * (1 - ratio) + 0.5))
+
+
 class _Planner:
     """Scores every prunable group once on the dense model, then prunes copies at any ratio.
 
@@ -237,7 +242,7 @@ class _Planner:
         for name, (imp, groups, attn_name, halves) in self.plan.items():
             attn = modules[attn_name] if attn_name else None
             if attn is not None and self.prune_heads and attn.heads > 1:
-                out.append(("heads", max(1, int(attn.heads * (1 - ratio) + 0.5)) if ratio > 0 else attn.heads))
+                out.append(("heads", _heads_kept(attn.heads, ratio)))
             else:
                 out.append(keep_count(imp.numel(), groups, ratio, self.round_to * halves))
         return tuple(out)
@@ -272,7 +277,7 @@ class _Planner:
             elif attn is not None and self.prune_heads and attn.heads > 1:
                 # Remove whole heads: rank heads by mean importance, keep the best ones in full.
                 head_imp = imp.view(attn.heads, -1).mean(1)
-                keep_heads = max(1, int(attn.heads * (1 - ratio) + 0.5))
+                keep_heads = _heads_kept(attn.heads, ratio)
                 drop = torch.argsort(head_imp)[: attn.heads - keep_heads]
                 head_dim = width // attn.heads
                 idxs = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in drop.tolist()]) if len(drop) else torch.tensor([], dtype=torch.long)
