@@ -1,6 +1,6 @@
 """`diffprune demo`: the whole pipeline on one page, offline, on a CPU in minutes.
 
-prune (Diff-Pruning, half the MACs) -> fine-tune with distillation -> export both to validated ONNX
+prune (the default criterion, magnitude; half the MACs) -> fine-tune with distillation -> export both to validated ONNX
 -> sample both with the torch-free runtime from the same seeds -> end-to-end latency (and the
 PyTorch eager baseline) -> one table, a side-by-side grid and a JSON report.
 
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .pruning.importance import DEFAULT_METHOD
+
 DEFAULT_MODEL = "builtin:digits-ddpm"
 
 
@@ -26,7 +28,7 @@ class DemoOptions:
     # Prune to this measured speedup of one UNet call (batch 1) on the demo's backend instead (diffprune.latency;
     # the latency table is measured once per host and backend and cached); None: prune to target_macs.
     target_speedup: float | None = None
-    method: str = "diff-pruning"
+    method: str = DEFAULT_METHOD
     calibration_images: int = 16  # Diff-Pruning sums ~500 timesteps on this model: 16 images keep it ~2 min
     max_timesteps: int | None = None
     round_to: int = 16  # widths in OpenVINO's 16-channel blocks: 16/48/48 ran faster than 24/40/40 (benchmarks/README.md)
@@ -186,7 +188,8 @@ def run_demo(out="diffprune-demo", options: DemoOptions | None = None, progress:
         "dense": {"params": dense_meta["params"], "macs": dense_meta["macs"]},
         "pruned": {"params": pruned_meta["params"], "macs": pruned_meta["macs"],
                    "ssim_vs_dense": quality["ssim"], "psnr_db_vs_dense": quality["psnr_db"], "n": quality["n"],
-                   "timesteps_used": len(pruning.get("timesteps_used", [])), "ratio": pruning["ratio"]},
+                   "method": pruning.get("method", o.method), "timesteps_used": len(pruning.get("timesteps_used", [])),
+                   "ratio": pruning["ratio"]},
         "digits": digits,
         "latency": latency,
         "headline_batch": max(int(b) for b in latency),

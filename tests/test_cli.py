@@ -26,7 +26,7 @@ def test_user_errors_exit_non_zero_without_traceback(tmp_path):
         ["prune", "arch:tiny", str(tmp_path / "a"), "--ratio", "1.5"],
         ["prune", "arch:nope", str(tmp_path / "b"), "--method", "magnitude"],
         ["prune", str(tmp_path / "missing"), str(tmp_path / "c"), "--method", "magnitude"],
-        ["prune", "arch:tiny", str(tmp_path / "d")],  # diff-pruning without --data
+        ["prune", "arch:tiny", str(tmp_path / "d"), "--method", "diff-pruning"],  # without --data
         ["prune", "arch:tiny", str(tmp_path / "no" / "such" / "e"), "--method", "magnitude"],
     ]
     for argv in cases:

@@ -454,7 +454,7 @@ def test_an_ldm_pipeline_is_pruned_and_fine_tuned_on_its_vq_latents(tmp_path, mo
     shapes, encode = [], latents.encode
     monkeypatch.setattr(latents, "encode", lambda vae, x, *a: shapes.append((type(vae).__name__, tuple(x.shape))) or encode(vae, x, *a))
     out = tmp_path / "pruned"
-    assert main(["prune", str(folder), str(out), "--data", "builtin:digits", "--resize", "pad", "--ratio", "0.3",
+    assert main(["prune", str(folder), str(out), "--method", "diff-pruning", "--data", "builtin:digits", "--resize", "pad", "--ratio", "0.3",
                  "--max-timesteps", "2", "--num-images", "4", "--quiet"]) == 0
     assert shapes == [("VQModel", (4, 3, 32, 32))]  # 16x16 latents of a factor-2 VQ: 32x32 RGB images
     assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "scheduler", "unet", "vqvae"]

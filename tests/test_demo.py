@@ -29,7 +29,8 @@ def test_demo_reduced(tmp_path, capsys):
     for lat in report["latency"].values():
         assert lat["dense_ms_per_image"] > 0 and lat["pruned_ms_per_image"] > 0
         assert lat["speedup"] > 0 and lat["torch_eager_dense_ms_per_image"] > 0
-    assert -1 <= report["pruned"]["ssim_vs_dense"] <= 1 and report["pruned"]["timesteps_used"] == 3
+    assert -1 <= report["pruned"]["ssim_vs_dense"] <= 1 and report["pruned"]["timesteps_used"] == 0
+    assert report["pruned"]["method"] == "magnitude"  # the default criterion: no gradients, no timesteps
     assert report["pruned"]["n"] == 4 and report["headline_batch"] == 2
     assert report["backend_detail"].startswith(report["backend"])
     # The digits classifier's verdict on both models' samples, beside real held-out digits (pinned).

@@ -96,7 +96,7 @@ def test_prune_on_two_processes_keeps_the_channels_of_one(tmp_path):
     single, report = diffprune.prune(build_unet("tiny"), progress=False, **options)
 
     out = tmp_path / "pruned"
-    proc = _torchrun("-m", "diffprune", "prune", "arch:tiny", out, "--ratio", "0.5", "--data", "builtin:digits",
+    proc = _torchrun("-m", "diffprune", "prune", "arch:tiny", out, "--method", "diff-pruning", "--ratio", "0.5", "--data", "builtin:digits",
                      "--num-images", "6", "--micro-batch", "2", "--max-timesteps", "3", "--device", "cpu", "--quiet")
     assert proc.stdout.count("saved ") == 1  # one process writes and prints
     info = json.loads((out / "pruning.json").read_text())["pruning"]

@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import pytest
@@ -214,7 +215,7 @@ def test_guidance_of_generated_calibration_data_is_a_flag_and_is_recorded(tmp_pa
     monkeypatch.setattr(diffprune.data.generate, "generate", recorded)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a handwritten digit seven\n")
-    base = ["prune", "arch:tiny-sd", None, "--data", "generate:2", "--prompts", str(prompts), "--num-images", "2",
+    base = ["prune", "arch:tiny-sd", None, "--method", "diff-pruning", "--data", "generate:2", "--prompts", str(prompts), "--num-images", "2",
             "--max-timesteps", "1", "--ratio", "0.3", "--round-to", "1", "--quiet"]
     out = tmp_path / "p15"
     assert main([*base[:2], str(out), *base[3:], "--guidance-scale", "1.5"]) == 0
@@ -230,3 +231,23 @@ def test_guidance_of_generated_calibration_data_is_a_flag_and_is_recorded(tmp_pa
     assert "--guidance-scale 1.5 applies to samples drawn with prompts" in capsys.readouterr().err
     assert main([*base[:2], str(tmp_path / "y"), *base[3:], "--guidance-scale", "0.5"]) == 2
     assert "guidance_scale 0.5 is invalid" in capsys.readouterr().err
+
+
+def test_the_default_criterion_is_magnitude_and_says_when_calibration_options_go_unused(tmp_path, capsys):
+    """The study (benchmarks/criteria.py) made magnitude the default; a user who passes Diff-Pruning's options
+    without --method is told they were not used, and how to use them."""
+    import json
+
+    from diffprune.cli import main
+    from diffprune.pruning.importance import DEFAULT_METHOD
+
+    assert DEFAULT_METHOD == "magnitude" and inspect.signature(diffprune.prune).parameters["method"].default == "magnitude"
+    out = tmp_path / "p"
+    assert main(["prune", "arch:tiny", str(out), "--data", "builtin:digits", "--max-timesteps", "2", "--ratio", "0.3",
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert ("note: magnitude ranks channels by their weights and reads no calibration data, so --data, "
+            "--max-timesteps are not used; for Diff-Pruning's gradients add --method diff-pruning.") in err
+    assert json.loads((out / "pruning.json").read_text())["pruning"]["method"] == "magnitude"
+    assert main(["prune", "arch:tiny", str(tmp_path / "q"), "--ratio", "0.3", "--quiet"]) == 0
+    assert "note:" not in capsys.readouterr().err  # nothing unused, nothing said

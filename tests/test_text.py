@@ -432,7 +432,7 @@ def test_cli_prunes_a_pipeline_with_captions(tiny_sd, captioned, tmp_path, capsy
 
     folder = _full_pipeline(tmp_path, *tiny_sd)
     out = tmp_path / "pruned"
-    assert main(["prune", str(folder), str(out), "--data", str(captioned / "pairs.jsonl"), "--ratio", "0.5",
+    assert main(["prune", str(folder), str(out), "--method", "diff-pruning", "--data", str(captioned / "pairs.jsonl"), "--ratio", "0.5",
                  "--max-timesteps", "2", "--resize", "pad", "--quiet"]) == 0
     assert f"conditioning: text (captions through {folder}); only the UNet is pruned" in capsys.readouterr().out
     info = json.loads((out / "unet" / "pruning.json").read_text())["pruning"]  # a pipeline in, a pipeline out
@@ -462,7 +462,8 @@ def test_cli_bad_inputs_are_clear_errors_and_write_nothing(case, tiny_sd, captio
     else:
         expected = "has no vae/ subfolder (model_index.json lists"
     out = tmp_path / "out"
-    assert main(["prune", str(folder), str(out), *args, "--ratio", "0.3", "--max-timesteps", "1", "--quiet"]) == 2
+    assert main(["prune", str(folder), str(out), "--method", "diff-pruning", *args, "--ratio", "0.3", "--max-timesteps", "1",
+                 "--quiet"]) == 2
     assert expected in capsys.readouterr().err
     assert not out.exists()
 

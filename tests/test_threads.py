@@ -1,4 +1,4 @@
-"""``--threads`` and the yielding thread policy (diffprune/threads.py): the option's checks, the environment the
+"""``--threads`` and the thread policies (diffprune/threads.py): the option's checks, the environment the
 command sets before torch loads, and the threads recorded in what prune and fine-tune write."""
 
 import json
@@ -37,21 +37,27 @@ def test_the_yield_policy_makes_waiting_threads_sleep_unless_told_otherwise():
     env = {POLICY_ENV: "yield", "OMP_WAIT_POLICY": "ACTIVE"}  # the user's own choice stays
     prepare_environment(env)
     assert env["OMP_WAIT_POLICY"] == "ACTIVE"
-    env = {}  # the default, torch-default: PyTorch's own (the measurement does not support yielding yet)
-    prepare_environment(env)
-    assert env == {}
+    for env in ({}, {POLICY_ENV: "share"}, {POLICY_ENV: "torch-default"}):  # share, the default, changes threads only
+        prepare_environment(env)
+        assert "OMP_WAIT_POLICY" not in env
 
 
 def test_apply_sets_torch_threads_and_records_them(keep_torch_threads, monkeypatch):
+    from diffprune import threads
+
     monkeypatch.delenv(POLICY_ENV, raising=False)
     record = apply_thread_policy(1)
-    assert torch.get_num_threads() == 1 and record["threads"] == 1 and record["policy"] == "torch-default"
-    record = apply_thread_policy(None)  # the default policy leaves PyTorch's own count alone
+    assert torch.get_num_threads() == 1 and record["threads"] == 1 and record["policy"] == "share"  # the default
+    monkeypatch.setattr(threads, "others_running", lambda: 0.0)  # an idle machine: every usable core
+    assert apply_thread_policy(None)["threads"] == usable_cpus()
+    monkeypatch.setenv(POLICY_ENV, "torch-default")
+    torch.set_num_threads(1)
+    record = apply_thread_policy(None)  # torch-default leaves PyTorch's count alone
     assert record["threads"] == 1 and record["policy"] == "torch-default"
     monkeypatch.setenv(POLICY_ENV, "yield")
     assert apply_thread_policy(None)["threads"] == usable_cpus()  # yield: every usable core
     monkeypatch.setenv(POLICY_ENV, "spin")
-    with pytest.raises(DiffPruneError, match="DIFFPRUNE_THREAD_POLICY='spin' is unknown; allowed: yield, torch-default"):
+    with pytest.raises(DiffPruneError, match="DIFFPRUNE_THREAD_POLICY='spin' is unknown; allowed: share, yield, torch-default"):
         apply_thread_policy(None)
 
 
@@ -95,3 +101,52 @@ def test_finetune_records_its_threads_and_checks_them(tmp_path, keep_torch_threa
     record = json.loads((tmp_path / "ft" / "pruning.json").read_text())["finetune"]
     assert record["threads"] == 1 and record["thread_policy"]["threads"] == 1
     assert not (tmp_path / "never").exists()
+
+
+def test_share_takes_the_cores_other_tasks_leave_free(monkeypatch):
+    from diffprune import threads
+
+    cores = usable_cpus()
+    for others, wanted in ((0.0, cores), (cores - 1.0, 1), (cores + 3.0, 1), (None, cores)):
+        monkeypatch.setattr(threads, "others_running", lambda others=others: others)
+        assert threads.share_threads() == wanted
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc")
+def test_others_running_counts_a_busy_process_and_not_this_one():
+    from diffprune import threads
+
+    assert threads.others_running() >= 0
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
+    try:
+        seen = max(threads.others_running(samples=5) for _ in range(5))
+    finally:
+        busy.terminate()
+        busy.wait()
+    assert seen >= 1 * usable_cpus() / os.cpu_count()  # the busy loop, on this process's share of the machine
+
+
+def test_share_policy_follows_the_load_at_most_every_few_seconds(keep_torch_threads, monkeypatch):
+    from diffprune import threads
+
+    monkeypatch.setenv(POLICY_ENV, "share")
+    load = {"others": 0.0}
+    monkeypatch.setattr(threads, "others_running", lambda: load["others"])
+    clock = {"now": 100.0}
+    monkeypatch.setattr("time.monotonic", lambda: clock["now"])
+    record = apply_thread_policy(None)
+    assert record["policy"] == "share" and record["threads"] == usable_cpus() == torch.get_num_threads()
+    load["others"] = 8.0  # the machine fills up
+    threads.tick()
+    assert torch.get_num_threads() == usable_cpus()  # not looked at again before SHARE_EVERY_S
+    clock["now"] += threads.SHARE_EVERY_S
+    threads.tick()
+    assert torch.get_num_threads() == 1
+    load["others"] = 0.0  # and empties
+    clock["now"] += threads.SHARE_EVERY_S
+    threads.tick()
+    assert torch.get_num_threads() == usable_cpus()
+    apply_thread_policy(1)  # threads given: the policy leaves them alone
+    clock["now"] += threads.SHARE_EVERY_S
+    threads.tick()
+    assert torch.get_num_threads() == 1

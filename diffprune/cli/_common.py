@@ -8,7 +8,7 @@ import argparse
 import importlib.util
 
 from diffprune.errors import DiffPruneError
-from diffprune.pruning.importance import CRITERIA
+from diffprune.pruning.importance import CRITERIA, DEFAULT_METHOD
 from diffprune.runtime.runners import BACKENDS, parse_backend
 
 EPILOG = """\
@@ -122,9 +122,11 @@ def add_threads_argument(parser):
     """``--threads`` of the torch commands (prune, finetune, demo): see diffprune.threads."""
     return parser.add_argument(
         "--threads", type=count, default=None,
-        help="torch CPU threads, at most the cores this process may use (os.sched_getaffinity; default: PyTorch's own "
-             "count). DIFFPRUNE_THREAD_POLICY=yield also makes waiting OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) "
-             "and defaults to every usable core; not the default, as it was slower alone (benchmarks/shared_cpu.py)")
+        help="torch CPU threads, at most the cores this process may use (os.sched_getaffinity). Default: the cores "
+             "other running tasks leave free, looked at again every 5 s (all of them on an idle machine, 1 beside "
+             "busy jobs), so a shared CPU slows the work in proportion instead of 5x (benchmarks/shared_cpu.py). "
+             "DIFFPRUNE_THREAD_POLICY=yield instead uses every core with sleeping OpenMP waits; torch-default "
+             "keeps PyTorch's own count")
 
 
 def resolve_device(name: str):

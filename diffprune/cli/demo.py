@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from ._common import (CRITERIA_NAMES, TOOLCHAIN, add_backend_argument, count, fraction, int_list, missing_note,
+from ._common import (CRITERIA_NAMES, DEFAULT_METHOD, TOOLCHAIN, add_backend_argument, count, fraction, int_list, missing_note,
                       require)
 
 NAME = "demo"
@@ -19,7 +19,8 @@ def register(subparsers):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Offline, on a CPU in minutes, on the reference digits DDPM shipped in the package:
-              1. prune it with Diff-Pruning to half the MACs (showing which timesteps were used)
+              1. prune it to half the MACs (magnitude, the study's pick; --method diff-pruning shows the
+                 timesteps Diff-Pruning's gradients used)
               2. fine-tune it briefly with distillation from the dense model
               3. export dense and pruned to ONNX and validate both
               4. sample both with the torch-free runtime from the same seeds
@@ -32,8 +33,8 @@ def register(subparsers):
     p.add_argument("--out", default="diffprune-demo", help="output folder (default diffprune-demo)")
     p.add_argument("--model", default="builtin:digits-ddpm", help="dense model: builtin:digits-ddpm (default), a folder, hub id or arch:NAME")
     p.add_argument("--data", default="builtin:digits", help="calibration and fine-tuning data (default builtin:digits)")
-    p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES),
-                   help="importance criterion (default diff-pruning)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(CRITERIA_NAMES),
+                   help="importance criterion (default magnitude, the study's pick: benchmarks/README.md, \"Which criterion\")")
     p.add_argument("--target-macs", type=fraction, default=0.5, help="fraction of dense MACs to keep (default 0.5)")
     p.add_argument("--target-speedup", type=fraction, default=None, metavar="S",
                    help="prune to S times the dense UNet call's measured speed on --backend instead of --target-macs "

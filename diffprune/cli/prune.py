@@ -1,11 +1,12 @@
 """``diffprune prune``: a shell over :func:`diffprune.pruning.recipe.prune_source` (load -> prune -> save)."""
 
 import argparse
+import sys
 import textwrap
 
 from diffprune.data.images import RESIZE_MODES
 
-from ._common import (CRITERIA_NAMES, EPILOG, TOOLCHAIN, add_threads_argument, backend_spec, count, fraction,
+from ._common import (CRITERIA_NAMES, DEFAULT_METHOD, EPILOG, TOOLCHAIN, add_threads_argument, backend_spec, count, fraction,
                       missing_note, require, resolve_device)
 
 NAME = "prune"
@@ -31,9 +32,13 @@ def register(subparsers):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Remove whole channels from a UNet2DModel (pixel, latent or class-conditional) or a
-            UNet2DConditionModel (Stable Diffusion 1.x/2.x, SDXL). diff-pruning scores channels by Taylor importance
-            |w * dL/dw| summed over the early timesteps t = 0, 1, ... until the denoising loss falls
-            below --thr x its maximum; later, noisy steps carry no structure and are skipped.
+            UNet2DConditionModel (Stable Diffusion 1.x/2.x, SDXL). The default, magnitude, ranks channels by
+            their weights' norm and needs no data; in diffprune's study (3 seeds, half the MACs) it tied
+            diff-pruning on the pixel digits DDPM and beat it on the text-conditioned one, in a third of the
+            time (benchmarks/README.md, "Which criterion"). --method diff-pruning scores channels by Taylor
+            importance |w * dL/dw| summed over the early timesteps t = 0, 1, ... until the denoising loss
+            falls below --thr x its maximum (later, noisy steps carry no structure and are skipped); it
+            needs --data.
             Widths stay multiples of --round-to and GroupNorm groups / attention heads stay equal.
             Text-conditioned UNets are fed the captions of the data (same-stem .txt beside each image, or a
             .jsonl of {"image": path, "text": caption}) through the pipeline's frozen text encoder, the
@@ -59,8 +64,8 @@ def register(subparsers):
     p.add_argument("out", metavar="OUT", help="output folder (written atomically)")
     p.add_argument("--components", default="unet", metavar="LIST",
                    help="what to prune in a pipeline SRC: unet (default), decoder (its VAE/VQ decoder), or unet,decoder")
-    p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES),
-                   help="importance criterion (default: diff-pruning; reinit = random structure, fresh weights)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(CRITERIA_NAMES),
+                   help="importance criterion (default: magnitude, which needs no --data; diff-pruning and taylor need --data; reinit = random structure, fresh weights)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--ratio", type=fraction, help="fraction of channels removed per layer, 0 <= r < 1 (paper CIFAR-10: 0.3)")
     how.add_argument("--target-macs", type=fraction,
@@ -115,8 +120,25 @@ def register(subparsers):
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, calibration_defaults={k: p.get_default(k) for k in CALIBRATION_OPTIONS})
     return p
+
+
+# What only the gradient criteria read: given with a data-free one (magnitude, the default), they are unused.
+CALIBRATION_OPTIONS = ("data", "num_images", "micro_batch", "max_timesteps", "thr", "uncond_fraction", "score_norm",
+                       "prompts", "class_labels", "guidance_scale")
+
+
+def _note_unused_calibration(args) -> None:
+    from diffprune.pruning.importance import CRITERIA
+
+    if CRITERIA[args.method].needs_data:
+        return
+    unused = ["--" + k.replace("_", "-") for k, default in args.calibration_defaults.items() if getattr(args, k) != default]
+    if unused:
+        print(f"note: {args.method} ranks channels by their weights and reads no calibration data, so "
+              f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used; for Diff-Pruning's gradients "
+              "add --method diff-pruning.", file=sys.stderr)
 
 
 def _labels(text: str) -> list:
@@ -154,6 +176,7 @@ def run(args) -> int:
     check_options(args.method, args.ratio, args.target_macs, args.thr, args.round_to, args.data, args.max_timesteps,
                   args.num_images, args.micro_batch)
     check_threads(args.threads)
+    _note_unused_calibration(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
     check_guidance(args.guidance_scale, args.data, prompts)
     device = resolve_device(args.device)

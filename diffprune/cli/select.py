@@ -9,7 +9,7 @@ import textwrap
 
 from diffprune.evaluation.evaluate import is_artifact
 
-from ._common import (CRITERIA_NAMES, add_backend_argument, count, count_or_zero, float_list, int_list, require,
+from ._common import (CRITERIA_NAMES, DEFAULT_METHOD, add_backend_argument, count, count_or_zero, float_list, int_list, require,
                       scheduler_list)
 from .export import NEEDS as EXPORT_NEEDS
 
@@ -77,7 +77,7 @@ def register(subparsers):
                         "backends) instead of sampling: measure quality once, plan latency on each machine")
     p.add_argument("--runs", type=count, default=10, help="timed end-to-end runs per measured configuration (default 10)")
     p.add_argument("--probe-runs", type=count, default=5, help="timed runs of each model/backend/batch probe (default 5)")
-    p.add_argument("--method", default="diff-pruning", choices=list(CRITERIA_NAMES), help="pruning method for --sweep")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(CRITERIA_NAMES), help="pruning method for --sweep (default magnitude)")
     p.add_argument("--data", default="builtin:digits", help="calibration / fine-tuning data for --sweep")
     p.add_argument("--finetune-steps", type=count_or_zero, default=0, help="fine-tune each sweep model this many steps (default 0)")
     p.add_argument("--calibration-images", type=count, default=64,

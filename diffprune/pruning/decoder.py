@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import DiffPruneError
-from .importance import CRITERIA
+from .importance import CRITERIA, DEFAULT_METHOD
 
 NOISE_LEVELS = (0.05, 0.1, 0.2)  # perturbations of the latents, in units of their standard deviation
 COMPONENT_FOLDERS = {"AutoencoderKL": "vae", "VQModel": "vqvae"}  # the pipeline subfolder each is saved in
@@ -183,7 +183,7 @@ def check_decoder_options(method, ratio=None, target_macs=None, round_to=8, late
     check_options(method, ratio, target_macs, round_to=round_to, data="latents" if latents is not None else None)
 
 
-def prune_decoder(autoencoder, method: str = "diff-pruning", ratio: float | None = None,
+def prune_decoder(autoencoder, method: str = DEFAULT_METHOD, ratio: float | None = None,
                   target_macs: float | None = None, latents=None, round_to: int = 8, seed: int = 0,
                   micro_batch: int = 16, latent_hw=None, noise_levels=NOISE_LEVELS, calibration: str = ""):
     """Prune the decoder of ``autoencoder`` (AutoencoderKL or VQModel); return ``(pruned, DecoderPruneReport)``.

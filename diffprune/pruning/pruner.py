@@ -22,7 +22,7 @@ from . import _distributed
 from ..data.images import check_resize
 from ..errors import DiffPruneError
 from .calibration import GUIDANCE_SCALE, build_calibration, check_guidance, device_of
-from .importance import CRITERIA
+from .importance import CRITERIA, DEFAULT_METHOD
 
 DEFAULT_TARGET_MACS = 0.5  # the paper's headline: about half the MACs
 
@@ -300,7 +300,7 @@ class _Planner:
         return model
 
 
-def prune(unet, method: str = "diff-pruning", ratio: float | None = None, target_macs: float | None = None,
+def prune(unet, method: str = DEFAULT_METHOD, ratio: float | None = None, target_macs: float | None = None,
           data=None, thr: float = 0.05, round_to: int = 8, seed: int = 0, scheduler_config: dict | None = None,
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
           progress: bool = True, resize: str = "bilinear", class_labels=None, text_encoder=None, vae=None,

@@ -8,6 +8,7 @@ table: pruning.json's ``widths`` holds the pruned widths, config.json the dense 
 from dataclasses import dataclass
 from pathlib import Path
 
+from .importance import DEFAULT_METHOD
 from .pruner import PruneReport
 
 
@@ -88,7 +89,7 @@ class PrunedDecoder:
                 "macs": self.report.macs_after, "dense_macs": self.report.macs_before}
 
 
-def prune_source_decoder(src, device="cpu", method="diff-pruning", ratio=None, target_macs=None, data=None,
+def prune_source_decoder(src, device="cpu", method=DEFAULT_METHOD, ratio=None, target_macs=None, data=None,
                          num_images=64, micro_batch=16, round_to=8, seed=0, resize="bilinear", progress=True,
                          unet=None, scheduler_config=None) -> PrunedDecoder:
     """Prune the decoder of the pipeline ``src`` names (its vae/ or vqvae/; arch:NAME's built-in VAE). ``data``:

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..evaluation.evaluate import as_artifact
+from ..pruning.importance import DEFAULT_METHOD
 from ..runtime.formats import DEPLOY_JSON
 from .decide import (check_grid, check_options, check_settings, chosen_names, decide, first_to_measure, make_rows,
                      pareto, parse_reference, prediction_error, runnable_pairs)
@@ -38,7 +39,7 @@ from .sweep import sweep_member
 
 def select(dense, candidates=(), sweep=(), speedups=(), budget_ms=100.0, per: str = "image", backend="auto", batch=1,
            steps=50, scheduler="ddim", reference: str = "auto", n: int = 16, runs: int = 10, probe_runs: int = 5,
-           features=None, method: str = "diff-pruning", data: str = "builtin:digits", finetune_steps: int = 0,
+           features=None, method: str = DEFAULT_METHOD, data: str = "builtin:digits", finetune_steps: int = 0,
            calibration_images: int = 64, max_timesteps: int | None = None, threads: int | None = None,
            quality_from=None, fid_reference=None, rank: str = "ssim", out="select", overwrite: bool = False, progress: bool = True, log=print,
            cache_interval=1) -> dict:

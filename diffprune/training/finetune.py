@@ -141,6 +141,7 @@ def finetune(model_or_folder, out, config: FinetuneConfig | None = None, *, text
     from ..sources.unet import versions
     from ..data.stream import is_shards
 
+    from .. import threads
     from ..threads import apply_thread_policy
 
     c = FinetuneConfig.of(config, **options)
@@ -262,6 +263,7 @@ def finetune(model_or_folder, out, config: FinetuneConfig | None = None, *, text
     started = last_saved = time.perf_counter()
     try:
         for step in bar:
+            threads.tick()  # the share policy follows the machine's load
             step_loss = step_feature = 0.0
             for micro in range(c.grad_accum):
                 g = torch.Generator().manual_seed(_stream(c.seed, step, rank, micro))

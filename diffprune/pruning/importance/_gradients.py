@@ -4,6 +4,7 @@ import time
 from dataclasses import dataclass, field
 
 from ...errors import DiffPruneError
+from ... import threads
 
 
 @dataclass
@@ -87,6 +88,7 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     lines = ProgressLines("prune: importance timestep", steps, enabled=calib.progress and rank == 0, bound=thr > 0)
     finished = []  # perf_counter() at the end of each timestep: the recent pace, past the first steps' warm-up
     for t in bar:
+        threads.tick()  # the share policy follows the machine's load
         a = alphas_cumprod[t].to(device)
         total = 0.0
         for start in range(lo, hi, calib.micro_batch):
