@@ -47,8 +47,8 @@ def register(subparsers):
             labels (builtin:digits, an .npz's labels), else uniformly drawn ones. A pipeline SRC gives a
             pipeline OUT (the pruned parts in place, the other components carried over).
             --components unet,decoder (or decoder alone) also prunes the pipeline's VAE or VQ decoder, the
-            same way: importance |w * dL/dw| of a reconstruction loss against the dense decoder on the
-            encoder's latents of --data (or generate:N: latents drawn by the UNet); --ratio / --target-macs
+            same way (with diff-pruning or taylor: importance |w * dL/dw| of a reconstruction loss against the
+            dense decoder on the encoder's latents of --data, or generate:N's drawn by the UNet); --ratio / --target-macs
             apply to each component (the decoder's MACs at the UNet's latent size); post_quant_conv and
             conv_out keep the latent and image channels. Then `diffprune finetune OUT OUT2 --component
             decoder` distils it from the dense decoder.
