@@ -44,6 +44,7 @@ VARIANTS = {
     "uncond0.1": dict(uncond_fraction=0.1),  # the empty prompt in the share caption dropout trained it
     "uncond0.5": dict(uncond_fraction=0.5),  # the two branches CFG samples with, equally
     "layer": dict(score_norm="layer"),  # each coupled layer's scores normalised before the group average
+    "tlog": dict(timestep_weight="log"),  # each timestep's gradient divided by its loss: low-noise steps do not dominate
     "calib128": dict(num_images=128),
     "t100": dict(max_timesteps=100),
     "thr0.2": dict(thr=0.2),
@@ -255,14 +256,14 @@ def run_one(run: Run, study: Study, judge: Judge, threads: int = 1) -> dict:
     folder.mkdir(parents=True)
     pruned = prune_source(spec.source, method=criterion, **target, seed=run.seed,
                                     data=data if criterion in ("diff-pruning", "taylor") else None,
-                                       progress=False, **options)
+                                       progress=False, threads=threads, **options)
     pruned.save(folder / "pruned")
     report = pruned.report
     prune_s = time.perf_counter() - wall0
     steps = max(1, int(round(run.budget * spec.trained_steps)))
     ft = diffprune.finetune(str(folder / "pruned"), folder / "tuned", data=data, steps=steps, seed=run.seed,
                             teacher=spec.source, device="cpu", progress=False, checkpoint_every=0,
-                            checkpoint_minutes=0, **spec.recipe)
+                            checkpoint_minutes=0, threads=threads, **spec.recipe)
     images, labels = sample(spec, folder / "tuned")
     model, _, _ = load_source(str(folder / "tuned"))
     record = {**asdict(run), "key": run.key, "criterion": criterion, "options": options,

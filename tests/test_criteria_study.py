@@ -128,11 +128,13 @@ def test_uncond_fraction_is_checked_and_recorded(tiny):
 def test_prune_command_takes_the_variants():
     from diffprune.cli import build_parser
 
-    args = build_parser().parse_args(["prune", "SRC", "OUT", "--uncond-fraction", "0.1", "--score-norm", "layer"])
-    assert (args.uncond_fraction, args.score_norm) == (0.1, "layer")
+    args = build_parser().parse_args(["prune", "SRC", "OUT", "--uncond-fraction", "0.1", "--score-norm", "layer",
+                                      "--timestep-weight", "log"])
+    assert (args.uncond_fraction, args.score_norm, args.timestep_weight) == (0.1, "layer", "log")
     defaults = build_parser().parse_args(["prune", "SRC", "OUT"])
     # None: prune resolves it, "none" with a latency target (scores compared across groups), "group" otherwise
-    assert (defaults.uncond_fraction, defaults.score_norm) == (0.0, None)
+    assert (defaults.uncond_fraction, defaults.score_norm, defaults.timestep_weight) == (0.0, None, "loss")
+    assert criteria.parse_method("diff-pruning+tlog") == ("diff-pruning", {"timestep_weight": "log"})
 
 
 def test_latency_variant_prunes_to_the_table_and_keeps_the_model(tiny_digits, tmp_path):

@@ -120,3 +120,39 @@ def test_a_loss_that_will_not_fall_is_said_early(tiny, capsys):
     diffprune.prune(tiny, method="diff-pruning", ratio=0.3, data="builtin:digits", num_images=2, max_timesteps=25,
                     scheduler_config=short, progress=False)
     assert "denoising loss" not in capsys.readouterr().err  # a cap the user chose needs no advice
+
+
+def test_log_timestep_weight_divides_each_timesteps_gradient_by_its_loss():
+    """timestep_weight="log" sums d(log L_t)/dw: each t's gradient over its own loss, so the low-noise timesteps'
+    large losses do not dominate the sum (one micro-batch: the division is per timestep exactly)."""
+    images = torch.rand(6, 1, 4, 4) * 2 - 1
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+    grads = {}
+    for weight in ("loss", "log"):
+        model = Identity()
+        calib = Calibration(images=images, scheduler_config=DEFAULT_SCHEDULER, micro_batch=6, seed=0, progress=False,
+                            max_timesteps=5, timestep_weight=weight)
+        log = accumulate_gradients(model, calib, thr=0.0)
+        grads[weight] = model.w.grad.item()
+    expected = {"loss": 0.0, "log": 0.0}
+    for t in log.timesteps:
+        xt = abar[t].sqrt() * images + (1 - abar[t]).sqrt() * noise
+        loss = ((xt - noise) ** 2).mean()
+        grad = (2 * (xt - noise) * xt).mean()  # dL_t/dw at w = 1
+        expected["loss"] += grad.item()
+        expected["log"] += (grad / loss).item()
+    assert log.timesteps == [0, 1, 2, 3, 4]
+    assert grads["loss"] == pytest.approx(expected["loss"], rel=1e-4)
+    assert grads["log"] == pytest.approx(expected["log"], rel=1e-4)
+    assert abs(grads["log"] - grads["loss"]) > 1e-3 * abs(grads["loss"])  # the weighting changes the sum
+
+
+def test_unknown_timestep_weight_is_refused():
+    import diffprune
+    from diffprune import DiffPruneError
+    from diffprune.sources.unet import build_unet
+
+    with pytest.raises(DiffPruneError, match="timestep_weight 'equal' is unknown; allowed: loss, log"):
+        diffprune.prune(build_unet("tiny"), method="diff-pruning", data="builtin:digits", timestep_weight="equal",
+                        progress=False)

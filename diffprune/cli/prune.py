@@ -104,6 +104,10 @@ def register(subparsers):
                    help="text-conditioned models with captioned data: replace this share of the calibration captions "
                         "by the empty prompt, so the gradients also see the unconditional branch classifier-free "
                         "guidance samples with (default 0; benchmarks/results/criteria measures 0.1 and 0.5)")
+    p.add_argument("--timestep-weight", default="loss", choices=("loss", "log"),
+                   help="diff-pruning/taylor: loss (default, the paper's) sums each timestep's gradient as it is, so the "
+                        "low-noise timesteps, whose loss is largest, dominate; log divides it by its loss (the gradient "
+                        "of log L_t), so every timestep weighs alike")
     p.add_argument("--score-norm", default=None, choices=("group", "layer", "none"),
                    help="diff-pruning/taylor: group (the paper's; the default with --target-macs/--ratio) averages the "
                         "coupled layers' Taylor scores, each group normalised; layer normalises each layer's scores "
@@ -125,7 +129,7 @@ def register(subparsers):
 
 
 # What only the gradient criteria read: given with a data-free one (magnitude, the default), they are unused.
-CALIBRATION_OPTIONS = ("data", "num_images", "micro_batch", "max_timesteps", "thr", "uncond_fraction", "score_norm",
+CALIBRATION_OPTIONS = ("data", "num_images", "micro_batch", "max_timesteps", "thr", "uncond_fraction", "score_norm", "timestep_weight",
                        "prompts", "class_labels", "guidance_scale")
 
 
@@ -191,7 +195,7 @@ def run(args) -> int:
         prune_heads=args.prune_heads, max_timesteps=args.max_timesteps, resize=args.resize, progress=not args.quiet,
         class_labels=args.class_labels, prompts=prompts,
         guidance_scale=args.guidance_scale, latency=latency, uncond_fraction=args.uncond_fraction,
-        score_norm=args.score_norm, threads=args.threads,
+        score_norm=args.score_norm, timestep_weight=args.timestep_weight, threads=args.threads,
     )
     if not main:
         return 0  # every rank holds the same pruned model; the first one writes and prints it

@@ -23,6 +23,7 @@ from ..data.images import check_resize
 from ..errors import DiffPruneError
 from .calibration import GUIDANCE_SCALE, build_calibration, check_guidance, device_of
 from .importance import CRITERIA, DEFAULT_METHOD
+from .importance._gradients import TIMESTEP_WEIGHTS
 
 DEFAULT_TARGET_MACS = 0.5  # the paper's headline: about half the MACs
 
@@ -53,6 +54,7 @@ class PruneReport:
     latency: dict = field(default_factory=dict)  # pruned to a latency: target, predicted and measured (LatencyTarget.record)
     uncond_fraction: float = 0.0  # share of the calibration captions replaced by the empty prompt
     score_norm: str = "group"  # gradient criteria: how scores of coupled layers are combined (importance._gradients)
+    timestep_weight: str = "loss"  # gradient criteria: each timestep's gradient as is (loss) or over its loss (log)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -305,7 +307,7 @@ def prune(unet, method: str = DEFAULT_METHOD, ratio: float | None = None, target
           num_images: int = 64, micro_batch: int = 16, prune_heads: bool = False, max_timesteps: int | None = None,
           progress: bool = True, resize: str = "bilinear", class_labels=None, text_encoder=None, vae=None,
           prompts=None, guidance_scale: float | None = None, latency=None, uncond_fraction: float = 0.0,
-          score_norm: str | None = None):
+          score_norm: str | None = None, timestep_weight: str = "loss"):
     """Prune a diffusers ``UNet2DModel`` or ``UNet2DConditionModel``; return ``(pruned_model, PruneReport)``.
 
     ``method``: diff-pruning (paper), taylor, magnitude, random or reinit (random structure, fresh
@@ -338,6 +340,8 @@ def prune(unet, method: str = DEFAULT_METHOD, ratio: float | None = None, target
     knapsack then ranks as they are (diffprune.pruning.importance._gradients.taylor_scorer). Default (None):
     ``none`` with a latency target, ``group`` otherwise — measured on the digits DDPM at the same latency budget,
     3 seeds: FID 176 / SSIM 0.79 ranked as they are, 434 / 0.57 normalised (benchmarks/results/criteria).
+    ``timestep_weight`` (gradient criteria): ``loss`` sums each timestep's gradient as it is (the paper's Eq. 9,
+    where the low-noise timesteps' large losses dominate), ``log`` divides it by that timestep's loss.
 
     Inside an initialised torch.distributed group (``accelerate launch``, torchrun) each rank takes a share
     of the calibration images and the gradients and losses are summed over the ranks
@@ -351,6 +355,10 @@ def prune(unet, method: str = DEFAULT_METHOD, ratio: float | None = None, target
 
     check_options(method, ratio, target_macs, thr, round_to, data, max_timesteps, num_images, micro_batch)
     check_resize(resize)
+    if timestep_weight not in TIMESTEP_WEIGHTS:
+        raise DiffPruneError(f"timestep_weight {timestep_weight!r} is unknown; allowed: {', '.join(TIMESTEP_WEIGHTS)} "
+                             "(loss: each timestep's gradient as it is, the paper's; log: divided by its loss, so "
+                             "every timestep weighs alike).")
     if not (isinstance(uncond_fraction, (int, float)) and 0 <= uncond_fraction <= 1):
         raise DiffPruneError(f"uncond_fraction {uncond_fraction!r} is out of range; allowed 0 <= f <= 1 (the share of "
                              "calibration captions replaced by the empty prompt; 0.1 matches the usual caption dropout).")
@@ -399,6 +407,7 @@ def prune(unet, method: str = DEFAULT_METHOD, ratio: float | None = None, target
                                                    uncond_fraction=uncond_fraction)
             cond = dataclasses.replace(cond, text_inputs=text_inputs)
             calib.max_timesteps = max_timesteps
+            calib.timestep_weight = timestep_weight
             with torch.enable_grad():
                 log = criterion.prepare(dense, calib)
         planner = _Planner(dense, criterion, round_to, prune_heads)
@@ -436,6 +445,7 @@ def prune(unet, method: str = DEFAULT_METHOD, ratio: float | None = None, target
         seconds=time.perf_counter() - started,
         importance_seconds=importance_seconds, processes=_distributed.world()[1], guidance_scale=guidance_scale,
         uncond_fraction=uncond_fraction, score_norm=score_norm if criterion.needs_data else "group",
+        timestep_weight=timestep_weight if criterion.needs_data else "loss",
     )
     if latency is not None:
         report.latency = latency.record(choice, table, model.eval(), scheduler_config, None, text_tokens)

@@ -18,6 +18,7 @@ class Calibration:
     progress: bool = True
     description: str = ""
     max_timesteps: int | None = None  # a hard cap on the timesteps summed, whatever thr says
+    timestep_weight: str = "loss"  # "loss": sum dL_t/dw (the paper's); "log": sum d(log L_t)/dw, every t counts alike
     inputs: dict = field(default_factory=dict)  # conditioning per image (diffprune.sources.conditioning), batch-first
 
 
@@ -44,6 +45,9 @@ def _targets(scheduler_config: dict):
 
 def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
     """Sum d(loss_t)/dw into ``param.grad`` for t = 0, 1, 2, ... (Diff-Pruning, Fang et al. 2023, Eq. 9).
+
+    ``calib.timestep_weight="log"`` sums d(log L_t)/dw = (dL_t/dw) / L_t instead (each micro-batch's gradient
+    divided by its own loss): the low-noise timesteps, whose loss is largest, then weigh no more than the others.
 
     The loop stops after the first t whose loss falls below ``thr`` x the largest loss seen so far;
     that step's gradient is included. ``thr = 0`` sums every timestep (plain Taylor pruning). The
@@ -101,7 +105,10 @@ def accumulate_gradients(model, calib: Calibration, thr: float) -> GradientLog:
             # The same conditioning at every t: class labels, empty-prompt text (see diffprune.sources.conditioning).
             pred = model(xt, timestep, **slice_inputs(cond, start, end)).sample
             loss = F.mse_loss(pred.float(), target) * (x0.shape[0] / n)
-            loss.backward()
+            if calib.timestep_weight == "log":
+                (loss / max(loss.item() * n / x0.shape[0], 1e-12)).backward()  # share x d(log mse)/dw
+            else:
+                loss.backward()
             total += loss.item()
         total = _distributed.sum_scalar(total, device)  # the loss over all images, identical on every rank
         log.timesteps.append(t)
@@ -157,6 +164,7 @@ def _warn_if_the_loss_will_not_fall(losses, stop_below: float, steps: int, pace:
 
 
 SCORE_NORMS = ("group", "layer", "none")
+TIMESTEP_WEIGHTS = ("loss", "log")
 
 
 def taylor_scorer(score_norm: str = "group"):
