@@ -55,8 +55,9 @@ def register(subparsers):
                    help=f"batch sizes for the latency table, the largest the headline (default {','.join(map(str, D.bench_batches))})")
     add_backend_argument(p)
     p.add_argument("--threads", type=count, default=None,
-                   help="CPU threads for pruning, fine-tuning, the runtime and the PyTorch baseline (default: the cores this "
-                        "process may use; waiting threads sleep, so a shared machine slows the demo in proportion)")
+                   help="CPU threads for pruning, fine-tuning, the runtime and the PyTorch baseline (default: pruning and "
+                        "fine-tuning take the cores other running tasks leave free, so a shared machine slows the demo "
+                        "in proportion; the runtime the cores this process may use)")
     p.add_argument("--seed", type=int, default=0, help="seed for pruning, fine-tuning and sampling (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines, only the stage lines")
     p.set_defaults(func=run)
