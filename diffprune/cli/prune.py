@@ -82,7 +82,9 @@ def register(subparsers):
                    help="reuse this latency table (`diffprune profile`); default: the cached one, else measured now")
     p.add_argument("--latency-batch", type=count, default=1, help="UNet batch the latency target is for (default 1)")
     p.add_argument("--thr", type=fraction, default=0.05,
-                   help="stop summing gradients once loss < thr x max loss (default 0.05; 0 = all timesteps)")
+                   help="stop summing gradients once loss < thr x max loss (default 0.05, the paper's; 0 = all timesteps). "
+                        "Text-conditioned models read their prompt mostly past that stop: with --timestep-weight log, "
+                        "0.01 reaches those timesteps (benchmarks/text_timesteps.py)")
     p.add_argument("--data", default=None,
                    help="calibration images: folder (captions in same-stem .txt files), .jsonl of image-caption pairs, "
                         ".npy/.npz, builtin:digits, or generate:N (needed by diff-pruning and taylor)")
