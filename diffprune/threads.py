@@ -26,6 +26,7 @@ machine's core count does not).
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from .errors import DiffPruneError
@@ -52,8 +53,6 @@ def others_running(samples: int = 5, pause: float = 0.005) -> float | None:
     threads (/proc/self/task/*/stat), scaled by usable cores / the machine's cores (a container pinned to 2 of 64
     cores sees the host's tasks, spread over all of them); the median of a few samples, since the count is
     instantaneous. None where /proc does not say (not Linux)."""
-    import time
-
     counts = []
     for i in range(samples):
         try:
@@ -87,14 +86,12 @@ class _Governor:
     torch threads to :func:`share_threads` again every SHARE_EVERY_S seconds; nothing when threads were given."""
 
     def __init__(self, active: bool = False, every: float = SHARE_EVERY_S):
-        self.active, self.every, self.changes = active, every, 0
-        self.last = None
+        self.active, self.every = active, every
+        self.last = None  # the first tick looks at once
 
     def tick(self) -> None:
         if not self.active:
             return
-        import time
-
         now = time.monotonic()
         if self.last is not None and now - self.last < self.every:
             return
@@ -104,7 +101,6 @@ class _Governor:
         wanted = share_threads()
         if wanted != torch.get_num_threads():
             torch.set_num_threads(wanted)
-            self.changes += 1
 
 
 _governor = _Governor()
@@ -165,11 +161,7 @@ def apply_thread_policy(threads: int | None = None) -> dict:
     _governor = _Governor(active=name == "share" and threads is None)
     if threads is not None or name == "yield":
         torch.set_num_threads(threads or usable_cpus())
-    elif name == "share":
-        torch.set_num_threads(share_threads())
-        import time
-
-        _governor.last = time.monotonic()
+    _governor.tick()  # share: the cores free now
     return thread_record(name)
 
 
